@@ -1,0 +1,36 @@
+package authority
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// ErrNotFound means a tenant or principal does not exist.
+var ErrNotFound = errors.New("not found")
+
+// OAuthError is a token-endpoint failure in Entra ID's shape: an OAuth error
+// code, an AADSTS number and a description. Descriptions name what was wrong
+// and never contain a secret or a token.
+type OAuthError struct {
+	Status      int
+	Code        string // invalid_request, invalid_client, ...
+	AADSTS      int
+	Description string
+}
+
+func (e *OAuthError) Error() string {
+	return fmt.Sprintf("%s: AADSTS%d: %s", e.Code, e.AADSTS, e.Description)
+}
+
+func oauthErr(status int, code string, aadsts int, format string, args ...any) *OAuthError {
+	return &OAuthError{Status: status, Code: code, AADSTS: aadsts, Description: fmt.Sprintf(format, args...)}
+}
+
+func invalidRequest(aadsts int, format string, args ...any) *OAuthError {
+	return oauthErr(http.StatusBadRequest, "invalid_request", aadsts, format, args...)
+}
+
+func invalidClient(aadsts int, format string, args ...any) *OAuthError {
+	return oauthErr(http.StatusUnauthorized, "invalid_client", aadsts, format, args...)
+}
