@@ -1,0 +1,120 @@
+// Package devenv reads and writes dev.env, the credentials file `coffer dev`
+// leaves in its data directory for the CLI, SDK samples and tests.
+package devenv
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// FileName is the env file's name inside a data directory.
+const FileName = "dev.env"
+
+// Env is the content of dev.env: exactly these variables, in this order.
+type Env struct {
+	VaultURL      string // COFFER_VAULT_URL
+	TenantID      string // AZURE_TENANT_ID
+	ClientID      string // AZURE_CLIENT_ID
+	ClientSecret  string // AZURE_CLIENT_SECRET
+	AuthorityHost string // AZURE_AUTHORITY_HOST
+	CAFile        string // SSL_CERT_FILE
+	DataDir       string // COFFER_DATA_DIR
+}
+
+func (e *Env) fields() []struct {
+	name string
+	ptr  *string
+} {
+	return []struct {
+		name string
+		ptr  *string
+	}{
+		{"COFFER_VAULT_URL", &e.VaultURL},
+		{"AZURE_TENANT_ID", &e.TenantID},
+		{"AZURE_CLIENT_ID", &e.ClientID},
+		{"AZURE_CLIENT_SECRET", &e.ClientSecret},
+		{"AZURE_AUTHORITY_HOST", &e.AuthorityHost},
+		{"SSL_CERT_FILE", &e.CAFile},
+		{"COFFER_DATA_DIR", &e.DataDir},
+	}
+}
+
+// Names returns the variable names dev.env holds.
+func Names() []string {
+	var e Env
+	var out []string
+	for _, f := range e.fields() {
+		out = append(out, f.name)
+	}
+	return out
+}
+
+// quote single-quotes a value when a shell would otherwise split or expand it.
+func quote(v string) string {
+	if v != "" && !strings.ContainsAny(v, " \t\n'\"$`\\;&|<>()*?#~") {
+		return v
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}
+
+// Write stores e at path with mode 0600, atomically.
+func (e Env) Write(path string) error {
+	var b bytes.Buffer
+	b.WriteString("# Written by `coffer dev`. Holds a client secret: keep it private.\n")
+	for _, f := range e.fields() {
+		fmt.Fprintf(&b, "%s=%s\n", f.name, quote(*f.ptr))
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b.Bytes(), 0o600); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Read parses an env file written by Write (KEY=value lines, values
+// optionally single- or double-quoted, # comments, optional "export ").
+func Read(path string) (Env, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Env{}, err
+	}
+	vals := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return Env{}, fmt.Errorf("%s:%d: expected KEY=value", path, n)
+		}
+		vals[strings.TrimSpace(k)] = unquote(strings.TrimSpace(v))
+	}
+	var e Env
+	for _, f := range e.fields() {
+		*f.ptr = vals[f.name]
+	}
+	return e, nil
+}
+
+func unquote(v string) string {
+	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+		return strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
+	}
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		return v[1 : len(v)-1]
+	}
+	return v
+}
+
+// Path returns dev.env's path in dataDir.
+func Path(dataDir string) string { return filepath.Join(dataDir, FileName) }

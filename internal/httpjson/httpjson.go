@@ -1,0 +1,23 @@
+// Package httpjson writes JSON responses with an exact Content-Length, the
+// way every Coffer HTTP API answers.
+package httpjson
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// Write sends v as a JSON response with the given status.
+func Write(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, `{"error":{"code":"InternalServerError","message":"response encoding failed"}}`, http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body)
+}

@@ -1,0 +1,24 @@
+package kvhttp
+
+import (
+	"regexp"
+)
+
+// Latest is the newest api-version Coffer speaks.
+const Latest = "2026-04-01"
+
+var (
+	numbered = regexp.MustCompile(`^7\.[0-6]$`)
+	preview  = regexp.MustCompile(`^7\.[0-6]-preview\.[0-9]{1,2}$`)
+	dated    = map[string]bool{"2025-07-01": true, "2026-04-01": true}
+)
+
+// supportedVersion reports whether v is an api-version Coffer accepts: 7.0
+// to 7.6, their previews, and the dated versions the current SDKs send.
+func supportedVersion(v string) bool {
+	return numbered.MatchString(v) || preview.MatchString(v) || dated[v]
+}
+
+// hasPreviousVersion reports whether responses at v carry previousVersion,
+// which the dated api-versions added.
+func hasPreviousVersion(v string) bool { return dated[v] }

@@ -1,0 +1,153 @@
+// Package kvhttp serves the Azure Key Vault REST dialect for every vault,
+// addressed by Host as https://{vault}.{suffix}:{port}/.
+package kvhttp
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/endpoint"
+	"github.com/cofferhq/coffer/internal/secret"
+	"github.com/cofferhq/coffer/internal/token"
+	"github.com/cofferhq/coffer/internal/vault"
+)
+
+// Body limits, applied before any byte of a body is parsed.
+const (
+	maxSecretBody  = 256 << 10 // a 25 KiB value can grow six-fold when JSON-escaped
+	maxRestoreBody = secret.MaxBackupBytes*4/3 + 4<<10
+	maxEmptyBody   = 4 << 10
+)
+
+// Handler serves the vault data plane.
+type Handler struct {
+	ep       endpoint.Endpoints
+	vaults   *vault.Registry
+	secrets  *secret.Service
+	verifier *token.Verifier
+	issuer   func(tenant string) string
+	log      *slog.Logger
+	mux      *http.ServeMux
+}
+
+// Deps are the domain services the handler calls.
+type Deps struct {
+	Endpoints endpoint.Endpoints
+	Vaults    *vault.Registry
+	Secrets   *secret.Service
+	Verifier  *token.Verifier
+	// Issuer returns the token issuer of a tenant.
+	Issuer func(tenant string) string
+	Log    *slog.Logger
+}
+
+// New returns the data-plane handler.
+func New(d Deps) *Handler {
+	h := &Handler{ep: d.Endpoints, vaults: d.Vaults, secrets: d.Secrets, verifier: d.Verifier, issuer: d.Issuer, log: d.Log}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	m := http.NewServeMux()
+	s := secretRoutes{h}
+	m.HandleFunc("GET /secrets", s.list)
+	m.HandleFunc("GET /secrets/{$}", s.list)
+	m.HandleFunc("PUT /secrets/{name}", s.set)
+	m.HandleFunc("GET /secrets/{name}", s.get)
+	m.HandleFunc("GET /secrets/{name}/{$}", s.get)
+	m.HandleFunc("GET /secrets/{name}/{version}", s.get)
+	m.HandleFunc("PATCH /secrets/{name}", s.update)
+	m.HandleFunc("PATCH /secrets/{name}/{$}", s.update)
+	m.HandleFunc("PATCH /secrets/{name}/{version}", s.update)
+	m.HandleFunc("DELETE /secrets/{name}", s.delete)
+	m.HandleFunc("GET /secrets/{name}/versions", s.versions)
+	m.HandleFunc("POST /secrets/{name}/backup", s.backup)
+	m.HandleFunc("POST /secrets/restore", s.restore)
+	m.HandleFunc("GET /deletedsecrets", s.listDeleted)
+	m.HandleFunc("GET /deletedsecrets/{$}", s.listDeleted)
+	m.HandleFunc("GET /deletedsecrets/{name}", s.getDeleted)
+	m.HandleFunc("DELETE /deletedsecrets/{name}", s.purge)
+	m.HandleFunc("POST /deletedsecrets/{name}/recover", s.recover)
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
+	})
+	h.mux = m
+	return h
+}
+
+// call is what the middleware established about a request.
+type call struct {
+	vault      *vault.Vault
+	principal  access.Principal
+	apiVersion string
+}
+
+type callKey struct{}
+
+func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call) }
+
+// ServeHTTP resolves the vault from the Host header, authenticates the
+// caller, checks the api-version, and dispatches. The 401 challenge is sent
+// before any body is read, since the SDK's first request has its body
+// stripped.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, name := h.ep.Parse(r.Host)
+	v, err := h.vaults.Get(name)
+	if err != nil {
+		h.fail(w, r, access.Secrets, err)
+		return
+	}
+	p, err := h.authenticate(r, v)
+	if err != nil {
+		drain(r)
+		h.fail(w, r, access.Secrets, err)
+		return
+	}
+	ver := r.URL.Query().Get("api-version")
+	switch {
+	case ver == "":
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The 'api-version' query parameter is missing. Coffer supports 7.0 to 7.6, their previews, 2025-07-01 and "+Latest+".")
+		return
+	case !supportedVersion(ver):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The specified version ("+ver+") is not recognized. Consider using the latest supported version ("+Latest+").")
+		return
+	}
+	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver})
+	h.mux.ServeHTTP(w, r.WithContext(ctx))
+}
+
+func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {
+	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	resource := h.ep.Resource()
+	c, err := h.verifier.Verify(strings.TrimSpace(raw), token.Expect{
+		Issuer:    h.issuer(v.TenantID),
+		Audiences: []string{resource, resource + "/"},
+		TenantID:  v.TenantID,
+	})
+	if err != nil {
+		return access.Principal{}, err
+	}
+	return access.Principal{TenantID: c.TenantID, ObjectID: c.ObjectID, AppID: c.AppID}, nil
+}
+
+// challenge sets the Bearer challenge the Azure SDKs parse: the authority
+// with the vault's tenant, and the resource that is the parent of the
+// vault's host.
+func (h *Handler) challenge(w http.ResponseWriter, r *http.Request) {
+	tenant := ""
+	if _, name := h.ep.Parse(r.Host); name != "" {
+		if v, err := h.vaults.Get(name); err == nil {
+			tenant = v.TenantID
+		}
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer authorization="`+h.ep.AuthorityURL()+"/"+tenant+`", resource="`+h.ep.Resource()+`"`)
+}
+
+// drain discards a small unread body so the connection can be reused, and
+// gives up on large ones rather than read them for an unauthenticated caller.
+func drain(r *http.Request) {
+	io.Copy(io.Discard, io.LimitReader(r.Body, maxEmptyBody))
+}

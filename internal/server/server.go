@@ -1,0 +1,320 @@
+// Package server assembles Coffer's control plane, the vault API, the
+// authority and the management API, on one HTTPS listener, routed by Host.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/authhttp"
+	"github.com/cofferhq/coffer/internal/authority"
+	"github.com/cofferhq/coffer/internal/endpoint"
+	"github.com/cofferhq/coffer/internal/kvhttp"
+	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/secret"
+	"github.com/cofferhq/coffer/internal/vault"
+)
+
+// Config configures a server.
+type Config struct {
+	DataDir     string
+	RootKeyFile string // empty: COFFER_ROOT_KEY
+	Endpoints   endpoint.Endpoints
+
+	TLSCertFile, TLSKeyFile string
+	// InsecureHTTP serves plain HTTP, for use behind a TLS-terminating proxy.
+	InsecureHTTP bool
+
+	TokenLifetime time.Duration
+	// PurgeInterval is how often soft-deleted objects past their retention
+	// are purged.
+	PurgeInterval time.Duration
+
+	Log *slog.Logger
+	Now func() time.Time
+}
+
+// Server is a running control plane.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	store *Store
+
+	Vaults    *vault.Registry
+	Authority *authority.Authority
+	Secrets   *secret.Service
+
+	kv   *kvhttp.Handler
+	auth *authhttp.Handler
+	mgmt *mgmthttp.Handler
+
+	rotMu sync.Mutex
+}
+
+// Open opens the store and builds every service.
+func Open(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.PurgeInterval == 0 {
+		cfg.PurgeInterval = time.Minute
+	}
+	if !cfg.InsecureHTTP && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
+		return nil, errors.New("TLS is required: pass --tls-cert-file and --tls-key-file (or --insecure-http behind a TLS-terminating proxy)")
+	}
+	st, err := OpenStore(ctx, cfg.DataDir, cfg.RootKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, store: st}
+	if err := s.build(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) build(ctx context.Context) error {
+	b := s.store.Barrier
+	var err error
+	if s.Vaults, err = vault.Open(ctx, b, s.cfg.Now); err != nil {
+		return err
+	}
+	ep := s.cfg.Endpoints
+	s.Authority, err = authority.Open(ctx, b, authority.Config{
+		Host:          ep.AuthorityURL(),
+		Resources:     []string{ep.Resource(), endpoint.ManagementResource},
+		TokenLifetime: s.cfg.TokenLifetime,
+	}, s.cfg.Now)
+	if err != nil {
+		return err
+	}
+	s.Secrets = secret.New(b, b, s.cfg.Now)
+	s.kv = kvhttp.New(kvhttp.Deps{
+		Endpoints: ep, Vaults: s.Vaults, Secrets: s.Secrets,
+		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Log: s.log,
+	})
+	s.auth = authhttp.New(s.Authority, s.log)
+	s.mgmt = mgmthttp.New(ep, s.Authority, s.Vaults, s, s.log)
+	return nil
+}
+
+// Store returns the server's store.
+func (s *Server) Store() *Store { return s.store }
+
+// Close closes the store.
+func (s *Server) Close() error { return s.store.Close() }
+
+// RotateRootKey implements mgmthttp.Operator.
+func (s *Server) RotateRootKey(ctx context.Context, provided *rootkey.Key) (mgmthttp.RootKeyRotation, error) {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	id, err := s.store.RotateRootKey(ctx, provided)
+	if err != nil {
+		if s.store.KeySource.FromEnv() && provided == nil {
+			return mgmthttp.RootKeyRotation{}, mgmthttp.BadRequest(err.Error())
+		}
+		return mgmthttp.RootKeyRotation{}, err
+	}
+	s.log.Warn("root key rotated", "rootKeyId", id, "fromEnv", s.store.KeySource.FromEnv())
+	return mgmthttp.RootKeyRotation{RootKeyID: id, FromEnv: s.store.KeySource.FromEnv()}, nil
+}
+
+// RotateDataKey implements mgmthttp.Operator.
+func (s *Server) RotateDataKey(ctx context.Context) (uint32, error) {
+	term, err := s.store.Barrier.RotateDataKey(ctx)
+	if err == nil {
+		s.log.Info("data key rotated", "activeTerm", term)
+	}
+	return term, err
+}
+
+// Handler returns the server's root HTTP handler.
+func (s *Server) Handler() http.Handler {
+	return s.middleware(http.HandlerFunc(s.route))
+}
+
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	ep := s.cfg.Endpoints
+	switch route, _ := ep.Parse(r.Host); route {
+	case endpoint.RouteVault:
+		s.kv.ServeHTTP(w, r)
+	case endpoint.RouteApex:
+		switch {
+		case r.URL.Path == "/healthz":
+			w.Header().Set("Content-Type", "text/plain")
+			w.Write([]byte("ok\n"))
+		case strings.HasPrefix(r.URL.Path, mgmthttp.Prefix):
+			s.mgmt.ServeHTTP(w, r)
+		case s.auth.Handles(r):
+			s.auth.ServeHTTP(w, r)
+		default:
+			http.Error(w, `{"error":{"code":"NotFound","message":"no such endpoint"}}`, http.StatusNotFound)
+		}
+	default:
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		fmt.Fprintf(w, `{"error":{"code":"BadParameter","message":"host %q is not served here: vaults are https://{vault}.%s/ and the authority is https://%s/"}}`,
+			sanitize(r.Host), ep.Apex(), ep.Apex())
+	}
+}
+
+// sanitize keeps a Host header printable and short for an error message.
+func sanitize(s string) string {
+	if len(s) > 100 {
+		s = s[:100]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func requestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// middleware adds request ids, an access log line at debug level, and turns
+// a panic into a 500. A panic's value is not logged: it could hold request
+// data; its stack is enough to find the bug.
+func (s *Server) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		h := w.Header()
+		h.Set("x-ms-request-id", requestID())
+		if cid := r.Header.Get("x-ms-client-request-id"); cid != "" && len(cid) <= 100 {
+			h.Set("x-ms-client-request-id", sanitize(cid))
+		}
+		h.Set("X-Content-Type-Options", "nosniff")
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panicType", fmt.Sprintf("%T", p), "stack", string(debug.Stack()))
+				if sw.status == 0 {
+					http.Error(sw, `{"error":{"code":"InternalServerError","message":"internal error"}}`, http.StatusInternalServerError)
+				}
+			}
+			if s.log.Enabled(r.Context(), slog.LevelDebug) {
+				s.log.Debug("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+			}
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// Serve serves on ln until ctx is cancelled, then shuts down gracefully.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if !s.cfg.InsecureHTTP {
+		cr, err := newCertReloader(s.cfg.TLSCertFile, s.cfg.TLSKeyFile, s.log)
+		if err != nil {
+			return err
+		}
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cr.get}
+	} else {
+		s.log.Warn("SERVING PLAIN HTTP (--insecure-http): tokens and secrets cross the network unencrypted; use this only behind a TLS-terminating proxy on a trusted network")
+	}
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	defer stopSweep()
+	go s.sweep(sweepCtx)
+
+	errc := make(chan error, 1)
+	go func() {
+		if s.cfg.InsecureHTTP {
+			errc <- hs.Serve(ln)
+		} else {
+			errc <- hs.ServeTLS(ln, "", "")
+		}
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutCtx); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// sweep purges soft-deleted objects whose retention has passed.
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PurgeInterval)
+	defer t.Stop()
+	for {
+		s.PurgeDue(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// PurgeDue purges, in every vault, the deleted objects whose retention has
+// passed.
+func (s *Server) PurgeDue(ctx context.Context) {
+	for _, v := range s.Vaults.List("") {
+		n, err := s.Secrets.PurgeDue(ctx, &v)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("scheduled purge failed", "vault", v.Name, "err", err)
+		}
+		if n > 0 {
+			s.log.Info("purged deleted secrets after retention", "vault", v.Name, "count", n)
+		}
+	}
+}
