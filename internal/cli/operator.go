@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/cofferhq/coffer/internal/authority"
+	"github.com/cofferhq/coffer/internal/bootstrap"
+	"github.com/cofferhq/coffer/internal/devenv"
+	"github.com/cofferhq/coffer/internal/endpoint"
+	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/server"
+	"github.com/spf13/cobra"
+)
+
+func (a *app) operatorCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "operator", Short: "Installation tasks: initialise, generate and rotate keys"}
+	cmd.AddCommand(a.operatorInit(), a.generateRootKey(), a.rotateRootKey(), a.rotateDataKey(), a.rotateSigningKey())
+	return cmd
+}
+
+func (a *app) operatorInit() *cobra.Command {
+	var dataDir, keyFile, suffix, out, caFile string
+	var port int
+	c := &cobra.Command{
+		Use:   "init",
+		Short: "Create the first tenant and administrator in a new data directory (server stopped)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := requireFlags(c, "data-dir", "dns-suffix", "out"); err != nil {
+				return err
+			}
+			ep, err := endpoint.New(suffix, port)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			st, err := server.OpenStore(c.Context(), dataDir, keyFile)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			auth, err := authority.Open(c.Context(), st.Barrier, authority.Config{Host: ep.AuthorityURL(), Resources: []string{ep.Resource()}}, nil)
+			if err != nil {
+				return err
+			}
+			if _, ok, err := bootstrap.Load(c.Context(), st.Barrier); err != nil {
+				return err
+			} else if ok {
+				return fmt.Errorf("%s is already initialised; an administrator can reset its secret with `coffer sp credential reset`", dataDir)
+			}
+			state, secret, err := bootstrap.Ensure(c.Context(), st.Barrier, auth)
+			if err != nil {
+				return err
+			}
+			abs, _ := filepath.Abs(dataDir)
+			env := devenv.Env{TenantID: state.TenantID, ClientID: state.AdminAppID, ClientSecret: secret,
+				AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, DataDir: abs}
+			if err := env.Write(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Initialised. Tenant %s, administrator %s; credentials written to %s (mode 0600).\n", state.TenantID, state.AdminAppID, out)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dataDir, "data-dir", "", "data directory of the store")
+	c.Flags().StringVar(&keyFile, "root-key-file", "", "root key file (default: $"+rootkey.EnvVar+")")
+	c.Flags().StringVar(&suffix, "dns-suffix", "", "DNS suffix the server will use")
+	c.Flags().IntVar(&port, "public-port", 443, "HTTPS port clients will use")
+	c.Flags().StringVar(&out, "out", "", "file to write the administrator's credentials to")
+	c.Flags().StringVar(&caFile, "ca-file", "", "CA certificate clients should trust, recorded in the credentials file")
+	return c
+}
+
+func (a *app) generateRootKey() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use: "generate-root-key", Short: "Generate a root key (printed, or written to --out with mode 0600)", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			k := rootkey.Generate()
+			if out == "" {
+				fmt.Fprintln(a.stdout, k.Encode())
+				return nil
+			}
+			if err := rootkey.WriteFile(out, k); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "root key %s written to %s\n", k.ID(), out)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&out, "out", "", "file to write the key to")
+	return c
+}
+
+func (a *app) rotateRootKey() *cobra.Command {
+	var newKeyFile, dataDir, keyFile string
+	c := &cobra.Command{
+		Use:   "rotate-root-key",
+		Short: "Re-wrap the data keys with a new root key, online (or offline with --data-dir)",
+		Long: `Re-wrap the data keys with a new root key. Stored values are not rewritten.
+
+Online (default): asks the running server. A server with a root key file
+generates the new key and replaces the file crash-safely. A server that reads
+COFFER_ROOT_KEY needs --new-root-key-file; update the variable before its next
+restart.
+
+Offline (--data-dir): the server must be stopped.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			var provided *rootkey.Key
+			if newKeyFile != "" {
+				k, err := rootkey.ReadFile(newKeyFile)
+				if err != nil {
+					return err
+				}
+				provided = &k
+			}
+			if dataDir != "" {
+				st, err := server.OpenStore(c.Context(), dataDir, keyFile)
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				id, err := st.RotateRootKey(c.Context(), provided)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "root key rotated offline; new root key id %s\n", id)
+				return nil
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			in := mgmthttp.RotateRootKeyIn{}
+			if provided != nil {
+				in.NewRootKey = provided.Encode()
+			}
+			var out mgmthttp.RootKeyRotation
+			if err := cl.Manage(c.Context(), "POST", "operator/rotate-root-key", in, &out); err != nil {
+				return err
+			}
+			msg := "root key rotated; new root key id " + out.RootKeyID
+			if out.FromEnv {
+				msg += "; set " + rootkey.EnvVar + " to the new key before the server restarts"
+			}
+			fmt.Fprintln(a.stdout, msg)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&newKeyFile, "new-root-key-file", "", "new root key (default: the server generates one)")
+	c.Flags().StringVar(&dataDir, "data-dir", "", "rotate offline in this data directory (server stopped)")
+	c.Flags().StringVar(&keyFile, "root-key-file", "", "with --data-dir: the current root key file (default: $"+rootkey.EnvVar+")")
+	return c
+}
+
+func (a *app) rotateDataKey() *cobra.Command {
+	return &cobra.Command{
+		Use: "rotate-data-key", Short: "Start sealing new writes with a fresh data key (online)", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				ActiveTerm uint32 `json:"activeTerm"`
+			}
+			if err := cl.Manage(c.Context(), "POST", "operator/rotate-data-key", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "data key rotated; active term %d\n", out.ActiveTerm)
+			return nil
+		},
+	}
+}
+
+func (a *app) rotateSigningKey() *cobra.Command {
+	return &cobra.Command{
+		Use: "rotate-signing-key", Short: "Start signing tokens with a new key; old keys stay in JWKS until their tokens expire", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				KID string `json:"kid"`
+			}
+			if err := cl.Manage(c.Context(), "POST", "operator/rotate-signing-key", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "signing key rotated; new kid %s\n", out.KID)
+			return nil
+		},
+	}
+}

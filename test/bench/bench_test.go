@@ -1,0 +1,141 @@
+// Package bench holds the performance benchmarks of the vault server over
+// real HTTPS keep-alive connections. They run with `make bench`, never as
+// timed unit tests. The load generator shares the machine with the server.
+//
+// BenchmarkCeilingHTTPS serves a fixed response of the same size from a
+// bare net/http handler through the same client: it measures what this
+// machine's TLS and network stack allow, so the vault's figures can be read
+// as a ratio to it.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/bench"
+	"github.com/cofferhq/coffer/internal/client"
+	"github.com/cofferhq/coffer/internal/pki"
+	"github.com/cofferhq/coffer/internal/testserver"
+)
+
+const workers = 32
+
+func dialAll(b *testing.B, url, caFile string) []*bench.Conn {
+	roots, err := client.RootPool(caFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	conns := make([]*bench.Conn, workers)
+	for i := range conns {
+		c, err := bench.Dial(context.Background(), url, roots, client.LoopbackLocalhost)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	return conns
+}
+
+// runParallel spreads b.N requests over the connections and reports
+// throughput and latency percentiles.
+func runParallel(b *testing.B, conns []*bench.Conn, op func(c *bench.Conn) (int, error)) {
+	for _, c := range conns { // warm every connection
+		if status, err := op(c); err != nil || status != 200 {
+			b.Fatalf("warm-up: %d %v", status, err)
+		}
+	}
+	var next atomic.Int64
+	lat := make([][]time.Duration, len(conns))
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				t0 := time.Now()
+				if status, err := op(conns[w]); err != nil || status != 200 {
+					b.Errorf("request: %d %v", status, err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	slices.Sort(all)
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "req/s")
+	b.ReportMetric(float64(all[len(all)*50/100])/1e6, "p50-ms")
+	b.ReportMetric(float64(all[len(all)*99/100])/1e6, "p99-ms")
+}
+
+func token(b *testing.B, env *testserver.Env) string {
+	tok, err := env.Client.Token(context.Background(), env.Endpoints.Resource())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tok
+}
+
+const getPath = "/secrets/bench?api-version=7.6"
+
+func BenchmarkSecretGetHTTPS(b *testing.B) {
+	env := testserver.Start(b, testserver.Options{})
+	tok := token(b, env)
+	conns := dialAll(b, env.Admin.VaultURL, env.Admin.CAFile)
+	if status, err := conns[0].Do("PUT", getPath, tok, []byte(`{"value":"`+strings.Repeat("v", 64)+`"}`)); err != nil || status != 200 {
+		b.Fatalf("PUT: %d %v", status, err)
+	}
+	runParallel(b, conns, func(c *bench.Conn) (int, error) { return c.Do("GET", getPath, tok, nil) })
+}
+
+func BenchmarkSecretPutDurable(b *testing.B) {
+	env := testserver.Start(b, testserver.Options{})
+	tok := token(b, env)
+	conns := dialAll(b, env.Admin.VaultURL, env.Admin.CAFile)
+	body := []byte(`{"value":"` + strings.Repeat("v", 64) + `"}`)
+	var n atomic.Int64
+	runParallel(b, conns, func(c *bench.Conn) (int, error) {
+		return c.Do("PUT", fmt.Sprintf("/secrets/w%d?api-version=7.6", n.Add(1)%256), tok, body)
+	})
+}
+
+func BenchmarkCeilingHTTPS(b *testing.B) {
+	// The same response a vault GET returns, from a handler that does nothing.
+	body := []byte(`{"value":"` + strings.Repeat("v", 64) + `","id":"https://demo.vault.localhost:8443/secrets/bench/0123456789abcdef0123456789abcdef","attributes":{"enabled":true,"created":1795000000,"updated":1795000000,"recoveryLevel":"Recoverable+Purgeable","recoverableDays":90}}`)
+	files, err := pki.EnsureDev(filepath.Join(b.TempDir(), "tls"), "vault.localhost", time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.Write(body)
+	}))
+	srv.TLS = tlsConfig(b, files)
+	srv.StartTLS()
+	b.Cleanup(srv.Close)
+	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
+	conns := dialAll(b, "https://demo.vault.localhost:"+port+"/", files.CACert)
+	tok := strings.Repeat("t", 1100) // about the size of a real access token
+	runParallel(b, conns, func(c *bench.Conn) (int, error) { return c.Do("GET", getPath, tok, nil) })
+}
