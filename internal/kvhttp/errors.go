@@ -10,6 +10,7 @@ import (
 	"github.com/cofferhq/coffer/internal/httpjson"
 
 	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/object"
 	"github.com/cofferhq/coffer/internal/token"
 	"github.com/cofferhq/coffer/internal/vault"
@@ -62,15 +63,18 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		writeErr(w, http.StatusForbidden, "Forbidden", "AccessDenied", de.Error())
 	case errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "", "The request body is larger than the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit for this operation.")
-	case errors.As(err, &se), errors.As(err, &ute):
-		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request body is not valid JSON for this operation: "+err.Error())
+	case errors.As(err, &ute):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request body's field '"+ute.Field+"' must not be a JSON "+ute.Value+".")
+	case errors.As(err, &se):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request body is not valid JSON: "+se.Error()+".")
 	case errors.As(err, &oe):
 		status, code := objectStatus(oe.Kind, kind)
 		writeErr(w, status, code, oe.Inner, oe.Message)
 	case errors.Is(err, object.ErrNotFound):
 		writeErr(w, http.StatusNotFound, notFoundCode[kind], "", "The object was not found in this key vault.")
 	case errors.Is(err, vault.ErrNotFound):
-		writeErr(w, http.StatusNotFound, "VaultNotFound", "", err.Error()+": create it with `coffer vault create --name NAME`")
+		name := vaultName(r.Host, h.ep)
+		writeErr(w, http.StatusNotFound, "VaultNotFound", "", "Vault "+name+" does not exist on this server: create it with `coffer vault create --name "+name+"`, or check the vault URL.")
 	case errors.Is(err, object.ErrBusy):
 		w.Header().Set("Retry-After", "1")
 		writeErr(w, http.StatusTooManyRequests, "Throttled", "", "The object is being changed by many requests at once; retry after 1 second.")
@@ -78,6 +82,14 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		h.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeErr(w, http.StatusInternalServerError, "InternalServerError", "", "The server could not complete the request; see its log for details.")
 	}
+}
+
+func vaultName(host string, ep endpoint.Endpoints) string {
+	_, name := ep.Parse(host)
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	return name
 }
 
 func objectStatus(sentinel error, kind access.Kind) (int, string) {
