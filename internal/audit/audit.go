@@ -1,0 +1,378 @@
+// Package audit keeps Coffer's audit log: one JSON line per request, never
+// holding a value, hash-chained so that an edited, removed or reordered line
+// is detected by Verify.
+//
+// Writing is asynchronous. A request records its line into a bounded
+// in-memory buffer and goes on; a writer goroutine appends lines in batches
+// and syncs them. If the sink fails (a full or read-only disk), requests are
+// never held up: lines wait in the buffer, the writer retries, the
+// coffer_audit_sink_failing gauge turns 1, and once the buffer is full
+// further lines are dropped and counted in coffer_audit_dropped_total. When
+// the sink works again, a "gap" line records how many were lost, so the
+// chain stays verifiable and the loss stays visible. Reads staying up
+// matters more, for a secrets service, than a complete log; alert on both
+// metrics.
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Entry is one audit line.
+type Entry struct {
+	Time      string  `json:"time"`
+	RequestID string  `json:"requestId,omitempty"`
+	Source    string  `json:"source,omitempty"`
+	Tenant    string  `json:"tenant,omitempty"`
+	Principal string  `json:"principal,omitempty"`
+	AppID     string  `json:"appId,omitempty"`
+	Vault     string  `json:"vault,omitempty"`
+	Object    string  `json:"object,omitempty"`
+	Version   string  `json:"version,omitempty"`
+	Method    string  `json:"method,omitempty"`
+	Operation string  `json:"operation"`
+	Decision  string  `json:"decision,omitempty"`
+	Status    int     `json:"status"`
+	LatencyMs float64 `json:"latencyMs"`
+	// Event marks lines the log writes about itself ("gap", "recovered").
+	Event   string `json:"event,omitempty"`
+	Dropped int64  `json:"dropped,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	Prev    string `json:"prev"`
+	Hash    string `json:"hash,omitempty"`
+}
+
+// Info is what a request's handlers learn for its audit line. The server
+// creates it; handlers fill it in.
+type Info struct {
+	Tenant, Principal, AppID string
+	Vault, Object, Version   string
+	Operation, Decision      string
+}
+
+type infoKey struct{}
+
+// WithInfo returns ctx carrying info.
+func WithInfo(ctx context.Context, info *Info) context.Context {
+	return context.WithValue(ctx, infoKey{}, info)
+}
+
+// From returns the request's Info, or a throwaway one when the request is
+// not audited (as in handler unit tests).
+func From(ctx context.Context) *Info {
+	if i, ok := ctx.Value(infoKey{}).(*Info); ok {
+		return i
+	}
+	return &Info{}
+}
+
+// Metrics are the log's health metrics.
+type Metrics struct {
+	Lines   prometheus.Counter
+	Dropped prometheus.Counter
+	Failing prometheus.Gauge
+	Pending prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Lines:   prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_audit_lines_total", Help: "Audit lines written."}),
+		Dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_audit_dropped_total", Help: "Audit lines lost because the buffer was full while the sink failed."}),
+		Failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_audit_sink_failing", Help: "1 while the audit sink cannot be written; alert on it."}),
+		Pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_audit_pending_lines", Help: "Audit lines waiting to be written."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Lines, m.Dropped, m.Failing, m.Pending)
+	}
+	return m
+}
+
+// Sink is where lines go; *os.File is one.
+type Sink interface {
+	io.Writer
+	Sync() error
+}
+
+// rewinder is a sink that can drop a partly written batch before a retry,
+// so a retry never leaves half a line in the log (*os.File is one).
+type rewinder interface {
+	Truncate(size int64) error
+	Seek(offset int64, whence int) (int64, error)
+}
+
+// maxPendingBytes bounds the lines held while the sink fails; past it, new
+// lines stay in the channel, and past that they are dropped and counted.
+const maxPendingBytes = 16 << 20
+
+// Options tune a Log.
+type Options struct {
+	// Buffer is how many lines may wait in memory (default 65536).
+	Buffer int
+	// FlushEvery bounds how long a line waits before it is synced (default 50ms).
+	FlushEvery time.Duration
+	Registerer prometheus.Registerer
+	Now        func() time.Time
+}
+
+// Log is an open audit log.
+type Log struct {
+	sink    Sink
+	closer  io.Closer
+	opt     Options
+	metrics *Metrics
+
+	in      chan Entry
+	dropped atomic.Int64
+	done    chan struct{}
+	once    sync.Once
+	prev    string
+}
+
+// Open opens (creating, mode 0600) the log file at path and continues its
+// chain. A torn last line, from a crash during a write, is cut off and the
+// cut is recorded in the chain.
+func Open(path string, opt Options) (*Log, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	prev, torn, err := lastHash(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit log %s: %w", path, err)
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		f.Close()
+		return nil, err
+	}
+	l := New(f, prev, opt)
+	l.closer = f
+	if torn > 0 {
+		l.Record(Entry{Event: "recovered", Operation: "audit.truncate", Detail: fmt.Sprintf("cut a torn last line of %d bytes left by a crash", torn)})
+	}
+	return l, nil
+}
+
+// New starts a log over sink whose chain continues from prev.
+func New(sink Sink, prev string, opt Options) *Log {
+	if opt.Buffer <= 0 {
+		opt.Buffer = 1 << 16
+	}
+	if opt.FlushEvery <= 0 {
+		opt.FlushEvery = 50 * time.Millisecond
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	l := &Log{sink: sink, opt: opt, metrics: newMetrics(opt.Registerer), in: make(chan Entry, opt.Buffer), done: make(chan struct{}), prev: prev}
+	go l.run()
+	return l
+}
+
+// Record queues e. It never blocks: if the buffer is full, e is dropped and
+// counted.
+func (l *Log) Record(e Entry) {
+	if e.Time == "" {
+		e.Time = l.opt.Now().UTC().Format(time.RFC3339Nano)
+	}
+	select {
+	case l.in <- e:
+		l.metrics.Pending.Inc()
+	default:
+		l.dropped.Add(1)
+		l.metrics.Dropped.Inc()
+	}
+}
+
+// Close writes what is queued (giving up after a few seconds if the sink
+// fails) and closes the file.
+func (l *Log) Close() error {
+	l.once.Do(func() { close(l.in) })
+	select {
+	case <-l.done:
+	case <-time.After(5 * time.Second):
+	}
+	if l.closer != nil {
+		return l.closer.Close()
+	}
+	return nil
+}
+
+// Metrics returns the log's metrics.
+func (l *Log) Metrics() *Metrics { return l.metrics }
+
+// seal computes e's line: e encoded with its prev, then its hash over those
+// exact bytes appended as the last field.
+func seal(e Entry, prev string) ([]byte, string) {
+	e.Prev, e.Hash = prev, ""
+	body, _ := json.Marshal(e)
+	sum := sha256.Sum256(body)
+	h := hex.EncodeToString(sum[:])
+	line := append(body[:len(body)-1:len(body)-1], `,"hash":"`...)
+	line = append(line, h...)
+	return append(line, "\"}\n"...), h
+}
+
+func (l *Log) run() {
+	defer close(l.done)
+	var pending []byte
+	var lines int
+	var offset int64 = -1 // where the last good batch ended, if the sink can rewind
+	if rw, ok := l.sink.(rewinder); ok {
+		if off, err := rw.Seek(0, io.SeekCurrent); err == nil {
+			offset = off
+		}
+	}
+	tick := time.NewTicker(l.opt.FlushEvery)
+	defer tick.Stop()
+	var retryAt time.Time
+	flush := func() bool {
+		if len(pending) == 0 {
+			return true
+		}
+		_, err := l.sink.Write(pending)
+		if err == nil {
+			err = l.sink.Sync()
+		}
+		if err != nil {
+			l.metrics.Failing.Set(1)
+			if rw, ok := l.sink.(rewinder); ok && offset >= 0 {
+				rw.Truncate(offset) // best effort: drop the torn batch before the retry
+				rw.Seek(offset, io.SeekStart)
+			}
+			retryAt = l.opt.Now().Add(time.Second)
+			return false
+		}
+		if offset >= 0 {
+			offset += int64(len(pending))
+		}
+		l.metrics.Lines.Add(float64(lines))
+		l.metrics.Failing.Set(0)
+		pending, lines = pending[:0], 0
+		return true
+	}
+	add := func(e Entry) {
+		line, h := seal(e, l.prev)
+		pending, l.prev = append(pending, line...), h
+		lines++
+	}
+	in := l.in
+	for {
+		// While the sink fails and the held lines reach the bound, stop
+		// taking lines: the channel fills and Record starts dropping.
+		recv := in
+		if len(pending) >= maxPendingBytes {
+			recv = nil
+		}
+		select {
+		case e, ok := <-recv:
+			if !ok {
+				flush()
+				return
+			}
+			l.metrics.Pending.Dec()
+			if n := l.dropped.Swap(0); n > 0 {
+				add(Entry{Time: l.opt.Now().UTC().Format(time.RFC3339Nano), Event: "gap", Operation: "audit.gap", Dropped: n,
+					Detail: "lines were dropped while the audit sink failed"})
+			}
+			add(e)
+			if len(pending) >= 64<<10 && l.opt.Now().After(retryAt) {
+				flush()
+			}
+		case <-tick.C:
+			if l.opt.Now().After(retryAt) {
+				flush()
+			}
+		}
+	}
+}
+
+// lastHash returns the hash of the last complete line of f, and the length
+// of a torn (unterminated) tail, which it truncates.
+func lastHash(f *os.File) (string, int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return "", 0, err
+	}
+	size := fi.Size()
+	if size == 0 {
+		return "", 0, nil
+	}
+	const window = 1 << 20
+	start := max(0, size-window)
+	buf := make([]byte, size-start)
+	if _, err := f.ReadAt(buf, start); err != nil && !errors.Is(err, io.EOF) {
+		return "", 0, err
+	}
+	var torn int64
+	if buf[len(buf)-1] != '\n' {
+		cut := bytes.LastIndexByte(buf, '\n') + 1
+		torn = int64(len(buf) - cut)
+		if err := f.Truncate(size - torn); err != nil {
+			return "", 0, err
+		}
+		buf = buf[:cut]
+	}
+	buf = bytes.TrimRight(buf, "\n")
+	if len(buf) == 0 {
+		return "", torn, nil
+	}
+	last := buf[bytes.LastIndexByte(buf, '\n')+1:]
+	var e Entry
+	if err := json.Unmarshal(last, &e); err != nil || e.Hash == "" {
+		return "", torn, fmt.Errorf("the last line is not an audit entry; refusing to continue a chain it cannot verify")
+	}
+	return e.Hash, torn, nil
+}
+
+// TamperError locates the first line that breaks the chain.
+type TamperError struct {
+	Line   int
+	Reason string
+}
+
+func (e *TamperError) Error() string { return fmt.Sprintf("audit log line %d: %s", e.Line, e.Reason) }
+
+// Verify reads a whole log and checks every line's hash and link to the line
+// before it. It returns the number of lines checked.
+func Verify(r io.Reader) (int, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	prev, n := "", 0
+	for sc.Scan() {
+		n++
+		line := sc.Bytes()
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			return n, &TamperError{Line: n, Reason: "not valid JSON: " + err.Error()}
+		}
+		suffix := []byte(`,"hash":"` + e.Hash + `"}`)
+		if e.Hash == "" || !bytes.HasSuffix(line, suffix) {
+			return n, &TamperError{Line: n, Reason: "the hash is missing or not the last field"}
+		}
+		body := append(bytes.Clone(line[:len(line)-len(suffix)]), '}')
+		sum := sha256.Sum256(body)
+		if hex.EncodeToString(sum[:]) != e.Hash {
+			return n, &TamperError{Line: n, Reason: "its content does not match its hash: the line was edited"}
+		}
+		if n > 1 && e.Prev != prev {
+			return n, &TamperError{Line: n, Reason: "it does not link to the line before it: a line was removed, inserted or reordered"}
+		}
+		prev = e.Hash
+	}
+	return n, sc.Err()
+}
