@@ -1,5 +1,7 @@
-// Package access decides whether a principal may perform an operation on a
-// vault. Access is denied unless a grant says otherwise.
+// Package access decides whether a principal may perform an operation. Data
+// operations on a vault follow its model, access policies or RBAC;
+// management operations follow RBAC. Access is denied unless a grant says
+// otherwise.
 package access
 
 import (
@@ -8,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/cofferhq/coffer/internal/rbac"
 	"github.com/cofferhq/coffer/internal/vault"
 )
 
@@ -36,34 +39,111 @@ func (p Principal) String() string {
 	return fmt.Sprintf("appid=%s;oid=%s;tid=%s", p.AppID, p.ObjectID, p.TenantID)
 }
 
-// DeniedError says who was refused what, on which vault.
-type DeniedError struct {
-	Principal Principal
-	Kind      Kind
-	Operation string
-	Vault     string
+// Operation is a data-plane operation, named in both of Azure's models: the
+// access-policy permission it needs, and the RBAC data action.
+type Operation struct {
+	Kind       Kind
+	Permission string
+	DataAction string
 }
 
+func op(kind Kind, perm, action string) Operation {
+	return Operation{Kind: kind, Permission: perm, DataAction: "Microsoft.KeyVault/vaults/" + action}
+}
+
+// Secret operations. PUT and PATCH both need the "set" permission, and
+// separate data actions, as in Azure.
+var (
+	SecretGet     = op(Secrets, "get", "secrets/getSecret/action")
+	SecretList    = op(Secrets, "list", "secrets/readMetadata/action")
+	SecretSet     = op(Secrets, "set", "secrets/setSecret/action")
+	SecretUpdate  = op(Secrets, "set", "secrets/update/action")
+	SecretDelete  = op(Secrets, "delete", "secrets/delete")
+	SecretBackup  = op(Secrets, "backup", "secrets/backup/action")
+	SecretRestore = op(Secrets, "restore", "secrets/restore/action")
+	SecretRecover = op(Secrets, "recover", "secrets/recover/action")
+	SecretPurge   = op(Secrets, "purge", "secrets/purge/action")
+)
+
+// DeniedError says who was refused what, on which resource, and how to
+// grant it.
+type DeniedError struct {
+	Principal Principal
+	// Data-plane denials.
+	Vault     string
+	Operation Operation
+	RBAC      bool
+	// Management denials, and the resource of RBAC data denials.
+	Action   string
+	Resource string
+}
+
+// Management reports whether a management operation was refused.
+func (e *DeniedError) Management() bool { return e.Vault == "" }
+
 func (e *DeniedError) Error() string {
+	p := e.Principal
+	switch {
+	case e.Management():
+		return fmt.Sprintf("The client '%s' with object id '%s' does not have authorization to perform action '%s' over scope '%s'. Grant it with: coffer role assignment create --assignee %s --role Owner --scope %s",
+			p.AppID, p.ObjectID, e.Action, e.Resource, p.ObjectID, e.Resource)
+	case e.RBAC:
+		return fmt.Sprintf("Caller is not authorized to perform action on resource. Caller: %s. Action: '%s'. Resource: '%s'. Assignment: (not found). DecisionReason: 'DeniedWithNoValidRBAC'. Vault: %s. Grant it with: coffer role assignment create --assignee %s --role <a Key Vault role> --scope %s",
+			p, e.Operation.DataAction, e.Resource, e.Vault, p.ObjectID, e.Resource)
+	}
+	kind := strings.TrimSuffix(string(e.Operation.Kind), "s")
 	return fmt.Sprintf("The user, group or application '%s' does not have %s %s permission on key vault '%s'. Grant it with: coffer vault set-policy --name %s --object-id %s --%s-permissions %s",
-		e.Principal, e.Kind, e.Operation, e.Vault, e.Vault, e.Principal.ObjectID, strings.TrimSuffix(string(e.Kind), "s"), e.Operation)
+		p, e.Operation.Kind, e.Operation.Permission, e.Vault, e.Vault, p.ObjectID, kind, e.Operation.Permission)
 }
 
 // Is makes errors.Is(err, ErrDenied) true.
 func (e *DeniedError) Is(target error) bool { return target == ErrDenied }
 
-// Check returns nil if p may perform operation (an Azure permission name
-// such as "get") on objects of kind in v, and a *DeniedError otherwise.
-func Check(v *vault.Vault, p Principal, kind Kind, operation string) error {
+// Authorizer makes access decisions.
+type Authorizer struct {
+	roles *rbac.Assignments
+}
+
+// New returns an authorizer over the role assignments.
+func New(roles *rbac.Assignments) *Authorizer { return &Authorizer{roles: roles} }
+
+// Data returns nil if p may perform o on the object named object (empty for
+// vault-wide operations such as list) in v, and a *DeniedError otherwise.
+func (a *Authorizer) Data(v *vault.Vault, p Principal, o Operation, object string) error {
 	if p.TenantID == v.TenantID {
-		for i := range v.AccessPolicies {
-			ap := &v.AccessPolicies[i]
-			if ap.ObjectID == p.ObjectID && ap.TenantID == p.TenantID && grants(permsFor(&ap.Permissions, kind), operation) {
+		if v.RBAC {
+			scope := v.ID()
+			if object != "" {
+				scope = rbac.ObjectScope(scope, string(o.Kind), object)
+			}
+			if a.roles.AllowedData(p.TenantID, p.ObjectID, o.DataAction, scope) {
 				return nil
 			}
+			return &DeniedError{Principal: p, Vault: v.Name, Operation: o, RBAC: true, Resource: scope}
+		}
+		if policyAllows(v, p, o) {
+			return nil
 		}
 	}
-	return &DeniedError{Principal: p, Kind: kind, Operation: operation, Vault: v.Name}
+	return &DeniedError{Principal: p, Vault: v.Name, Operation: o, RBAC: v.RBAC, Resource: v.ID()}
+}
+
+func policyAllows(v *vault.Vault, p Principal, o Operation) bool {
+	for i := range v.AccessPolicies {
+		ap := &v.AccessPolicies[i]
+		if ap.ObjectID == p.ObjectID && ap.TenantID == p.TenantID && grants(permsFor(&ap.Permissions, o.Kind), o.Permission) {
+			return true
+		}
+	}
+	return false
+}
+
+// Manage returns nil if p may perform the management action at scope.
+func (a *Authorizer) Manage(p Principal, action, scope string) error {
+	if a.roles.Allowed(p.TenantID, p.ObjectID, action, scope) {
+		return nil
+	}
+	return &DeniedError{Principal: p, Action: action, Resource: scope}
 }
 
 func permsFor(p *vault.Permissions, kind Kind) []string {

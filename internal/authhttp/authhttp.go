@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/audit"
 	"github.com/cofferhq/coffer/internal/authority"
 	"github.com/cofferhq/coffer/internal/httpjson"
 )
@@ -65,6 +66,9 @@ type oauthErrorBody struct {
 
 func (h *Handler) oauthError(w http.ResponseWriter, e *authority.OAuthError) {
 	trace := authority.NewGUID()
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", fmt.Sprint(e.RetryAfter))
+	}
 	now := time.Now().UTC().Format("2006-01-02 15:04:05Z")
 	w.Header().Set("Cache-Control", "no-store")
 	httpjson.Write(w, e.Status, oauthErrorBody{
@@ -96,6 +100,8 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := r.PostForm
+	info := audit.From(r.Context())
+	info.Operation, info.Tenant, info.AppID = "oauth2/token", r.PathValue("tenant"), f.Get("client_id")
 	resp, err := h.a.Token(r.Context(), authority.TokenRequest{
 		Tenant:              r.PathValue("tenant"),
 		GrantType:           f.Get("grant_type"),
@@ -104,10 +110,12 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
 		ClientAssertionType: f.Get("client_assertion_type"),
 		ClientAssertion:     f.Get("client_assertion"),
 		Scope:               f.Get("scope"),
+		ActFor:              authority.Selector{ClientID: f.Get("mi_client_id"), ObjectID: f.Get("mi_object_id"), ResourceID: f.Get("mi_res_id")},
 	})
 	var oe *authority.OAuthError
 	switch {
 	case errors.As(err, &oe):
+		info.Decision = "deny"
 		h.oauthError(w, oe)
 		return
 	case err != nil:
@@ -115,6 +123,10 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
 		h.oauthError(w, &authority.OAuthError{Status: http.StatusInternalServerError, Code: "temporarily_unavailable", AADSTS: 50000,
 			Description: "There was an error issuing a token; see the server log."})
 		return
+	}
+	info.Decision, info.Principal, info.Object = "allow", resp.Subject.ObjectID, resp.Resource
+	if resp.Subject.ResourceID != "" {
+		info.Object = resp.Subject.ResourceID + " -> " + resp.Resource
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")

@@ -9,6 +9,15 @@ import (
 // ErrNotFound means a tenant or principal does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrExists means a principal with the same id or resource id exists.
+var ErrExists = errors.New("already exists")
+
+// ErrInvalid means an input is malformed; the message says which.
+var ErrInvalid = errors.New("invalid")
+
+// ErrAmbiguous means a name matches more than one principal.
+var ErrAmbiguous = errors.New("ambiguous")
+
 // OAuthError is a token-endpoint failure in Entra ID's shape: an OAuth error
 // code, an AADSTS number and a description. Descriptions name what was wrong
 // and never contain a secret or a token.
@@ -17,6 +26,8 @@ type OAuthError struct {
 	Code        string // invalid_request, invalid_client, ...
 	AADSTS      int
 	Description string
+	// RetryAfter is set on throttling and outages (seconds).
+	RetryAfter int
 }
 
 func (e *OAuthError) Error() string {

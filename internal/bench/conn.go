@@ -48,8 +48,14 @@ func Dial(ctx context.Context, rawURL string, roots *x509.CertPool, resolve func
 	return &Conn{host: u.Host, tc: tc, br: bufio.NewReaderSize(tc, 16<<10), bw: bufio.NewWriterSize(tc, 16<<10)}, nil
 }
 
-// Do sends one request and drains the response, returning its status.
+// Do sends one request (a JSON body, if any) and drains the response,
+// returning its status.
 func (c *Conn) Do(method, pathAndQuery, bearer string, body []byte) (int, error) {
+	return c.Send(method, pathAndQuery, bearer, "application/json", body)
+}
+
+// Send is Do with a content type; an empty bearer sends no Authorization.
+func (c *Conn) Send(method, pathAndQuery, bearer, contentType string, body []byte) (int, error) {
 	c.tc.SetDeadline(time.Now().Add(30 * time.Second))
 	w := c.bw
 	w.WriteString(method)
@@ -57,10 +63,14 @@ func (c *Conn) Do(method, pathAndQuery, bearer string, body []byte) (int, error)
 	w.WriteString(pathAndQuery)
 	w.WriteString(" HTTP/1.1\r\nHost: ")
 	w.WriteString(c.host)
-	w.WriteString("\r\nAuthorization: Bearer ")
-	w.WriteString(bearer)
+	if bearer != "" {
+		w.WriteString("\r\nAuthorization: Bearer ")
+		w.WriteString(bearer)
+	}
 	if body != nil {
-		w.WriteString("\r\nContent-Type: application/json\r\nContent-Length: ")
+		w.WriteString("\r\nContent-Type: ")
+		w.WriteString(contentType)
+		w.WriteString("\r\nContent-Length: ")
 		w.WriteString(strconv.Itoa(len(body)))
 	}
 	w.WriteString("\r\n\r\n")

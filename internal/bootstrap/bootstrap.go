@@ -10,6 +10,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/authority"
 	"github.com/cofferhq/coffer/internal/barrier"
+	"github.com/cofferhq/coffer/internal/rbac"
 )
 
 const stateKey = "bootstrap/state"
@@ -43,10 +44,17 @@ func Load(ctx context.Context, st Store) (State, bool, error) {
 	return s, true, nil
 }
 
-// Ensure creates the tenant and the administrator on first use. On first use
-// it returns the administrator's client secret, shown only then; later it
-// returns the recorded state and an empty secret.
-func Ensure(ctx context.Context, st Store, a *authority.Authority) (State, string, error) {
+// Roles grants the administrator its roles.
+type Roles interface {
+	Create(ctx context.Context, a rbac.Assignment) (rbac.Assignment, error)
+}
+
+// Ensure creates the tenant and the administrator on first use. The
+// administrator holds Owner (all management) and Key Vault Administrator
+// (all data in RBAC vaults) at the tenant root. On first use it returns the
+// administrator's client secret, shown only then; later it returns the
+// recorded state and an empty secret.
+func Ensure(ctx context.Context, st Store, a *authority.Authority, roles Roles) (State, string, error) {
 	if s, ok, err := Load(ctx, st); err != nil || ok {
 		return s, "", err
 	}
@@ -54,9 +62,15 @@ func Ensure(ctx context.Context, st Store, a *authority.Authority) (State, strin
 	if err != nil {
 		return State{}, "", fmt.Errorf("create tenant: %w", err)
 	}
-	sp, secret, err := a.CreateServicePrincipal(ctx, t.ID, "coffer-admin", true)
+	sp, secret, err := a.CreateServicePrincipal(ctx, t.ID, "coffer-admin")
 	if err != nil {
 		return State{}, "", fmt.Errorf("create administrator: %w", err)
+	}
+	for _, role := range []string{rbac.OwnerID, rbac.KeyVaultAdministratorID} {
+		if _, err := roles.Create(ctx, rbac.Assignment{TenantID: t.ID, RoleID: role, PrincipalID: sp.ObjectID,
+			PrincipalType: authority.TypeServicePrincipal, Scope: rbac.Root, CreatedBy: "bootstrap"}); err != nil {
+			return State{}, "", fmt.Errorf("grant the administrator its roles: %w", err)
+		}
 	}
 	s := State{TenantID: t.ID, AdminAppID: sp.AppID, AdminObjectID: sp.ObjectID}
 	b, _ := json.Marshal(s)

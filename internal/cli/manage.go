@@ -39,6 +39,8 @@ func (a *app) vaultCmd() *cobra.Command {
 	create.Flags().IntVar(&in.RetentionDays, "retention-days", 90, "soft-delete retention in days (7-90)")
 	create.Flags().BoolVar(&in.PurgeProtection, "enable-purge-protection", false, "forbid purging deleted objects before their retention ends")
 	create.Flags().BoolVar(&in.EnforceValidity, "enforce-secret-validity", false, "refuse to return secret values outside their nbf/exp window (Azure only advises)")
+	create.Flags().StringVarP(&in.ResourceGroup, "resource-group", "g", "", "resource group (default: default)")
+	create.Flags().BoolVar(&in.RBAC, "enable-rbac-authorization", false, "authorize data access with role assignments instead of access policies")
 
 	list := manageList(a, "List vaults", "vaults", vaultCols)
 	var showName string
@@ -60,8 +62,59 @@ func (a *app) vaultCmd() *cobra.Command {
 		},
 	}
 	show.Flags().StringVarP(&showName, "name", "n", "", "vault name")
-	cmd.AddCommand(create, list, show)
+	cmd.AddCommand(create, list, show, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true))
 	return cmd
+}
+
+// policyCmd builds `vault set-policy` and `vault delete-policy`.
+func (a *app) policyCmd(use string, remove bool) *cobra.Command {
+	var name string
+	var in mgmthttp.PolicyIn
+	var secrets, keys, certs []string
+	short := "Grant a principal permissions on a vault (access-policy vaults); the kinds given replace its lists"
+	if remove {
+		short = "Remove a principal's access policy from a vault"
+	}
+	c := &cobra.Command{
+		Use: use, Short: short, Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := requireFlags(c, "name"); err != nil {
+				return err
+			}
+			if (in.ObjectID == "") == (in.Spn == "") {
+				return usagef("give exactly one of --object-id and --spn")
+			}
+			if !remove {
+				for flag, dst := range map[string]**[]string{"secret-permissions": &in.Secrets, "key-permissions": &in.Keys, "certificate-permissions": &in.Certificates} {
+					if c.Flags().Changed(flag) {
+						v := map[string][]string{"secret-permissions": secrets, "key-permissions": keys, "certificate-permissions": certs}[flag]
+						*dst = &v
+					}
+				}
+				if in.Secrets == nil && in.Keys == nil && in.Certificates == nil {
+					return usagef("give at least one of --secret-permissions, --key-permissions, --certificate-permissions")
+				}
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			var out mgmthttp.VaultOut
+			if err := cl.Manage(c.Context(), "POST", "vaults/"+name+"/"+use, in, &out); err != nil {
+				return err
+			}
+			return render(a.stdout, a.output, out, []mgmthttp.VaultOut{out}, vaultCols)
+		},
+	}
+	c.Flags().StringVarP(&name, "name", "n", "", "vault name")
+	c.Flags().StringVar(&in.ObjectID, "object-id", "", "object id of the principal")
+	c.Flags().StringVar(&in.Spn, "spn", "", "client (app) id or display name of the service principal or identity")
+	if !remove {
+		c.Flags().StringSliceVar(&secrets, "secret-permissions", nil, "secret permissions: get, list, set, delete, backup, restore, recover, purge, all")
+		c.Flags().StringSliceVar(&keys, "key-permissions", nil, "key permissions (Azure's names), or all")
+		c.Flags().StringSliceVar(&certs, "certificate-permissions", nil, "certificate permissions (Azure's names), or all")
+	}
+	return c
 }
 
 var spCols = []column[mgmthttp.SPOut]{
@@ -74,7 +127,7 @@ var spCols = []column[mgmthttp.SPOut]{
 
 func (a *app) spCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sp", Short: "Manage service principals (mirrors `az ad sp`)"}
-	var name string
+	var name, certFile string
 	create := &cobra.Command{
 		Use: "create", Short: "Create a service principal and print its client id and secret (shown once)", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -85,19 +138,29 @@ func (a *app) spCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			in := mgmthttp.CreateSPIn{DisplayName: name}
+			if certFile != "" {
+				pem, err := readInput(a.stdin, certFile, maxInputFile)
+				if err != nil {
+					return err
+				}
+				in.CertificatePEM = string(pem)
+			}
 			var out mgmthttp.SPOut
-			if err := cl.Manage(c.Context(), "POST", "service-principals", mgmthttp.CreateSPIn{DisplayName: name}, &out); err != nil {
+			if err := cl.Manage(c.Context(), "POST", "service-principals", in, &out); err != nil {
 				return err
 			}
 			return render(a.stdout, a.output, out, []mgmthttp.SPOut{out}, spCols)
 		},
 	}
 	create.Flags().StringVarP(&name, "name", "n", "", "display name")
+	create.Flags().StringVar(&certFile, "cert-file", "", "also register this PEM certificate as a credential")
 	list := manageList(a, "List service principals", "service-principals", spCols)
 	cred := &cobra.Command{Use: "credential", Short: "Manage a service principal's credentials"}
-	var id string
+	var id, resetCert string
+	var appendCred bool
 	reset := &cobra.Command{
-		Use: "reset", Short: "Replace a service principal's client secrets with a new one", Args: cobra.NoArgs,
+		Use: "reset", Short: "Replace (or with --append, add) a service principal's client secret, or with --cert-file its certificate", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "id"); err != nil {
 				return err
@@ -106,14 +169,24 @@ func (a *app) spCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			in := mgmthttp.CredentialsIn{Append: appendCred}
+			if resetCert != "" {
+				pem, err := readInput(a.stdin, resetCert, maxInputFile)
+				if err != nil {
+					return err
+				}
+				in.CertificatePEM = string(pem)
+			}
 			var out mgmthttp.SPOut
-			if err := cl.Manage(c.Context(), "POST", "service-principals/"+id+"/reset-secret", nil, &out); err != nil {
+			if err := cl.Manage(c.Context(), "POST", "service-principals/"+id+"/credentials", in, &out); err != nil {
 				return err
 			}
 			return render(a.stdout, a.output, out, []mgmthttp.SPOut{out}, spCols)
 		},
 	}
 	reset.Flags().StringVar(&id, "id", "", "the application (client) id")
+	reset.Flags().StringVar(&resetCert, "cert-file", "", "register this PEM certificate instead of issuing a secret")
+	reset.Flags().BoolVar(&appendCred, "append", false, "keep the existing credentials of that kind")
 	cred.AddCommand(reset)
 	cmd.AddCommand(create, list, cred)
 	return cmd

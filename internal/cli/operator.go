@@ -9,6 +9,7 @@ import (
 	"github.com/cofferhq/coffer/internal/devenv"
 	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/rbac"
 	"github.com/cofferhq/coffer/internal/rootkey"
 	"github.com/cofferhq/coffer/internal/server"
 	"github.com/spf13/cobra"
@@ -40,7 +41,11 @@ func (a *app) operatorInit() *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			auth, err := authority.Open(c.Context(), st.Barrier, authority.Config{Host: ep.AuthorityURL(), Resources: []string{ep.Resource()}}, nil)
+			roles, err := rbac.Open(c.Context(), st.Barrier, nil)
+			if err != nil {
+				return err
+			}
+			auth, err := authority.Open(c.Context(), st.Barrier, authority.Config{Host: ep.AuthorityURL(), Resources: []string{ep.Resource()}, Roles: roles}, nil)
 			if err != nil {
 				return err
 			}
@@ -49,7 +54,7 @@ func (a *app) operatorInit() *cobra.Command {
 			} else if ok {
 				return fmt.Errorf("%s is already initialised; an administrator can reset its secret with `coffer sp credential reset`", dataDir)
 			}
-			state, secret, err := bootstrap.Ensure(c.Context(), st.Barrier, auth)
+			state, secret, err := bootstrap.Ensure(c.Context(), st.Barrier, auth, roles)
 			if err != nil {
 				return err
 			}

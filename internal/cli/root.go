@@ -87,7 +87,11 @@ func (a *app) root() *cobra.Command {
 		a.operatorCmd(),
 		a.vaultCmd(),
 		a.spCmd(),
+		a.identityCmd(),
+		a.nodePoolCmd(),
+		a.roleCmd(),
 		a.secretCmd(),
+		a.auditCmd(),
 		a.benchCmd(),
 	)
 	return root

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/bootstrap"
+	"github.com/cofferhq/coffer/internal/client"
 	"github.com/cofferhq/coffer/internal/devenv"
 	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/pki"
@@ -25,6 +28,7 @@ func (a *app) serverCmd() *cobra.Command {
 	var cfg server.Config
 	var listen, suffix string
 	var publicPort int
+	var common commonServe
 	c := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: vault API, authority and management API (TLS required)",
@@ -51,11 +55,17 @@ COFFER_ROOT_KEY. Initialise a new data directory first with
 				return usagef("%v", err)
 			}
 			cfg.Log = a.logger(true)
+			if err := common.apply(&cfg); err != nil {
+				return err
+			}
 			srv, err := server.Open(c.Context(), cfg)
 			if err != nil {
 				return err
 			}
 			defer srv.Close()
+			if err := common.serveMetrics(c.Context(), srv, cfg.Log); err != nil {
+				return err
+			}
 			if _, ok, err := bootstrap.Load(c.Context(), srv.Store().Barrier); err == nil && !ok {
 				cfg.Log.Warn("this installation has no administrator yet: stop the server and run `coffer operator init --data-dir " + cfg.DataDir + "`")
 			}
@@ -74,7 +84,59 @@ COFFER_ROOT_KEY. Initialise a new data directory first with
 	f.BoolVar(&cfg.InsecureHTTP, "insecure-http", false, "serve plain HTTP, only behind a TLS-terminating proxy")
 	f.DurationVar(&cfg.TokenLifetime, "token-lifetime", time.Hour, "lifetime of issued access tokens (5m to 24h)")
 	f.DurationVar(&cfg.PurgeInterval, "purge-interval", time.Minute, "how often deleted objects past retention are purged")
+	common.bind(c, "127.0.0.1:9464")
 	return c
+}
+
+// commonServe holds the flags `coffer server` and `coffer dev` share.
+type commonServe struct {
+	rateLimit   float64
+	rateBurst   int
+	fedCAFile   string
+	auditLog    string
+	metricsAddr string
+}
+
+func (o *commonServe) bind(c *cobra.Command, metricsDefault string) {
+	f := c.Flags()
+	f.Float64Var(&o.rateLimit, "token-rate-limit", 0, "token requests per second allowed per client (default 20; negative: unlimited)")
+	f.IntVar(&o.rateBurst, "token-rate-burst", 0, "token request burst per client (default 40)")
+	f.StringVar(&o.fedCAFile, "federation-ca-file", "", "PEM CAs to trust, besides the system roots, for federated issuers (such as a cluster's service-account issuer)")
+	f.StringVar(&o.auditLog, "audit-log", "", "audit log file (default: {data-dir}/audit.log)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", metricsDefault, "address for Prometheus metrics over plain HTTP (empty: off)")
+}
+
+func (o *commonServe) apply(cfg *server.Config) error {
+	cfg.TokenRateLimit, cfg.TokenRateBurst, cfg.AuditLog = o.rateLimit, o.rateBurst, o.auditLog
+	if o.fedCAFile != "" {
+		roots, err := client.RootPool(o.fedCAFile)
+		if err != nil {
+			return fmt.Errorf("--federation-ca-file: %w", err)
+		}
+		cfg.FederationRoots = roots
+	}
+	return nil
+}
+
+// serveMetrics serves /metrics on its own listener until ctx ends.
+func (o *commonServe) serveMetrics(ctx context.Context, srv *server.Server, log *slog.Logger) error {
+	if o.metricsAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", srv.MetricsHandler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	go func() {
+		<-ctx.Done()
+		hs.Close()
+	}()
+	go hs.Serve(ln)
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return nil
 }
 
 type devOptions struct {
@@ -82,6 +144,7 @@ type devOptions struct {
 	port                        int
 	writeHosts                  bool
 	tokenLifetime               time.Duration
+	common                      commonServe
 }
 
 func (a *app) devCmd() *cobra.Command {
@@ -103,6 +166,7 @@ writes {data-dir}/dev.env with credentials for the CLI and the Azure SDKs.`,
 	f.StringVar(&o.suffix, "dns-suffix", endpoint.DefaultSuffix, "DNS suffix of vault hosts")
 	f.BoolVar(&o.writeHosts, "write-hosts", false, "add /etc/hosts entries for the authority and every vault, for clients that do not resolve *.localhost")
 	f.DurationVar(&o.tokenLifetime, "token-lifetime", time.Hour, "lifetime of issued access tokens (5m to 24h)")
+	o.common.bind(c, "")
 	return c
 }
 
@@ -135,16 +199,23 @@ func (a *app) runDev(ctx context.Context, o devOptions) error {
 		return usagef("%v", err)
 	}
 	log := a.logger(false)
-	srv, err := server.Open(ctx, server.Config{
+	cfg := server.Config{
 		DataDir: dir, RootKeyFile: keyFile, Endpoints: ep,
 		TLSCertFile: files.Cert, TLSKeyFile: files.Key, TokenLifetime: o.tokenLifetime, Log: log,
-	})
+	}
+	if err := o.common.apply(&cfg); err != nil {
+		return err
+	}
+	srv, err := server.Open(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	if err := o.common.serveMetrics(ctx, srv, log); err != nil {
+		return err
+	}
 
-	st, secret, err := bootstrap.Ensure(ctx, srv.Store().Barrier, srv.Authority)
+	st, secret, err := bootstrap.Ensure(ctx, srv.Store().Barrier, srv.Authority, srv.Roles)
 	if err != nil {
 		return err
 	}
@@ -156,7 +227,11 @@ func (a *app) runDev(ctx context.Context, o devOptions) error {
 		}
 	}
 	if _, err := srv.Vaults.Get("demo"); errors.Is(err, vault.ErrNotFound) {
-		if _, err := srv.Vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: st.TenantID, CreatedBy: st.AdminObjectID}); err != nil {
+		tenant, err := srv.Authority.Tenant(ctx, st.TenantID)
+		if err != nil {
+			return err
+		}
+		if _, err := srv.Vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: st.TenantID, SubscriptionID: tenant.SubscriptionID, CreatedBy: st.AdminObjectID}); err != nil {
 			return err
 		}
 	}

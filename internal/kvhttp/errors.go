@@ -60,7 +60,11 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		h.challenge(w, r)
 		writeErr(w, http.StatusUnauthorized, "Unauthorized", "", te.Error())
 	case errors.As(err, &de):
-		writeErr(w, http.StatusForbidden, "Forbidden", "AccessDenied", de.Error())
+		inner := "AccessDenied"
+		if de.RBAC {
+			inner = "ForbiddenByRbac"
+		}
+		writeErr(w, http.StatusForbidden, "Forbidden", inner, de.Error())
 	case errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "", "The request body is larger than the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit for this operation.")
 	case errors.As(err, &ute):

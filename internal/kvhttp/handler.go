@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/audit"
 	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/secret"
 	"github.com/cofferhq/coffer/internal/token"
@@ -26,6 +27,7 @@ const (
 // Handler serves the vault data plane.
 type Handler struct {
 	ep       endpoint.Endpoints
+	access   *access.Authorizer
 	vaults   *vault.Registry
 	secrets  *secret.Service
 	verifier *token.Verifier
@@ -37,6 +39,7 @@ type Handler struct {
 // Deps are the domain services the handler calls.
 type Deps struct {
 	Endpoints endpoint.Endpoints
+	Access    *access.Authorizer
 	Vaults    *vault.Registry
 	Secrets   *secret.Service
 	Verifier  *token.Verifier
@@ -47,7 +50,7 @@ type Deps struct {
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, vaults: d.Vaults, secrets: d.Secrets, verifier: d.Verifier, issuer: d.Issuer, log: d.Log}
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, verifier: d.Verifier, issuer: d.Issuer, log: d.Log}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -83,6 +86,7 @@ type call struct {
 	vault      *vault.Vault
 	principal  access.Principal
 	apiVersion string
+	audit      *audit.Info
 }
 
 type callKey struct{}
@@ -95,6 +99,8 @@ func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call)
 // stripped.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, name := h.ep.Parse(r.Host)
+	info := audit.From(r.Context())
+	info.Vault = name
 	v, err := h.vaults.Get(name)
 	if err != nil {
 		h.fail(w, r, access.Secrets, err)
@@ -102,10 +108,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := h.authenticate(r, v)
 	if err != nil {
+		info.Decision = "unauthenticated"
 		drain(r)
 		h.fail(w, r, access.Secrets, err)
 		return
 	}
+	info.Tenant, info.Principal, info.AppID = p.TenantID, p.ObjectID, p.AppID
 	ver := r.URL.Query().Get("api-version")
 	switch {
 	case ver == "":
@@ -115,7 +123,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The specified version ("+ver+") is not recognized. Consider using the latest supported version ("+Latest+").")
 		return
 	}
-	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver})
+	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
 	h.mux.ServeHTTP(w, r.WithContext(ctx))
 }
 

@@ -97,13 +97,21 @@ func (s secretRoutes) deletedOut(c *call, d secret.Deleted) secretOut {
 	return o
 }
 
-// authorize checks op and, on success, returns the request's call.
-func (s secretRoutes) authorize(w http.ResponseWriter, r *http.Request, op string) (*call, bool) {
+// authorize checks that the caller may perform op on object ("" for
+// vault-wide operations) and, if so, returns the request's call.
+func (s secretRoutes) authorize(w http.ResponseWriter, r *http.Request, op access.Operation, object string) (*call, bool) {
 	c := callOf(r)
-	if err := access.Check(c.vault, c.principal, access.Secrets, op); err != nil {
+	c.audit.Operation = op.DataAction
+	if object != "" {
+		c.audit.Object = string(op.Kind) + "/" + object
+		c.audit.Version = r.PathValue("version")
+	}
+	if err := s.h.access.Data(c.vault, c.principal, op, object); err != nil {
+		c.audit.Decision = "deny"
 		s.h.fail(w, r, access.Secrets, err)
 		return nil, false
 	}
+	c.audit.Decision = "allow"
 	return c, true
 }
 
@@ -155,10 +163,16 @@ func (s secretRoutes) nextLink(c *call, r *http.Request, next string) *string {
 	return &link
 }
 
-// serve runs one operation: it checks the caller holds permission op, runs
-// fn, and writes its result (or, for a nil result, 204 No Content).
-func (s secretRoutes) serve(w http.ResponseWriter, r *http.Request, op string, fn func(c *call) (any, error)) {
-	c, ok := s.authorize(w, r, op)
+// serve runs one operation on the secret named in the path: it checks the
+// caller may perform op, runs fn, and writes its result (or, for a nil
+// result, 204 No Content).
+func (s secretRoutes) serve(w http.ResponseWriter, r *http.Request, op access.Operation, fn func(c *call) (any, error)) {
+	s.serveOn(w, r, op, r.PathValue("name"), fn)
+}
+
+// serveOn is serve with the object named explicitly ("" for the vault).
+func (s secretRoutes) serveOn(w http.ResponseWriter, r *http.Request, op access.Operation, object string, fn func(c *call) (any, error)) {
+	c, ok := s.authorize(w, r, op, object)
 	if !ok {
 		return
 	}
@@ -176,7 +190,7 @@ func (s secretRoutes) serve(w http.ResponseWriter, r *http.Request, op string, f
 // listPage serves one page of a list operation; fetch returns the page in
 // wire form and the cursor of the next page.
 func (s secretRoutes) listPage(w http.ResponseWriter, r *http.Request, fetch func(c *call, after string, limit int) ([]secretOut, string, error)) {
-	s.serve(w, r, "list", func(c *call) (any, error) {
+	s.serveOn(w, r, access.SecretList, "", func(c *call) (any, error) {
 		after, limit, err := page(r)
 		if err != nil {
 			return nil, err
@@ -204,7 +218,7 @@ func readSecretIn(w http.ResponseWriter, r *http.Request) (secretIn, error) {
 }
 
 func (s secretRoutes) set(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "set", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretSet, func(c *call) (any, error) {
 		in, err := readSecretIn(w, r)
 		if err != nil {
 			return nil, err
@@ -219,14 +233,14 @@ func (s secretRoutes) set(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s secretRoutes) get(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "get", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretGet, func(c *call) (any, error) {
 		sec, err := s.h.secrets.Get(r.Context(), c.vault, r.PathValue("name"), r.PathValue("version"))
 		return s.out(c, sec, true), err
 	})
 }
 
 func (s secretRoutes) update(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "set", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretUpdate, func(c *call) (any, error) {
 		in, err := readSecretIn(w, r)
 		if err != nil {
 			return nil, err
@@ -244,7 +258,7 @@ func (s secretRoutes) update(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s secretRoutes) delete(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "delete", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretDelete, func(c *call) (any, error) {
 		d, err := s.h.secrets.Delete(r.Context(), c.vault, r.PathValue("name"))
 		return s.deletedOut(c, d), err
 	})
@@ -286,34 +300,34 @@ func (s secretRoutes) listDeleted(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s secretRoutes) getDeleted(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "list", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretList, func(c *call) (any, error) {
 		d, err := s.h.secrets.GetDeleted(r.Context(), c.vault, r.PathValue("name"))
 		return s.deletedOut(c, d), err
 	})
 }
 
 func (s secretRoutes) recover(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "recover", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretRecover, func(c *call) (any, error) {
 		sec, err := s.h.secrets.Recover(r.Context(), c.vault, r.PathValue("name"))
 		return s.out(c, sec, false), err
 	})
 }
 
 func (s secretRoutes) purge(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "purge", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretPurge, func(c *call) (any, error) {
 		return nil, s.h.secrets.Purge(r.Context(), c.vault, r.PathValue("name"))
 	})
 }
 
 func (s secretRoutes) backup(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "backup", func(c *call) (any, error) {
+	s.serve(w, r, access.SecretBackup, func(c *call) (any, error) {
 		blob, err := s.h.secrets.Backup(r.Context(), c.vault, r.PathValue("name"))
 		return blobIO{Value: base64.RawURLEncoding.EncodeToString(blob)}, err
 	})
 }
 
 func (s secretRoutes) restore(w http.ResponseWriter, r *http.Request) {
-	s.serve(w, r, "restore", func(c *call) (any, error) {
+	s.serveOn(w, r, access.SecretRestore, "", func(c *call) (any, error) {
 		var in blobIO
 		if err := readJSON(w, r, maxRestoreBody, &in); err != nil {
 			return nil, err

@@ -1,6 +1,8 @@
 // Package mgmthttp serves Coffer's management API under /coffer/v1 on the
-// apex host: vaults, service principals and operator actions. It takes
-// tokens for the management audience only.
+// apex host: vaults and their access policies, service principals, managed
+// identities and federated credentials, node pools, role assignments, and
+// operator actions. It takes tokens for the management audience only, and
+// every operation checks its own RBAC action at its own scope.
 package mgmthttp
 
 import (
@@ -14,9 +16,11 @@ import (
 	"strings"
 
 	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/audit"
 	"github.com/cofferhq/coffer/internal/authority"
 	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/httpjson"
+	"github.com/cofferhq/coffer/internal/rbac"
 	"github.com/cofferhq/coffer/internal/rootkey"
 	"github.com/cofferhq/coffer/internal/token"
 	"github.com/cofferhq/coffer/internal/vault"
@@ -26,6 +30,12 @@ import (
 const Prefix = "/coffer/v1/"
 
 const maxBody = 64 << 10
+
+// ActionOperator covers installation-wide key operations; only Owner holds it.
+const ActionOperator = "Coffer.Operator/keys/action"
+
+// actionDirectoryRead lists the directory's principals.
+const actionDirectoryRead = "Microsoft.Directory/servicePrincipals/read"
 
 // RootKeyRotation reports a finished root key rotation.
 type RootKeyRotation struct {
@@ -43,31 +53,54 @@ type Operator interface {
 	RotateDataKey(ctx context.Context) (uint32, error)
 }
 
+// Deps are the services the handler calls.
+type Deps struct {
+	Endpoints endpoint.Endpoints
+	Authority *authority.Authority
+	Vaults    *vault.Registry
+	Roles     *rbac.Assignments
+	Access    *access.Authorizer
+	Operator  Operator
+	Log       *slog.Logger
+}
+
 // Handler serves the management API.
 type Handler struct {
-	ep       endpoint.Endpoints
-	auth     *authority.Authority
-	vaults   *vault.Registry
-	operator Operator
-	log      *slog.Logger
-	mux      *http.ServeMux
+	Deps
+	mux *http.ServeMux
 }
 
 // New returns the management handler.
-func New(ep endpoint.Endpoints, a *authority.Authority, vaults *vault.Registry, op Operator, log *slog.Logger) *Handler {
-	if log == nil {
-		log = slog.Default()
+func New(d Deps) *Handler {
+	if d.Log == nil {
+		d.Log = slog.Default()
 	}
-	h := &Handler{ep: ep, auth: a, vaults: vaults, operator: op, log: log, mux: http.NewServeMux()}
-	h.mux.HandleFunc("GET /coffer/v1/vaults", h.admin(h.listVaults))
-	h.mux.HandleFunc("POST /coffer/v1/vaults", h.admin(h.createVault))
-	h.mux.HandleFunc("GET /coffer/v1/vaults/{name}", h.admin(h.showVault))
-	h.mux.HandleFunc("GET /coffer/v1/service-principals", h.admin(h.listSPs))
-	h.mux.HandleFunc("POST /coffer/v1/service-principals", h.admin(h.createSP))
-	h.mux.HandleFunc("POST /coffer/v1/service-principals/{appId}/reset-secret", h.admin(h.resetSecret))
-	h.mux.HandleFunc("POST /coffer/v1/operator/rotate-root-key", h.admin(h.rotateRootKey))
-	h.mux.HandleFunc("POST /coffer/v1/operator/rotate-data-key", h.admin(h.rotateDataKey))
-	h.mux.HandleFunc("POST /coffer/v1/operator/rotate-signing-key", h.admin(h.rotateSigningKey))
+	h := &Handler{Deps: d, mux: http.NewServeMux()}
+	route := func(pattern string, fn http.HandlerFunc) { h.mux.HandleFunc(pattern, fn) }
+	route("GET /coffer/v1/vaults", handle(h, http.StatusOK, h.listVaults))
+	route("POST /coffer/v1/vaults", handle(h, http.StatusCreated, h.createVault))
+	route("GET /coffer/v1/vaults/{name}", handle(h, http.StatusOK, h.showVault))
+	route("POST /coffer/v1/vaults/{name}/set-policy", handle(h, http.StatusOK, h.setPolicy))
+	route("POST /coffer/v1/vaults/{name}/delete-policy", handle(h, http.StatusOK, h.deletePolicy))
+	route("GET /coffer/v1/service-principals", handle(h, http.StatusOK, h.listSPs))
+	route("POST /coffer/v1/service-principals", handle(h, http.StatusCreated, h.createSP))
+	route("POST /coffer/v1/service-principals/{appId}/credentials", handle(h, http.StatusOK, h.resetCredentials))
+	route("GET /coffer/v1/identities", handle(h, http.StatusOK, h.listIdentities))
+	route("POST /coffer/v1/identities", handle(h, http.StatusCreated, h.createIdentity))
+	route("GET /coffer/v1/identities/{rg}/{name}", handle(h, http.StatusOK, h.showIdentity))
+	route("GET /coffer/v1/identities/{rg}/{name}/federated-credentials", handle(h, http.StatusOK, h.listFederated))
+	route("PUT /coffer/v1/identities/{rg}/{name}/federated-credentials/{cred}", handle(h, http.StatusOK, h.putFederated))
+	route("DELETE /coffer/v1/identities/{rg}/{name}/federated-credentials/{cred}", handle(h, http.StatusNoContent, h.deleteFederated))
+	route("POST /coffer/v1/node-pools", handle(h, http.StatusCreated, h.createNodePool))
+	route("POST /coffer/v1/node-pools/{rg}/{name}/identities", handle(h, http.StatusOK, h.assignNodePoolIdentities))
+	route("GET /coffer/v1/role-assignments", handle(h, http.StatusOK, h.listAssignments))
+	route("POST /coffer/v1/role-assignments", handle(h, http.StatusCreated, h.createAssignment))
+	route("DELETE /coffer/v1/role-assignments/{id}", handle(h, http.StatusNoContent, h.deleteAssignment))
+	route("GET /coffer/v1/role-definitions", handle(h, http.StatusOK, h.listRoles))
+	route("POST /coffer/v1/role-definitions", handle(h, http.StatusCreated, h.createRole))
+	route("POST /coffer/v1/operator/rotate-root-key", handle(h, http.StatusOK, h.rotateRootKey))
+	route("POST /coffer/v1/operator/rotate-data-key", handle(h, http.StatusOK, h.rotateDataKey))
+	route("POST /coffer/v1/operator/rotate-signing-key", handle(h, http.StatusOK, h.rotateSigningKey))
 	h.mux.HandleFunc("/coffer/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "NotFound", "No management operation matches "+r.Method+" "+r.URL.Path+".")
 	})
@@ -90,59 +123,113 @@ func writeErr(w http.ResponseWriter, status int, code, msg string) {
 	httpjson.Write(w, status, b)
 }
 
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case errors.Is(err, vault.ErrInvalid):
-		writeErr(w, http.StatusBadRequest, "BadParameter", err.Error())
-	case errors.Is(err, vault.ErrExists):
-		writeErr(w, http.StatusConflict, "Conflict", err.Error())
-	case errors.Is(err, vault.ErrNotFound), errors.Is(err, authority.ErrNotFound):
-		writeErr(w, http.StatusNotFound, "NotFound", err.Error())
-	default:
-		var mbe *http.MaxBytesError
-		var se *json.SyntaxError
-		var ute *json.UnmarshalTypeError
-		var be badRequest
-		switch {
-		case errors.As(err, &mbe):
-			writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The request body is over the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit.")
-		case errors.As(err, &se), errors.As(err, &ute):
-			writeErr(w, http.StatusBadRequest, "BadParameter", "The request body is not valid JSON: "+err.Error())
-		case errors.As(err, &be):
-			writeErr(w, http.StatusBadRequest, "BadParameter", be.Error())
-		default:
-			h.log.ErrorContext(r.Context(), "management request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			writeErr(w, http.StatusInternalServerError, "InternalServerError", "The server could not complete the request; see its log for details.")
-		}
-	}
-}
-
+// badRequest is a client error with a message that says what to fix.
 type badRequest string
 
 func (b badRequest) Error() string { return string(b) }
 
-// admin authenticates the caller and requires an administrator. Fine-grained
-// management roles come with RBAC; until then only admins manage.
-func (h *Handler) admin(next func(http.ResponseWriter, *http.Request, access.Principal)) http.HandlerFunc {
+// BadRequest wraps a message as a 400 for Operator implementations.
+func BadRequest(msg string) error { return badRequest(msg) }
+
+// fail converts an error to the wire form, once, at the boundary.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		de  *access.DeniedError
+		mbe *http.MaxBytesError
+		se  *json.SyntaxError
+		ute *json.UnmarshalTypeError
+		br  badRequest
+	)
+	switch {
+	case errors.As(err, &de):
+		audit.From(r.Context()).Decision = "deny"
+		writeErr(w, http.StatusForbidden, "AuthorizationFailed", de.Error())
+	case errors.Is(err, vault.ErrInvalid), errors.Is(err, authority.ErrInvalid), errors.Is(err, authority.ErrAmbiguous), errors.As(err, &br):
+		writeErr(w, http.StatusBadRequest, "BadParameter", err.Error())
+	case errors.Is(err, rbac.ErrInvalidRole):
+		writeErr(w, http.StatusBadRequest, "BadParameter", err.Error())
+	case errors.Is(err, vault.ErrExists), errors.Is(err, authority.ErrExists), errors.Is(err, rbac.ErrExists):
+		writeErr(w, http.StatusConflict, "Conflict", err.Error())
+	case errors.Is(err, vault.ErrNotFound), errors.Is(err, authority.ErrNotFound), errors.Is(err, rbac.ErrNotFound):
+		writeErr(w, http.StatusNotFound, "NotFound", err.Error())
+	case errors.As(err, &mbe):
+		writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The request body is over the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit.")
+	case errors.As(err, &ute):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "The request body's field '"+ute.Field+"' must not be a JSON "+ute.Value+".")
+	case errors.As(err, &se):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "The request body is not valid JSON: "+se.Error()+".")
+	default:
+		h.Log.ErrorContext(r.Context(), "management request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeErr(w, http.StatusInternalServerError, "InternalServerError", "The server could not complete the request; see its log for details.")
+	}
+}
+
+// none is the body of operations that take none.
+type none struct{}
+
+// list wraps a collection the way Azure lists do.
+func list[T any](items []T) map[string]any {
+	if items == nil {
+		items = []T{}
+	}
+	return map[string]any{"value": items}
+}
+
+// handle adapts an operation: it authenticates the caller, decodes the JSON
+// body (capped) into In, runs fn, and writes its result with status, or
+// converts its error. Every answer is marked no-store: some carry
+// credentials, and none should sit in a cache.
+func handle[In any](h *Handler, status int, fn func(r *http.Request, p access.Principal, in In) (any, error)) http.HandlerFunc {
+	return h.authenticated(func(w http.ResponseWriter, r *http.Request, p access.Principal) {
+		w.Header().Set("Cache-Control", "no-store")
+		var in In
+		if err := readJSON(w, r, &in); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		out, err := fn(r, p, in)
+		switch {
+		case err != nil:
+			h.fail(w, r, err)
+		case status == http.StatusNoContent:
+			w.WriteHeader(status)
+		default:
+			httpjson.Write(w, status, out)
+		}
+	})
+}
+
+// authenticated verifies the management token and records the caller for
+// the audit log; each operation then authorizes its own action.
+func (h *Handler) authenticated(next func(http.ResponseWriter, *http.Request, access.Principal)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		info := audit.From(r.Context())
 		raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		c, err := h.auth.Verifier().Verify(strings.TrimSpace(raw), token.Expect{
+		c, err := h.Authority.Verifier().Verify(strings.TrimSpace(raw), token.Expect{
 			Audiences: []string{endpoint.ManagementResource},
-			IssuerFor: h.auth.Issuer,
+			IssuerFor: h.Authority.Issuer,
 		})
 		if err != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer authorization="`+h.ep.AuthorityURL()+`", resource="`+endpoint.ManagementResource+`"`)
+			info.Decision = "unauthenticated"
+			w.Header().Set("WWW-Authenticate", `Bearer authorization="`+h.Endpoints.AuthorityURL()+`", resource="`+endpoint.ManagementResource+`"`)
 			writeErr(w, http.StatusUnauthorized, "Unauthorized", err.Error())
 			return
 		}
-		p := access.Principal{TenantID: c.TenantID, ObjectID: c.ObjectID, AppID: c.AppID}
-		sp, err := h.auth.ServicePrincipalByObjectID(r.Context(), c.TenantID, c.ObjectID)
-		if err != nil || !sp.Admin {
-			writeErr(w, http.StatusForbidden, "Forbidden", "The application '"+p.String()+"' is not an administrator of tenant "+c.TenantID+"; management operations need an administrator.")
-			return
-		}
-		next(w, r, p)
+		info.Tenant, info.Principal, info.AppID = c.TenantID, c.ObjectID, c.AppID
+		next(w, r, access.Principal{TenantID: c.TenantID, ObjectID: c.ObjectID, AppID: c.AppID})
 	}
+}
+
+// authorize checks a management action at a scope, recording it for audit.
+func (h *Handler) authorize(r *http.Request, p access.Principal, action, scope string) error {
+	info := audit.From(r.Context())
+	info.Operation, info.Object = action, scope
+	if err := h.Access.Manage(p, action, scope); err != nil {
+		info.Decision = "deny"
+		return err
+	}
+	info.Decision = "allow"
+	return nil
 }
 
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
@@ -156,168 +243,8 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return json.Unmarshal(body, v)
 }
 
-// VaultOut is a vault as the management API shows it.
-type VaultOut struct {
-	vault.Vault
-	VaultURI      string `json:"vaultUri"`
-	RecoveryLevel string `json:"recoveryLevel"`
+// subscription returns the caller's tenant subscription.
+func (h *Handler) subscription(ctx context.Context, p access.Principal) (string, error) {
+	t, err := h.Authority.Tenant(ctx, p.TenantID)
+	return t.SubscriptionID, err
 }
-
-func (h *Handler) vaultOut(v vault.Vault) VaultOut {
-	return VaultOut{Vault: v, VaultURI: h.ep.VaultURL(v.Name), RecoveryLevel: v.RecoveryLevel()}
-}
-
-func (h *Handler) listVaults(w http.ResponseWriter, r *http.Request, p access.Principal) {
-	out := []VaultOut{}
-	for _, v := range h.vaults.List(p.TenantID) {
-		out = append(out, h.vaultOut(v))
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"value": out})
-}
-
-// CreateVaultIn is the body of a vault creation.
-type CreateVaultIn struct {
-	Name            string `json:"name"`
-	RetentionDays   int    `json:"softDeleteRetentionInDays"`
-	PurgeProtection bool   `json:"enablePurgeProtection"`
-	EnforceValidity bool   `json:"enforceSecretValidity"`
-}
-
-func (h *Handler) createVault(w http.ResponseWriter, r *http.Request, p access.Principal) {
-	var in CreateVaultIn
-	if err := readJSON(w, r, &in); err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	v, err := h.vaults.Create(r.Context(), vault.Vault{
-		Name: in.Name, TenantID: p.TenantID, CreatedBy: p.ObjectID,
-		RetentionDays: in.RetentionDays, PurgeProtection: in.PurgeProtection, EnforceValidity: in.EnforceValidity,
-	})
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	httpjson.Write(w, http.StatusCreated, h.vaultOut(v))
-}
-
-func (h *Handler) showVault(w http.ResponseWriter, r *http.Request, p access.Principal) {
-	v, err := h.vaults.Get(r.PathValue("name"))
-	if err != nil || v.TenantID != p.TenantID {
-		h.fail(w, r, vault.ErrNotFound)
-		return
-	}
-	httpjson.Write(w, http.StatusOK, h.vaultOut(*v))
-}
-
-// SPOut is a service principal as the management API shows it. Password is
-// set only when a secret was just created.
-type SPOut struct {
-	AppID       string `json:"appId"`
-	ObjectID    string `json:"objectId"`
-	DisplayName string `json:"displayName"`
-	Tenant      string `json:"tenant"`
-	Admin       bool   `json:"admin,omitempty"`
-	Password    string `json:"password,omitempty"`
-}
-
-func spOut(sp authority.ServicePrincipal, password string) SPOut {
-	return SPOut{AppID: sp.AppID, ObjectID: sp.ObjectID, DisplayName: sp.DisplayName, Tenant: sp.TenantID, Admin: sp.Admin, Password: password}
-}
-
-func (h *Handler) listSPs(w http.ResponseWriter, r *http.Request, p access.Principal) {
-	sps, err := h.auth.ListServicePrincipals(r.Context(), p.TenantID)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	out := []SPOut{}
-	for _, sp := range sps {
-		out = append(out, spOut(sp, ""))
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"value": out})
-}
-
-// CreateSPIn is the body of a service principal creation.
-type CreateSPIn struct {
-	DisplayName string `json:"displayName"`
-}
-
-func (h *Handler) createSP(w http.ResponseWriter, r *http.Request, p access.Principal) {
-	var in CreateSPIn
-	if err := readJSON(w, r, &in); err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	sp, secret, err := h.auth.CreateServicePrincipal(r.Context(), p.TenantID, in.DisplayName, false)
-	if err != nil {
-		h.fail(w, r, badRequest(err.Error()))
-		return
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	httpjson.Write(w, http.StatusCreated, spOut(sp, secret))
-}
-
-func (h *Handler) resetSecret(w http.ResponseWriter, r *http.Request, p access.Principal) {
-	secret, err := h.auth.AddClientSecret(r.Context(), p.TenantID, r.PathValue("appId"), true)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	sp, err := h.auth.ServicePrincipal(r.Context(), p.TenantID, r.PathValue("appId"))
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	httpjson.Write(w, http.StatusOK, spOut(sp, secret))
-}
-
-// RotateRootKeyIn optionally carries the new root key, base64, for servers
-// that read their root key from the environment.
-type RotateRootKeyIn struct {
-	NewRootKey string `json:"newRootKey,omitempty"`
-}
-
-func (h *Handler) rotateRootKey(w http.ResponseWriter, r *http.Request, _ access.Principal) {
-	var in RotateRootKeyIn
-	if err := readJSON(w, r, &in); err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	var provided *rootkey.Key
-	if in.NewRootKey != "" {
-		k, err := rootkey.Parse(in.NewRootKey)
-		if err != nil {
-			h.fail(w, r, badRequest("newRootKey: "+err.Error()))
-			return
-		}
-		provided = &k
-	}
-	out, err := h.operator.RotateRootKey(r.Context(), provided)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	httpjson.Write(w, http.StatusOK, out)
-}
-
-func (h *Handler) rotateDataKey(w http.ResponseWriter, r *http.Request, _ access.Principal) {
-	term, err := h.operator.RotateDataKey(r.Context())
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"activeTerm": term})
-}
-
-func (h *Handler) rotateSigningKey(w http.ResponseWriter, r *http.Request, _ access.Principal) {
-	kid, err := h.auth.RotateSigningKey(r.Context())
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"kid": kid})
-}
-
-// BadRequest wraps a message as a 400 for Operator implementations.
-func BadRequest(msg string) error { return badRequest(msg) }

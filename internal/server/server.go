@@ -6,25 +6,35 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/audit"
 	"github.com/cofferhq/coffer/internal/authhttp"
 	"github.com/cofferhq/coffer/internal/authority"
 	"github.com/cofferhq/coffer/internal/endpoint"
+	"github.com/cofferhq/coffer/internal/federation"
 	"github.com/cofferhq/coffer/internal/kvhttp"
 	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/rbac"
 	"github.com/cofferhq/coffer/internal/rootkey"
 	"github.com/cofferhq/coffer/internal/secret"
 	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Config configures a server.
@@ -38,9 +48,18 @@ type Config struct {
 	InsecureHTTP bool
 
 	TokenLifetime time.Duration
+	// TokenRateLimit and TokenRateBurst limit token requests per client
+	// (see authority.Config); a negative limit turns limiting off.
+	TokenRateLimit float64
+	TokenRateBurst int
+	// FederationRoots are the CAs trusted for federated issuers' HTTPS
+	// endpoints; nil means the system roots.
+	FederationRoots *x509.CertPool
 	// PurgeInterval is how often soft-deleted objects past their retention
 	// are purged.
 	PurgeInterval time.Duration
+	// AuditLog is the audit log file; empty means {DataDir}/audit.log.
+	AuditLog string
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -55,10 +74,17 @@ type Server struct {
 	Vaults    *vault.Registry
 	Authority *authority.Authority
 	Secrets   *secret.Service
+	Roles     *rbac.Assignments
+	Access    *access.Authorizer
+	Audit     *audit.Log
+	Metrics   *prometheus.Registry
 
 	kv   *kvhttp.Handler
 	auth *authhttp.Handler
 	mgmt *mgmthttp.Handler
+
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 
 	rotMu sync.Mutex
 }
@@ -95,30 +121,65 @@ func (s *Server) build(ctx context.Context) error {
 	if s.Vaults, err = vault.Open(ctx, b, s.cfg.Now); err != nil {
 		return err
 	}
+	if s.Roles, err = rbac.Open(ctx, b, s.cfg.Now); err != nil {
+		return err
+	}
+	s.Access = access.New(s.Roles)
 	ep := s.cfg.Endpoints
+	fedClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: s.cfg.FederationRoots, MinVersion: tls.VersionTLS12}, TLSHandshakeTimeout: 5 * time.Second,
+		ResponseHeaderTimeout: 5 * time.Second, MaxIdleConnsPerHost: 2,
+	}}
 	s.Authority, err = authority.Open(ctx, b, authority.Config{
 		Host:          ep.AuthorityURL(),
 		Resources:     []string{ep.Resource(), endpoint.ManagementResource},
 		TokenLifetime: s.cfg.TokenLifetime,
+		RateLimit:     s.cfg.TokenRateLimit, RateBurst: s.cfg.TokenRateBurst,
+		Federation: federation.New(federation.Config{Client: fedClient, Now: s.cfg.Now}),
+		Roles:      s.Roles,
 	}, s.cfg.Now)
 	if err != nil {
 		return err
 	}
+	s.Metrics = prometheus.NewRegistry()
+	s.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_http_requests_total", Help: "HTTP requests by API and status code."}, []string{"api", "code"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "coffer_http_request_duration_seconds", Help: "HTTP request latency by API.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5}}, []string{"api"})
+	s.Metrics.MustRegister(s.requests, s.latency)
+	auditPath := s.cfg.AuditLog
+	if auditPath == "" {
+		auditPath = filepath.Join(s.cfg.DataDir, "audit.log")
+	}
+	if s.Audit, err = audit.Open(auditPath, audit.Options{Registerer: s.Metrics, Now: s.cfg.Now}); err != nil {
+		return err
+	}
 	s.Secrets = secret.New(b, b, s.cfg.Now)
 	s.kv = kvhttp.New(kvhttp.Deps{
-		Endpoints: ep, Vaults: s.Vaults, Secrets: s.Secrets,
+		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets,
 		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Log: s.log,
 	})
 	s.auth = authhttp.New(s.Authority, s.log)
-	s.mgmt = mgmthttp.New(ep, s.Authority, s.Vaults, s, s.log)
+	s.mgmt = mgmthttp.New(mgmthttp.Deps{Endpoints: ep, Authority: s.Authority, Vaults: s.Vaults, Roles: s.Roles,
+		Access: s.Access, Operator: s, Log: s.log})
 	return nil
+}
+
+// MetricsHandler serves the server's Prometheus metrics.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.Metrics, promhttp.HandlerOpts{})
 }
 
 // Store returns the server's store.
 func (s *Server) Store() *Store { return s.store }
 
-// Close closes the store.
-func (s *Server) Close() error { return s.store.Close() }
+// Close flushes the audit log and closes the store.
+func (s *Server) Close() error {
+	if s.Audit != nil {
+		s.Audit.Close()
+	}
+	return s.store.Close()
+}
 
 // RotateRootKey implements mgmthttp.Operator.
 func (s *Server) RotateRootKey(ctx context.Context, provided *rootkey.Key) (mgmthttp.RootKeyRotation, error) {
@@ -187,6 +248,19 @@ func sanitize(s string) string {
 	}, s)
 }
 
+// api names the API a request is for, for metrics.
+func (s *Server) api(r *http.Request) string {
+	switch route, _ := s.cfg.Endpoints.Parse(r.Host); {
+	case route == endpoint.RouteVault:
+		return "vault"
+	case route == endpoint.RouteApex && strings.HasPrefix(r.URL.Path, mgmthttp.Prefix):
+		return "management"
+	case route == endpoint.RouteApex:
+		return "authority"
+	}
+	return "unknown"
+}
+
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -212,14 +286,17 @@ func requestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// middleware adds request ids, an access log line at debug level, and turns
-// a panic into a 500. A panic's value is not logged: it could hold request
-// data; its stack is enough to find the bug.
+// middleware adds request ids, writes the request's audit line and metrics,
+// logs it at debug level, and turns a panic into a 500. A panic's value is
+// not logged: it could hold request data; its stack is enough to find the bug.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		h := w.Header()
-		h.Set("x-ms-request-id", requestID())
+		id := requestID()
+		h.Set("x-ms-request-id", id)
+		info := &audit.Info{}
+		r = r.WithContext(audit.WithInfo(r.Context(), info))
 		if cid := r.Header.Get("x-ms-client-request-id"); cid != "" && len(cid) <= 100 {
 			h.Set("x-ms-client-request-id", sanitize(cid))
 		}
@@ -235,11 +312,36 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 					http.Error(sw, `{"error":{"code":"InternalServerError","message":"internal error"}}`, http.StatusInternalServerError)
 				}
 			}
+			elapsed := time.Since(start)
+			if r.URL.Path != "/healthz" {
+				s.record(r, id, info, sw.status, elapsed)
+			}
 			if s.log.Enabled(r.Context(), slog.LevelDebug) {
-				s.log.Debug("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
+				s.log.Debug("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status, "duration", elapsed)
 			}
 		}()
 		next.ServeHTTP(sw, r)
+	})
+}
+
+// record writes a request's audit line and metrics. The line names who did
+// what to which object, never a value: handlers only fill in names and ids.
+func (s *Server) record(r *http.Request, id string, info *audit.Info, status int, elapsed time.Duration) {
+	if status == 0 {
+		status = http.StatusOK
+	}
+	api := s.api(r)
+	s.requests.WithLabelValues(api, strconv.Itoa(status)).Inc()
+	s.latency.WithLabelValues(api).Observe(elapsed.Seconds())
+	op := info.Operation
+	if op == "" {
+		op = r.Method + " " + r.URL.Path
+	}
+	src, _, _ := net.SplitHostPort(r.RemoteAddr)
+	s.Audit.Record(audit.Entry{
+		RequestID: id, Source: src, Tenant: info.Tenant, Principal: info.Principal, AppID: info.AppID,
+		Vault: info.Vault, Object: info.Object, Version: info.Version, Method: r.Method,
+		Operation: op, Decision: info.Decision, Status: status, LatencyMs: float64(elapsed.Microseconds()) / 1000,
 	})
 }
 

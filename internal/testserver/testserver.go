@@ -5,6 +5,7 @@ package testserver
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net"
@@ -31,6 +32,10 @@ type Options struct {
 	TokenLifetime time.Duration
 	// Now overrides the server's clock.
 	Now func() time.Time
+	// FederationRoots are trusted for federated issuers' HTTPS endpoints.
+	FederationRoots *x509.CertPool
+	// TokenRateLimit overrides the per-client token rate limit.
+	TokenRateLimit float64
 }
 
 // Env is a running test server.
@@ -39,9 +44,11 @@ type Env struct {
 	Endpoints endpoint.Endpoints
 	DataDir   string
 	// Admin holds the administrator's credentials, as dev.env would.
-	Admin  devenv.Env
-	State  bootstrap.State
-	Client *client.Client
+	Admin devenv.Env
+	State bootstrap.State
+	// Subscription is the tenant's subscription id.
+	Subscription string
+	Client       *client.Client
 }
 
 // Start starts a server and stops it when the test ends.
@@ -72,17 +79,21 @@ func Start(t testing.TB, opt Options) *Env {
 	srv, err := server.Open(ctx, server.Config{
 		DataDir: dir, RootKeyFile: keyFile, Endpoints: ep,
 		TLSCertFile: files.Cert, TLSKeyFile: files.Key,
-		TokenLifetime: opt.TokenLifetime, Now: opt.Now,
+		TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
 		Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, secret, err := bootstrap.Ensure(ctx, srv.Store().Barrier, srv.Authority)
+	st, secret, err := bootstrap.Ensure(ctx, srv.Store().Barrier, srv.Authority, srv.Roles)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := srv.Vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: st.TenantID, CreatedBy: st.AdminObjectID}); err != nil {
+	tenant, err := srv.Authority.Tenant(ctx, st.TenantID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: st.TenantID, SubscriptionID: tenant.SubscriptionID, CreatedBy: st.AdminObjectID}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -102,7 +113,7 @@ func Start(t testing.TB, opt Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{Server: srv, Endpoints: ep, DataDir: dir, Admin: admin, State: st, Client: c}
+	return &Env{Server: srv, Endpoints: ep, DataDir: dir, Admin: admin, State: st, Subscription: tenant.SubscriptionID, Client: c}
 }
 
 // StoreFile returns the path of the server's bbolt file.

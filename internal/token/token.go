@@ -42,6 +42,8 @@ type Claims struct {
 	IDType          string `json:"idtyp,omitempty"`
 	TokenID         string `json:"uti,omitempty"`
 	Version         string `json:"ver"`
+	// ManagedIdentityResourceID is set in managed identities' tokens.
+	ManagedIdentityResourceID string `json:"xms_mirid,omitempty"`
 }
 
 // SigningKey is an RSA key that signs tokens, named by its JWK thumbprint.

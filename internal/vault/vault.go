@@ -39,6 +39,9 @@ const (
 // a DNS label, so these rules are not cosmetic.
 var nameRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$`)
 
+// rgRE is Azure's resource group name rule.
+var rgRE = regexp.MustCompile(`^[-\w._()]{0,89}[-\w_()]$`)
+
 // ValidateName checks a vault name against Azure's rules.
 func ValidateName(name string) error {
 	if !nameRE.MatchString(name) || strings.Contains(name, "--") {
@@ -66,12 +69,26 @@ type AccessPolicy struct {
 type Vault struct {
 	Name            string         `json:"name"`
 	TenantID        string         `json:"tenantId"`
+	SubscriptionID  string         `json:"subscriptionId"`
+	ResourceGroup   string         `json:"resourceGroup"`
+	RBAC            bool           `json:"enableRbacAuthorization"`
 	Created         int64          `json:"created"`
 	CreatedBy       string         `json:"createdBy"`
 	RetentionDays   int            `json:"softDeleteRetentionInDays"`
 	PurgeProtection bool           `json:"enablePurgeProtection"`
 	EnforceValidity bool           `json:"enforceSecretValidity,omitempty"`
 	AccessPolicies  []AccessPolicy `json:"accessPolicies"`
+}
+
+// MaxAccessPolicies is Azure's limit of access policies per vault.
+const MaxAccessPolicies = 1024
+
+// DefaultResourceGroup holds vaults created without one.
+const DefaultResourceGroup = "default"
+
+// ID returns the vault's resource id.
+func (v *Vault) ID() string {
+	return "/subscriptions/" + v.SubscriptionID + "/resourceGroups/" + v.ResourceGroup + "/providers/Microsoft.KeyVault/vaults/" + v.Name
 }
 
 // Retention is the soft-delete retention period.
@@ -96,8 +113,17 @@ func (v *Vault) Validate() error {
 	if err := ValidateName(v.Name); err != nil {
 		return err
 	}
-	if v.TenantID == "" {
-		return fmt.Errorf("%w: vault %s has no tenant", ErrInvalid, v.Name)
+	if v.TenantID == "" || v.SubscriptionID == "" {
+		return fmt.Errorf("%w: vault %s has no tenant or subscription", ErrInvalid, v.Name)
+	}
+	if v.ResourceGroup == "" {
+		v.ResourceGroup = DefaultResourceGroup
+	}
+	if !rgRE.MatchString(v.ResourceGroup) {
+		return fmt.Errorf("%w: resource group %q is invalid: use 1-90 letters, digits, '-', '_', '.' or parentheses, not ending in '.'", ErrInvalid, v.ResourceGroup)
+	}
+	if len(v.AccessPolicies) > MaxAccessPolicies {
+		return fmt.Errorf("%w: vault %s would have %d access policies; the limit is %d", ErrInvalid, v.Name, len(v.AccessPolicies), MaxAccessPolicies)
 	}
 	if v.RetentionDays == 0 {
 		v.RetentionDays = DefaultRetentionDays
@@ -145,15 +171,16 @@ func Open(ctx context.Context, st Store, now func() time.Time) (*Registry, error
 	return r, nil
 }
 
-// Create stores a new vault. Its creator gets an access policy with every
-// permission, as `az keyvault create` gives its caller.
+// Create stores a new vault. Unless the vault uses RBAC, its creator gets an
+// access policy with every permission, as `az keyvault create` gives its
+// caller; an RBAC vault, as in Azure, grants nothing by itself.
 func (r *Registry) Create(ctx context.Context, v Vault) (Vault, error) {
 	v.Name = strings.ToLower(v.Name)
 	if err := v.Validate(); err != nil {
 		return Vault{}, err
 	}
 	v.Created = r.now().Unix()
-	if v.CreatedBy != "" && len(v.AccessPolicies) == 0 {
+	if v.CreatedBy != "" && len(v.AccessPolicies) == 0 && !v.RBAC {
 		v.AccessPolicies = []AccessPolicy{{TenantID: v.TenantID, ObjectID: v.CreatedBy, Permissions: AllPermissions()}}
 	}
 	b, err := json.Marshal(v)
@@ -241,6 +268,36 @@ var (
 	KeyPermissions         = []string{"get", "list", "update", "create", "import", "delete", "recover", "backup", "restore", "decrypt", "encrypt", "unwrapKey", "wrapKey", "verify", "sign", "purge", "release", "rotate", "getrotationpolicy", "setrotationpolicy"}
 	CertificatePermissions = []string{"get", "list", "update", "create", "import", "delete", "recover", "backup", "restore", "managecontacts", "manageissuers", "getissuers", "listissuers", "setissuers", "deleteissuers", "purge"}
 )
+
+// ValidatePermissions checks permission names for one kind ("secrets",
+// "keys" or "certificates") and returns them in Azure's spelling.
+func ValidatePermissions(kind string, perms []string) ([]string, error) {
+	var known []string
+	switch kind {
+	case "secrets":
+		known = SecretPermissions
+	case "keys":
+		known = KeyPermissions
+	case "certificates":
+		known = CertificatePermissions
+	default:
+		return nil, fmt.Errorf("%w: unknown permission kind %q", ErrInvalid, kind)
+	}
+	out := []string{}
+	for _, p := range perms {
+		if strings.EqualFold(p, "all") {
+			return slices.Clone(known), nil
+		}
+		i := slices.IndexFunc(known, func(k string) bool { return strings.EqualFold(k, p) })
+		if i < 0 {
+			return nil, fmt.Errorf("%w: %q is not a %s permission; use %s, or all", ErrInvalid, p, strings.TrimSuffix(kind, "s"), strings.Join(known, ", "))
+		}
+		if !slices.Contains(out, known[i]) {
+			out = append(out, known[i])
+		}
+	}
+	return out, nil
+}
 
 // AllPermissions grants every permission on every kind.
 func AllPermissions() Permissions {

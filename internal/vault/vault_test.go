@@ -29,7 +29,7 @@ func TestRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := r.Create(ctx, Vault{Name: "Demo", TenantID: "t", CreatedBy: "o"})
+	v, err := r.Create(ctx, Vault{Name: "Demo", TenantID: "t", SubscriptionID: "s", CreatedBy: "o"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,11 +39,11 @@ func TestRegistry(t *testing.T) {
 	if v.RecoveryLevel() != "Recoverable+Purgeable" {
 		t.Fatalf("recovery level %s", v.RecoveryLevel())
 	}
-	if _, err := r.Create(ctx, Vault{Name: "DEMO", TenantID: "t"}); !errors.Is(err, ErrExists) {
+	if _, err := r.Create(ctx, Vault{Name: "DEMO", TenantID: "t", SubscriptionID: "s"}); !errors.Is(err, ErrExists) {
 		t.Fatalf("duplicate = %v", err)
 	}
 	for _, days := range []int{6, 91} {
-		if _, err := r.Create(ctx, Vault{Name: "other", TenantID: "t", RetentionDays: days}); !errors.Is(err, ErrInvalid) {
+		if _, err := r.Create(ctx, Vault{Name: "other", TenantID: "t", SubscriptionID: "s", RetentionDays: days}); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("retention %d = %v", days, err)
 		}
 	}
@@ -58,5 +58,18 @@ func TestRegistry(t *testing.T) {
 	}
 	if _, err := r2.Get("absent"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get(absent) = %v", err)
+	}
+}
+
+func TestValidatePermissions(t *testing.T) {
+	got, err := ValidatePermissions("secrets", []string{"GET", "list", "get"})
+	if err != nil || len(got) != 2 || got[0] != "get" {
+		t.Fatalf("ValidatePermissions = %v, %v", got, err)
+	}
+	if all, _ := ValidatePermissions("keys", []string{"all"}); len(all) != len(KeyPermissions) {
+		t.Fatal("all does not expand")
+	}
+	if _, err := ValidatePermissions("secrets", []string{"sign"}); err == nil || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a key permission accepted for secrets: %v", err)
 	}
 }

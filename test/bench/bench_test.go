@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,10 +22,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/authority"
 	"github.com/cofferhq/coffer/internal/bench"
 	"github.com/cofferhq/coffer/internal/client"
 	"github.com/cofferhq/coffer/internal/pki"
+	"github.com/cofferhq/coffer/internal/rbac"
 	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/vault"
 )
 
 const workers = 32
@@ -138,4 +143,81 @@ func BenchmarkCeilingHTTPS(b *testing.B) {
 	conns := dialAll(b, "https://demo.vault.localhost:"+port+"/", files.CACert)
 	tok := strings.Repeat("t", 1100) // about the size of a real access token
 	runParallel(b, conns, func(c *bench.Conn) (int, error) { return c.Do("GET", getPath, tok, nil) })
+}
+
+// BenchmarkTokenIssuance runs the client-credentials grant over HTTPS: a
+// secret check and an RS256 signature per token.
+func BenchmarkTokenIssuance(b *testing.B) {
+	env := testserver.Start(b, testserver.Options{TokenRateLimit: -1})
+	conns := dialAll(b, env.Endpoints.AuthorityURL()+"/", env.Admin.CAFile)
+	form := []byte(url.Values{"grant_type": {"client_credentials"}, "client_id": {env.Admin.ClientID},
+		"client_secret": {env.Admin.ClientSecret}, "scope": {env.Endpoints.Resource() + "/.default"}}.Encode())
+	path := "/" + env.State.TenantID + "/oauth2/v2.0/token"
+	runParallel(b, conns, func(c *bench.Conn) (int, error) {
+		return c.Send("POST", path, "", "application/x-www-form-urlencoded", form)
+	})
+}
+
+// BenchmarkSecretGetHTTPS100Policies is BenchmarkSecretGetHTTPS on a vault
+// with 100 access policies, the caller's last.
+func BenchmarkSecretGetHTTPS100Policies(b *testing.B) {
+	env := testserver.Start(b, testserver.Options{})
+	fill100Policies(b, env)
+	tok := token(b, env)
+	conns := dialAll(b, env.Admin.VaultURL, env.Admin.CAFile)
+	if status, err := conns[0].Do("PUT", getPath, tok, []byte(`{"value":"`+strings.Repeat("v", 64)+`"}`)); err != nil || status != 200 {
+		b.Fatalf("PUT: %d %v", status, err)
+	}
+	runParallel(b, conns, func(c *bench.Conn) (int, error) { return c.Do("GET", getPath, tok, nil) })
+}
+
+// fill100Policies puts 99 other principals' policies before the caller's.
+func fill100Policies(b *testing.B, env *testserver.Env) {
+	_, err := env.Server.Vaults.Update(context.Background(), "demo", func(v *vault.Vault) error {
+		admin := v.AccessPolicies[0]
+		v.AccessPolicies = nil
+		for range 99 {
+			v.AccessPolicies = append(v.AccessPolicies, vault.AccessPolicy{TenantID: v.TenantID, ObjectID: authority.NewGUID(),
+				Permissions: vault.Permissions{Secrets: []string{"list", "set"}}})
+		}
+		v.AccessPolicies = append(v.AccessPolicies, admin)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkAuthorize measures the authorization decision alone, for the
+// caller whose policy is the last of 100, and for an RBAC vault where the
+// caller's grant is the last of 100 assignments.
+func BenchmarkAuthorize(b *testing.B) {
+	env := testserver.Start(b, testserver.Options{})
+	fill100Policies(b, env)
+	v, _ := env.Server.Vaults.Get("demo")
+	p := access.Principal{TenantID: env.State.TenantID, ObjectID: env.State.AdminObjectID}
+	b.Run("policies=100", func(b *testing.B) {
+		for range b.N {
+			if err := env.Server.Access.Data(v, p, access.SecretGet, "bench"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	rv := *v
+	rv.RBAC = true
+	caller := access.Principal{TenantID: env.State.TenantID, ObjectID: authority.NewGUID()}
+	for i := range 100 {
+		oid := authority.NewGUID()
+		if i == 99 {
+			oid = caller.ObjectID
+		}
+		env.Server.Roles.Create(context.Background(), rbac.Assignment{TenantID: rv.TenantID, RoleID: rbac.KeyVaultSecretsUserID, PrincipalID: oid, Scope: rv.ID()})
+	}
+	b.Run("rbac-assignments=100", func(b *testing.B) {
+		for range b.N {
+			if err := env.Server.Access.Data(&rv, caller, access.SecretGet, "bench"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -150,7 +150,7 @@ func TestManagementAndDefaultDeny(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.err, "(Forbidden)") || !strings.Contains(r.err, "secrets get") || !strings.Contains(r.err, sp.ObjectID) {
 		t.Fatalf("non-admin read: %d %s", r.code, r.err)
 	}
-	if r := cli(t, spFile, "", "vault", "create", "--name", "mine"); r.code != 1 || !strings.Contains(r.err, "(Forbidden)") {
+	if r := cli(t, spFile, "", "vault", "create", "--name", "mine"); r.code != 1 || !strings.Contains(r.err, "(AuthorizationFailed)") || !strings.Contains(r.err, "Microsoft.KeyVault/vaults/write") {
 		t.Fatalf("non-admin vault create: %d %s", r.code, r.err)
 	}
 	// Reset the secret: the old one stops working.

@@ -31,6 +31,13 @@ type kvError struct {
 // raw sends one request to the demo vault with an optional bearer token.
 func raw(t *testing.T, env *testserver.Env, method, path, tok, body string) (*http.Response, kvError) {
 	t.Helper()
+	resp, e, _ := rawBody(t, env, method, path, tok, body)
+	return resp, e
+}
+
+// rawBody is raw that also returns the response body.
+func rawBody(t *testing.T, env *testserver.Env, method, path, tok, body string) (*http.Response, kvError, []byte) {
+	t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
@@ -48,7 +55,7 @@ func raw(t *testing.T, env *testserver.Env, method, path, tok, body string) (*ht
 	var e kvError
 	data, _ := io.ReadAll(resp.Body)
 	json.Unmarshal(data, &e)
-	return resp, e
+	return resp, e, data
 }
 
 func expect(t *testing.T, resp *http.Response, e kvError, status int, code string) {
@@ -152,7 +159,7 @@ func TestChallengeAndTokenRejections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp, secret, err := env.Server.Authority.CreateServicePrincipal(ctx, other.ID, "intruder", false)
+	sp, secret, err := env.Server.Authority.CreateServicePrincipal(ctx, other.ID, "intruder")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func TestScheduledPurgeAndRecoveryLevels(t *testing.T) {
 	now.Store(time.Now().Unix())
 	env := testserver.Start(t, testserver.Options{Now: func() time.Time { return time.Unix(now.Load(), 0) }, TokenLifetime: 24 * time.Hour})
 	ctx := context.Background()
-	if _, err := env.Server.Vaults.Create(ctx, vault.Vault{Name: "short", TenantID: env.State.TenantID, CreatedBy: env.State.AdminObjectID, RetentionDays: 7, PurgeProtection: true}); err != nil {
+	if _, err := env.Server.Vaults.Create(ctx, vault.Vault{Name: "short", TenantID: env.State.TenantID, SubscriptionID: env.Subscription, CreatedBy: env.State.AdminObjectID, RetentionDays: 7, PurgeProtection: true}); err != nil {
 		t.Fatal(err)
 	}
 	demo, short := adminClient(t, env), vaultClient(t, env, "short")
@@ -81,7 +81,7 @@ func TestScheduledPurgeAndRecoveryLevels(t *testing.T) {
 func TestValidityWindow(t *testing.T) {
 	env := testserver.Start(t, testserver.Options{})
 	ctx := context.Background()
-	if _, err := env.Server.Vaults.Create(ctx, vault.Vault{Name: "strict", TenantID: env.State.TenantID, CreatedBy: env.State.AdminObjectID, EnforceValidity: true}); err != nil {
+	if _, err := env.Server.Vaults.Create(ctx, vault.Vault{Name: "strict", TenantID: env.State.TenantID, SubscriptionID: env.Subscription, CreatedBy: env.State.AdminObjectID, EnforceValidity: true}); err != nil {
 		t.Fatal(err)
 	}
 	past := time.Now().Add(-time.Hour).Truncate(time.Second)
