@@ -52,17 +52,62 @@ func op(kind Kind, perm, action string) Operation {
 }
 
 // Secret operations. PUT and PATCH both need the "set" permission, and
-// separate data actions, as in Azure.
+// separate data actions, as in Azure. Reading a deleted secret needs "get"
+// under policies but, since it returns no value, only metadata rights
+// under RBAC.
 var (
-	SecretGet     = op(Secrets, "get", "secrets/getSecret/action")
-	SecretList    = op(Secrets, "list", "secrets/readMetadata/action")
-	SecretSet     = op(Secrets, "set", "secrets/setSecret/action")
-	SecretUpdate  = op(Secrets, "set", "secrets/update/action")
-	SecretDelete  = op(Secrets, "delete", "secrets/delete")
-	SecretBackup  = op(Secrets, "backup", "secrets/backup/action")
-	SecretRestore = op(Secrets, "restore", "secrets/restore/action")
-	SecretRecover = op(Secrets, "recover", "secrets/recover/action")
-	SecretPurge   = op(Secrets, "purge", "secrets/purge/action")
+	SecretGet        = op(Secrets, "get", "secrets/getSecret/action")
+	SecretGetDeleted = op(Secrets, "get", "secrets/readMetadata/action")
+	SecretList       = op(Secrets, "list", "secrets/readMetadata/action")
+	SecretSet        = op(Secrets, "set", "secrets/setSecret/action")
+	SecretUpdate     = op(Secrets, "set", "secrets/update/action")
+	SecretDelete     = op(Secrets, "delete", "secrets/delete")
+	SecretBackup     = op(Secrets, "backup", "secrets/backup/action")
+	SecretRestore    = op(Secrets, "restore", "secrets/restore/action")
+	SecretRecover    = op(Secrets, "recover", "secrets/recover/action")
+	SecretPurge      = op(Secrets, "purge", "secrets/purge/action")
+)
+
+// Key operations, with Azure's permission names and data actions.
+var (
+	KeyGet       = op(Keys, "get", "keys/read")
+	KeyList      = op(Keys, "list", "keys/read")
+	KeyCreate    = op(Keys, "create", "keys/create/action")
+	KeyImport    = op(Keys, "import", "keys/import/action")
+	KeyUpdate    = op(Keys, "update", "keys/update/action")
+	KeyDelete    = op(Keys, "delete", "keys/delete")
+	KeyRecover   = op(Keys, "recover", "keys/recover/action")
+	KeyBackup    = op(Keys, "backup", "keys/backup/action")
+	KeyRestore   = op(Keys, "restore", "keys/restore/action")
+	KeyPurge     = op(Keys, "purge", "keys/purge/action")
+	KeyRotate    = op(Keys, "rotate", "keys/rotate/action")
+	KeySign      = op(Keys, "sign", "keys/sign/action")
+	KeyVerify    = op(Keys, "verify", "keys/verify/action")
+	KeyEncrypt   = op(Keys, "encrypt", "keys/encrypt/action")
+	KeyDecrypt   = op(Keys, "decrypt", "keys/decrypt/action")
+	KeyWrap      = op(Keys, "wrapKey", "keys/wrap/action")
+	KeyUnwrap    = op(Keys, "unwrapKey", "keys/unwrap/action")
+	KeyGetPolicy = op(Keys, "getrotationpolicy", "keyrotationpolicies/read")
+	KeySetPolicy = op(Keys, "setrotationpolicy", "keyrotationpolicies/write")
+)
+
+// Certificate operations.
+var (
+	CertGet     = op(Certificates, "get", "certificates/read")
+	CertList    = op(Certificates, "list", "certificates/read")
+	CertCreate  = op(Certificates, "create", "certificates/create/action")
+	CertImport  = op(Certificates, "import", "certificates/import/action")
+	CertUpdate  = op(Certificates, "update", "certificates/update/action")
+	CertDelete  = op(Certificates, "delete", "certificates/delete")
+	CertRecover = op(Certificates, "recover", "certificates/recover/action")
+	CertBackup  = op(Certificates, "backup", "certificates/backup/action")
+	CertRestore = op(Certificates, "restore", "certificates/restore/action")
+	CertPurge   = op(Certificates, "purge", "certificates/purge/action")
+
+	CertManageContacts = op(Certificates, "managecontacts", "certificatecontacts/write")
+	CertGetIssuers     = op(Certificates, "getissuers", "certificatecas/read")
+	CertSetIssuers     = op(Certificates, "setissuers", "certificatecas/write")
+	CertDeleteIssuers  = op(Certificates, "deleteissuers", "certificatecas/delete")
 )
 
 // DeniedError says who was refused what, on which resource, and how to

@@ -11,7 +11,10 @@ import (
 
 	"github.com/cofferhq/coffer/internal/access"
 	"github.com/cofferhq/coffer/internal/audit"
+	"github.com/cofferhq/coffer/internal/cert"
 	"github.com/cofferhq/coffer/internal/endpoint"
+	"github.com/cofferhq/coffer/internal/key"
+	"github.com/cofferhq/coffer/internal/object"
 	"github.com/cofferhq/coffer/internal/secret"
 	"github.com/cofferhq/coffer/internal/token"
 	"github.com/cofferhq/coffer/internal/vault"
@@ -20,7 +23,9 @@ import (
 // Body limits, applied before any byte of a body is parsed.
 const (
 	maxSecretBody  = 256 << 10 // a 25 KiB value can grow six-fold when JSON-escaped
-	maxRestoreBody = secret.MaxBackupBytes*4/3 + 4<<10
+	maxRestoreBody = object.MaxBackupBytes*4/3 + 4<<10
+	maxKeyBody     = 64 << 10 // an imported RSA-4096 JWK is about 4 KiB
+	maxCertBody    = 256 << 10
 	maxEmptyBody   = 4 << 10
 )
 
@@ -30,6 +35,8 @@ type Handler struct {
 	access   *access.Authorizer
 	vaults   *vault.Registry
 	secrets  *secret.Service
+	keys     *key.Service
+	certs    *cert.Service
 	verifier *token.Verifier
 	issuer   func(tenant string) string
 	log      *slog.Logger
@@ -42,6 +49,8 @@ type Deps struct {
 	Access    *access.Authorizer
 	Vaults    *vault.Registry
 	Secrets   *secret.Service
+	Keys      *key.Service
+	Certs     *cert.Service
 	Verifier  *token.Verifier
 	// Issuer returns the token issuer of a tenant.
 	Issuer func(tenant string) string
@@ -50,30 +59,18 @@ type Deps struct {
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, verifier: d.Verifier, issuer: d.Issuer, log: d.Log}
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, log: d.Log}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
 	m := http.NewServeMux()
-	s := secretRoutes{h}
-	m.HandleFunc("GET /secrets", s.list)
-	m.HandleFunc("GET /secrets/{$}", s.list)
-	m.HandleFunc("PUT /secrets/{name}", s.set)
-	m.HandleFunc("GET /secrets/{name}", s.get)
-	m.HandleFunc("GET /secrets/{name}/{$}", s.get)
-	m.HandleFunc("GET /secrets/{name}/{version}", s.get)
-	m.HandleFunc("PATCH /secrets/{name}", s.update)
-	m.HandleFunc("PATCH /secrets/{name}/{$}", s.update)
-	m.HandleFunc("PATCH /secrets/{name}/{version}", s.update)
-	m.HandleFunc("DELETE /secrets/{name}", s.delete)
-	m.HandleFunc("GET /secrets/{name}/versions", s.versions)
-	m.HandleFunc("POST /secrets/{name}/backup", s.backup)
-	m.HandleFunc("POST /secrets/restore", s.restore)
-	m.HandleFunc("GET /deletedsecrets", s.listDeleted)
-	m.HandleFunc("GET /deletedsecrets/{$}", s.listDeleted)
-	m.HandleFunc("GET /deletedsecrets/{name}", s.getDeleted)
-	m.HandleFunc("DELETE /deletedsecrets/{name}", s.purge)
-	m.HandleFunc("POST /deletedsecrets/{name}/recover", s.recover)
+	secretRoutes{base{h, access.Secrets}}.register(m)
+	if h.keys != nil {
+		keyRoutes{base{h, access.Keys}}.register(m)
+	}
+	if h.certs != nil {
+		certRoutes{base{h, access.Certificates}}.register(m)
+	}
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
 	})

@@ -50,6 +50,39 @@ type Attributes struct {
 	Updated   int64  `json:"updated"`
 }
 
+// Patch is a change to a version's attributes and tags, as a PATCH gives
+// it: nil members are left alone, and empty tags remove them all.
+type Patch struct {
+	Enabled   *bool
+	NotBefore *int64
+	Expires   *int64
+	Tags      map[string]string
+}
+
+// Apply lays p over a version's attributes and tags, and checks that nbf
+// stays before exp.
+func (p Patch) Apply(a *Attributes, tags *map[string]string) error {
+	if p.Enabled != nil {
+		a.Enabled = *p.Enabled
+	}
+	if p.NotBefore != nil {
+		a.NotBefore = p.NotBefore
+	}
+	if p.Expires != nil {
+		a.Expires = p.Expires
+	}
+	if a.NotBefore != nil && a.Expires != nil && *a.Expires <= *a.NotBefore {
+		return Invalidf("attributes.exp (%d) must be later than attributes.nbf (%d).", *a.Expires, *a.NotBefore)
+	}
+	if p.Tags != nil {
+		*tags = p.Tags
+		if len(p.Tags) == 0 {
+			*tags = nil
+		}
+	}
+	return nil
+}
+
 // Version is one immutable version of an object. Only its attributes, tags
 // and content type change after creation.
 type Version[T any] struct {
@@ -74,6 +107,8 @@ type Head struct {
 	Previous       string `json:"previous,omitempty"`
 	DeletedDate    int64  `json:"deletedDate,omitempty"`
 	ScheduledPurge int64  `json:"scheduledPurgeDate,omitempty"`
+	// Meta is object-level data of the kind (a certificate's policy).
+	Meta json.RawMessage `json:"meta,omitempty"`
 }
 
 // Item is one listed object: its head and its current version.
@@ -178,6 +213,10 @@ func (c *Collection[T]) exists(ctx context.Context, key string) (barrier.Rev, bo
 	return rec.Rev, true, nil
 }
 
+// Retry runs attempt until it stops failing with a revision conflict, for
+// callers that apply staged changes themselves.
+func Retry(attempt func() error) error { return retry(attempt) }
+
 // retry runs attempt until it stops failing with a revision conflict.
 func retry(attempt func() error) error {
 	for range maxRetries {
@@ -187,65 +226,6 @@ func retry(attempt func() error) error {
 		}
 	}
 	return ErrBusy
-}
-
-// Create adds a new version and makes it current. build gets the current
-// version (nil for a new object) and returns the new version's content; the
-// collection fills in its name, ID and timestamps. A soft-deleted name gives
-// ErrDeleted.
-func (c *Collection[T]) Create(ctx context.Context, vault, name string, build func(cur *Version[T]) (Version[T], error)) (Version[T], Head, error) {
-	defer c.lock(vault, name)()
-	var out Version[T]
-	var head Head
-	err := retry(func() error {
-		if _, deleted, err := c.exists(ctx, c.deletedKey(vault, name)); err != nil {
-			return err
-		} else if deleted {
-			return ErrDeleted
-		}
-		h, hrev, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
-		var cur *Version[T]
-		switch {
-		case errors.Is(err, ErrNotFound):
-			h = Head{Name: name}
-		case err != nil:
-			return err
-		default:
-			v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
-			if err != nil {
-				return fmt.Errorf("read current version of %s: %w", name, err)
-			}
-			cur = &v
-		}
-		v, err := build(cur)
-		if err != nil {
-			return err
-		}
-		now := c.now().Unix()
-		v.Name, v.ID = h.Name, NewVersionID()
-		v.Attributes.Created, v.Attributes.Updated = now, now
-		h.Previous, h.Current = h.Current, v.ID
-		h.Seq++
-		vop, err := put(c.versionKey(vault, name, v.ID), v)
-		if err != nil {
-			return err
-		}
-		hop, err := put(c.headKey(vault, name), h)
-		if err != nil {
-			return err
-		}
-		conds := []barrier.Cond{
-			{Key: c.headKey(vault, name), Rev: hrev},
-			{Key: c.deletedKey(vault, name)},
-			{Key: c.versionKey(vault, name, v.ID)},
-		}
-		if err := c.st.Apply(ctx, conds, []barrier.Op{vop, hop}); err != nil {
-			return err
-		}
-		out, head = v, h
-		return nil
-	})
-	return out, head, err
 }
 
 // Get returns a version of a live object; an empty version means the
@@ -263,56 +243,6 @@ func (c *Collection[T]) Get(ctx context.Context, vault, name, version string) (V
 	return v, e.head, err
 }
 
-// Update changes one version of a live object in place (an empty version
-// means the current one). fn may change attributes, tags and content type.
-func (c *Collection[T]) Update(ctx context.Context, vault, name, version string, fn func(*Version[T]) error) (Version[T], error) {
-	defer c.lock(vault, name)()
-	var out Version[T]
-	err := retry(func() error {
-		h, hrev, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
-		if err != nil {
-			return err
-		}
-		ver := version
-		if ver == "" {
-			ver = h.Current
-		}
-		key := c.versionKey(vault, name, ver)
-		v, vrev, err := getJSON[Version[T]](ctx, c.st, key)
-		if err != nil {
-			return err
-		}
-		if err := fn(&v); err != nil {
-			return err
-		}
-		v.Attributes.Updated = c.now().Unix()
-		op, err := put(key, v)
-		if err != nil {
-			return err
-		}
-		h.Seq++
-		hop, err := put(c.headKey(vault, name), h)
-		if err != nil {
-			return err
-		}
-		if err := c.st.Apply(ctx, []barrier.Cond{{Key: c.headKey(vault, name), Rev: hrev}, {Key: key, Rev: vrev}}, []barrier.Op{op, hop}); err != nil {
-			return err
-		}
-		out = v
-		return nil
-	})
-	return out, err
-}
-
-// Delete soft-deletes an object: it disappears from reads and lists and can
-// be recovered until purgeAfter has passed.
-func (c *Collection[T]) Delete(ctx context.Context, vault, name string, purgeAfter time.Duration) (Head, Version[T], error) {
-	return c.moveHead(ctx, vault, name, c.headKey(vault, name), c.deletedKey(vault, name), func(h *Head) {
-		now := c.now()
-		h.DeletedDate, h.ScheduledPurge = now.Unix(), now.Add(purgeAfter).Unix()
-	})
-}
-
 // GetDeleted returns a soft-deleted object's head and current version.
 func (c *Collection[T]) GetDeleted(ctx context.Context, vault, name string) (Head, Version[T], error) {
 	h, _, err := getJSON[Head](ctx, c.st, c.deletedKey(vault, name))
@@ -321,104 +251,6 @@ func (c *Collection[T]) GetDeleted(ctx context.Context, vault, name string) (Hea
 	}
 	v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
 	return h, v, err
-}
-
-// Recover brings a soft-deleted object back, with all its versions.
-func (c *Collection[T]) Recover(ctx context.Context, vault, name string) (Head, Version[T], error) {
-	return c.moveHead(ctx, vault, name, c.deletedKey(vault, name), c.headKey(vault, name), func(h *Head) {
-		h.DeletedDate, h.ScheduledPurge = 0, 0
-		h.Seq++
-	})
-}
-
-// moveHead moves an object's head from one key to the other (live to
-// deleted, or back), changed by edit, in one conditional batch. The versions
-// stay where they are.
-func (c *Collection[T]) moveHead(ctx context.Context, vault, name, from, to string, edit func(*Head)) (Head, Version[T], error) {
-	defer c.lock(vault, name)()
-	var head Head
-	var cur Version[T]
-	err := retry(func() error {
-		h, rev, err := getJSON[Head](ctx, c.st, from)
-		if err != nil {
-			return err
-		}
-		v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
-		if err != nil {
-			return err
-		}
-		edit(&h)
-		op, err := put(to, h)
-		if err != nil {
-			return err
-		}
-		conds := []barrier.Cond{{Key: from, Rev: rev}, {Key: to}}
-		if err := c.st.Apply(ctx, conds, []barrier.Op{{Key: from, Delete: true}, op}); err != nil {
-			return err
-		}
-		head, cur = h, v
-		return nil
-	})
-	return head, cur, err
-}
-
-// Purge permanently removes a soft-deleted object and all its versions.
-func (c *Collection[T]) Purge(ctx context.Context, vault, name string) error {
-	defer c.lock(vault, name)()
-	return retry(func() error {
-		rec, err := c.st.Get(ctx, c.deletedKey(vault, name))
-		if errors.Is(err, barrier.ErrNotFound) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		return c.purge(ctx, vault, name, rec.Rev)
-	})
-}
-
-func (c *Collection[T]) purge(ctx context.Context, vault, name string, drev barrier.Rev) error {
-	vers, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", 0)
-	if err != nil {
-		return err
-	}
-	ops := []barrier.Op{{Key: c.deletedKey(vault, name), Delete: true}}
-	for _, v := range vers {
-		ops = append(ops, barrier.Op{Key: v.Key, Delete: true})
-	}
-	return c.st.Apply(ctx, []barrier.Cond{{Key: c.deletedKey(vault, name), Rev: drev}}, ops)
-}
-
-// PurgeDue purges every soft-deleted object in vault whose scheduled purge
-// date is not after now, and returns how many it purged.
-func (c *Collection[T]) PurgeDue(ctx context.Context, vault string, now time.Time) (int, error) {
-	n, after := 0, ""
-	for {
-		recs, err := c.st.Scan(ctx, c.base(vault)+"d/", after, 100)
-		if err != nil || len(recs) == 0 {
-			return n, err
-		}
-		for _, rec := range recs {
-			after = rec.Key
-			var h Head
-			if err := json.Unmarshal(rec.Value, &h); err != nil {
-				return n, fmt.Errorf("decode %s: %w", rec.Key, err)
-			}
-			if h.ScheduledPurge > now.Unix() {
-				continue
-			}
-			unlock := c.lock(vault, h.Name)
-			err := c.purge(ctx, vault, h.Name, rec.Rev)
-			unlock()
-			if errors.Is(err, barrier.ErrConflict) {
-				continue // recovered or purged meanwhile
-			}
-			if err != nil {
-				return n, err
-			}
-			n++
-		}
-	}
 }
 
 // List returns up to limit live objects whose lowercased names sort after
@@ -499,48 +331,4 @@ func (c *Collection[T]) Export(ctx context.Context, vault, name string) (Export[
 		}
 	}
 	return e, nil
-}
-
-// Import writes an exported object into vault. The name must be unused, live
-// or deleted; otherwise it returns ErrExists.
-func (c *Collection[T]) Import(ctx context.Context, vault string, e Export[T]) (Head, Version[T], error) {
-	name := e.Head.Name
-	defer c.lock(vault, name)()
-	var cur *Version[T]
-	conds := []barrier.Cond{{Key: c.headKey(vault, name)}, {Key: c.deletedKey(vault, name)}}
-	h := Head{Seq: e.Head.Seq + 1, Name: name, Current: e.Head.Current, Previous: e.Head.Previous}
-	hop, err := put(c.headKey(vault, name), h)
-	if err != nil {
-		return Head{}, Version[T]{}, err
-	}
-	ops := []barrier.Op{hop}
-	for i := range e.Versions {
-		v := e.Versions[i]
-		if v.ID == h.Current {
-			cur = &e.Versions[i]
-		}
-		op, err := put(c.versionKey(vault, name, v.ID), v)
-		if err != nil {
-			return Head{}, Version[T]{}, err
-		}
-		ops = append(ops, op)
-	}
-	if cur == nil {
-		return Head{}, Version[T]{}, fmt.Errorf("export of %s lacks its current version", name)
-	}
-	// Stray versions under this name (from a purge racing this import) would
-	// otherwise surface; require the version space to be empty.
-	if left, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", 1); err != nil {
-		return Head{}, Version[T]{}, err
-	} else if len(left) > 0 {
-		return Head{}, Version[T]{}, ErrExists
-	}
-	err = c.st.Apply(ctx, conds, ops)
-	if errors.Is(err, barrier.ErrConflict) {
-		return Head{}, Version[T]{}, ErrExists
-	}
-	if err != nil {
-		return Head{}, Version[T]{}, err
-	}
-	return h, *cur, nil
 }

@@ -151,11 +151,11 @@ func TestPurgeDue(t *testing.T) {
 	c.Create(ctx, "demo", "late", set("2"))
 	c.Delete(ctx, "demo", "soon", time.Hour)
 	c.Delete(ctx, "demo", "late", 48*time.Hour)
-	if n, err := c.PurgeDue(ctx, "demo", clk.now()); n != 0 || err != nil {
+	if n, err := c.PurgeDue(ctx, "demo", clk.now(), nil); n != 0 || err != nil {
 		t.Fatalf("PurgeDue now = %d, %v", n, err)
 	}
 	clk.add(2 * time.Hour)
-	if n, err := c.PurgeDue(ctx, "demo", clk.now()); n != 1 || err != nil {
+	if n, err := c.PurgeDue(ctx, "demo", clk.now(), nil); n != 1 || err != nil {
 		t.Fatalf("PurgeDue after 2h = %d, %v", n, err)
 	}
 	if _, _, err := c.GetDeleted(ctx, "demo", "soon"); !errors.Is(err, ErrNotFound) {

@@ -5,10 +5,10 @@ package secret
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"time"
 	"unicode/utf8"
 
+	"github.com/cofferhq/coffer/internal/certfmt"
 	"github.com/cofferhq/coffer/internal/object"
 	"github.com/cofferhq/coffer/internal/vault"
 )
@@ -21,51 +21,24 @@ const (
 	MaxTagNameChars     = 512
 	MaxTagValueChars    = 256
 	// MaxBackupBytes bounds a backup blob, and so the restore body.
-	MaxBackupBytes = 4 << 20
+	MaxBackupBytes = object.MaxBackupBytes
 )
 
-const backupPurpose = "backup/secrets/v1"
+const backupPurpose = "backup/secrets/v2"
 
-// ValidObjectName reports whether name matches ^[0-9a-zA-Z-]{1,127}$, the
-// rule for every Key Vault object name. It runs on every request, so it is a
-// loop, not a regexp.
-func ValidObjectName(name string) bool {
-	if len(name) == 0 || len(name) > 127 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// ValidVersion reports whether v is 32 hexadecimal digits.
-func ValidVersion(v string) bool {
-	if len(v) != 32 {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-			return false
-		}
-	}
-	return true
-}
+// kind names secrets in messages.
+const kind object.Kind = "secret"
 
 // Sealer seals and opens backup blobs; the barrier implements it.
-type Sealer interface {
-	Seal(aad string, plain []byte) []byte
-	Unseal(aad string, blob []byte) ([]byte, error)
+type Sealer = object.Sealer
+
+// Data is what a secret version stores, sealed.
+type Data struct {
+	Value string `json:"value"`
 }
 
-type data struct {
-	Value string `json:"value"`
-	KID   string `json:"kid,omitempty"`
-}
+// Collection is the object-store kind of secrets.
+const Collection = "secrets"
 
 // Secret is one secret version. Value is empty in results that carry
 // properties only (lists, updates, deletes).
@@ -77,7 +50,6 @@ type Secret struct {
 	Tags            map[string]string
 	Attributes      object.Attributes
 	Managed         bool
-	KID             string
 	PreviousVersion string
 }
 
@@ -109,7 +81,7 @@ type UpdateParams struct {
 
 // Service serves secrets for every vault.
 type Service struct {
-	coll *object.Collection[data]
+	coll *object.Collection[Data]
 	seal Sealer
 	now  func() time.Time
 }
@@ -119,24 +91,18 @@ func New(st object.Store, seal Sealer, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{coll: object.New[data](st, "secrets", now), seal: seal, now: now}
+	return &Service{coll: object.New[Data](st, Collection, now), seal: seal, now: now}
 }
+
+// Collection returns the underlying collection, for certificates, which
+// keep their managed secrets in it.
+func (s *Service) Collection() *object.Collection[Data] { return s.coll }
 
 // ValidateName checks a secret name against Azure's rule.
-func ValidateName(name string) error {
-	if !ValidObjectName(name) {
-		return object.Invalidf("The request URI contains an invalid name: %q. Secret names are 1-127 characters of letters, digits and hyphens.", name)
-	}
-	return nil
-}
+func ValidateName(name string) error { return kind.ValidateName(name, "") }
 
 // ValidateVersion checks a version string: empty (latest) or 32 hex digits.
-func ValidateVersion(version string) error {
-	if version != "" && !ValidVersion(version) {
-		return object.Invalidf("The request URI contains an invalid version: %q. A version is 32 hexadecimal digits.", version)
-	}
-	return nil
-}
+func ValidateVersion(version string) error { return kind.ValidateName("x", version) }
 
 func validateProps(contentType *string, nbf, exp *int64, tags map[string]string) error {
 	if contentType != nil && utf8.RuneCountInString(*contentType) > MaxContentTypeChars {
@@ -159,38 +125,13 @@ func validateProps(contentType *string, nbf, exp *int64, tags map[string]string)
 	return nil
 }
 
-func notFound(name, version string) error {
-	id := name
-	if version != "" {
-		id += "/" + version
-	}
-	return object.Errorf(object.ErrNotFound, "", "A secret with (name/id) %s was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command.", id)
-}
-
-func deletedNotFound(name string) error {
-	return object.Errorf(object.ErrNotFound, "", "Deleted Secret not found: %s", name)
-}
-
 // mapErr turns object-layer sentinels into messages that name the secret.
-func mapErr(err error, name, version string) error {
-	var oe *object.Error
-	switch {
-	case err == nil || errors.As(err, &oe):
-		return err
-	case errors.Is(err, object.ErrNotFound):
-		return notFound(name, version)
-	case errors.Is(err, object.ErrDeleted):
-		return object.Errorf(object.ErrDeleted, "ObjectIsDeletedButRecoverable", "Secret %s is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged.", name)
-	case errors.Is(err, object.ErrExists):
-		return object.Errorf(object.ErrExists, "", "Secret %s already exists in this vault (live or soft-deleted); purge or rename it before restoring.", name)
-	}
-	return err
-}
+func mapErr(err error, name, version string) error { return kind.Map(err, name, version) }
 
-func toSecret(v object.Version[data], h object.Head, withValue bool) Secret {
+func toSecret(v object.Version[Data], h object.Head, withValue bool) Secret {
 	s := Secret{
 		Name: v.Name, Version: v.ID, ContentType: v.ContentType, Tags: v.Tags,
-		Attributes: v.Attributes, Managed: v.Managed, KID: v.Data.KID,
+		Attributes: v.Attributes, Managed: v.Managed,
 	}
 	if withValue {
 		s.Value = v.Data.Value
@@ -215,14 +156,14 @@ func (s *Service) Set(ctx context.Context, v *vault.Vault, name string, p SetPar
 	if err := validateProps(p.ContentType, p.NotBefore, p.Expires, p.Tags); err != nil {
 		return Secret{}, err
 	}
-	ver, head, err := s.coll.Create(ctx, v.Name, name, func(cur *object.Version[data]) (object.Version[data], error) {
+	ver, head, err := s.coll.Create(ctx, v.Name, name, func(cur *object.Version[Data]) (object.Version[Data], error) {
 		if cur != nil && cur.Managed {
-			return object.Version[data]{}, object.Errorf(object.ErrForbidden, "", "Secret %s is managed by certificate %s and cannot be set directly; import or create a certificate version instead.", name, name)
+			return object.Version[Data]{}, kind.Managed("set", "import or create a version of certificate "+name+" instead.")
 		}
-		nv := object.Version[data]{
+		nv := object.Version[Data]{
 			Attributes: object.Attributes{Enabled: true, NotBefore: p.NotBefore, Expires: p.Expires},
 			Tags:       p.Tags,
-			Data:       data{Value: *p.Value},
+			Data:       Data{Value: *p.Value},
 		}
 		if p.Enabled != nil {
 			nv.Attributes.Enabled = *p.Enabled
@@ -239,8 +180,9 @@ func (s *Service) Set(ctx context.Context, v *vault.Vault, name string, p SetPar
 }
 
 // Get returns a secret version with its value. It refuses disabled versions
-// and, if the vault enforces validity, versions outside nbf/exp.
-func (s *Service) Get(ctx context.Context, v *vault.Vault, name, version string) (Secret, error) {
+// and, if the vault enforces validity, versions outside nbf/exp. For a
+// certificate's secret, outContentType (PFX or PEM) converts the value.
+func (s *Service) Get(ctx context.Context, v *vault.Vault, name, version, outContentType string) (Secret, error) {
 	if err := ValidateName(name); err != nil {
 		return Secret{}, err
 	}
@@ -264,7 +206,17 @@ func (s *Service) Get(ctx context.Context, v *vault.Vault, name, version string)
 			return Secret{}, object.Errorf(object.ErrForbidden, "SecretExpired", "Operation get is not allowed: secret %s expired at %s.", name, time.Unix(*a.Expires, 0).UTC().Format(time.RFC3339))
 		}
 	}
-	return toSecret(ver, head, true), nil
+	out := toSecret(ver, head, true)
+	if outContentType != "" {
+		if !ver.Managed || !certfmt.Valid(outContentType) {
+			return Secret{}, object.Invalidf("outContentType applies to certificate-backed secrets only, and must be %s or %s.", certfmt.PFX, certfmt.PEM)
+		}
+		if out.Value, err = certfmt.Convert(out.Value, out.ContentType, outContentType); err != nil {
+			return Secret{}, err
+		}
+		out.ContentType = outContentType
+	}
+	return out, nil
 }
 
 // Update changes a version's properties and returns them, without value.
@@ -278,33 +230,14 @@ func (s *Service) Update(ctx context.Context, v *vault.Vault, name, version stri
 	if err := validateProps(p.ContentType, nil, nil, p.Tags); err != nil {
 		return Secret{}, err
 	}
-	ver, err := s.coll.Update(ctx, v.Name, name, version, func(cur *object.Version[data]) error {
+	ver, err := s.coll.Update(ctx, v.Name, name, version, func(cur *object.Version[Data]) error {
 		if cur.Managed {
-			return object.Errorf(object.ErrForbidden, "", "Secret %s is managed by a certificate; update the certificate instead.", name)
-		}
-		a := &cur.Attributes
-		if p.Enabled != nil {
-			a.Enabled = *p.Enabled
-		}
-		if p.NotBefore != nil {
-			a.NotBefore = p.NotBefore
-		}
-		if p.Expires != nil {
-			a.Expires = p.Expires
-		}
-		if a.NotBefore != nil && a.Expires != nil && *a.Expires <= *a.NotBefore {
-			return object.Invalidf("attributes.exp (%d) must be later than attributes.nbf (%d).", *a.Expires, *a.NotBefore)
+			return kind.Managed("update", "update certificate "+name+" instead.")
 		}
 		if p.ContentType != nil {
 			cur.ContentType = *p.ContentType
 		}
-		if p.Tags != nil {
-			cur.Tags = p.Tags
-			if len(p.Tags) == 0 {
-				cur.Tags = nil
-			}
-		}
-		return nil
+		return object.Patch{Enabled: p.Enabled, NotBefore: p.NotBefore, Expires: p.Expires, Tags: p.Tags}.Apply(&cur.Attributes, &cur.Tags)
 	})
 	if err != nil {
 		return Secret{}, mapErr(err, name, version)
@@ -318,7 +251,7 @@ func (s *Service) Delete(ctx context.Context, v *vault.Vault, name string) (Dele
 		return Deleted{}, err
 	}
 	if cur, _, err := s.coll.Get(ctx, v.Name, name, ""); err == nil && cur.Managed {
-		return Deleted{}, object.Errorf(object.ErrForbidden, "", "Secret %s is managed by a certificate; delete the certificate instead.", name)
+		return Deleted{}, kind.Managed("delete", "delete certificate "+name+" instead.")
 	}
 	h, cur, err := s.coll.Delete(ctx, v.Name, name, v.Retention())
 	if err != nil {
@@ -327,7 +260,7 @@ func (s *Service) Delete(ctx context.Context, v *vault.Vault, name string) (Dele
 	return toDeleted(h, cur), nil
 }
 
-func toDeleted(h object.Head, cur object.Version[data]) Deleted {
+func toDeleted(h object.Head, cur object.Version[Data]) Deleted {
 	return Deleted{Secret: toSecret(cur, h, false), DeletedDate: h.DeletedDate, ScheduledPurge: h.ScheduledPurge}
 }
 
@@ -381,11 +314,8 @@ func (s *Service) GetDeleted(ctx context.Context, v *vault.Vault, name string) (
 		return Deleted{}, err
 	}
 	h, cur, err := s.coll.GetDeleted(ctx, v.Name, name)
-	if errors.Is(err, object.ErrNotFound) {
-		return Deleted{}, deletedNotFound(name)
-	}
 	if err != nil {
-		return Deleted{}, err
+		return Deleted{}, kind.MapDeleted(err, name)
 	}
 	return toDeleted(h, cur), nil
 }
@@ -397,11 +327,8 @@ func (s *Service) Recover(ctx context.Context, v *vault.Vault, name string) (Sec
 		return Secret{}, err
 	}
 	h, cur, err := s.coll.Recover(ctx, v.Name, name)
-	if errors.Is(err, object.ErrNotFound) {
-		return Secret{}, deletedNotFound(name)
-	}
 	if err != nil {
-		return Secret{}, mapErr(err, name, "")
+		return Secret{}, kind.MapDeleted(err, name)
 	}
 	return toSecret(cur, h, false), nil
 }
@@ -413,23 +340,15 @@ func (s *Service) Purge(ctx context.Context, v *vault.Vault, name string) error 
 		return err
 	}
 	if v.PurgeProtection {
-		return object.Errorf(object.ErrForbidden, "", "Operation \"purge\" is not allowed because purge protection is enabled for this vault. Coffer will purge secret %s automatically after the retention period of %d days.", name, v.RetentionDays)
+		return kind.PurgeProtected(name, v.RetentionDays)
 	}
-	err := s.coll.Purge(ctx, v.Name, name)
-	if errors.Is(err, object.ErrNotFound) {
-		return deletedNotFound(name)
-	}
-	return err
+	return kind.MapDeleted(s.coll.Purge(ctx, v.Name, name), name)
 }
 
 // PurgeDue purges the vault's deleted secrets whose retention has passed.
 func (s *Service) PurgeDue(ctx context.Context, v *vault.Vault) (int, error) {
-	return s.coll.PurgeDue(ctx, v.Name, s.now())
-}
-
-type backup struct {
-	TenantID string              `json:"tenantId"`
-	Object   object.Export[data] `json:"object"`
+	// A certificate's managed versions are purged with the certificate.
+	return s.coll.PurgeDue(ctx, v.Name, s.now(), func(it object.Item[Data]) bool { return it.Current.Managed })
 }
 
 // Backup returns every version of a secret as one sealed, opaque blob that
@@ -442,38 +361,23 @@ func (s *Service) Backup(ctx context.Context, v *vault.Vault, name string) ([]by
 	if err != nil {
 		return nil, mapErr(err, name, "")
 	}
-	plain, err := json.Marshal(backup{TenantID: v.TenantID, Object: e})
-	if err != nil {
-		return nil, err
-	}
-	defer clear(plain)
-	blob := s.seal.Seal(backupPurpose, plain)
-	if len(blob) > MaxBackupBytes {
-		return nil, object.Invalidf("Secret %s has %d versions, too many to back up: the blob would be %d bytes, over the %d-byte limit.", name, len(e.Versions), len(blob), MaxBackupBytes)
-	}
-	return blob, nil
+	b := object.Backup{TenantID: v.TenantID, Objects: map[string]json.RawMessage{s.coll.Kind(): object.ExportJSON(e)}}
+	return kind.SealBackup(s.seal, backupPurpose, b, name)
 }
 
 // Restore writes a backed-up secret into v. The name must be free.
 func (s *Service) Restore(ctx context.Context, v *vault.Vault, blob []byte) (Secret, error) {
-	plain, err := s.seal.Unseal(backupPurpose, blob)
+	b, err := kind.OpenBackup(s.seal, backupPurpose, blob, v.TenantID, v.Name)
 	if err != nil {
-		return Secret{}, object.Invalidf("The backup blob could not be opened: it is corrupt, truncated, not a secret backup, or from another Coffer installation.")
+		return Secret{}, err
 	}
-	defer clear(plain)
-	var b backup
-	if err := json.Unmarshal(plain, &b); err != nil {
-		return Secret{}, object.Invalidf("The backup blob does not parse: %v", err)
-	}
-	if b.TenantID != v.TenantID {
-		return Secret{}, object.Invalidf("The backup blob belongs to tenant %s; it can only be restored into a vault of that tenant, and vault %s is in tenant %s.", b.TenantID, v.Name, v.TenantID)
-	}
-	if b.Object.Kind != "secrets" || ValidateName(b.Object.Head.Name) != nil {
+	e, err := object.ImportJSON[Data](b.Objects[s.coll.Kind()], s.coll.Kind())
+	if err != nil {
 		return Secret{}, object.Invalidf("The backup blob is not a secret backup.")
 	}
-	h, cur, err := s.coll.Import(ctx, v.Name, b.Object)
+	h, cur, err := s.coll.Import(ctx, v.Name, e)
 	if err != nil {
-		return Secret{}, mapErr(err, b.Object.Head.Name, "")
+		return Secret{}, mapErr(err, e.Head.Name, "")
 	}
 	return toSecret(cur, h, false), nil
 }

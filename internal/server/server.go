@@ -24,8 +24,10 @@ import (
 	"github.com/cofferhq/coffer/internal/audit"
 	"github.com/cofferhq/coffer/internal/authhttp"
 	"github.com/cofferhq/coffer/internal/authority"
+	"github.com/cofferhq/coffer/internal/cert"
 	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/federation"
+	"github.com/cofferhq/coffer/internal/key"
 	"github.com/cofferhq/coffer/internal/kvhttp"
 	"github.com/cofferhq/coffer/internal/mgmthttp"
 	"github.com/cofferhq/coffer/internal/rbac"
@@ -74,6 +76,8 @@ type Server struct {
 	Vaults    *vault.Registry
 	Authority *authority.Authority
 	Secrets   *secret.Service
+	Keys      *key.Service
+	Certs     *cert.Service
 	Roles     *rbac.Assignments
 	Access    *access.Authorizer
 	Audit     *audit.Log
@@ -155,8 +159,17 @@ func (s *Server) build(ctx context.Context) error {
 		return err
 	}
 	s.Secrets = secret.New(b, b, s.cfg.Now)
+	s.Keys = key.New(b, b, s.cfg.Now)
+	s.Certs = cert.New(b, b, s.Keys, s.Secrets, s.cfg.Now, s.log)
+	for _, v := range s.Vaults.List("") {
+		if n, err := s.Certs.Resume(ctx, &v); err != nil {
+			return fmt.Errorf("resume certificate operations of vault %s: %w", v.Name, err)
+		} else if n > 0 {
+			s.log.Info("resumed certificate operations interrupted by a stop", "vault", v.Name, "count", n)
+		}
+	}
 	s.kv = kvhttp.New(kvhttp.Deps{
-		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets,
+		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets, Keys: s.Keys, Certs: s.Certs,
 		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Log: s.log,
 	})
 	s.auth = authhttp.New(s.Authority, s.log)
@@ -173,8 +186,12 @@ func (s *Server) MetricsHandler() http.Handler {
 // Store returns the server's store.
 func (s *Server) Store() *Store { return s.store }
 
-// Close flushes the audit log and closes the store.
+// Close stops certificate issuance, flushes the audit log and closes the
+// store.
 func (s *Server) Close() error {
+	if s.Certs != nil {
+		s.Certs.Close()
+	}
 	if s.Audit != nil {
 		s.Audit.Close()
 	}
@@ -408,15 +425,25 @@ func (s *Server) sweep(ctx context.Context) {
 }
 
 // PurgeDue purges, in every vault, the deleted objects whose retention has
-// passed.
+// passed, and starts the certificate renewals that are due.
 func (s *Server) PurgeDue(ctx context.Context) {
 	for _, v := range s.Vaults.List("") {
-		n, err := s.Secrets.PurgeDue(ctx, &v)
-		if err != nil && ctx.Err() == nil {
-			s.log.Error("scheduled purge failed", "vault", v.Name, "err", err)
-		}
-		if n > 0 {
-			s.log.Info("purged deleted secrets after retention", "vault", v.Name, "count", n)
+		for _, task := range []struct {
+			what string
+			run  func(context.Context, *vault.Vault) (int, error)
+		}{
+			{"purge deleted certificates", s.Certs.PurgeDue},
+			{"purge deleted secrets", s.Secrets.PurgeDue},
+			{"purge deleted keys", s.Keys.PurgeDue},
+			{"renew certificates", s.Certs.RenewDue},
+		} {
+			n, err := task.run(ctx, &v)
+			if err != nil && ctx.Err() == nil {
+				s.log.Error("scheduled task failed", "task", task.what, "vault", v.Name, "err", err)
+			}
+			if n > 0 {
+				s.log.Info("scheduled task done", "task", task.what, "vault", v.Name, "count", n)
+			}
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package secret
+package object
 
 import (
 	"regexp"
@@ -13,8 +13,8 @@ func TestValidatorsMatchAzureRules(t *testing.T) {
 	inputs := []string{"", "a", "A-1", "a_b", "a.b", "a/b", "é", strings.Repeat("a", 127), strings.Repeat("a", 128),
 		"0123456789abcdef0123456789ABCDEF", "0123456789abcdef0123456789abcdeg", "0123456789abcdef0123456789abcde", " a"}
 	for _, in := range inputs {
-		if ValidObjectName(in) != nameRE.MatchString(in) {
-			t.Errorf("ValidObjectName(%q) = %v", in, ValidObjectName(in))
+		if ValidName(in) != nameRE.MatchString(in) {
+			t.Errorf("ValidName(%q) = %v", in, ValidName(in))
 		}
 		if ValidVersion(in) != versionRE.MatchString(in) {
 			t.Errorf("ValidVersion(%q) = %v", in, ValidVersion(in))
@@ -28,7 +28,7 @@ func FuzzValidators(f *testing.F) {
 	f.Add("abc")
 	f.Add("0123456789abcdef0123456789abcdef")
 	f.Fuzz(func(t *testing.T, s string) {
-		if ValidObjectName(s) != nameRE.MatchString(s) || ValidVersion(s) != versionRE.MatchString(s) {
+		if ValidName(s) != nameRE.MatchString(s) || ValidVersion(s) != versionRE.MatchString(s) {
 			t.Fatalf("validators disagree with the regexps on %q", s)
 		}
 	})

@@ -1,0 +1,223 @@
+package kvhttp
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/httpjson"
+	"github.com/cofferhq/coffer/internal/object"
+)
+
+const pageSize = 25
+
+// base is what the routes of every object kind share: authorization, the
+// operation adapter, paging, and the attribute shape.
+type base struct {
+	h    *Handler
+	kind access.Kind
+}
+
+type attributesOut struct {
+	Enabled         bool   `json:"enabled"`
+	NotBefore       *int64 `json:"nbf,omitempty"`
+	Expires         *int64 `json:"exp,omitempty"`
+	Created         int64  `json:"created"`
+	Updated         int64  `json:"updated"`
+	RecoveryLevel   string `json:"recoveryLevel"`
+	RecoverableDays int    `json:"recoverableDays"`
+}
+
+func (b base) attributes(c *call, a object.Attributes) attributesOut {
+	return attributesOut{
+		Enabled: a.Enabled, NotBefore: a.NotBefore, Expires: a.Expires, Created: a.Created, Updated: a.Updated,
+		RecoveryLevel: c.vault.RecoveryLevel(), RecoverableDays: c.vault.RetentionDays,
+	}
+}
+
+type attributesIn struct {
+	Enabled   *bool  `json:"enabled"`
+	NotBefore *int64 `json:"nbf"`
+	Expires   *int64 `json:"exp"`
+}
+
+// id is an object's identifier: {vault}/{collection}/{name}[/{version}].
+func (b base) id(c *call, collection, name, version string) string {
+	id := b.h.ep.VaultBase(c.vault.Name) + "/" + collection + "/" + name
+	if version != "" {
+		id += "/" + version
+	}
+	return id
+}
+
+// deletedInfo is what a deleted object adds to its shape.
+type deletedInfo struct {
+	RecoveryID         string `json:"recoveryId,omitempty"`
+	DeletedDate        int64  `json:"deletedDate,omitempty"`
+	ScheduledPurgeDate int64  `json:"scheduledPurgeDate,omitempty"`
+}
+
+func (b base) deleted(c *call, collection, name string, deletedDate, purge int64) deletedInfo {
+	return deletedInfo{RecoveryID: b.h.ep.VaultBase(c.vault.Name) + "/deleted" + collection + "/" + name, DeletedDate: deletedDate, ScheduledPurgeDate: purge}
+}
+
+// authorize checks that the caller may perform op on object ("" for
+// vault-wide operations) and, if so, returns the request's call.
+func (b base) authorize(w http.ResponseWriter, r *http.Request, op access.Operation, object string) (*call, bool) {
+	c := callOf(r)
+	c.audit.Operation = op.DataAction
+	if object != "" {
+		c.audit.Object = string(op.Kind) + "/" + object
+		c.audit.Version = r.PathValue("version")
+	}
+	if err := b.h.access.Data(c.vault, c.principal, op, object); err != nil {
+		c.audit.Decision = "deny"
+		b.h.fail(w, r, b.kind, err)
+		return nil, false
+	}
+	c.audit.Decision = "allow"
+	return c, true
+}
+
+// serve runs one operation on the object named in the path: it checks the
+// caller may perform op, runs fn, and writes its result (or, for a nil
+// result, 204 No Content).
+func (b base) serve(w http.ResponseWriter, r *http.Request, op access.Operation, fn func(c *call) (any, error)) {
+	b.serveOn(w, r, op, r.PathValue("name"), fn)
+}
+
+// reply is a result sent with a status other than 200.
+type reply struct {
+	status int
+	body   any
+}
+
+// serveOn is serve with the object named explicitly ("" for the vault).
+func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operation, object string, fn func(c *call) (any, error)) {
+	c, ok := b.authorize(w, r, op, object)
+	if !ok {
+		return
+	}
+	out, err := fn(c)
+	rep, isReply := out.(reply)
+	switch {
+	case err != nil:
+		b.h.fail(w, r, b.kind, err)
+	case out == nil:
+		w.WriteHeader(http.StatusNoContent)
+	case isReply:
+		httpjson.Write(w, rep.status, rep.body)
+	default:
+		httpjson.Write(w, http.StatusOK, out)
+	}
+}
+
+type listOut[T any] struct {
+	Value    []T     `json:"value"`
+	NextLink *string `json:"nextLink"`
+}
+
+// listPage serves one page of a list operation; fetch returns the page in
+// wire form and the cursor of the next page. Listing one object's versions
+// is authorized on that object (the path's name), other lists on the vault.
+func listPage[T any](b base, w http.ResponseWriter, r *http.Request, op access.Operation, fetch func(c *call, after string, limit int) ([]T, string, error)) {
+	b.serveOn(w, r, op, r.PathValue("name"), func(c *call) (any, error) {
+		after, limit, err := page(r)
+		if err != nil {
+			return nil, err
+		}
+		items, next, err := fetch(c, after, limit)
+		if err != nil {
+			return nil, err
+		}
+		if items == nil {
+			items = []T{}
+		}
+		return listOut[T]{Value: items, NextLink: b.nextLink(c, r, next)}, nil
+	})
+}
+
+// readJSON reads a body of at most limit bytes into v.
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		return err
+	}
+	if len(body) == 0 {
+		return object.Invalidf("The request body is empty; this operation needs a JSON body.")
+	}
+	return json.Unmarshal(body, v)
+}
+
+// page reads $skiptoken and maxresults.
+func page(r *http.Request) (after string, limit int, err error) {
+	q := r.URL.Query()
+	limit = pageSize
+	if m := q.Get("maxresults"); m != "" {
+		n, perr := strconv.Atoi(m)
+		if perr != nil || n < 1 || n > pageSize {
+			return "", 0, object.Invalidf("maxresults must be an integer from 1 to %d, got %q.", pageSize, m)
+		}
+		limit = n
+	}
+	if t := q.Get("$skiptoken"); t != "" {
+		b, derr := base64.RawURLEncoding.DecodeString(t)
+		if derr != nil {
+			return "", 0, object.Invalidf("The $skiptoken is not one this server issued.")
+		}
+		after = string(b)
+	}
+	return after, limit, nil
+}
+
+// nextLink is the absolute URL of the next page, or nil at the end.
+func (b base) nextLink(c *call, r *http.Request, next string) *string {
+	if next == "" {
+		return nil
+	}
+	q := url.Values{}
+	q.Set("api-version", c.apiVersion)
+	q.Set("$skiptoken", base64.RawURLEncoding.EncodeToString([]byte(next)))
+	if m := r.URL.Query().Get("maxresults"); m != "" {
+		q.Set("maxresults", m)
+	}
+	link := b.h.ep.VaultBase(c.vault.Name) + r.URL.Path + "?" + q.Encode()
+	return &link
+}
+
+type blobIO struct {
+	Value string `json:"value"`
+}
+
+// decodeBlob accepts base64url with or without padding, as Azure does.
+func decodeBlob(v string) ([]byte, error) {
+	if v == "" {
+		return nil, object.Invalidf("The request body must contain the backup blob in 'value'.")
+	}
+	for _, enc := range []*base64.Encoding{base64.RawURLEncoding, base64.URLEncoding, base64.StdEncoding, base64.RawStdEncoding} {
+		if b, err := enc.DecodeString(v); err == nil {
+			return b, nil
+		}
+	}
+	return nil, object.Invalidf("The backup blob in 'value' is not valid base64url.")
+}
+
+// restoreBlob reads a restore body and decodes its blob.
+func restoreBlob(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	var in blobIO
+	if err := readJSON(w, r, maxRestoreBody, &in); err != nil {
+		return nil, err
+	}
+	return decodeBlob(in.Value)
+}
+
+func backupOut(blob []byte, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return blobIO{Value: base64.RawURLEncoding.EncodeToString(blob)}, nil
+}
