@@ -91,6 +91,8 @@ func (a *app) root() *cobra.Command {
 		a.nodePoolCmd(),
 		a.roleCmd(),
 		a.secretCmd(),
+		a.keyCmd(),
+		a.certificateCmd(),
 		a.auditCmd(),
 		a.benchCmd(),
 	)

@@ -14,7 +14,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
-	"github.com/cofferhq/coffer/internal/secret"
 	"github.com/spf13/cobra"
 )
 
@@ -131,43 +130,6 @@ var deletedCols = []column[secretView]{
 	{"RecoveryId", func(s secretView) string { return str(s.RecoveryID) }},
 }
 
-func (a *app) one(v secretView, cols []column[secretView]) error {
-	return render(a.stdout, a.output, v, []secretView{v}, cols)
-}
-
-func (a *app) many(vs []secretView, cols []column[secretView]) error {
-	if vs == nil {
-		vs = []secretView{}
-	}
-	return render(a.stdout, a.output, vs, vs, cols)
-}
-
-// secretFlags are the flags shared by the secret verbs.
-type secretFlags struct {
-	vault, name, version string
-}
-
-func (f *secretFlags) bind(c *cobra.Command, withName, withVersion bool) {
-	c.Flags().StringVar(&f.vault, "vault-name", "", "name of the vault")
-	if withName {
-		c.Flags().StringVarP(&f.name, "name", "n", "", "name of the secret")
-	}
-	if withVersion {
-		c.Flags().StringVar(&f.version, "version", "", "secret version (default: the latest)")
-	}
-}
-
-func (a *app) secretClient(c *cobra.Command, f *secretFlags, required ...string) (*azsecrets.Client, error) {
-	if err := requireFlags(c, append([]string{"vault-name"}, required...)...); err != nil {
-		return nil, err
-	}
-	cl, err := a.client()
-	if err != nil {
-		return nil, err
-	}
-	return cl.Secrets(f.vault)
-}
-
 func parseTags(in []string) (map[string]*string, error) {
 	out := map[string]*string{}
 	for _, t := range in {
@@ -193,14 +155,25 @@ func parseTime(flag, v string) (*time.Time, error) {
 
 func (a *app) secretCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "secret", Short: "Manage secrets in a vault (mirrors `az keyvault secret`)"}
-	cmd.AddCommand(a.secretSet(), a.secretSetAttributes(), a.secretBackup(), a.secretRestore())
+	cmd.AddCommand(a.secretSet(), a.secretSetAttributes(), a.secretDownload(),
+		objBackup(a, secretNoun, func(ctx context.Context, sc *azsecrets.Client, name string) ([]byte, error) {
+			resp, err := sc.BackupSecret(ctx, name, nil)
+			return resp.Value, err
+		}),
+		objRestore(a, secretNoun, secretCols, func(ctx context.Context, sc *azsecrets.Client, blob []byte) (secretView, error) {
+			resp, err := sc.RestoreSecret(ctx, azsecrets.RestoreSecretParameters{SecretBackup: blob}, nil)
+			if err != nil {
+				return secretView{}, err
+			}
+			return viewSecret(resp.Secret), nil
+		}))
 	cmd.AddCommand(a.secretReadVerbs()...)
 	cmd.AddCommand(a.secretLifecycleVerbs()...)
 	return cmd
 }
 
 func (a *app) secretSet() *cobra.Command {
-	var f secretFlags
+	var f objFlags
 	var value, file, encoding, contentType, expires, notBefore string
 	var tagList []string
 	var disabled bool
@@ -239,7 +212,7 @@ func (a *app) secretSet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			sc, err := a.secretClient(c, &f, "name")
+			sc, err := secretNoun.client(a, c, &f, "name")
 			if err != nil {
 				return err
 			}
@@ -252,10 +225,10 @@ func (a *app) secretSet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.one(viewSecret(resp.Secret), secretCols)
+			return show(a, viewSecret(resp.Secret), secretCols)
 		},
 	}
-	f.bind(c, true, false)
+	f.bind(c, "secret", true, false)
 	c.Flags().StringVar(&value, "value", "", "the secret's value")
 	c.Flags().StringVarP(&file, "file", "f", "", "read the value from this file (- for stdin)")
 	c.Flags().StringVarP(&encoding, "encoding", "e", "utf-8", "how to store --file contents: utf-8 or base64")
@@ -291,67 +264,9 @@ func readInput(stdin io.Reader, file string, max int64) ([]byte, error) {
 	return data, nil
 }
 
-// secretVerb builds a verb on one secret (--vault-name, --name and, with
-// withVersion, --version) that prints what fn returns; a nil view prints
-// nothing.
-func (a *app) secretVerb(use, short string, withVersion bool, cols []column[secretView], fn func(ctx context.Context, sc *azsecrets.Client, f *secretFlags) (*secretView, error)) *cobra.Command {
-	var f secretFlags
-	c := &cobra.Command{
-		Use: use, Short: short, Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			sc, err := a.secretClient(c, &f, "name")
-			if err != nil {
-				return err
-			}
-			v, err := fn(c.Context(), sc, &f)
-			if err != nil || v == nil {
-				return err
-			}
-			return a.one(*v, cols)
-		},
-	}
-	f.bind(c, true, withVersion)
-	return c
-}
-
-// listVerb builds a verb that walks every page of a pager and prints the
-// items.
-func listVerb[P any](a *app, use, short string, withName bool, cols []column[secretView], pager func(sc *azsecrets.Client, name string) *runtime.Pager[P], items func(P) []secretView) *cobra.Command {
-	var f secretFlags
-	var max int
-	c := &cobra.Command{
-		Use: use, Short: short, Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			var required []string
-			if withName {
-				required = append(required, "name")
-			}
-			sc, err := a.secretClient(c, &f, required...)
-			if err != nil {
-				return err
-			}
-			var out []secretView
-			for p := pager(sc, f.name); p.More() && (max <= 0 || len(out) < max); {
-				page, err := p.NextPage(c.Context())
-				if err != nil {
-					return err
-				}
-				out = append(out, items(page)...)
-			}
-			if max > 0 && len(out) > max {
-				out = out[:max]
-			}
-			return a.many(out, cols)
-		},
-	}
-	f.bind(c, withName, false)
-	c.Flags().IntVar(&max, "maxresults", 0, "stop after this many items (default: all)")
-	return c
-}
-
 func (a *app) secretReadVerbs() []*cobra.Command {
 	return []*cobra.Command{
-		a.secretVerb("show", "Show a secret with its value", true, secretCols, func(ctx context.Context, sc *azsecrets.Client, f *secretFlags) (*secretView, error) {
+		objVerb(a, secretNoun, "show", "Show a secret with its value", true, secretCols, func(ctx context.Context, sc *azsecrets.Client, f *objFlags) (*secretView, error) {
 			resp, err := sc.GetSecret(ctx, f.name, f.version, nil)
 			if err != nil {
 				return nil, err
@@ -359,26 +274,26 @@ func (a *app) secretReadVerbs() []*cobra.Command {
 			v := viewSecret(resp.Secret)
 			return &v, nil
 		}),
-		listVerb(a, "list", "List secrets (without values)", false, secretCols,
+		objList(a, secretNoun, "list", "List secrets (without values)", false, secretCols,
 			func(sc *azsecrets.Client, _ string) *runtime.Pager[azsecrets.ListSecretPropertiesResponse] {
 				return sc.NewListSecretPropertiesPager(nil)
 			},
 			func(p azsecrets.ListSecretPropertiesResponse) []secretView { return mapViews(p.Value, viewProps) }),
-		listVerb(a, "list-versions", "List a secret's versions (without values)", true, secretCols,
+		objList(a, secretNoun, "list-versions", "List a secret's versions (without values)", true, secretCols,
 			func(sc *azsecrets.Client, name string) *runtime.Pager[azsecrets.ListSecretPropertiesVersionsResponse] {
 				return sc.NewListSecretPropertiesVersionsPager(name, nil)
 			},
 			func(p azsecrets.ListSecretPropertiesVersionsResponse) []secretView {
 				return mapViews(p.Value, viewProps)
 			}),
-		listVerb(a, "list-deleted", "List soft-deleted secrets", false, deletedCols,
+		objList(a, secretNoun, "list-deleted", "List soft-deleted secrets", false, deletedCols,
 			func(sc *azsecrets.Client, _ string) *runtime.Pager[azsecrets.ListDeletedSecretPropertiesResponse] {
 				return sc.NewListDeletedSecretPropertiesPager(nil)
 			},
 			func(p azsecrets.ListDeletedSecretPropertiesResponse) []secretView {
 				return mapViews(p.Value, viewDeletedProps)
 			}),
-		a.secretVerb("show-deleted", "Show a soft-deleted secret", false, deletedCols, func(ctx context.Context, sc *azsecrets.Client, f *secretFlags) (*secretView, error) {
+		objVerb(a, secretNoun, "show-deleted", "Show a soft-deleted secret", false, deletedCols, func(ctx context.Context, sc *azsecrets.Client, f *objFlags) (*secretView, error) {
 			resp, err := sc.GetDeletedSecret(ctx, f.name, nil)
 			if err != nil {
 				return nil, err
@@ -391,7 +306,7 @@ func (a *app) secretReadVerbs() []*cobra.Command {
 
 func (a *app) secretLifecycleVerbs() []*cobra.Command {
 	return []*cobra.Command{
-		a.secretVerb("delete", "Soft-delete a secret (recoverable until purged)", false, deletedCols, func(ctx context.Context, sc *azsecrets.Client, f *secretFlags) (*secretView, error) {
+		objVerb(a, secretNoun, "delete", "Soft-delete a secret (recoverable until purged)", false, deletedCols, func(ctx context.Context, sc *azsecrets.Client, f *objFlags) (*secretView, error) {
 			resp, err := sc.DeleteSecret(ctx, f.name, nil)
 			if err != nil {
 				return nil, err
@@ -399,7 +314,7 @@ func (a *app) secretLifecycleVerbs() []*cobra.Command {
 			v := viewDeleted(resp.DeletedSecret)
 			return &v, nil
 		}),
-		a.secretVerb("recover", "Recover a soft-deleted secret", false, secretCols, func(ctx context.Context, sc *azsecrets.Client, f *secretFlags) (*secretView, error) {
+		objVerb(a, secretNoun, "recover", "Recover a soft-deleted secret", false, secretCols, func(ctx context.Context, sc *azsecrets.Client, f *objFlags) (*secretView, error) {
 			resp, err := sc.RecoverDeletedSecret(ctx, f.name, nil)
 			if err != nil {
 				return nil, err
@@ -407,23 +322,15 @@ func (a *app) secretLifecycleVerbs() []*cobra.Command {
 			v := viewSecret(resp.Secret)
 			return &v, nil
 		}),
-		a.secretVerb("purge", "Permanently delete a soft-deleted secret", false, nil, func(ctx context.Context, sc *azsecrets.Client, f *secretFlags) (*secretView, error) {
+		objVerb(a, secretNoun, "purge", "Permanently delete a soft-deleted secret", false, nil, func(ctx context.Context, sc *azsecrets.Client, f *objFlags) (*secretView, error) {
 			_, err := sc.PurgeDeletedSecret(ctx, f.name, nil)
 			return nil, err
 		}),
 	}
 }
 
-func mapViews[T any](in []*T, view func(*T) secretView) []secretView {
-	out := make([]secretView, len(in))
-	for i, v := range in {
-		out[i] = view(v)
-	}
-	return out
-}
-
 func (a *app) secretSetAttributes() *cobra.Command {
-	var f secretFlags
+	var f objFlags
 	var enabled, contentType, expires, notBefore string
 	var tagList []string
 	c := &cobra.Command{
@@ -452,7 +359,7 @@ func (a *app) secretSetAttributes() *cobra.Command {
 					return err
 				}
 			}
-			sc, err := a.secretClient(c, &f, "name")
+			sc, err := secretNoun.client(a, c, &f, "name")
 			if err != nil {
 				return err
 			}
@@ -460,40 +367,15 @@ func (a *app) secretSetAttributes() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.one(viewSecret(resp.Secret), secretCols)
+			return show(a, viewSecret(resp.Secret), secretCols)
 		},
 	}
-	f.bind(c, true, true)
+	f.bind(c, "secret", true, true)
 	c.Flags().StringVar(&enabled, "enabled", "", "true or false")
 	c.Flags().StringVar(&contentType, "content-type", "", "content type")
 	c.Flags().StringSliceVar(&tagList, "tags", nil, "tags as KEY=VALUE (replaces all tags)")
 	c.Flags().StringVar(&expires, "expires", "", "expiry time (RFC 3339)")
 	c.Flags().StringVar(&notBefore, "not-before", "", "not-before time (RFC 3339)")
-	return c
-}
-
-func (a *app) secretBackup() *cobra.Command {
-	var f secretFlags
-	var file string
-	c := &cobra.Command{
-		Use: "backup", Short: "Back up every version of a secret into a sealed file", Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireFlags(c, "file"); err != nil {
-				return err
-			}
-			sc, err := a.secretClient(c, &f, "name")
-			if err != nil {
-				return err
-			}
-			resp, err := sc.BackupSecret(c.Context(), f.name, nil)
-			if err != nil {
-				return err
-			}
-			return writeNew(file, resp.Value)
-		},
-	}
-	f.bind(c, true, false)
-	c.Flags().StringVarP(&file, "file", "f", "", "file to write the backup to (must not exist)")
 	return c
 }
 
@@ -517,31 +399,40 @@ func writeNew(path string, data []byte) error {
 	return fh.Close()
 }
 
-func (a *app) secretRestore() *cobra.Command {
-	var f secretFlags
-	var file string
+func (a *app) secretDownload() *cobra.Command {
+	var f objFlags
+	var file, encoding string
 	c := &cobra.Command{
-		Use: "restore", Short: "Restore a secret from a backup file", Args: cobra.NoArgs,
+		Use:   "download",
+		Short: "Write a secret's value to a new file",
+		Long:  "Write a secret's value to a new file (mode 0600, never overwritten). A certificate's PFX secret needs --encoding base64.",
+		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := requireFlags(c, "file"); err != nil {
 				return err
 			}
-			data, err := readInput(a.stdin, file, secret.MaxBackupBytes)
+			if encoding != "utf-8" && encoding != "base64" {
+				return usagef("--encoding %q is not one of utf-8, base64", encoding)
+			}
+			sc, err := secretNoun.client(a, c, &f, "name")
 			if err != nil {
 				return err
 			}
-			sc, err := a.secretClient(c, &f)
+			resp, err := sc.GetSecret(c.Context(), f.name, f.version, nil)
 			if err != nil {
 				return err
 			}
-			resp, err := sc.RestoreSecret(c.Context(), azsecrets.RestoreSecretParameters{SecretBackup: data}, nil)
-			if err != nil {
-				return err
+			data := []byte(str(resp.Value))
+			if encoding == "base64" {
+				if data, err = base64.StdEncoding.DecodeString(str(resp.Value)); err != nil {
+					return fmt.Errorf("secret %s is not base64, so --encoding base64 cannot decode it; use --encoding utf-8", f.name)
+				}
 			}
-			return a.one(viewSecret(resp.Secret), secretCols)
+			return writeNew(file, data)
 		},
 	}
-	f.bind(c, false, false)
-	c.Flags().StringVarP(&file, "file", "f", "", "backup file to restore")
+	f.bind(c, "secret", true, true)
+	c.Flags().StringVarP(&file, "file", "f", "", "file to write (must not exist)")
+	c.Flags().StringVarP(&encoding, "encoding", "e", "utf-8", "how the value is stored: utf-8 (written as is) or base64 (decoded)")
 	return c
 }

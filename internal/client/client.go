@@ -1,5 +1,6 @@
 // Package client is how the coffer CLI talks to a server: the real Azure
-// SDK (azsecrets over azidentity) for the vault data plane, and plain JSON
+// SDK (azsecrets, azkeys, azcertificates over azidentity) for the vault
+// data plane, and plain JSON
 // for the management API.
 package client
 
@@ -23,6 +24,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/cofferhq/coffer/internal/devenv"
 	"github.com/cofferhq/coffer/internal/endpoint"
@@ -160,6 +163,22 @@ func (c *Client) Secrets(vaultName string) (*azsecrets.Client, error) {
 	return azsecrets.NewClient(c.VaultURL(vaultName), c.Cred, &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: c.HTTP}})
 }
 
+// Keys returns an azkeys client for a vault.
+func (c *Client) Keys(vaultName string) (*azkeys.Client, error) {
+	if vaultName == "" {
+		return nil, errors.New("--vault-name is required")
+	}
+	return azkeys.NewClient(c.VaultURL(vaultName), c.Cred, &azkeys.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: c.HTTP}})
+}
+
+// Certificates returns an azcertificates client for a vault.
+func (c *Client) Certificates(vaultName string) (*azcertificates.Client, error) {
+	if vaultName == "" {
+		return nil, errors.New("--vault-name is required")
+	}
+	return azcertificates.NewClient(c.VaultURL(vaultName), c.Cred, &azcertificates.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: c.HTTP}})
+}
+
 // Token returns an access token for a resource.
 func (c *Client) Token(ctx context.Context, resource string) (string, error) {
 	tok, err := c.Cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{resource + "/.default"}})
@@ -230,10 +249,17 @@ func Describe(err error) string {
 		msg := re.ErrorCode
 		if re.RawResponse != nil && re.RawResponse.Body != nil {
 			var eb struct {
-				Error struct{ Code, Message string } `json:"error"`
+				Error struct {
+					Code, Message string
+					Inner         *struct{ Code string } `json:"innererror"`
+				} `json:"error"`
 			}
 			if b, rerr := io.ReadAll(io.LimitReader(re.RawResponse.Body, 1<<20)); rerr == nil && json.Unmarshal(b, &eb) == nil && eb.Error.Message != "" {
-				return fmt.Sprintf("(%s) %s", eb.Error.Code, eb.Error.Message)
+				code := eb.Error.Code
+				if in := eb.Error.Inner; in != nil && in.Code != "" {
+					code += "/" + in.Code
+				}
+				return fmt.Sprintf("(%s) %s", code, eb.Error.Message)
 			}
 		}
 		if msg == "" {

@@ -52,7 +52,7 @@ func TestCLISecretVerbs(t *testing.T) {
 		t.Fatal("list printed values")
 	}
 	mustCLI(t, ef, args("secret", "set-attributes", "--name", "api-key", "--version", v1, "--enabled", "false")...)
-	if r := cli(t, ef, "", args("secret", "show", "--name", "api-key", "--version", v1)...); r.code == 0 || !strings.Contains(r.err, "(Forbidden)") {
+	if r := cli(t, ef, "", args("secret", "show", "--name", "api-key", "--version", v1)...); r.code == 0 || !strings.Contains(r.err, "(Forbidden/") {
 		t.Fatalf("show of a disabled version: %d %s", r.code, r.err)
 	}
 
@@ -147,7 +147,7 @@ func TestManagementAndDefaultDeny(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := cli(t, spFile, "", "secret", "show", "--vault-name", "demo", "--name", "x")
-	if r.code != 1 || !strings.Contains(r.err, "(Forbidden)") || !strings.Contains(r.err, "secrets get") || !strings.Contains(r.err, sp.ObjectID) {
+	if r.code != 1 || !strings.Contains(r.err, "(Forbidden/") || !strings.Contains(r.err, "secrets get") || !strings.Contains(r.err, sp.ObjectID) {
 		t.Fatalf("non-admin read: %d %s", r.code, r.err)
 	}
 	if r := cli(t, spFile, "", "vault", "create", "--name", "mine"); r.code != 1 || !strings.Contains(r.err, "(AuthorizationFailed)") || !strings.Contains(r.err, "Microsoft.KeyVault/vaults/write") {

@@ -2,6 +2,14 @@ package integration
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"math/big"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -10,6 +18,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/devenv"
 	"github.com/cofferhq/coffer/internal/rootkey"
+	"software.sslmate.com/src/go-pkcs12"
 )
 
 func run(t *testing.T, timeout time.Duration, env []string, args ...string) (string, int) {
@@ -73,6 +82,25 @@ func TestNoSecretInLogs(t *testing.T) {
 	if i := strings.Index(out, `"password": "`); i >= 0 {
 		sp.Password = strings.SplitN(out[i+13:], `"`, 2)[0]
 	}
+	// A private key imported, a certificate with its key, and a PFX password
+	// on an error path.
+	work := t.TempDir()
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	os.WriteFile(filepath.Join(work, "key.pem"), keyPEM, 0o600)
+	mustCLI(t, ef, "key", "import", "--vault-name", "demo", "--name", "k", "--pem-file", filepath.Join(work, "key.pem"))
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "logscan"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	certDER, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &rsaKey.PublicKey, rsaKey)
+	os.WriteFile(filepath.Join(work, "cert.pem"), append(keyPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})...), 0o600)
+	mustCLI(t, ef, "certificate", "import", "--vault-name", "demo", "--name", "c", "--file", filepath.Join(work, "cert.pem"))
+	mustCLI(t, ef, "secret", "show", "--vault-name", "demo", "--name", "c")
+	pfx, _ := pkcs12.Modern.Encode(rsaKey, tmpl, nil, "LOGSCAN-pfx-password")
+	os.WriteFile(filepath.Join(work, "c.pfx"), pfx, 0o600)
+	cli(t, ef, "", "certificate", "import", "--vault-name", "demo", "--name", "c2", "--file", filepath.Join(work, "c.pfx"), "--password", "LOGSCAN-wrong-password")
+	keyLines := strings.Split(string(keyPEM), "\n")
+	values = append(values, keyLines[3], keyLines[10], base64.StdEncoding.EncodeToString(keyDER[40:80]))
+
 	hc, tok := vaultClient(t, d.Env)
 	get(hc, tok, strings.TrimSuffix(d.Env.VaultURL, "/")+"/secrets/a?api-version=7.6")
 	get(hc, tok+"x", strings.TrimSuffix(d.Env.VaultURL, "/")+"/secrets/a?api-version=7.6") // rejected token
