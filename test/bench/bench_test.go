@@ -10,6 +10,13 @@ package bench
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -59,19 +66,30 @@ func runParallel(b *testing.B, conns []*bench.Conn, op func(c *bench.Conn) (int,
 			b.Fatalf("warm-up: %d %v", status, err)
 		}
 	}
+	runWorkers(b, len(conns), "req/s", func(w int) error {
+		if status, err := op(conns[w]); err != nil || status != 200 {
+			return fmt.Errorf("request: %d %v", status, err)
+		}
+		return nil
+	})
+}
+
+// runWorkers spreads b.N calls of op over workers goroutines and reports
+// throughput (in unit) and latency percentiles.
+func runWorkers(b *testing.B, workers int, unit string, op func(worker int) error) {
 	var next atomic.Int64
-	lat := make([][]time.Duration, len(conns))
+	lat := make([][]time.Duration, workers)
 	var wg sync.WaitGroup
 	b.ResetTimer()
 	start := time.Now()
-	for w := range conns {
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(b.N) {
 				t0 := time.Now()
-				if status, err := op(conns[w]); err != nil || status != 200 {
-					b.Errorf("request: %d %v", status, err)
+				if err := op(w); err != nil {
+					b.Error(err)
 					return
 				}
 				lat[w] = append(lat[w], time.Since(t0))
@@ -89,7 +107,7 @@ func runParallel(b *testing.B, conns []*bench.Conn, op func(c *bench.Conn) (int,
 		return
 	}
 	slices.Sort(all)
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "req/s")
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), unit)
 	b.ReportMetric(float64(all[len(all)*50/100])/1e6, "p50-ms")
 	b.ReportMetric(float64(all[len(all)*99/100])/1e6, "p99-ms")
 }
@@ -220,4 +238,43 @@ func BenchmarkAuthorize(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkKeySign signs a SHA-256 digest through POST /keys/{name}/sign
+// over HTTPS (api/...) and with Go's crypto called directly on a key of the
+// same type (go/...), with the same 32 workers; the ratio of their ops/s is
+// the API's overhead.
+func BenchmarkKeySign(b *testing.B) {
+	env := testserver.Start(b, testserver.Options{})
+	tok := token(b, env)
+	conns := dialAll(b, env.Admin.VaultURL, env.Admin.CAFile)
+	digest := sha256.Sum256([]byte("the message"))
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, k := range []struct {
+		name, create, alg string
+		local             func() error
+	}{
+		{"rsa2048", `{"kty":"RSA","key_size":2048}`, "RS256", func() error {
+			_, err := rsa.SignPKCS1v15(nil, rsaKey, crypto.SHA256, digest[:])
+			return err
+		}},
+		{"p256", `{"kty":"EC","crv":"P-256"}`, "ES256", func() error {
+			_, err := ecdsa.SignASN1(rand.Reader, ecKey, digest[:])
+			return err
+		}},
+	} {
+		if status, err := conns[0].Do("POST", "/keys/"+k.name+"/create?api-version=7.6", tok, []byte(k.create)); err != nil || status != 200 {
+			b.Fatalf("create %s: %d %v", k.name, status, err)
+		}
+		body := []byte(`{"alg":"` + k.alg + `","value":"` + base64.RawURLEncoding.EncodeToString(digest[:]) + `"}`)
+		b.Run("api/"+k.name, func(b *testing.B) {
+			runParallel(b, conns, func(c *bench.Conn) (int, error) {
+				return c.Do("POST", "/keys/"+k.name+"/sign?api-version=7.6", tok, body)
+			})
+		})
+		b.Run("go/"+k.name, func(b *testing.B) {
+			runWorkers(b, workers, "req/s", func(int) error { return k.local() })
+		})
+	}
 }

@@ -102,16 +102,9 @@ func TestSecretLifecycle(t *testing.T) {
 	}
 
 	// Versions.
-	var versions []string
-	for p := c.NewListSecretPropertiesVersionsPager("db-password", nil); p.More(); {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, v := range page.Value {
-			versions = append(versions, v.ID.Version())
-		}
-	}
+	versions, _ := collect(t, c.NewListSecretPropertiesVersionsPager("db-password", nil), func(p azsecrets.ListSecretPropertiesVersionsResponse) []string {
+		return each(p.Value, func(v *azsecrets.SecretProperties) string { return v.ID.Version() })
+	})
 	if len(versions) != 2 {
 		t.Fatalf("versions = %v", versions)
 	}
@@ -159,16 +152,9 @@ func TestSecretLifecycle(t *testing.T) {
 	if err != nil || gd.ID.Version() != set2.ID.Version() {
 		t.Fatalf("GetDeletedSecret = %+v, %v", gd.DeletedSecret, err)
 	}
-	var deletedNames []string
-	for p := c.NewListDeletedSecretPropertiesPager(nil); p.More(); {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range page.Value {
-			deletedNames = append(deletedNames, d.ID.Name())
-		}
-	}
+	deletedNames, _ := collect(t, c.NewListDeletedSecretPropertiesPager(nil), func(p azsecrets.ListDeletedSecretPropertiesResponse) []string {
+		return each(p.Value, func(d *azsecrets.DeletedSecretProperties) string { return d.ID.Name() })
+	})
 	if fmt.Sprint(deletedNames) != "[db-password]" {
 		t.Fatalf("deleted list = %v", deletedNames)
 	}
