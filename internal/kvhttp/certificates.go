@@ -195,7 +195,10 @@ func (cr certRoutes) importCert(w http.ResponseWriter, r *http.Request) {
 func (cr certRoutes) get(w http.ResponseWriter, r *http.Request) {
 	cr.serve(w, r, access.CertGet, func(c *call) (any, error) {
 		ct, err := cr.h.certs.Get(r.Context(), c.vault, r.PathValue("name"), r.PathValue("version"))
-		return cr.out(c, ct), err
+		if err != nil {
+			return nil, err
+		}
+		return conditional(w, r, ct.Version, cr.out(c, ct), ct.Attributes, ct.Tags, ct.Policy), nil
 	})
 }
 

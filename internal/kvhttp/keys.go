@@ -168,7 +168,10 @@ func (k keyRoutes) importKey(w http.ResponseWriter, r *http.Request) {
 func (k keyRoutes) get(w http.ResponseWriter, r *http.Request) {
 	k.serve(w, r, access.KeyGet, func(c *call) (any, error) {
 		out, err := k.h.keys.Get(r.Context(), c.vault, r.PathValue("name"), r.PathValue("version"))
-		return k.out(c, out), err
+		if err != nil {
+			return nil, err
+		}
+		return conditional(w, r, out.Version, k.out(c, out), out.Attributes, out.KeyOps, out.Tags), nil
 	})
 }
 

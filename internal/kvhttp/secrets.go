@@ -97,8 +97,12 @@ func (s secretRoutes) set(w http.ResponseWriter, r *http.Request) {
 
 func (s secretRoutes) get(w http.ResponseWriter, r *http.Request) {
 	s.serve(w, r, access.SecretGet, func(c *call) (any, error) {
-		sec, err := s.h.secrets.Get(r.Context(), c.vault, r.PathValue("name"), r.PathValue("version"), r.URL.Query().Get("outContentType"))
-		return s.out(c, sec, true), err
+		out := r.URL.Query().Get("outContentType")
+		sec, err := s.h.secrets.Get(r.Context(), c.vault, r.PathValue("name"), r.PathValue("version"), out)
+		if err != nil {
+			return nil, err
+		}
+		return conditional(w, r, sec.Version, s.out(c, sec, true), sec.Attributes, sec.ContentType, sec.Tags, out), nil
 	})
 }
 
