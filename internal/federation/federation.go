@@ -297,7 +297,9 @@ func (v *Verifier) getJSON(ctx context.Context, u string, limit int64, out any) 
 	if err != nil {
 		return reject(50166, "Request to external OIDC endpoint %s failed: %v.", u, err)
 	}
-	req.Header.Set("Accept", "application/json")
+	// A Kubernetes issuer serves its key set as application/jwk-set+json
+	// and answers 406 to a client that accepts only application/json.
+	req.Header.Set("Accept", "application/json, application/jwk-set+json")
 	resp, err := v.cfg.Client.Do(req)
 	if err != nil {
 		e := reject(50166, "Request to external OIDC endpoint %s failed: %v.", u, err)
