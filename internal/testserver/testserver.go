@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,8 @@ type Env struct {
 	// Subscription is the tenant's subscription id.
 	Subscription string
 	Client       *client.Client
+
+	stop func()
 }
 
 // Start starts a server and stops it when the test ends.
@@ -98,13 +101,17 @@ func Start(t testing.TB, opt Options) *Env {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-		srv.Close()
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("server: %v", err)
+			}
+			srv.Close()
+		})
+	}
+	t.Cleanup(stop)
 	admin := devenv.Env{
 		VaultURL: ep.VaultURL("demo"), TenantID: st.TenantID, ClientID: st.AdminAppID, ClientSecret: secret,
 		AuthorityHost: ep.AuthorityURL() + "/", CAFile: files.CACert, DataDir: dir,
@@ -113,8 +120,12 @@ func Start(t testing.TB, opt Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{Server: srv, Endpoints: ep, DataDir: dir, Admin: admin, State: st, Subscription: tenant.SubscriptionID, Client: c}
+	return &Env{Server: srv, Endpoints: ep, DataDir: dir, Admin: admin, State: st, Subscription: tenant.SubscriptionID, Client: c, stop: stop}
 }
+
+// Stop stops the server before the test ends: its port refuses
+// connections from then on, as a crashed or partitioned server's would.
+func (e *Env) Stop() { e.stop() }
 
 // StoreFile returns the path of the server's bbolt file.
 func (e *Env) StoreFile() string { return filepath.Join(e.DataDir, server.StoreFile) }
