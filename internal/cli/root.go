@@ -93,6 +93,8 @@ func (a *app) root() *cobra.Command {
 		a.secretCmd(),
 		a.keyCmd(),
 		a.certificateCmd(),
+		a.csiDriverCmd(),
+		a.providerCmd(),
 		a.auditCmd(),
 		a.benchCmd(),
 	)

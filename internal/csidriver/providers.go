@@ -1,0 +1,116 @@
+package csidriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
+)
+
+// providerNameRE is the upstream rule for provider names, which become
+// socket file names.
+var providerNameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,30}$`)
+
+// ErrProviderNotFound means no provider socket of that name exists.
+var ErrProviderNotFound = errors.New("provider not found")
+
+// ErrorTrailer is the gRPC trailer in which Coffer's provider explains an
+// error code; the upstream driver ignores it.
+const ErrorTrailer = "coffer-error"
+
+// providerClients keeps one gRPC connection per provider.
+type providerClients struct {
+	dirs    []string
+	maxRecv int
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newProviderClients(dirs []string, maxRecv int) *providerClients {
+	return &providerClients{dirs: dirs, maxRecv: maxRecv, conns: map[string]*grpc.ClientConn{}}
+}
+
+// get returns the client of provider name, dialing {dir}/{name}.sock in the
+// first directory that has it.
+func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, error) {
+	if !providerNameRE.MatchString(name) {
+		return nil, fmt.Errorf("provider name %q is invalid: use 1-30 letters, digits, '-' or '_'", name)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[name]; ok {
+		return v1alpha1.NewCSIDriverProviderClient(c), nil
+	}
+	for _, dir := range p.dirs {
+		sock := filepath.Join(dir, name+".sock")
+		if _, err := os.Stat(sock); err != nil {
+			continue
+		}
+		c, err := grpc.NewClient("unix:"+sock,
+			grpc.WithTransportCredentials(insecure.NewCredentials()), // a local socket, guarded by file permissions
+			grpc.WithAuthority("localhost"),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(p.maxRecv)))
+		if err != nil {
+			return nil, err
+		}
+		p.conns[name] = c
+		return v1alpha1.NewCSIDriverProviderClient(c), nil
+	}
+	return nil, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrProviderNotFound, name, p.dirs, name)
+}
+
+func (p *providerClients) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, c := range p.conns {
+		c.Close()
+		delete(p.conns, name)
+	}
+}
+
+// ProviderError is a Mount answered with an error code.
+type ProviderError struct {
+	Provider string
+	Code     string // the provider's code, such as Forbidden
+	Detail   string // Coffer's provider explains itself in a trailer
+}
+
+func (e *ProviderError) Error() string {
+	if e.Detail != "" {
+		return fmt.Sprintf("provider %s: %s: %s", e.Provider, e.Code, e.Detail)
+	}
+	return fmt.Sprintf("provider %s failed with error code %s", e.Provider, e.Code)
+}
+
+// mount calls the provider's Mount and checks its answer's shape.
+func (p *providerClients) mount(ctx context.Context, name string, req *v1alpha1.MountRequest) (*v1alpha1.MountResponse, error) {
+	c, err := p.get(name)
+	if err != nil {
+		return nil, err
+	}
+	var trailer metadata.MD
+	resp, err := c.Mount(ctx, req, grpc.Trailer(&trailer))
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: %w", name, err)
+	}
+	if code := resp.GetError().GetCode(); code != "" {
+		pe := &ProviderError{Provider: name, Code: code}
+		if v := trailer.Get(ErrorTrailer); len(v) > 0 {
+			pe.Detail = v[0]
+		}
+		return nil, pe
+	}
+	if resp.GetObjectVersion() == nil {
+		return nil, fmt.Errorf("provider %s returned no object versions", name)
+	}
+	return resp, nil
+}

@@ -1,0 +1,121 @@
+package provider
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"sync"
+
+	"github.com/cofferhq/coffer/internal/azparams"
+	"github.com/cofferhq/coffer/internal/kvclient"
+)
+
+// cache keeps the objects last read, with their ETags, so a read of an
+// unchanged object is a conditional request answered 304: the vault still
+// authorizes every read, but no value crosses the network again. It is
+// keyed by vault, type, name and requested version, not by identity: the
+// vault decides per request whether the caller may have it. Bounded by
+// bytes, least recently used first out.
+type cache struct {
+	mu    sync.Mutex
+	max   int
+	used  int
+	items map[string]*list.Element
+	lru   *list.List
+}
+
+type cached struct {
+	key  string
+	etag string
+	obj  *fetched
+}
+
+func newCache(max int) *cache {
+	return &cache{max: max, items: map[string]*list.Element{}, lru: list.New()}
+}
+
+func (c *cache) get(key string) (string, *fetched) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[key]; ok {
+		c.lru.MoveToFront(el)
+		it := el.Value.(*cached)
+		return it.etag, it.obj
+	}
+	return "", nil
+}
+
+func (c *cache) put(key, etag string, obj *fetched) {
+	if etag == "" || obj.size() > c.max/4 {
+		return // nothing to revalidate with, or too big to be worth it
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[key]; ok {
+		c.used -= el.Value.(*cached).obj.size()
+		c.lru.Remove(el)
+	}
+	c.items[key] = c.lru.PushFront(&cached{key: key, etag: etag, obj: obj})
+	c.used += obj.size()
+	for c.used > c.max {
+		el := c.lru.Back()
+		it := el.Value.(*cached)
+		c.lru.Remove(el)
+		delete(c.items, it.key)
+		c.used -= it.obj.size()
+	}
+}
+
+// fetch reads one object version, conditionally when it is cached.
+func (s *Server) fetch(ctx context.Context, base, token, objType, name, version string) (*fetched, error) {
+	key := base + "\x00" + objType + "\x00" + name + "\x00" + version
+	etag, prev := s.cache.get(key)
+	var (
+		f       *fetched
+		newTag  string
+		notMod  bool
+		err     error
+		coll    = collection(objType)
+		secret  kvclient.Secret
+		key2    kvclient.Key
+		certRes kvclient.Certificate
+	)
+	switch objType {
+	case azparams.TypeKey:
+		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &key2)
+		f = &fetched{Version: kvclient.VersionOf(key2.Key.KID), Key: &key2.Key}
+	case azparams.TypeCert:
+		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &certRes)
+		f = &fetched{Version: kvclient.VersionOf(certRes.ID), CER: certRes.CER}
+	default:
+		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &secret)
+		f = &fetched{Version: kvclient.VersionOf(secret.ID), Value: secret.Value, ContentType: secret.ContentType, CertBacked: secret.KID != ""}
+	}
+	switch {
+	case err != nil:
+		s.requests.WithLabelValues(objType, "error").Inc()
+		return nil, err
+	case notMod && prev != nil:
+		s.requests.WithLabelValues(objType, "not_modified").Inc()
+		return prev, nil
+	case notMod:
+		s.requests.WithLabelValues(objType, "error").Inc()
+		return nil, errors.New("the vault answered 304 to an unconditional read")
+	}
+	s.requests.WithLabelValues(objType, "fetched").Inc()
+	if f.Version == "" {
+		return nil, errors.New("the vault's answer has no object id")
+	}
+	s.cache.put(key, newTag, f)
+	return f, nil
+}
+
+// removeStale removes a socket file a previous run left behind, and
+// nothing else.
+func removeStale(path string) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == fs.ModeSocket {
+		os.Remove(path)
+	}
+}
