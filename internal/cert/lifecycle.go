@@ -305,13 +305,7 @@ func (s *Service) Recover(ctx context.Context, v *vault.Vault, name string) (Cer
 
 // Purge permanently removes a soft-deleted certificate, key and secret.
 func (s *Service) Purge(ctx context.Context, v *vault.Vault, name string) error {
-	if err := kind.ValidateName(name, ""); err != nil {
-		return err
-	}
-	if v.PurgeProtection {
-		return kind.PurgeProtected(name, v.RetentionDays)
-	}
-	return kind.MapDeleted(s.purge(ctx, v, name), name)
+	return kind.Purge(name, v.PurgeProtection, v.RetentionDays, func() error { return s.purge(ctx, v, name) })
 }
 
 func (s *Service) purge(ctx context.Context, v *vault.Vault, name string) error {

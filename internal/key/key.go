@@ -426,19 +426,12 @@ func (s *Service) Recover(ctx context.Context, v *vault.Vault, name string) (Key
 
 // Purge permanently removes a soft-deleted key.
 func (s *Service) Purge(ctx context.Context, v *vault.Vault, name string) error {
-	if err := kind.ValidateName(name, ""); err != nil {
-		return err
-	}
-	if v.PurgeProtection {
-		return kind.PurgeProtected(name, v.RetentionDays)
-	}
-	return kind.MapDeleted(s.coll.Purge(ctx, v.Name, name), name)
+	return kind.Purge(name, v.PurgeProtection, v.RetentionDays, func() error { return s.coll.Purge(ctx, v.Name, name) })
 }
 
 // PurgeDue purges the vault's deleted keys whose retention has passed.
 func (s *Service) PurgeDue(ctx context.Context, v *vault.Vault) (int, error) {
-	// A certificate's managed versions are purged with the certificate.
-	return s.coll.PurgeDue(ctx, v.Name, s.now(), func(it object.Item[Data]) bool { return it.Current.Managed })
+	return s.coll.PurgeDueUnmanaged(ctx, v.Name, s.now())
 }
 
 // List returns a page of keys (current versions).

@@ -96,6 +96,18 @@ func (k Kind) PurgeProtected(name string, retentionDays int) error {
 	return Errorf(ErrForbidden, "", "Operation \"purge\" is not allowed because purge protection is enabled for this vault. Coffer will purge %s %s automatically after the retention period of %d days.", k, name, retentionDays)
 }
 
+// Purge permanently removes soft-deleted object name with purge, unless
+// the vault's purge protection forbids it.
+func (k Kind) Purge(name string, protected bool, retentionDays int, purge func() error) error {
+	if err := k.ValidateName(name, ""); err != nil {
+		return err
+	}
+	if protected {
+		return k.PurgeProtected(name, retentionDays)
+	}
+	return k.MapDeleted(purge(), name)
+}
+
 // MaxBackupBytes bounds a backup blob, and so a restore body.
 const MaxBackupBytes = 4 << 20
 

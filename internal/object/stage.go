@@ -307,6 +307,12 @@ func (c *Collection[T]) DueForPurge(ctx context.Context, vault string, now time.
 // PurgeDue purges every soft-deleted object in vault whose scheduled purge
 // date is not after now, except those skip returns true for (a
 // certificate's managed key and secret, which go with the certificate).
+// PurgeDueUnmanaged is PurgeDue for the objects no certificate manages:
+// a certificate's key and secret are purged with the certificate.
+func (c *Collection[T]) PurgeDueUnmanaged(ctx context.Context, vault string, now time.Time) (int, error) {
+	return c.PurgeDue(ctx, vault, now, func(it Item[T]) bool { return it.Current.Managed })
+}
+
 func (c *Collection[T]) PurgeDue(ctx context.Context, vault string, now time.Time, skip func(Item[T]) bool) (int, error) {
 	due, err := c.DueForPurge(ctx, vault, now)
 	n := 0

@@ -47,22 +47,7 @@ spec:
   parameters:
     anything: "the fake provider ignores it"
 ---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: uses-fake
-spec:
-  containers:
-  - name: app
-    image: app
-  volumes:
-  - name: secrets
-    csi:
-      driver: secrets-store.csi.k8s.io
-      readOnly: true
-      volumeAttributes:
-        secretProviderClass: fake-class
-`)
+`+fill(podWithVolume, map[string]string{"pod": "uses-fake", "usesClass": "fake-class"}))
 	req := s.publishRequest(t, s.pod(t, "default", "uses-fake"), "secrets")
 	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("NodePublishVolume through the fake provider: %v", err)
@@ -84,22 +69,7 @@ spec:
 
 	// An error code from an upstream provider fails the mount and names it.
 	mock.SetProviderErrorCode("SomeProviderFailure")
-	s.apply(t, strings.Replace(`apiVersion: v1
-kind: Pod
-metadata:
-  name: uses-fake-2
-spec:
-  containers:
-  - name: app
-    image: app
-  volumes:
-  - name: secrets
-    csi:
-      driver: secrets-store.csi.k8s.io
-      readOnly: true
-      volumeAttributes:
-        secretProviderClass: fake-class
-`, "\t", "  ", -1))
+	s.apply(t, fill(podWithVolume, map[string]string{"pod": "uses-fake-2", "usesClass": "fake-class"}))
 	req2 := s.publishRequest(t, s.pod(t, "default", "uses-fake-2"), "secrets")
 	if _, err := s.node.NodePublishVolume(ctx, req2); err == nil || !strings.Contains(err.Error(), "SomeProviderFailure") || isMounted(req2.TargetPath) {
 		t.Fatalf("provider error code: %v", err)

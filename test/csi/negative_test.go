@@ -15,19 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-const classAndPod = `apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: {{class}}
-spec:
-  provider: azure
-  parameters:
-    keyvaultName: "{{vault}}"
-    tenantId: "{{tenant}}"
-    objects: |
-{{objects}}
----
-apiVersion: v1
+// podWithVolume is a pod whose volume "secrets" uses class {{usesClass}}.
+const podWithVolume = `apiVersion: v1
 kind: Pod
 metadata:
   name: {{pod}}
@@ -42,7 +31,23 @@ spec:
       readOnly: true
       volumeAttributes:
         secretProviderClass: {{usesClass}}
-      nodePublishSecretRef:
+`
+
+// classAndPod is a class for vault {{vault}} and a pod using it with the
+// service principal in Secret creds.
+const classAndPod = `apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: {{class}}
+spec:
+  provider: azure
+  parameters:
+    keyvaultName: "{{vault}}"
+    tenantId: "{{tenant}}"
+    objects: |
+{{objects}}
+---
+` + podWithVolume + `      nodePublishSecretRef:
         name: creds
 `
 
