@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
@@ -115,6 +116,17 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 			if cfg.Kube, err = client.New(rc, client.Options{Scheme: scheme}); err != nil {
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
+			// SecretProviderClasses come from a watch cache: a publish does
+			// not wait on an apiserver read.
+			informers, err := cache.New(rc, cache.Options{Scheme: scheme})
+			if err != nil {
+				return fmt.Errorf("kubernetes cache: %w", err)
+			}
+			go informers.Start(c.Context())
+			if !informers.WaitForCacheSync(c.Context()) {
+				return fmt.Errorf("the kubernetes cache did not sync")
+			}
+			cfg.Reader = informers
 			cs, err := kubernetes.NewForConfig(rc)
 			if err != nil {
 				return err
