@@ -119,7 +119,11 @@ func (c *Client) Token(ctx context.Context, cred Credential, scope string) (Toke
 	c.inflight[k] = cl
 	c.mu.Unlock()
 
-	cl.tok, cl.err = c.fetch(ctx, cred, scope)
+	// Callers share this request: one caller's cancellation must not fail
+	// the others, so it runs on its own deadline.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	cl.tok, cl.err = c.fetch(fctx, cred, scope)
+	cancel()
 	c.mu.Lock()
 	delete(c.inflight, k)
 	if cl.err == nil {

@@ -315,6 +315,9 @@ func (o *Object) validate(defaultMode fs.FileMode) error {
 	default:
 		return fmt.Errorf("objectEncoding %q is not one of utf-8, base64, hex", o.Encoding)
 	}
+	if strings.EqualFold(o.Version, "latest") {
+		o.Version = ""
+	}
 	o.Mode = defaultMode
 	if o.FilePerm != "" {
 		p, err := strconv.ParseUint(o.FilePerm, 8, 32)

@@ -7,7 +7,6 @@ package cert
 
 import (
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/x509"
@@ -271,7 +270,7 @@ func (s *Service) Create(ctx context.Context, v *vault.Vault, name string, polic
 	now := s.now().Unix()
 	policy.Attributes.Created, policy.Attributes.Updated = now, now
 	p := pending{Name: name, Op: Operation{Issuer: *policy.Issuer, Status: InProgress, RequestID: newRequestID()}, Policy: *policy, Enable: enabled, Tags: tags}
-	if err := s.putOp(ctx, v.Name, name, p, true); err != nil {
+	if err := s.startOp(ctx, v.Name, name, p); err != nil {
 		return Operation{}, err
 	}
 	s.start(v, name)
@@ -293,9 +292,9 @@ func (s *Service) checkNames(ctx context.Context, v *vault.Vault, name string) e
 	return nil
 }
 
-// putOp stores an operation; with fresh set, it refuses to replace one
-// still in progress.
-func (s *Service) putOp(ctx context.Context, vaultName, name string, p pending, fresh bool) error {
+// startOp stores a new operation, refusing to replace one still in
+// progress.
+func (s *Service) startOp(ctx context.Context, vaultName, name string, p pending) error {
 	b, _ := json.Marshal(p)
 	k := opKey(vaultName, name)
 	return object.Retry(func() error {
@@ -308,7 +307,7 @@ func (s *Service) putOp(ctx context.Context, vaultName, name string, p pending, 
 			return err
 		default:
 			var old pending
-			if json.Unmarshal(rec.Value, &old) == nil && fresh && old.Op.Status == InProgress {
+			if json.Unmarshal(rec.Value, &old) == nil && old.Op.Status == InProgress {
 				return object.Errorf(object.ErrExists, "", "A certificate operation is already in progress for %s; wait for it, or cancel it (PATCH or DELETE /certificates/%s/pending).", name, name)
 			}
 			cond = barrier.Cond{Key: k, Rev: rec.Rev}
@@ -409,15 +408,19 @@ func (s *Service) issue(ctx context.Context, v *vault.Vault, name string) error 
 			return s.failOp(ctx, v, name, err)
 		}
 		j := m.PrivateJWK()
-		p.Key, p.Op.CSR = &j, csr
-		p.Op.StatusDetails = "Pending certificate created. Get the CSR signed and merge the certificate (POST /certificates/" + name + "/pending/merge)."
-		return s.putOp(ctx, v.Name, name, p, false)
+		return s.updateOp(ctx, v.Name, name, func(p *pending) {
+			p.Key, p.Op.CSR = &j, csr
+			p.Op.StatusDetails = "Pending certificate created. Get the CSR signed and merge the certificate (POST /certificates/" + name + "/pending/merge)."
+		})
 	}
 	tmpl, err := template(&p.Policy, s.now(), serial())
 	if err != nil {
 		return s.failOp(ctx, v, name, err)
 	}
-	signer := m.Signer().(crypto.Signer)
+	signer := m.Signer()
+	if signer == nil {
+		return s.failOp(ctx, v, name, fmt.Errorf("a %s key cannot sign a certificate", m.Kty))
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {
 		return s.failOp(ctx, v, name, err)
@@ -446,16 +449,29 @@ func (s *Service) keyFor(ctx context.Context, v *vault.Vault, name string, p *Po
 }
 
 func (s *Service) failOp(ctx context.Context, v *vault.Vault, name string, cause error) error {
-	p, _, err := s.getOp(ctx, v.Name, name)
-	if err != nil {
-		return err
-	}
-	p.Op.Status, p.Key = Failed, nil
-	p.Op.Error = &OpError{Code: "CertificateIssuanceFailed", Message: cause.Error()}
-	if err := s.putOp(ctx, v.Name, name, p, false); err != nil {
+	if err := s.updateOp(ctx, v.Name, name, func(p *pending) {
+		p.Op.Status, p.Key = Failed, nil
+		p.Op.Error = &OpError{Code: "CertificateIssuanceFailed", Message: cause.Error()}
+	}); err != nil {
 		return err
 	}
 	return cause
+}
+
+// updateOp changes an operation that is still in progress, conditionally on
+// the revision it read: a cancel or delete that lands meanwhile wins, and
+// the change is dropped.
+func (s *Service) updateOp(ctx context.Context, vaultName, name string, change func(*pending)) error {
+	k := opKey(vaultName, name)
+	return object.Retry(func() error {
+		p, rev, err := s.getOp(ctx, vaultName, name)
+		if err != nil || p.Op.Status != InProgress {
+			return nil // gone or no longer running: nothing to do
+		}
+		change(&p)
+		b, _ := json.Marshal(p)
+		return s.st.Apply(ctx, []barrier.Cond{{Key: k, Rev: rev}}, []barrier.Op{{Key: k, Value: b}})
+	})
 }
 
 func serial() *big.Int {

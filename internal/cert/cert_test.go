@@ -2,7 +2,16 @@ package cert
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,5 +74,70 @@ func TestResumeFinishesInterruptedIssuance(t *testing.T) {
 	// A completed operation is not resumed again.
 	if n, _ := s.Resume(ctx, v); n != 0 {
 		t.Fatalf("Resume restarted %d finished operations", n)
+	}
+}
+
+// A cancel that lands while the key is being generated sticks: issuance
+// must not write its stale copy of the operation over it.
+func TestCancelDuringIssuanceSticks(t *testing.T) {
+	ctx := context.Background()
+	st, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &vault.Vault{Name: "demo", TenantID: "t", RetentionDays: 7}
+	s := newService(t, st)
+	for _, issuer := range []string{IssuerUnknown, IssuerSelf} {
+		name := "slow-" + strings.ToLower(issuer)
+		p := &Policy{X509Props: &X509Props{Subject: "CN=slow"}, KeyProps: &KeyProps{Kty: "RSA", KeySize: 4096}, Issuer: &IssuerParams{Name: issuer}}
+		if _, err := s.Create(ctx, v, name, p, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Let issuance read the operation and start on the RSA-4096 key,
+		// which takes far longer than this.
+		time.Sleep(100 * time.Millisecond)
+		if op, err := s.CancelOperation(ctx, v, name); err != nil || op.Status != Cancelled {
+			t.Fatalf("cancel: %+v %v", op, err)
+		}
+		s.wg.Wait() // issuance has finished its key and tried to write
+		op, err := s.GetOperation(ctx, v, name)
+		if err != nil || op.Status != Cancelled || len(op.CSR) != 0 {
+			t.Fatalf("%s: after issuance the operation is %s (csr %d bytes), want cancelled", issuer, op.Status, len(op.CSR))
+		}
+		if _, err := s.Get(ctx, v, name, ""); err == nil {
+			t.Fatalf("%s: a cancelled operation made a certificate", issuer)
+		}
+	}
+}
+
+// An imported certificate is stored as it is, even where Coffer would not
+// issue it so: an emailAddress in the subject, a 101-year validity.
+func TestImportTakesCertificatesAsTheyAre(t *testing.T) {
+	ctx := context.Background()
+	st, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newService(t, st)
+	v := &vault.Vault{Name: "demo", TenantID: "t", RetentionDays: 7}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().AddDate(101, 0, 0),
+		Subject: pkix.Name{CommonName: "old", ExtraNames: []pkix.AttributeTypeAndValue{{Type: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}, Value: "ops@example.com"}}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalPKCS8PrivateKey(key)
+	value := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	c, err := s.Import(ctx, v, "old", value, "", nil, nil, nil)
+	if err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	if c.Policy.X509Props.ValidityMonths < 1200 {
+		t.Fatalf("validity %d months", c.Policy.X509Props.ValidityMonths)
+	}
+	bad := &Policy{SecretProps: &SecretProps{ContentType: "text/plain"}}
+	if _, err := s.Import(ctx, v, "other", value, "", bad, nil, nil); err == nil {
+		t.Fatal("an unknown content type was accepted")
 	}
 }

@@ -2,7 +2,6 @@ package cert
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -27,6 +26,15 @@ func managedOnly[T any](name, what string) func(cur *object.Version[T], next obj
 		}
 		return next, nil
 	}
+}
+
+// namesake explains a key or secret that blocks restoring a certificate
+// of its name; other errors pass through.
+func namesake(err error, what, name string) error {
+	if errors.Is(err, object.ErrExists) || errors.Is(err, object.ErrDeleted) {
+		return object.Errorf(object.ErrExists, "", "A %s named %s exists in this vault (live or soft-deleted); the certificate's %s cannot be restored over it.", what, name, what)
+	}
+	return err
 }
 
 // deletedNamesake explains a soft-deleted key or secret that blocks a
@@ -128,10 +136,13 @@ func (s *Service) Import(ctx context.Context, v *vault.Vault, name string, value
 	if policy != nil && policy.SecretProps != nil && policy.SecretProps.ContentType != "" {
 		ct = policy.SecretProps.ContentType
 	}
-	p := policyOf(b.Leaf(), ct)
-	if err := Normalize(p); err != nil {
-		return Certificate{}, err
+	if ct != certfmt.PFX && ct != certfmt.PEM {
+		return Certificate{}, object.Invalidf("secret_props.contentType %q is not supported: use %s or %s.", ct, certfmt.PFX, certfmt.PEM)
 	}
+	// The policy describes the certificate as it is. It is not checked
+	// against what Coffer would issue: any certificate a caller holds can be
+	// stored (a long validity, a subject attribute Coffer cannot write).
+	p := policyOf(b.Leaf(), ct)
 	if err := s.checkNames(ctx, v, name); err != nil {
 		return Certificate{}, err
 	}
@@ -163,7 +174,11 @@ func (s *Service) Merge(ctx context.Context, v *vault.Vault, name string, x5c []
 	if err != nil {
 		return Certificate{}, err
 	}
-	b, err := certfmt.Assemble(m.Signer().(crypto.Signer), certs)
+	signer := m.Signer()
+	if signer == nil {
+		return Certificate{}, object.Invalidf("The pending key of %s cannot sign a certificate.", name)
+	}
+	b, err := certfmt.Assemble(signer, certs)
 	if err != nil {
 		return Certificate{}, object.Invalidf("The merged certificate does not match the pending key: %v", err)
 	}
@@ -416,11 +431,11 @@ func (s *Service) Restore(ctx context.Context, v *vault.Vault, blob []byte) (Cer
 	}
 	keyCh, _, _, err := s.keys.StageImport(ctx, v.Name, ke)
 	if err != nil {
-		return Certificate{}, object.Errorf(object.ErrExists, "", "A key named %s exists in this vault; the certificate's key cannot be restored over it.", name)
+		return Certificate{}, namesake(err, "key", name)
 	}
 	secCh, _, _, err := s.secrets.StageImport(ctx, v.Name, se)
 	if err != nil {
-		return Certificate{}, object.Errorf(object.ErrExists, "", "A secret named %s exists in this vault; the certificate's secret cannot be restored over it.", name)
+		return Certificate{}, namesake(err, "secret", name)
 	}
 	if err := object.Apply(ctx, s.st, certCh, keyCh, secCh); errors.Is(err, barrier.ErrConflict) {
 		return Certificate{}, kind.Map(object.ErrExists, name, "")

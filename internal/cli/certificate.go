@@ -53,8 +53,9 @@ func idStr(id *azcertificates.ID) *string {
 }
 
 func viewCert(c azcertificates.Certificate) certView {
-	v := certView{Attributes: certAttrs(c.Attributes), ContentType: c.ContentType, ID: string(*c.ID), KID: idStr(c.KID), SID: idStr(c.SID),
-		Name: c.ID.Name(), Policy: azPolicy(c.Policy), Tags: tags(c.Tags), X509ThumbprintHex: strings.ToUpper(hex.EncodeToString(c.X509Thumbprint)), version: c.ID.Version()}
+	id, name, version := idParts(c.ID)
+	v := certView{Attributes: certAttrs(c.Attributes), ContentType: c.ContentType, ID: id, KID: idStr(c.KID), SID: idStr(c.SID),
+		Name: name, Policy: azPolicy(c.Policy), Tags: tags(c.Tags), X509ThumbprintHex: strings.ToUpper(hex.EncodeToString(c.X509Thumbprint)), version: version}
 	if len(c.CER) > 0 {
 		v.CER = to.Ptr(base64.StdEncoding.EncodeToString(c.CER))
 	}
@@ -62,8 +63,9 @@ func viewCert(c azcertificates.Certificate) certView {
 }
 
 func viewCertProps(c *azcertificates.CertificateProperties) certView {
-	return certView{Attributes: certAttrs(c.Attributes), ID: string(*c.ID), Name: c.ID.Name(), Tags: tags(c.Tags),
-		X509ThumbprintHex: strings.ToUpper(hex.EncodeToString(c.X509Thumbprint)), version: c.ID.Version()}
+	id, name, version := idParts(c.ID)
+	return certView{Attributes: certAttrs(c.Attributes), ID: id, Name: name, Tags: tags(c.Tags),
+		X509ThumbprintHex: strings.ToUpper(hex.EncodeToString(c.X509Thumbprint)), version: version}
 }
 
 func viewDeletedCert(c azcertificates.DeletedCertificate) certView {
@@ -105,7 +107,7 @@ type opView struct {
 }
 
 func viewOp(o azcertificates.CertificateOperation) opView {
-	v := opView{ID: string(*o.ID), Status: str(o.Status), StatusDetails: o.StatusDetails, CancellationRequested: o.CancellationRequested != nil && *o.CancellationRequested, Target: o.Target}
+	v := opView{ID: deref(o.ID), Status: str(o.Status), StatusDetails: o.StatusDetails, CancellationRequested: o.CancellationRequested != nil && *o.CancellationRequested, Target: o.Target}
 	if len(o.CSR) > 0 {
 		v.CSR = to.Ptr(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: o.CSR})))
 	}

@@ -2,15 +2,10 @@ package cli
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,9 +59,14 @@ func keyAttrs(a *azkeys.KeyAttributes) attrView {
 }
 
 func viewJWK(j *azkeys.JSONWebKey) jwkView {
-	v := jwkView{KID: string(*j.KID), Kty: string(*j.Kty), KeyOps: []string{}, N: b64url(j.N), E: b64url(j.E), X: b64url(j.X), Y: b64url(j.Y)}
+	if j == nil {
+		return jwkView{KeyOps: []string{}}
+	}
+	v := jwkView{KID: deref(j.KID), Kty: deref(j.Kty), KeyOps: []string{}, N: b64url(j.N), E: b64url(j.E), X: b64url(j.X), Y: b64url(j.Y)}
 	for _, op := range j.KeyOps {
-		v.KeyOps = append(v.KeyOps, string(*op))
+		if op != nil {
+			v.KeyOps = append(v.KeyOps, string(*op))
+		}
 	}
 	if j.Crv != nil {
 		v.Crv = to.Ptr(string(*j.Crv))
@@ -75,11 +75,17 @@ func viewJWK(j *azkeys.JSONWebKey) jwkView {
 }
 
 func viewKey(k azkeys.KeyBundle) keyView {
-	return keyView{Attributes: keyAttrs(k.Attributes), Key: viewJWK(k.Key), Managed: k.Managed, Name: k.Key.KID.Name(), Tags: tags(k.Tags), version: k.Key.KID.Version()}
+	var kid *azkeys.ID
+	if k.Key != nil {
+		kid = k.Key.KID
+	}
+	_, name, version := idParts(kid)
+	return keyView{Attributes: keyAttrs(k.Attributes), Key: viewJWK(k.Key), Managed: k.Managed, Name: name, Tags: tags(k.Tags), version: version}
 }
 
 func viewKeyProps(k *azkeys.KeyProperties) keyView {
-	return keyView{Attributes: keyAttrs(k.Attributes), Key: jwkView{KID: string(*k.KID)}, Managed: k.Managed, Name: k.KID.Name(), Tags: tags(k.Tags), version: k.KID.Version()}
+	id, name, version := idParts(k.KID)
+	return keyView{Attributes: keyAttrs(k.Attributes), Key: jwkView{KID: id}, Managed: k.Managed, Name: name, Tags: tags(k.Tags), version: version}
 }
 
 func viewDeletedKey(k azkeys.DeletedKey) keyView {
@@ -365,19 +371,18 @@ func (a *app) keySetAttributes() *cobra.Command {
 	return c
 }
 
-// publicKeyOf rebuilds the public key of a JWK for download.
-func publicKeyOf(j *azkeys.JSONWebKey) (any, error) {
-	switch *j.Kty {
-	case azkeys.KeyTypeRSA:
-		return &rsa.PublicKey{N: new(big.Int).SetBytes(j.N), E: int(new(big.Int).SetBytes(j.E).Int64())}, nil
-	case azkeys.KeyTypeEC:
-		curve, ok := map[azkeys.CurveName]elliptic.Curve{azkeys.CurveNameP256: elliptic.P256(), azkeys.CurveNameP384: elliptic.P384(), azkeys.CurveNameP521: elliptic.P521()}[*j.Crv]
-		if !ok {
-			return nil, fmt.Errorf("a %s public key has no standard PEM encoding; read x and y from `coffer key show`", *j.Crv)
-		}
-		return ecdsa.ParseUncompressedPublicKey(curve, append(append([]byte{4}, j.X...), j.Y...))
+// toJWK converts the SDK's key to Coffer's JWK through their shared JSON
+// form.
+func toJWK(k *azkeys.JSONWebKey) (keyops.JWK, error) {
+	var j keyops.JWK
+	if k == nil {
+		return j, fmt.Errorf("the vault returned no key")
 	}
-	return nil, fmt.Errorf("a %s key has no public part to download", *j.Kty)
+	b, err := json.Marshal(k)
+	if err != nil {
+		return j, err
+	}
+	return j, json.Unmarshal(b, &j)
 }
 
 func (a *app) keyDownload() *cobra.Command {
@@ -400,18 +405,19 @@ func (a *app) keyDownload() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pub, err := publicKeyOf(r.Key)
+			j, err := toJWK(r.Key)
 			if err != nil {
 				return err
 			}
-			der, err := x509.MarshalPKIXPublicKey(pub)
+			out, err := keyops.PublicKeyPEM(j)
 			if err != nil {
 				return err
 			}
-			if encoding == "PEM" {
-				der = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+			if encoding == "DER" {
+				b, _ := pem.Decode(out)
+				out = b.Bytes
 			}
-			return writeNew(file, der)
+			return writeNew(file, out)
 		},
 	}
 	f.bind(c, "key", true, true)

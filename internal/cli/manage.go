@@ -125,6 +125,27 @@ var spCols = []column[mgmthttp.SPOut]{
 	{"Password", func(s mgmthttp.SPOut) string { return s.Password }},
 }
 
+// postSP posts in to path, after reading certFile (if given) into *pem,
+// and prints the service principal the server answers with.
+func (a *app) postSP(c *cobra.Command, path, certFile string, pem *string, in any) error {
+	cl, err := a.client()
+	if err != nil {
+		return err
+	}
+	if certFile != "" {
+		b, err := readInput(a.stdin, certFile, maxInputFile)
+		if err != nil {
+			return err
+		}
+		*pem = string(b)
+	}
+	var out mgmthttp.SPOut
+	if err := cl.Manage(c.Context(), "POST", path, in, &out); err != nil {
+		return err
+	}
+	return render(a.stdout, a.output, out, []mgmthttp.SPOut{out}, spCols)
+}
+
 func (a *app) spCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sp", Short: "Manage service principals (mirrors `az ad sp`)"}
 	var name, certFile string
@@ -134,23 +155,8 @@ func (a *app) spCmd() *cobra.Command {
 			if err := requireFlags(c, "name"); err != nil {
 				return err
 			}
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
 			in := mgmthttp.CreateSPIn{DisplayName: name}
-			if certFile != "" {
-				pem, err := readInput(a.stdin, certFile, maxInputFile)
-				if err != nil {
-					return err
-				}
-				in.CertificatePEM = string(pem)
-			}
-			var out mgmthttp.SPOut
-			if err := cl.Manage(c.Context(), "POST", "service-principals", in, &out); err != nil {
-				return err
-			}
-			return render(a.stdout, a.output, out, []mgmthttp.SPOut{out}, spCols)
+			return a.postSP(c, "service-principals", certFile, &in.CertificatePEM, &in)
 		},
 	}
 	create.Flags().StringVarP(&name, "name", "n", "", "display name")
@@ -165,23 +171,8 @@ func (a *app) spCmd() *cobra.Command {
 			if err := requireFlags(c, "id"); err != nil {
 				return err
 			}
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
 			in := mgmthttp.CredentialsIn{Append: appendCred}
-			if resetCert != "" {
-				pem, err := readInput(a.stdin, resetCert, maxInputFile)
-				if err != nil {
-					return err
-				}
-				in.CertificatePEM = string(pem)
-			}
-			var out mgmthttp.SPOut
-			if err := cl.Manage(c.Context(), "POST", "service-principals/"+id+"/credentials", in, &out); err != nil {
-				return err
-			}
-			return render(a.stdout, a.output, out, []mgmthttp.SPOut{out}, spCols)
+			return a.postSP(c, "service-principals/"+id+"/credentials", resetCert, &in.CertificatePEM, &in)
 		},
 	}
 	reset.Flags().StringVar(&id, "id", "", "the application (client) id")

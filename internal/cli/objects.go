@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"net/url"
+	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
@@ -199,4 +201,34 @@ func (a *app) readFileFlag(c *cobra.Command, flag, path string, max int64) ([]by
 		return nil, err
 	}
 	return readInput(a.stdin, path, max)
+}
+
+// idParts splits an object id (https://{vault}/{collection}/{name}[/{version}])
+// into its text, name and version. A missing id, which a misbehaving server
+// could send, gives empty strings rather than a crash.
+func idParts[T ~string](id *T) (full, name, version string) {
+	if id == nil {
+		return "", "", ""
+	}
+	full = string(*id)
+	u, err := url.Parse(full)
+	if err != nil {
+		return full, "", ""
+	}
+	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if len(parts) > 1 {
+		name = parts[1]
+	}
+	if len(parts) > 2 {
+		version = parts[2]
+	}
+	return full, name, version
+}
+
+// deref is *p, or "" for nil.
+func deref[T ~string](p *T) string {
+	if p == nil {
+		return ""
+	}
+	return string(*p)
 }

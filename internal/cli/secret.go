@@ -79,25 +79,29 @@ func kid(id *azsecrets.ID) *string {
 }
 
 func viewSecret(s azsecrets.Secret) secretView {
-	return secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: string(*s.ID), KID: kid(s.KID),
-		Managed: s.Managed, Name: s.ID.Name(), Tags: tags(s.Tags), Value: s.Value, version: s.ID.Version()}
+	id, name, version := idParts(s.ID)
+	return secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: id, KID: kid(s.KID),
+		Managed: s.Managed, Name: name, Tags: tags(s.Tags), Value: s.Value, version: version}
 }
 
 func viewProps(s *azsecrets.SecretProperties) secretView {
-	return secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: string(*s.ID),
-		Managed: s.Managed, Name: s.ID.Name(), Tags: tags(s.Tags), version: s.ID.Version()}
+	id, name, version := idParts(s.ID)
+	return secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: id,
+		Managed: s.Managed, Name: name, Tags: tags(s.Tags), version: version}
 }
 
 func viewDeleted(s azsecrets.DeletedSecret) secretView {
-	v := secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: string(*s.ID), KID: kid(s.KID),
-		Managed: s.Managed, Name: s.ID.Name(), Tags: tags(s.Tags), RecoveryID: s.RecoveryID,
-		DeletedDate: ts(s.DeletedDate), ScheduledPurgeDate: ts(s.ScheduledPurgeDate), version: s.ID.Version()}
+	id, name, version := idParts(s.ID)
+	v := secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: id, KID: kid(s.KID),
+		Managed: s.Managed, Name: name, Tags: tags(s.Tags), RecoveryID: s.RecoveryID,
+		DeletedDate: ts(s.DeletedDate), ScheduledPurgeDate: ts(s.ScheduledPurgeDate), version: version}
 	return v
 }
 
 func viewDeletedProps(s *azsecrets.DeletedSecretProperties) secretView {
-	return secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: string(*s.ID), Managed: s.Managed,
-		Name: s.ID.Name(), Tags: tags(s.Tags), RecoveryID: s.RecoveryID, DeletedDate: ts(s.DeletedDate), ScheduledPurgeDate: ts(s.ScheduledPurgeDate)}
+	id, name, _ := idParts(s.ID)
+	return secretView{Attributes: attrs(s.Attributes), ContentType: s.ContentType, ID: id, Managed: s.Managed,
+		Name: name, Tags: tags(s.Tags), RecoveryID: s.RecoveryID, DeletedDate: ts(s.DeletedDate), ScheduledPurgeDate: ts(s.ScheduledPurgeDate)}
 }
 
 func str(p *string) string {

@@ -8,15 +8,12 @@ package csidriver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/unixsock"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -65,6 +62,10 @@ type Config struct {
 	Now      func() time.Time
 }
 
+// resyncInterval is how often a republish checks synced Secrets whose
+// objects did not change, as the upstream driver's status controller does.
+const resyncInterval = 5 * time.Minute
+
 // Driver is a running Secrets Store CSI driver.
 type Driver struct {
 	cfg       Config
@@ -75,6 +76,7 @@ type Driver struct {
 	mu        sync.Mutex
 	lastCheck map[string]time.Time         // target path -> last provider call
 	versions  map[string]map[string]string // target path -> object versions mounted
+	lastSync  map[string]time.Time         // target path -> last Secret sync
 	volumes   map[string]*volume
 }
 
@@ -118,27 +120,11 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	return &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
-		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, volumes: map[string]*volume{}}, nil
+		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, lastSync: map[string]time.Time{}, volumes: map[string]*volume{}}, nil
 }
 
-// Listen opens the endpoint's unix socket, replacing a stale one.
-func Listen(endpoint string) (net.Listener, error) {
-	u, err := url.Parse(endpoint)
-	if err != nil || u.Scheme != "unix" || u.Path == "" && u.Host == "" {
-		return nil, fmt.Errorf("--endpoint %q must be unix:///path/to/csi.sock", endpoint)
-	}
-	path := u.Path
-	if path == "" {
-		path = u.Host
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove the stale socket %s: %w", path, err)
-	}
-	return net.Listen("unix", path)
-}
+// Listen opens the CSI endpoint's unix socket.
+func Listen(endpoint string) (net.Listener, error) { return unixsock.Listen(endpoint) }
 
 // Serve serves the CSI services on ln until ctx ends.
 func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {

@@ -68,15 +68,37 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 var osType = runtime.GOOS
 
+// knownCodes are the provider error codes reported as themselves; any
+// other code a provider sends is ProviderError, so a provider cannot grow
+// the metric's label set (or event reasons) without bound.
+var knownCodes = map[string]bool{"NotFound": true, "Forbidden": true, "Throttled": true, "Unreachable": true,
+	"InvalidParameter": true, "Internal": true, "FailedToMount": true, "GRPCProviderError": true}
+
+func providerCode(code string) string {
+	if knownCodes[code] {
+		return code
+	}
+	return "ProviderError"
+}
+
+// label bounds a provider name used as a label: names that are not
+// provider names (which are only ever refused) share one value.
+func label(provider string) string {
+	if provider != "" && !providerNameRE.MatchString(provider) {
+		return "invalid"
+	}
+	return provider
+}
+
 func (m *Metrics) published(provider string, seconds float64, files int) {
-	m.publish.WithLabelValues(provider, osType).Inc()
-	m.publishDuration.WithLabelValues(provider, "ok").Observe(seconds)
-	m.objectsGot.WithLabelValues(provider).Observe(float64(files))
+	m.publish.WithLabelValues(label(provider), osType).Inc()
+	m.publishDuration.WithLabelValues(label(provider), "ok").Observe(seconds)
+	m.objectsGot.WithLabelValues(label(provider)).Observe(float64(files))
 }
 
 func (m *Metrics) publishFailed(provider, reason string, seconds float64) {
-	m.publishErr.WithLabelValues(provider, reason, osType).Inc()
-	m.publishDuration.WithLabelValues(provider, "error").Observe(seconds)
+	m.publishErr.WithLabelValues(label(provider), reason, osType).Inc()
+	m.publishDuration.WithLabelValues(label(provider), "error").Observe(seconds)
 }
 
 func (m *Metrics) unpublished(err error) {
@@ -88,15 +110,15 @@ func (m *Metrics) unpublished(err error) {
 }
 
 func (m *Metrics) rotated(provider string, rotated bool, seconds float64) {
-	m.rotation.WithLabelValues(provider, osType, strconv.FormatBool(rotated)).Inc()
+	m.rotation.WithLabelValues(label(provider), osType, strconv.FormatBool(rotated)).Inc()
 	m.rotationDuration.WithLabelValues(osType).Observe(seconds)
 }
 
 func (m *Metrics) rotationFailed(provider, reason string) {
-	m.rotationErr.WithLabelValues(provider, reason, osType, "true").Inc()
+	m.rotationErr.WithLabelValues(label(provider), reason, osType, "true").Inc()
 }
 
 func (m *Metrics) synced(provider string, seconds float64) {
-	m.sync.WithLabelValues(provider, osType).Inc()
+	m.sync.WithLabelValues(label(provider), osType).Inc()
 	m.syncDuration.WithLabelValues(osType).Observe(seconds)
 }

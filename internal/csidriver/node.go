@@ -160,7 +160,7 @@ func (d *Driver) due(target string) bool {
 // firstPublish mounts a tmpfs at the target and fills it. On any failure
 // it unmounts, so kubelet's retry starts from scratch and no empty mount
 // is left behind.
-func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider string, files int, reason string, err error) {
+func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider string, written int, reason string, err error) {
 	spc, err := d.secretProviderClass(ctx, p)
 	if err != nil {
 		return "", 0, ReasonSPCNotFound, err
@@ -176,12 +176,14 @@ func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider str
 		}
 		return provider, 0, reason, err
 	}
+	now := d.cfg.Now()
 	d.mu.Lock()
-	d.lastCheck[p.target] = d.cfg.Now()
+	d.lastCheck[p.target] = now
+	d.lastSync[p.target] = now
 	d.versions[p.target] = versions
 	d.mu.Unlock()
-	d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, writeStatus: true})
-	return provider, files, "", nil
+	d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, files: files, writeStatus: true, sync: true})
+	return provider, len(files), "", nil
 }
 
 // republish refreshes a mounted volume. A failure keeps the old files (the
@@ -205,20 +207,31 @@ func (d *Driver) republish(ctx context.Context, p *publication, start time.Time)
 			d.cfg.Log.Warn("no recorded object versions; the provider will compare against none", "target", p.target, "err", err)
 		}
 	}
-	_, versions, reason, err := d.fill(ctx, p, spc, current)
+	files, versions, reason, err := d.fill(ctx, p, spc, current)
 	if err != nil {
 		d.cfg.Metrics.rotationFailed(provider, reason)
 		d.event(p, corev1.EventTypeWarning, "MountRotationFailed", "Refreshing secrets from SecretProviderClass %s/%s failed; the old files stay: %v", p.podNS, p.spcName, err)
 		return
 	}
 	changed := !sameVersions(current, versions)
+	now := d.cfg.Now()
 	d.mu.Lock()
 	d.versions[p.target] = versions
+	// Synced Secrets are rewritten when the objects changed, and otherwise
+	// checked every resyncInterval (so one deleted by hand comes back)
+	// rather than on every republish, which would cost apiserver reads for
+	// nothing.
+	sync := changed || !known || now.Sub(d.lastSync[p.target]) >= resyncInterval
+	if sync {
+		d.lastSync[p.target] = now
+	}
 	d.mu.Unlock()
 	if changed {
 		d.event(p, corev1.EventTypeNormal, "MountRotationComplete", "Rotated the mounted contents of SecretProviderClass %s/%s", p.podNS, p.spcName)
 	}
-	d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, writeStatus: changed || !known, rotation: true})
+	if changed || !known || sync {
+		d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, files: files, writeStatus: changed || !known, sync: sync, rotation: true})
+	}
 	d.cfg.Metrics.rotated(provider, changed, time.Since(start).Seconds())
 }
 
@@ -291,9 +304,9 @@ func publishSecrets(req *csi.NodePublishVolumeRequest) map[string]string {
 }
 
 // fill asks the provider for the volume's files and writes them. It
-// returns the number of files, the object versions, and on failure the
-// upstream error_type.
-func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.SecretProviderClass, current map[string]string) (int, map[string]string, string, error) {
+// returns the files, the object versions, and on failure the upstream
+// error_type.
+func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.SecretProviderClass, current map[string]string) ([]atomicdir.File, map[string]string, string, error) {
 	attrs, _ := json.Marshal(attributes(spc, p.req))
 	secrets, _ := json.Marshal(publishSecrets(p.req))
 	perm, _ := json.Marshal(filePermission)
@@ -308,31 +321,31 @@ func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.S
 		var pe *ProviderError
 		switch {
 		case errors.As(err, &pe):
-			return 0, nil, pe.Code, err
+			return nil, nil, providerCode(pe.Code), err
 		case errors.Is(err, ErrProviderNotFound):
-			return 0, nil, ReasonProviderLookup, err
+			return nil, nil, ReasonProviderLookup, err
 		case status.Code(err) == codes.ResourceExhausted:
-			return 0, nil, ReasonGRPCProviderError, fmt.Errorf("%w (the response exceeds --max-call-recv-msg-size=%d bytes: mount fewer or smaller objects, or raise the limit)", err, d.cfg.MaxCallRecvMsgSize)
+			return nil, nil, ReasonGRPCProviderError, fmt.Errorf("%w (the response exceeds --max-call-recv-msg-size=%d bytes: mount fewer or smaller objects, or raise the limit)", err, d.cfg.MaxCallRecvMsgSize)
 		}
-		return 0, nil, ReasonGRPCProviderError, err
+		return nil, nil, ReasonGRPCProviderError, err
 	}
 	files := make([]atomicdir.File, len(resp.GetFiles()))
 	for i, f := range resp.GetFiles() {
 		if f.GetMode() < 0 || f.GetMode() > 0o777 {
-			return 0, nil, ReasonFileWriteError, fmt.Errorf("provider %s returned file %q with mode %d, outside 0-511", string(spc.Spec.Provider), f.GetPath(), f.GetMode())
+			return nil, nil, ReasonFileWriteError, fmt.Errorf("provider %s returned file %q with mode %d, outside 0-511", string(spc.Spec.Provider), f.GetPath(), f.GetMode())
 		}
 		files[i] = atomicdir.File{Path: f.GetPath(), Mode: fs.FileMode(f.GetMode()), Contents: f.GetContents()}
 	}
 	if len(files) > 0 {
 		if _, err := atomicdir.Write(p.target, files); err != nil {
-			return 0, nil, ReasonFileWriteError, fmt.Errorf("writing the files at %s: %w", p.target, err)
+			return nil, nil, ReasonFileWriteError, fmt.Errorf("writing the files at %s: %w", p.target, err)
 		}
 	}
 	versions := make(map[string]string, len(resp.GetObjectVersion()))
 	for _, ov := range resp.GetObjectVersion() {
 		versions[ov.GetId()] = ov.GetVersion()
 	}
-	return len(files), versions, "", nil
+	return files, versions, "", nil
 }
 
 // NodeUnpublishVolume removes a pod's files and unmounts its tmpfs.
@@ -361,6 +374,7 @@ func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVol
 	}
 	d.mu.Lock()
 	delete(d.lastCheck, target)
+	delete(d.lastSync, target)
 	delete(d.versions, target)
 	d.mu.Unlock()
 	d.recorder.forget(target)

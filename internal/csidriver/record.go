@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
+
+	"github.com/cofferhq/coffer/internal/atomicdir"
 )
 
 // bookkeeping is the Kubernetes side of one publish: the volume's status
@@ -18,7 +20,9 @@ type bookkeeping struct {
 	p           *publication
 	spc         *secretsstorev1.SecretProviderClass
 	versions    map[string]string
+	files       []atomicdir.File
 	writeStatus bool // the versions changed, or this is the first publish
+	sync        bool // the synced Secrets are due
 	rotation    bool
 	attempt     int
 	notBefore   time.Time
@@ -40,12 +44,13 @@ func newRecorder() *recorder {
 	return r
 }
 
-// enqueue schedules b, replacing an older job for the same volume; a job
-// that still had to write the status keeps that duty.
+// enqueue schedules b, replacing an older job for the same volume; the
+// duties the older job still had carry over.
 func (r *recorder) enqueue(b *bookkeeping) {
 	r.mu.Lock()
-	if old, ok := r.pending[b.p.target]; ok && old.writeStatus {
-		b.writeStatus = true
+	if old, ok := r.pending[b.p.target]; ok {
+		b.writeStatus = b.writeStatus || old.writeStatus
+		b.sync = b.sync || old.sync
 	}
 	r.pending[b.p.target] = b
 	r.mu.Unlock()
@@ -73,6 +78,14 @@ func (r *recorder) Wait() {
 }
 
 const maxBookkeepingAttempts = 8
+
+// published reports whether target is still a published volume.
+func (d *Driver) published(target string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.versions[target]
+	return ok
+}
 
 // run processes jobs until ctx ends.
 func (d *Driver) runRecorder(ctx context.Context) {
@@ -123,6 +136,9 @@ func (d *Driver) runRecorder(ctx context.Context) {
 // keepBooks writes the status and syncs the Secrets, rescheduling itself
 // on failure.
 func (d *Driver) keepBooks(ctx context.Context, b *bookkeeping) {
+	if !d.published(b.p.target) {
+		return // unpublished since: the pod is gone
+	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if b.writeStatus {
@@ -136,12 +152,14 @@ func (d *Driver) keepBooks(ctx context.Context, b *bookkeeping) {
 			d.cfg.Log.Warn("recording the volume status failed; retrying", "target", b.p.target, "attempt", b.attempt, "err", err)
 			b.notBefore = d.cfg.Now().Add(time.Duration(1<<min(b.attempt, 6)) * 250 * time.Millisecond)
 			d.recorder.mu.Lock()
-			if _, newer := d.recorder.pending[b.p.target]; !newer {
+			if _, newer := d.recorder.pending[b.p.target]; !newer && d.published(b.p.target) {
 				d.recorder.pending[b.p.target] = b
 			}
 			d.recorder.mu.Unlock()
 			return
 		}
 	}
-	d.syncSecrets(cctx, b.p, b.spc, b.rotation)
+	if b.sync {
+		d.syncSecrets(cctx, b.p, b.spc, b.files, b.rotation)
+	}
 }

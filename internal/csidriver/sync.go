@@ -19,9 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
-	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/cofferhq/coffer/internal/atomicdir"
+	"github.com/cofferhq/coffer/internal/certfmt"
 )
 
 // ManagedLabel marks the Secrets the driver creates and keeps up to date.
@@ -32,15 +32,17 @@ const ManagedLabel = "secrets-store.csi.k8s.io/managed"
 // event on the pod, never a failed mount: the files are there. On a
 // republish, a Secret whose data changed gets a SecretRotationComplete
 // event.
-func (d *Driver) syncSecrets(ctx context.Context, p *publication, spc *secretsstorev1.SecretProviderClass, rotation bool) {
+func (d *Driver) syncSecrets(ctx context.Context, p *publication, spc *secretsstorev1.SecretProviderClass, files []atomicdir.File, rotation bool) {
 	if len(spc.Spec.SecretObjects) == 0 {
 		return
 	}
 	start := time.Now()
-	files, err := atomicdir.Current(p.target)
-	if err != nil {
-		d.event(p, corev1.EventTypeWarning, ReasonFailedToSyncSecret, "Reading the mounted files to sync Secrets failed: %v", err)
-		return
+	if files == nil { // a provider that wrote the files itself
+		var err error
+		if files, err = atomicdir.Current(p.target); err != nil {
+			d.event(p, corev1.EventTypeWarning, ReasonFailedToSyncSecret, "Reading the mounted files to sync Secrets failed: %v", err)
+			return
+		}
 	}
 	byPath := make(map[string][]byte, len(files))
 	for _, f := range files {
@@ -115,21 +117,13 @@ func secretData(so *secretsstorev1.SecretObject, files map[string][]byte) (map[s
 	return out, typ, nil
 }
 
-func pemBlocks(content []byte) []*pem.Block {
-	var out []*pem.Block
-	for {
-		var b *pem.Block
-		b, content = pem.Decode(content)
-		if b == nil {
-			return out
-		}
-		out = append(out, b)
-	}
-}
-
 func tlsCert(content []byte) ([]byte, error) {
 	var buf bytes.Buffer
-	for _, b := range pemBlocks(content) {
+	for rest := content; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
 		if b.Type == "CERTIFICATE" {
 			pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: b.Bytes})
 		}
@@ -137,39 +131,26 @@ func tlsCert(content []byte) ([]byte, error) {
 	if buf.Len() > 0 {
 		return buf.Bytes(), nil
 	}
-	_, leaf, cas, err := pkcs12.DecodeChain(content, "")
+	bundle, err := certfmt.Decode(content, "")
 	if err != nil {
 		return nil, errors.New("no certificate found: the file is neither PEM with a CERTIFICATE nor an unprotected PKCS#12")
 	}
-	for _, c := range append([]*x509.Certificate{leaf}, cas...) {
+	for _, c := range bundle.Chain {
 		pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return buf.Bytes(), nil
 }
 
+// tlsKey re-encodes the file's private key (its PEM key, else the key of
+// an unprotected PKCS#12) as kubectl writes tls.key.
 func tlsKey(content []byte) ([]byte, error) {
-	var key any
-	var err error
-	for _, b := range pemBlocks(content) {
-		switch b.Type {
-		case "CERTIFICATE":
-		case "RSA PRIVATE KEY":
-			key, err = x509.ParsePKCS1PrivateKey(b.Bytes)
-		case "EC PRIVATE KEY":
-			key, err = x509.ParseECPrivateKey(b.Bytes)
-		default:
-			key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
-		}
-	}
-	if key == nil && err == nil {
-		var k any
-		if k, _, _, err = pkcs12.DecodeChain(content, ""); err != nil {
-			return nil, errors.New("no private key found: the file is neither PEM with a key nor an unprotected PKCS#12")
-		}
-		key = k
-	}
+	key, err := certfmt.DecodeKey(content)
 	if err != nil {
-		return nil, fmt.Errorf("the private key does not parse: %w", err)
+		bundle, perr := certfmt.Decode(content, "")
+		if perr != nil {
+			return nil, fmt.Errorf("no usable private key: %v", err)
+		}
+		key = bundle.Key
 	}
 	switch k := key.(type) {
 	case *rsa.PrivateKey:

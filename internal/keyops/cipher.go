@@ -64,8 +64,9 @@ var EncryptAlgorithms = []string{"RSA1_5", "RSA-OAEP", "RSA-OAEP-256", "A128GCM"
 // WrapAlgorithms lists the algorithms Wrap accepts.
 var WrapAlgorithms = []string{"RSA1_5", "RSA-OAEP", "RSA-OAEP-256", "A128KW", "A192KW", "A256KW", "A128GCM", "A192GCM", "A256GCM"}
 
-// Encrypt encrypts p.Value. AES-GCM uses p.IV (12 bytes) if given, else a
-// random one, and p.AAD; it returns the IV and tag separately.
+// Encrypt encrypts p.Value. AES-GCM draws a random 12-byte IV itself and
+// refuses one from the caller: a caller that repeats an IV under a vault
+// key would break GCM. It uses p.AAD and returns the IV and tag separately.
 func (m *Material) Encrypt(alg string, p Params) (Result, error) {
 	switch alg {
 	case "RSA1_5", "RSA-OAEP", "RSA-OAEP-256":
@@ -91,15 +92,12 @@ func (m *Material) Encrypt(alg string, p Params) (Result, error) {
 		if err := m.aesKeyFor(alg, gcmBits(alg)); err != nil {
 			return Result{}, err
 		}
+		if len(p.IV) > 0 {
+			return Result{}, fmt.Errorf("%w: %s encryption generates its own iv; send none (a reused iv would break AES-GCM)", ErrAlgorithm, alg)
+		}
 		g, _ := gcm(m.Oct)
-		iv := p.IV
-		if len(iv) == 0 {
-			iv = make([]byte, gcmNonceSize)
-			rand.Read(iv)
-		}
-		if len(iv) != gcmNonceSize {
-			return Result{}, fmt.Errorf("%w: %s needs a 12-byte iv; got %d bytes", ErrAlgorithm, alg, len(iv))
-		}
+		iv := make([]byte, gcmNonceSize)
+		rand.Read(iv)
 		sealed := g.Seal(nil, iv, p.Value, p.AAD)
 		n := len(sealed) - gcmTagSize
 		return Result{Value: sealed[:n], IV: iv, Tag: sealed[n:]}, nil

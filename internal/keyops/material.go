@@ -1,6 +1,7 @@
 package keyops
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -287,7 +288,7 @@ func (m *Material) Public() any {
 }
 
 // Signer returns the key as a Go private key (RSA or NIST EC).
-func (m *Material) Signer() any {
+func (m *Material) Signer() crypto.Signer {
 	switch {
 	case m.RSA != nil:
 		return m.RSA

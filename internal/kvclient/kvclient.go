@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cofferhq/coffer/internal/keyops"
 )
 
 // APIVersion is the api-version the client speaks.
@@ -108,20 +110,9 @@ type Secret struct {
 	Attributes  Attributes `json:"attributes"`
 }
 
-// JWK is a public JSON Web Key (byte fields in base64url).
-type JWK struct {
-	KID string `json:"kid"`
-	Kty string `json:"kty"`
-	N   string `json:"n"`
-	E   string `json:"e"`
-	Crv string `json:"crv"`
-	X   string `json:"x"`
-	Y   string `json:"y"`
-}
-
 // Key is a key version: its public part.
 type Key struct {
-	Key        JWK        `json:"key"`
+	Key        keyops.JWK `json:"key"`
 	Attributes Attributes `json:"attributes"`
 }
 

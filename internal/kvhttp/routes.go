@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -177,7 +178,14 @@ func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error 
 	if len(body) == 0 {
 		return object.Invalidf("The request body is empty; this operation needs a JSON body.")
 	}
-	return json.Unmarshal(body, v)
+	err = json.Unmarshal(body, v)
+	var se *json.SyntaxError
+	var ute *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &se) && !errors.As(err, &ute) {
+		// A field's own decoder refused its value, such as bad base64.
+		return object.Invalidf("The request body does not parse: %v.", err)
+	}
+	return err
 }
 
 // page reads $skiptoken and maxresults.

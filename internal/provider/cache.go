@@ -4,8 +4,6 @@ import (
 	"container/list"
 	"context"
 	"errors"
-	"io/fs"
-	"os"
 	"sync"
 
 	"github.com/cofferhq/coffer/internal/azparams"
@@ -85,7 +83,7 @@ func (s *Server) fetch(ctx context.Context, base, token, objType, name, version 
 	switch objType {
 	case azparams.TypeKey:
 		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &key2)
-		f = &fetched{Version: kvclient.VersionOf(key2.Key.KID), Key: &key2.Key}
+		f = &fetched{Version: kvclient.VersionOf(key2.Key.Kid), Key: &key2.Key}
 	case azparams.TypeCert:
 		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &certRes)
 		f = &fetched{Version: kvclient.VersionOf(certRes.ID), CER: certRes.CER}
@@ -110,12 +108,4 @@ func (s *Server) fetch(ctx context.Context, base, token, objType, name, version 
 	}
 	s.cache.put(key, newTag, f)
 	return f, nil
-}
-
-// removeStale removes a socket file a previous run left behind, and
-// nothing else.
-func removeStale(path string) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == fs.ModeSocket {
-		os.Remove(path)
-	}
 }

@@ -1,20 +1,15 @@
 package provider
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"strings"
 
 	"github.com/cofferhq/coffer/internal/azparams"
 	"github.com/cofferhq/coffer/internal/certfmt"
-	"github.com/cofferhq/coffer/internal/kvclient"
+	"github.com/cofferhq/coffer/internal/keyops"
 )
 
 // fetched is what the vault returned for one object version: the parts the
@@ -26,7 +21,7 @@ type fetched struct {
 	ContentType string
 	CertBacked  bool
 	// key
-	Key *kvclient.JWK
+	Key *keyops.JWK
 	// cert
 	CER []byte
 }
@@ -47,7 +42,11 @@ func (e contentError) Error() string { return e.msg }
 func content(o azparams.Object, f *fetched) ([]byte, error) {
 	switch o.Type {
 	case azparams.TypeKey:
-		return publicKeyPEM(f.Key)
+		b, err := keyops.PublicKeyPEM(*f.Key)
+		if err != nil {
+			return nil, contentError{err.Error()}
+		}
+		return b, nil
 	case azparams.TypeCert:
 		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.CER}), nil
 	}
@@ -84,39 +83,4 @@ func content(o azparams.Object, f *fetched) ([]byte, error) {
 		return b, nil
 	}
 	return []byte(value), nil
-}
-
-func publicKeyPEM(j *kvclient.JWK) ([]byte, error) {
-	dec := func(s string) []byte {
-		b, _ := base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
-		return b
-	}
-	var pub any
-	switch j.Kty {
-	case "RSA", "RSA-HSM":
-		pub = &rsa.PublicKey{N: new(big.Int).SetBytes(dec(j.N)), E: int(new(big.Int).SetBytes(dec(j.E)).Int64())}
-	case "EC", "EC-HSM":
-		curve, ok := map[string]elliptic.Curve{"P-256": elliptic.P256(), "P-384": elliptic.P384(), "P-521": elliptic.P521()}[j.Crv]
-		if !ok {
-			return nil, contentError{fmt.Sprintf("curve %s has no standard public-key PEM; objectType key supports P-256, P-384 and P-521", j.Crv)}
-		}
-		size := (curve.Params().BitSize + 7) / 8
-		x, y := dec(j.X), dec(j.Y)
-		if len(x) > size || len(y) > size {
-			return nil, contentError{"the key's coordinates are longer than its curve allows"}
-		}
-		point := append([]byte{4}, append(append(make([]byte, size-len(x)), x...), append(make([]byte, size-len(y)), y...)...)...)
-		k, err := ecdsa.ParseUncompressedPublicKey(curve, point)
-		if err != nil {
-			return nil, contentError{fmt.Sprintf("the vault returned an invalid EC key: %v", err)}
-		}
-		pub = k
-	default:
-		return nil, contentError{fmt.Sprintf("a %s key has no public part to write; objectType key supports RSA and EC keys", j.Kty)}
-	}
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/cofferhq/coffer/internal/authclient"
 	"github.com/cofferhq/coffer/internal/azparams"
 	"github.com/cofferhq/coffer/internal/kvclient"
+	"github.com/cofferhq/coffer/internal/unixsock"
 )
 
 // Version is reported by the Version RPC.
@@ -156,11 +157,24 @@ func (s *Server) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 		}
 		s.mounts.WithLabelValues(string(me.code)).Inc()
 		s.cfg.Log.Warn("mount failed", "code", me.code, "err", me.msg)
-		grpc.SetTrailer(ctx, metadata.Pairs(ErrorTrailer, me.msg))
+		grpc.SetTrailer(ctx, metadata.Pairs(ErrorTrailer, printable(me.msg)))
 		return &v1alpha1.MountResponse{Error: &v1alpha1.Error{Code: string(me.code)}}, nil
 	}
 	s.mounts.WithLabelValues("ok").Inc()
 	return resp, nil
+}
+
+// printable makes s a valid gRPC header value: printable ASCII only, with
+// anything else (YAML errors' newlines, an authority's CRLFs) as a space;
+// a single bad byte would otherwise fail the whole call on the client.
+func printable(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = ' '
+		}
+	}
+	return string(b)
 }
 
 // entry is one file to produce: an object at one version.
@@ -320,7 +334,7 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 		items = slices.DeleteFunc(items, func(it kvclient.Item) bool { return !it.Attributes.Enabled })
 		slices.SortStableFunc(items, func(a, b kvclient.Item) int { return cmp.Compare(b.Attributes.Created, a.Attributes.Created) })
 		from := 0
-		if o.Version != "" && o.Version != "latest" {
+		if o.Version != "" {
 			from = slices.IndexFunc(items, func(it kvclient.Item) bool { return strings.EqualFold(it.Version(), o.Version) })
 			if from < 0 {
 				return nil, fail(kvclient.NotFound, "%s %s has no enabled version %s to start objectVersionHistory from", o.Type, o.Name, o.Version)
@@ -366,13 +380,5 @@ func objectError(err error, o azparams.Object, who string) error {
 }
 
 // Listen opens the provider's unix socket from an endpoint such as
-// unix:///var/run/secrets-store-csi-providers/coffer.sock, replacing a
-// stale socket.
-func Listen(endpoint string) (net.Listener, error) {
-	u, err := url.Parse(endpoint)
-	if err != nil || u.Scheme != "unix" || u.Path == "" {
-		return nil, fmt.Errorf("--endpoint %q must be unix:///path/{name}.sock", endpoint)
-	}
-	removeStale(u.Path)
-	return net.Listen("unix", u.Path)
-}
+// unix:///var/run/secrets-store-csi-providers/coffer.sock.
+func Listen(endpoint string) (net.Listener, error) { return unixsock.Listen(endpoint) }

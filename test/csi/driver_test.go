@@ -243,7 +243,8 @@ func TestSeedPodMountsAndRotates(t *testing.T) {
 	}
 
 	// Rotation: readers never see a partial file while the new value lands.
-	setSecret(t, s.env, "secret1", "one, rotated")
+	oldVersion := st.Status.Objects[0].Version
+	newVersion := setSecret(t, s.env, "secret1", "one, rotated")
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	var bad atomic.Value
@@ -271,8 +272,11 @@ func TestSeedPodMountsAndRotates(t *testing.T) {
 	}
 	s.waitEvent(t, "default", pod.Name, "MountRotationComplete")
 	s.driver.Settle()
-	if err := s.kube.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: st.Name}, st); err != nil || st.Status.Objects[0].Version == "" {
+	if err := s.kube.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: st.Name}, st); err != nil {
 		t.Fatal(err)
+	}
+	if got := st.Status.Objects[0].Version; got == oldVersion || got != newVersion {
+		t.Fatalf("the status records version %s after rotation, want %s (was %s)", got, newVersion, oldVersion)
 	}
 
 	// Unpublish removes the files and the mount.

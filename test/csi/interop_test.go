@@ -74,5 +74,8 @@ spec:
 	if _, err := s.node.NodePublishVolume(ctx, req2); err == nil || !strings.Contains(err.Error(), "SomeProviderFailure") || isMounted(req2.TargetPath) {
 		t.Fatalf("provider error code: %v", err)
 	}
-	s.waitEvent(t, "default", "uses-fake-2", "SomeProviderFailure")
+	// An unknown code is reported as ProviderError, naming the code.
+	if ev := s.waitEvent(t, "default", "uses-fake-2", "ProviderError"); !strings.Contains(ev, "SomeProviderFailure") {
+		t.Fatalf("event %q", ev)
+	}
 }

@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,7 +73,7 @@ func TestMountFailures(t *testing.T) {
 	}
 	reader := servicePrincipal(t, s.env, "reader", []string{"get"}, nil, nil)
 	nobody := servicePrincipal(t, s.env, "nobody", []string{}, nil, nil)
-	setSecret(t, s.env, "present", "value")
+	setSecret(t, s.env, "present", "pr3sent-s3cret-v4lue")
 	setSecret(t, s.env, "big", strings.Repeat("b", 24<<10))
 	for _, c := range []struct{ ns, id, secret string }{{"default", reader.AppID, reader.Password}, {"other", reader.AppID, reader.Password}} {
 		if err := s.kube.Client.Create(ctx, &corev1.Secret{ObjectMeta: objectMeta(c.ns, "creds"), StringData: map[string]string{"clientid": c.id, "clientsecret": c.secret}}); err != nil {
@@ -129,11 +130,15 @@ func TestMountFailures(t *testing.T) {
 			t.Errorf("%s: a tmpfs is left at the target", c.name)
 		}
 		ev := s.waitEvent(t, c.ns, podName, c.reason)
-		if !strings.HasPrefix(ev, "Warning ") || !strings.Contains(ev, "default") && c.ns == "default" {
+		if !strings.HasPrefix(ev, "Warning ") || !strings.Contains(ev, c.usesClass) {
 			t.Errorf("%s: event %q", c.name, ev)
 		}
-		if strings.Contains(ev, reader.Password) || strings.Contains(err.Error(), reader.Password) {
-			t.Errorf("%s: a credential leaked into the error or event", c.name)
+		// Neither the client secret sent nor the service-account token may
+		// appear in what the pod's owner sees.
+		for _, secret := range []string{req.Secrets["clientsecret"], saToken(t, req), "pr3sent-s3cret-v4lue"} {
+			if secret != "" && (strings.Contains(ev, secret) || strings.Contains(err.Error(), secret)) {
+				t.Errorf("%s: a credential or value leaked into the error or event", c.name)
+			}
 		}
 	}
 
@@ -154,7 +159,7 @@ func TestMountFailures(t *testing.T) {
 	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("a failed republish must not fail the volume: %v", err)
 	}
-	if !isMounted(req.TargetPath) || readFile(t, filepath.Join(req.TargetPath, "present")) != "value" {
+	if !isMounted(req.TargetPath) || readFile(t, filepath.Join(req.TargetPath, "present")) != "pr3sent-s3cret-v4lue" {
 		t.Fatal("the old files are gone after a failed republish")
 	}
 	if ev := s.waitEvent(t, "default", "steady", "MountRotationFailed"); !strings.Contains(ev, "old files stay") {
@@ -170,4 +175,15 @@ func TestMountFailures(t *testing.T) {
 
 func objectMeta(ns, name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Namespace: ns, Name: name}
+}
+
+// saToken is the service-account token a publish request carries.
+func saToken(t *testing.T, req *csi.NodePublishVolumeRequest) string {
+	var tokens map[string]struct{ Token string }
+	json.Unmarshal([]byte(req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]), &tokens)
+	for _, v := range tokens {
+		return v.Token
+	}
+	t.Fatal("the request carries no service-account token")
+	return ""
 }

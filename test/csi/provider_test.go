@@ -238,25 +238,26 @@ func TestProviderErrorCodes(t *testing.T) {
 		return a
 	}
 	for _, c := range []struct {
-		name      string
-		attrs     map[string]string
-		secrets   map[string]string
-		code      string
-		mentions  []string
-		forbidden string
+		name     string
+		attrs    map[string]string
+		secrets  map[string]string
+		code     string
+		mentions []string
 	}{
-		{"missing object", spAttributes(env, objects("objectName: absent\nobjectType: secret")), spSecrets(reader), "NotFound", []string{"secret absent"}, ""},
-		{"denied identity", spAttributes(env, one), spSecrets(nobody), "Forbidden", []string{"secret there", nobody.AppID}, ""},
-		{"wrong client secret", spAttributes(env, one), map[string]string{"clientid": reader.AppID, "clientsecret": "wrong"}, "Forbidden", []string{reader.AppID}, ""},
-		{"malformed objects YAML", spAttributes(env, "array: [unclosed"), spSecrets(reader), "InvalidParameter", []string{"objects"}, ""},
-		{"alias escaping the volume", spAttributes(env, objects("objectName: there\nobjectType: secret\nobjectAlias: ../../etc/passwd")), spSecrets(reader), "InvalidParameter", []string{".."}, ""},
-		{"unknown object type", spAttributes(env, objects("objectName: there\nobjectType: blob")), spSecrets(reader), "InvalidParameter", []string{"objectType"}, ""},
-		{"no vault", withAttr("keyvaultName", ""), spSecrets(reader), "InvalidParameter", []string{"keyvaultName"}, ""},
-		{"no credentials", spAttributes(env, one), nil, "InvalidParameter", []string{"nodePublishSecretRef"}, ""},
-		{"pod identity without a node agent", withAttr("usePodIdentity", "true"), nil, "Unreachable", []string{"node agent"}, ""},
-		{"workload identity without a token", withAttr("clientID", "00000000-0000-0000-0000-000000000000"), nil, "InvalidParameter", []string{"tokenRequests"}, ""},
-		{"pfx for a key", spAttributes(env, objects("objectName: k\nobjectType: key\nobjectFormat: pfx")), spSecrets(reader), "InvalidParameter", []string{"pfx"}, ""},
-		{"vault of another name that does not exist", withAttr("keyvaultName", "nosuchvault"), spSecrets(reader), "NotFound", []string{"there"}, ""},
+		{"missing object", spAttributes(env, objects("objectName: absent\nobjectType: secret")), spSecrets(reader), "NotFound", []string{"secret absent"}},
+		{"denied identity", spAttributes(env, one), spSecrets(nobody), "Forbidden", []string{"secret there", nobody.AppID}},
+		{"wrong client secret", spAttributes(env, one), map[string]string{"clientid": reader.AppID, "clientsecret": "wrong"}, "Forbidden", []string{reader.AppID}},
+		{"malformed objects YAML", spAttributes(env, "array: [unclosed"), spSecrets(reader), "InvalidParameter", []string{"objects"}},
+		// YAML errors span lines; the trailer must still carry them.
+		{"objects not a list", spAttributes(env, "array: notalist"), spSecrets(reader), "InvalidParameter", []string{"objects"}},
+		{"alias escaping the volume", spAttributes(env, objects("objectName: there\nobjectType: secret\nobjectAlias: ../../etc/passwd")), spSecrets(reader), "InvalidParameter", []string{".."}},
+		{"unknown object type", spAttributes(env, objects("objectName: there\nobjectType: blob")), spSecrets(reader), "InvalidParameter", []string{"objectType"}},
+		{"no vault", withAttr("keyvaultName", ""), spSecrets(reader), "InvalidParameter", []string{"keyvaultName"}},
+		{"no credentials", spAttributes(env, one), nil, "InvalidParameter", []string{"nodePublishSecretRef"}},
+		{"pod identity without a node agent", withAttr("usePodIdentity", "true"), nil, "Unreachable", []string{"node agent"}},
+		{"workload identity without a token", withAttr("clientID", "00000000-0000-0000-0000-000000000000"), nil, "InvalidParameter", []string{"tokenRequests"}},
+		{"pfx for a key", spAttributes(env, objects("objectName: k\nobjectType: key\nobjectFormat: pfx")), spSecrets(reader), "InvalidParameter", []string{"pfx"}},
+		{"vault of another name that does not exist", withAttr("keyvaultName", "nosuchvault"), spSecrets(reader), "NotFound", []string{"there"}},
 	} {
 		resp, code, detail := mountRaw(t, p, c.attrs, c.secrets)
 		if code != c.code || len(resp.GetFiles()) != 0 {
@@ -268,9 +269,16 @@ func TestProviderErrorCodes(t *testing.T) {
 				t.Errorf("%s: explanation %q does not mention %q", c.name, detail, m)
 			}
 		}
-		if strings.Contains(detail, "top-secret-value") || strings.Contains(detail, reader.Password) {
-			t.Errorf("%s: the explanation leaks a secret", c.name)
+		for _, secret := range []string{"top-secret-value", c.secrets["clientsecret"], c.attrs["csi.storage.k8s.io/serviceAccount.tokens"]} {
+			if secret != "" && strings.Contains(detail, secret) {
+				t.Errorf("%s: the explanation leaks a secret", c.name)
+			}
 		}
+	}
+
+	// objectVersion "latest" is the latest version, as in Azure.
+	if resp, code, detail := mountRaw(t, p, spAttributes(env, objects("objectName: there\nobjectType: secret\nobjectVersion: latest")), spSecrets(reader)); code != "" || len(resp.GetFiles()) != 1 {
+		t.Errorf("objectVersion latest: %q %s", code, detail)
 	}
 
 	// The vault unreachable: a provider pointed at a port nothing listens on.

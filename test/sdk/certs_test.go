@@ -271,7 +271,7 @@ func TestCertificateCreateFromPolicy(t *testing.T) {
 	}
 	// The private key is in the store file only sealed.
 	pk, _ := x509.MarshalPKCS8PrivateKey(key)
-	if bytes.Contains(env.ReadStore(t), pk) || bytes.Contains(env.ReadStore(t), mustBytes(key.(*ecdsa.PrivateKey))) {
+	if inStore(t, env, pk) || inStore(t, env, mustBytes(key.(*ecdsa.PrivateKey))) {
 		t.Fatal("a certificate's private key is in the store file in the clear")
 	}
 }
@@ -332,7 +332,7 @@ func TestCertificateImportOpenSSL(t *testing.T) {
 	samePublicKey(t, key, chain[0])
 	keyPEM, _ := os.ReadFile(filepath.Join(dir, "leaf.key"))
 	kb, _ := pem.Decode(keyPEM)
-	if bytes.Contains(env.ReadStore(t), kb.Bytes) {
+	if inStore(t, env, kb.Bytes) {
 		t.Fatal("the imported private key is in the store file in the clear")
 	}
 

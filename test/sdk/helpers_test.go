@@ -1,9 +1,12 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"testing"
+
+	"github.com/cofferhq/coffer/internal/testserver"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 )
@@ -33,4 +36,22 @@ func each[T any](items []*T, f func(*T) string) []string {
 		out[i] = f(it)
 	}
 	return out
+}
+
+// inStore reports whether secret is in the server's store file in any form
+// it could be stored in: raw, or base64 (JWK fields are base64url, PFX
+// secrets base64, PEM bodies base64 in lines of 64).
+func inStore(t *testing.T, env *testserver.Env, secret []byte) bool {
+	t.Helper()
+	store := env.ReadStore(t)
+	probe := secret
+	if len(probe) > 48 {
+		probe = probe[:48] // base64 of a 48-byte prefix fits in one PEM line
+	}
+	for _, form := range [][]byte{secret, []byte(base64.RawURLEncoding.EncodeToString(probe)), []byte(base64.StdEncoding.EncodeToString(probe))} {
+		if bytes.Contains(store, form) {
+			return true
+		}
+	}
+	return false
 }

@@ -420,10 +420,10 @@ func TestKeyLifecycle(t *testing.T) {
 		t.Fatal("rng returned the same bytes twice")
 	}
 
-	// No private key or AES key is in the store file in the clear.
-	store := env.ReadStore(t)
+	// No private key or AES key is in the store file in the clear, raw or
+	// in the base64 of its JWK.
 	for label, secret := range map[string][]byte{"RSA d": priv.D.Bytes(), "EC d": ecb, "AES k": aesKey} {
-		if bytes.Contains(store, secret) {
+		if inStore(t, env, secret) {
 			t.Fatalf("%s is in the store file in the clear", label)
 		}
 	}
@@ -503,6 +503,15 @@ func TestKeyNegatives(t *testing.T) {
 	tok := adminToken(t, env, env.Endpoints.Resource())
 	resp, e := raw(t, env, "POST", "/keys/signer/sign?api-version=7.6", tok, `{"alg":"RS256","value":"`+strings.Repeat("A", 70<<10)+`"}`)
 	expect(t, resp, e, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge")
+	// A field that is not base64url is a bad request, not a server error.
+	resp, e = raw(t, env, "POST", "/keys/signer/sign?api-version=7.6", tok, `{"alg":"RS256","value":"!!!"}`)
+	expect(t, resp, e, http.StatusBadRequest, "BadParameter")
+	// AES-GCM draws its own IV; a caller's is refused.
+	if _, err := kc.CreateKey(ctx, "aes", azkeys.CreateKeyParameters{Kty: to.Ptr(azkeys.KeyTypeOct)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = kc.Encrypt(ctx, "aes", "", azkeys.KeyOperationParameters{Algorithm: to.Ptr(azkeys.EncryptionAlgorithmA256GCM), Value: []byte("x"), IV: make([]byte, 12)}, nil)
+	respErr(t, err, http.StatusBadRequest, "BadParameter")
 	// Rotation policies and release are not supported, and say so.
 	_, err = kc.GetKeyRotationPolicy(ctx, "signer", nil)
 	respErr(t, err, http.StatusBadRequest, "BadParameter")
