@@ -7,6 +7,7 @@ package authclient
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,19 @@ import (
 type Token struct {
 	Value   string
 	Expires time.Time
+	// Claims are read from the token without verifying it (it came over
+	// TLS from the authority): who it was issued to, so callers can match
+	// an identity by object id or resource id.
+	Claims Claims
+}
+
+// Claims are the identity claims of an access token.
+type Claims struct {
+	ObjectID   string `json:"oid"`
+	AppID      string `json:"appid"`
+	TenantID   string `json:"tid"`
+	ResourceID string `json:"xms_mirid"`
+	NotBefore  int64  `json:"nbf"`
 }
 
 // Error is a refused or failed token request.
@@ -67,9 +81,25 @@ type Credential struct {
 	TenantID string
 	ClientID string
 	// Secret is a client secret; Assertion a signed JWT (a federated
-	// service-account token). Exactly one is set.
+	// service-account token); Sign makes a fresh certificate-signed
+	// assertion for each request, since the authority refuses a replayed
+	// one. Exactly one is set.
 	Secret    string
 	Assertion string
+	Sign      func() (string, error)
+	// SignerID names Sign's key (a certificate thumbprint) in the cache.
+	SignerID string
+	// ActFor asks for a token of a managed identity the client may act as
+	// (Coffer's mi_client_id, mi_object_id and mi_res_id form fields): how
+	// node agents serve pods.
+	ActFor Selector
+}
+
+// Selector names a managed identity by one of its ids.
+type Selector struct {
+	ClientID   string
+	ObjectID   string
+	ResourceID string
 }
 
 // key identifies a credential in the cache. It hashes the proof itself, so
@@ -78,7 +108,7 @@ type Credential struct {
 // it is.
 func (c Credential) key(scope string) string {
 	h := sha256.New()
-	for _, s := range []string{c.TenantID, c.ClientID, c.Secret, c.Assertion, scope} {
+	for _, s := range []string{c.TenantID, c.ClientID, c.Secret, c.Assertion, c.SignerID, c.ActFor.ClientID, c.ActFor.ObjectID, c.ActFor.ResourceID, scope} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -94,15 +124,29 @@ func (c *Client) now() time.Time {
 
 // Token returns a token for scope (such as https://vault.example.com/.default),
 // from the cache while it has more than a quarter of its life left (and at
-// least a minute), and fetches one otherwise; concurrent callers with the
-// same credential share one request.
+// least a minute). After that the cached token is still answered while it
+// is good, and a background request replaces it; only a caller with no
+// usable token waits. Concurrent callers with the same credential share one
+// request.
 func (c *Client) Token(ctx context.Context, cred Credential, scope string) (Token, error) {
 	k := cred.key(scope)
 	c.mu.Lock()
 	if c.cache == nil {
 		c.cache, c.inflight = map[string]*entry{}, map[string]*call{}
 	}
-	if e, ok := c.cache[k]; ok && c.now().Before(e.refresh) {
+	now := c.now()
+	if e, ok := c.cache[k]; ok && now.Before(e.refresh) {
+		c.mu.Unlock()
+		return e.tok, nil
+	} else if ok && now.Before(e.tok.Expires.Add(-stale)) {
+		// Past its refresh time but still good: answer from the cache and
+		// refresh in the background, so no caller waits on the authority
+		// while a usable token exists.
+		if _, busy := c.inflight[k]; !busy {
+			cl := &call{done: make(chan struct{})}
+			c.inflight[k] = cl
+			go c.run(context.WithoutCancel(ctx), k, cl, cred, scope)
+		}
 		c.mu.Unlock()
 		return e.tok, nil
 	}
@@ -118,7 +162,15 @@ func (c *Client) Token(ctx context.Context, cred Credential, scope string) (Toke
 	cl := &call{done: make(chan struct{})}
 	c.inflight[k] = cl
 	c.mu.Unlock()
+	c.run(ctx, k, cl, cred, scope)
+	return cl.tok, cl.err
+}
 
+// stale is how close to expiry a cached token stops being handed out.
+const stale = 30 * time.Second
+
+// run fetches a token for the call cl and publishes it.
+func (c *Client) run(ctx context.Context, k string, cl *call, cred Credential, scope string) {
 	// Callers share this request: one caller's cancellation must not fail
 	// the others, so it runs on its own deadline.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -138,19 +190,37 @@ func (c *Client) Token(ctx context.Context, cred Credential, scope string) (Toke
 	}
 	c.mu.Unlock()
 	close(cl.done)
-	return cl.tok, cl.err
 }
 
 func (c *Client) fetch(ctx context.Context, cred Credential, scope string) (Token, error) {
-	if (cred.Secret == "") == (cred.Assertion == "") {
-		return Token{}, fmt.Errorf("a credential needs exactly one of a client secret and an assertion")
+	proofs := 0
+	for _, set := range []bool{cred.Secret != "", cred.Assertion != "", cred.Sign != nil} {
+		if set {
+			proofs++
+		}
+	}
+	if proofs != 1 {
+		return Token{}, fmt.Errorf("a credential needs exactly one of a client secret, an assertion and a signer")
 	}
 	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {cred.ClientID}, "scope": {scope}}
-	if cred.Secret != "" {
+	switch {
+	case cred.Secret != "":
 		form.Set("client_secret", cred.Secret)
-	} else {
+	default:
+		assertion := cred.Assertion
+		if cred.Sign != nil {
+			var err error
+			if assertion, err = cred.Sign(); err != nil {
+				return Token{}, fmt.Errorf("signing the client assertion: %w", err)
+			}
+		}
 		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-		form.Set("client_assertion", cred.Assertion)
+		form.Set("client_assertion", assertion)
+	}
+	for name, v := range map[string]string{"mi_client_id": cred.ActFor.ClientID, "mi_object_id": cred.ActFor.ObjectID, "mi_res_id": cred.ActFor.ResourceID} {
+		if v != "" {
+			form.Set(name, v)
+		}
 	}
 	u := strings.TrimSuffix(c.Authority, "/") + "/" + url.PathEscape(cred.TenantID) + "/oauth2/v2.0/token"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))
@@ -189,5 +259,20 @@ func (c *Client) fetch(ctx context.Context, cred Credential, scope string) (Toke
 	if err != nil || secs <= 0 {
 		return Token{}, &Error{Status: resp.StatusCode, Code: "bad_response", Description: "the token response has no valid expires_in"}
 	}
-	return Token{Value: out.AccessToken, Expires: start.Add(time.Duration(secs) * time.Second)}, nil
+	return Token{Value: out.AccessToken, Expires: start.Add(time.Duration(secs) * time.Second), Claims: readClaims(out.AccessToken)}, nil
+}
+
+// readClaims decodes a JWT's payload without verifying it; a token that is
+// not a JWT has no claims.
+func readClaims(raw string) Claims {
+	var c Claims
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return c
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err == nil {
+		json.Unmarshal(b, &c)
+	}
+	return c
 }

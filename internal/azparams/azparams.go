@@ -38,6 +38,7 @@ const (
 	KeyObjects           = "objects"
 	KeyPodName           = "csi.storage.k8s.io/pod.name"
 	KeyPodNamespace      = "csi.storage.k8s.io/pod.namespace"
+	KeyPodUID            = "csi.storage.k8s.io/pod.uid"
 	KeyServiceAccount    = "csi.storage.k8s.io/serviceAccount.name"
 	KeyServiceAcctTokens = "csi.storage.k8s.io/serviceAccount.tokens"
 	// TokenAudience is the audience of the service-account token that
@@ -68,7 +69,9 @@ type Auth struct {
 	// system-assigned identity).
 	ClientID string
 	Secret   string // service principal only
-	Token    string // workload identity: the service-account token
+	// Token is the pod's service-account token: workload identity's
+	// proof, and pod identity's when the driver passes one.
+	Token string
 }
 
 // Object is one entry of the objects parameter.
@@ -109,6 +112,7 @@ type Mount struct {
 	Objects   []Object
 	PodName   string
 	PodNS     string
+	PodUID    string
 	// ServiceAccount is the pod's service account, for messages.
 	ServiceAccount string
 }
@@ -139,7 +143,7 @@ func Parse(attributes, secrets, permission string) (*Mount, error) {
 		defaultMode = fs.FileMode(p)
 	}
 	m := &Mount{VaultName: attrs[KeyVaultName], VaultURL: attrs[KeyVaultURL], TenantID: attrs[KeyTenantID],
-		PodName: attrs[KeyPodName], PodNS: attrs[KeyPodNamespace], ServiceAccount: attrs[KeyServiceAccount]}
+		PodName: attrs[KeyPodName], PodNS: attrs[KeyPodNamespace], PodUID: attrs[KeyPodUID], ServiceAccount: attrs[KeyServiceAccount]}
 	if m.TenantID == "" {
 		m.TenantID = attrs[KeyTenantIDOld]
 	}
@@ -202,7 +206,10 @@ func parseAuth(attrs, sec map[string]string) (Auth, error) {
 	case pod && vm:
 		return Auth{}, invalid("cannot enable both usePodIdentity and useVMManagedIdentity")
 	case pod:
-		return Auth{Mode: PodIdentity}, nil
+		// The pod's token, when the driver has one, lets the node agent
+		// check the pod itself rather than trust the provider's word.
+		tok, _ := serviceAccountToken(attrs[KeyServiceAcctTokens])
+		return Auth{Mode: PodIdentity, Token: tok}, nil
 	case vm:
 		return Auth{Mode: VMManagedIdentity, ClientID: attrs[KeyUserAssignedID]}, nil
 	}

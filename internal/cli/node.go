@@ -176,7 +176,7 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 }
 
 func (a *app) providerCmd() *cobra.Command {
-	var endpoint, suffix, authority, caFile, metricsAddr string
+	var endpoint, suffix, authority, caFile, metricsAddr, agentSock string
 	var name string
 	var maxBytes int
 	c := &cobra.Command{
@@ -202,8 +202,12 @@ to serve existing SecretProviderClasses with provider: azure, or coffer.sock.`,
 			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			var agent *authclient.NodeAgent
+			if agentSock != "" {
+				agent = authclient.NewNodeAgent(agentSock)
+			}
 			p, err := provider.New(provider.Config{Name: name, VaultSuffix: suffix, AuthorityHost: authority,
-				Vault: &kvclient.Client{HTTP: hc}, Auth: &authclient.Client{HTTP: hc}, MaxResponseBytes: maxBytes, Registry: reg, Log: log})
+				Vault: &kvclient.Client{HTTP: hc}, Auth: &authclient.Client{HTTP: hc}, NodeAgent: agent, MaxResponseBytes: maxBytes, Registry: reg, Log: log})
 			if err != nil {
 				return usagef("%v", err)
 			}
@@ -234,5 +238,6 @@ to serve existing SecretProviderClasses with provider: azure, or coffer.sock.`,
 	f.StringVar(&caFile, "ca-file", "", "PEM CA bundle to trust for the vault and authority (added to the system roots)")
 	f.StringVar(&metricsAddr, "metrics-addr", ":8898", "address of /metrics and /healthz (empty: off)")
 	f.IntVar(&maxBytes, "max-response-bytes", 4<<20, "largest total size of one volume's files")
+	f.StringVar(&agentSock, "node-agent-socket", "unix:///var/run/coffer/node-agent.sock", "the node agent's local socket, for usePodIdentity and useVMManagedIdentity (empty: those modes are refused)")
 	return c
 }

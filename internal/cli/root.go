@@ -95,6 +95,8 @@ func (a *app) root() *cobra.Command {
 		a.certificateCmd(),
 		a.csiDriverCmd(),
 		a.providerCmd(),
+		a.nodeAgentCmd(),
+		a.podIdentityCmd(),
 		a.auditCmd(),
 		a.benchCmd(),
 	)

@@ -49,6 +49,9 @@ type Config struct {
 	AuthorityHost string
 	Vault         *kvclient.Client
 	Auth          *authclient.Client
+	// NodeAgent serves usePodIdentity and useVMManagedIdentity; nil: those
+	// modes are refused with an explanation.
+	NodeAgent *authclient.NodeAgent
 	// Parallel bounds the objects of one mount fetched at once.
 	Parallel int
 	// MaxResponseBytes bounds one mount's files.
@@ -292,15 +295,28 @@ func describe(m *azparams.Mount) string {
 // token proves the mount's identity to the authority.
 func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) (string, error) {
 	cred := authclient.Credential{TenantID: m.TenantID, ClientID: m.Auth.ClientID}
+	var tok authclient.Token
+	var err error
 	switch m.Auth.Mode {
 	case azparams.PodIdentity, azparams.VMManagedIdentity:
-		return "", fail(kvclient.Unreachable, "%s needs Coffer's node agent, which is not available on this node yet; use workload identity (clientID) or a nodePublishSecretRef service principal", m.Auth.Mode)
+		if s.cfg.NodeAgent == nil {
+			return "", fail(kvclient.Unreachable, "%s needs Coffer's node agent: start the provider with --node-agent-socket (the agent's --local-socket), or use workload identity (clientID) or a nodePublishSecretRef service principal", m.Auth.Mode)
+		}
+		if m.PodNS == "" || m.PodName == "" || m.PodUID == "" {
+			return "", fail(kvclient.InvalidParameter, "%s needs the pod's name, namespace and uid: the CSIDriver must have podInfoOnMount: true", m.Auth.Mode)
+		}
+		tok, err = s.cfg.NodeAgent.Token(ctx, authclient.PodRequest{
+			VM: m.Auth.Mode == azparams.VMManagedIdentity, Namespace: m.PodNS, Name: m.PodName, UID: m.PodUID,
+			PodToken: m.Auth.Token, Resource: resource, ClientID: m.Auth.ClientID,
+		})
 	case azparams.WorkloadIdentity:
 		cred.Assertion = m.Auth.Token
 	case azparams.ServicePrincipal:
 		cred.Secret = m.Auth.Secret
 	}
-	tok, err := s.cfg.Auth.Token(ctx, cred, resource+"/.default")
+	if tok.Value == "" && err == nil {
+		tok, err = s.cfg.Auth.Token(ctx, cred, resource+"/.default")
+	}
 	if err != nil {
 		var ae *authclient.Error
 		code := kvclient.Unreachable
@@ -308,6 +324,7 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 			switch {
 			case ae.Status == 429:
 				code = kvclient.Throttled
+			case ae.Status == 404: // the node agent has not seen the pod yet
 			case ae.Status >= 400 && ae.Status < 500:
 				code = kvclient.Forbidden
 			}
