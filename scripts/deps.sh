@@ -4,6 +4,9 @@
 set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
+# The node agent's tests: a network namespace (ip) and the DNAT redirect.
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

@@ -75,14 +75,17 @@ type Options struct {
 	Policy   podidentity.Policy
 	// Listen is the IMDS address; 127.0.0.1:0 by default.
 	Listen string
+	// Quiet logs at info, as the agent runs by default, not debug.
+	Quiet bool
 }
 
 // Agent is a running node agent.
 type Agent struct {
-	URL    string // http://{imds address}
-	Socket string // the provider's unix socket
-	Agent  *nodeagent.Agent
-	Log    *SyncBuffer
+	URL     string // http://{imds address}
+	Socket  string // the provider's unix socket
+	Agent   *nodeagent.Agent
+	Cluster *nodeagent.KubeCluster
+	Log     *SyncBuffer
 }
 
 // Start runs a node agent for node, reading kube, getting tokens from env,
@@ -97,7 +100,11 @@ func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o O
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := &SyncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	level := slog.LevelDebug
+	if o.Quiet {
+		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: level}))
 	// A scheme of its own: kube.Scheme is shared with the test.
 	scheme := runtime.NewScheme()
 	if err := errors.Join(clientgoscheme.AddToScheme(scheme), podidentity.AddToScheme(scheme)); err != nil {
@@ -152,7 +159,7 @@ func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o O
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &Agent{URL: "http://" + ln.Addr().String(), Socket: sock, Agent: a, Log: log}
+	return &Agent{URL: "http://" + ln.Addr().String(), Socket: sock, Agent: a, Cluster: cluster, Log: log}
 }
 
 // RunningPod creates a pod on node with labels, and gives it the status a

@@ -95,6 +95,7 @@ func (a *app) root() *cobra.Command {
 		a.certificateCmd(),
 		a.csiDriverCmd(),
 		a.providerCmd(),
+		a.webhookCmd(),
 		a.nodeAgentCmd(),
 		a.podIdentityCmd(),
 		a.auditCmd(),

@@ -208,7 +208,9 @@ func (l *localAddrs) contains(ip string) bool {
 	if parsed == nil {
 		return false
 	}
-	if parsed.IsLoopback() {
+	// An unspecified source can only be this host's own: gVisor's netstack
+	// reports it for locally originated connections it redirected.
+	if parsed.IsLoopback() || parsed.IsUnspecified() {
 		return true
 	}
 	l.mu.Lock()

@@ -22,9 +22,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,50 +64,12 @@ func runParallel(b *testing.B, conns []*bench.Conn, op func(c *bench.Conn) (int,
 			b.Fatalf("warm-up: %d %v", status, err)
 		}
 	}
-	runWorkers(b, len(conns), "req/s", func(w int) error {
+	bench.RunB(b, len(conns), "req/s", func(w int) error {
 		if status, err := op(conns[w]); err != nil || status != 200 {
 			return fmt.Errorf("request: %d %v", status, err)
 		}
 		return nil
 	})
-}
-
-// runWorkers spreads b.N calls of op over workers goroutines and reports
-// throughput (in unit) and latency percentiles.
-func runWorkers(b *testing.B, workers int, unit string, op func(worker int) error) {
-	var next atomic.Int64
-	lat := make([][]time.Duration, workers)
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if err := op(w); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	if len(all) == 0 {
-		return
-	}
-	slices.Sort(all)
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), unit)
-	b.ReportMetric(float64(all[len(all)*50/100])/1e6, "p50-ms")
-	b.ReportMetric(float64(all[len(all)*99/100])/1e6, "p99-ms")
 }
 
 func token(b *testing.B, env *testserver.Env) string {
@@ -274,7 +234,7 @@ func BenchmarkKeySign(b *testing.B) {
 			})
 		})
 		b.Run("go/"+k.name, func(b *testing.B) {
-			runWorkers(b, workers, "req/s", func(int) error { return k.local() })
+			bench.RunB(b, workers, "req/s", func(int) error { return k.local() })
 		})
 	}
 }

@@ -37,6 +37,8 @@ func objectFor(t testing.TB, kind string) client.Object {
 		return &corev1.Namespace{}
 	case "CSIDriver":
 		return &storagev1.CSIDriver{}
+	case "AzureIdentity", "AzureIdentityBinding", "AzurePodIdentityException":
+		return &unstructured.Unstructured{}
 	}
 	t.Fatalf("no type for kind %s", kind)
 	return nil

@@ -37,12 +37,19 @@ type runningProvider struct {
 
 func startProvider(t testing.TB, env *testserver.Env, name string) *runningProvider {
 	t.Helper()
-	return startProviderAt(t, env, name, env.Endpoints.Apex())
+	return startProviderWith(t, env, name, env.Endpoints.Apex(), nil)
 }
 
 // startProviderAt starts a provider that looks for vaults and the
 // authority at suffix (host:port).
 func startProviderAt(t testing.TB, env *testserver.Env, name, suffix string) *runningProvider {
+	t.Helper()
+	return startProviderWith(t, env, name, suffix, nil)
+}
+
+// startProviderWith starts a provider that gets pod and VM identity tokens
+// from agent (nil: no node agent).
+func startProviderWith(t testing.TB, env *testserver.Env, name, suffix string, agent *authclient.NodeAgent) *runningProvider {
 	t.Helper()
 	// A short path: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "prov")
@@ -52,7 +59,7 @@ func startProviderAt(t testing.TB, env *testserver.Env, name, suffix string) *ru
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	reg := prometheus.NewRegistry()
 	p, err := provider.New(provider.Config{Name: name, VaultSuffix: suffix,
-		Vault: &kvclient.Client{HTTP: env.Client.HTTP}, Auth: &authclient.Client{HTTP: env.Client.HTTP}, Registry: reg,
+		Vault: &kvclient.Client{HTTP: env.Client.HTTP}, Auth: &authclient.Client{HTTP: env.Client.HTTP}, NodeAgent: agent, Registry: reg,
 		Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

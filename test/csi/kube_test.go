@@ -17,6 +17,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
@@ -25,6 +26,8 @@ import (
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cofferhq/coffer/internal/agenttest"
+	"github.com/cofferhq/coffer/internal/authclient"
 	"github.com/cofferhq/coffer/internal/csidriver"
 	"github.com/cofferhq/coffer/internal/federation"
 	"github.com/cofferhq/coffer/internal/kubetest"
@@ -56,6 +59,8 @@ type stack struct {
 	driver   *csidriver.Driver
 	node     csi.NodeClient
 	root     string // the kubelet root of the test's pods
+	agent    *agenttest.Agent
+	ids      agenttest.Node // with stackOptions.nodeAgent
 }
 
 type stackOptions struct {
@@ -64,6 +69,9 @@ type stackOptions struct {
 	rotation     time.Duration // 0: rotation off
 	// moreProviders are more directories of provider sockets.
 	moreProviders []string
+	// nodeAgent runs a node agent for node-1 (with agenttest's node pool
+	// and identities) and lets the provider use it.
+	nodeAgent bool
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
@@ -83,7 +91,15 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	if o.providerName == "" {
 		o.providerName = "azure"
 	}
-	p := startProvider(t, env, o.providerName)
+	var agent *agenttest.Agent
+	var node agenttest.Node
+	var agentClient *authclient.NodeAgent
+	if o.nodeAgent {
+		node = agenttest.SetupNode(t, env)
+		agent = agenttest.Start(t, env, kube, node, agenttest.Options{})
+		agentClient = authclient.NewNodeAgent(agent.Socket)
+	}
+	p := startProviderWith(t, env, o.providerName, env.Endpoints.Apex(), agentClient)
 
 	// SecretProviderClasses come from a watch cache, as in the csi-driver
 	// command.
@@ -133,7 +149,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		os.RemoveAll(sockDir)
 		unmountAll(t, root) // even when the test failed half-way
 	})
-	return &stack{env: env, kube: kube, provider: p, driver: d, node: csi.NewNodeClient(conn), root: root}
+	return &stack{env: env, kube: kube, provider: p, driver: d, node: csi.NewNodeClient(conn), root: root, agent: agent, ids: node}
 }
 
 // unmountAll unmounts every mount under root.
@@ -189,7 +205,13 @@ func (s *stack) applyIn(t testing.TB, ns, manifest string) {
 			t.Fatal(err)
 		}
 		obj := objectFor(t, meta.Kind)
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			// Kinds whose users write fields the schema does not name
+			// (AAD Pod Identity's ResourceID), sent as written.
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				t.Fatalf("manifest %s: %v", meta.Kind, err)
+			}
+		} else if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
 			t.Fatalf("manifest %s: %v", meta.Kind, err)
 		}
 		if obj.GetNamespace() == "" && meta.Kind != "Namespace" && meta.Kind != "CSIDriver" {
