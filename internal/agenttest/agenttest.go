@@ -77,6 +77,8 @@ type Options struct {
 	Listen string
 	// Quiet logs at info, as the agent runs by default, not debug.
 	Quiet bool
+	// NodeIdentityNamespaces is the agent's --vm-identity-namespaces.
+	NodeIdentityNamespaces []string
 }
 
 // Agent is a running node agent.
@@ -115,7 +117,7 @@ func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o O
 		t.Fatal(err)
 	}
 	sw := nodeagent.NewStatusWriter(o.NodeName, kc, logger, o.Policy)
-	cluster, err := nodeagent.NewKubeCluster(ctx, kube.Config, o.NodeName, sw.Kick)
+	cluster, err := nodeagent.NewKubeCluster(ctx, kube.Config, o.NodeName, logger, sw.Kick)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +125,7 @@ func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o O
 	a, err := nodeagent.New(nodeagent.Config{
 		NodeName: o.NodeName, Tenant: env.State.TenantID, AgentClientID: node.Pool.AgentClientID, AgentSecret: node.Pool.AgentSecret,
 		SystemIdentity: node.Pool.SystemAssigned.ClientID, VMIdentities: []string{node.Attached.ClientID},
-		Lookup: o.Lookup, NodeCallers: true, Policy: o.Policy, Cluster: cluster,
+		Lookup: o.Lookup, NodeCallers: true, Policy: o.Policy, Cluster: cluster, NodeIdentityNamespaces: o.NodeIdentityNamespaces,
 		Auth: &authclient.Client{HTTP: env.Client.HTTP, Authority: env.Admin.AuthorityHost}, Log: logger,
 	})
 	if err != nil {

@@ -37,6 +37,7 @@ type Claims struct {
 	TenantID   string `json:"tid"`
 	ResourceID string `json:"xms_mirid"`
 	NotBefore  int64  `json:"nbf"`
+	Expiry     int64  `json:"exp"`
 }
 
 // Error is a refused or failed token request.
@@ -246,25 +247,18 @@ func (c *Client) fetch(ctx context.Context, cred Credential, scope string) (Toke
 	}
 	json.Unmarshal(body, &out)
 	if resp.StatusCode != http.StatusOK || out.AccessToken == "" {
-		e := &Error{Status: resp.StatusCode, Code: out.Error, Description: out.Description}
-		if e.Description == "" {
-			e.Description = http.StatusText(resp.StatusCode)
-		}
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-			e.RetryAfter = time.Duration(s) * time.Second
-		}
-		return Token{}, e
+		return Token{}, refusal(resp, out.Error, out.Description)
 	}
 	secs, err := strconv.Atoi(strings.Trim(string(out.ExpiresIn), `"`))
 	if err != nil || secs <= 0 {
 		return Token{}, &Error{Status: resp.StatusCode, Code: "bad_response", Description: "the token response has no valid expires_in"}
 	}
-	return Token{Value: out.AccessToken, Expires: start.Add(time.Duration(secs) * time.Second), Claims: readClaims(out.AccessToken)}, nil
+	return Token{Value: out.AccessToken, Expires: start.Add(time.Duration(secs) * time.Second), Claims: ReadClaims(out.AccessToken)}, nil
 }
 
-// readClaims decodes a JWT's payload without verifying it; a token that is
+// ReadClaims decodes a JWT's payload without verifying it; a token that is
 // not a JWT has no claims.
-func readClaims(raw string) Claims {
+func ReadClaims(raw string) Claims {
 	var c Claims
 	parts := strings.Split(raw, ".")
 	if len(parts) != 3 {
@@ -275,4 +269,16 @@ func readClaims(raw string) Claims {
 		json.Unmarshal(b, &c)
 	}
 	return c
+}
+
+// refusal is the Error for a refused token request.
+func refusal(resp *http.Response, code, description string) *Error {
+	e := &Error{Status: resp.StatusCode, Code: code, Description: description}
+	if e.Description == "" {
+		e.Description = http.StatusText(resp.StatusCode)
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	return e
 }

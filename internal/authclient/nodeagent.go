@@ -91,18 +91,11 @@ func (n *NodeAgent) Token(ctx context.Context, r PodRequest) (Token, error) {
 	}
 	json.Unmarshal(body, &out)
 	if resp.StatusCode != http.StatusOK || out.AccessToken == "" {
-		e := &Error{Status: resp.StatusCode, Code: out.Error, Description: out.Description}
-		if e.Description == "" {
-			e.Description = http.StatusText(resp.StatusCode)
-		}
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-			e.RetryAfter = time.Duration(s) * time.Second
-		}
-		return Token{}, e
+		return Token{}, refusal(resp, out.Error, out.Description)
 	}
 	exp, err := strconv.ParseInt(out.ExpiresOn, 10, 64)
 	if err != nil {
 		return Token{}, &Error{Status: resp.StatusCode, Code: "bad_response", Description: "the node agent's answer has no valid expires_on"}
 	}
-	return Token{Value: out.AccessToken, Expires: time.Unix(exp, 0), Claims: readClaims(out.AccessToken)}, nil
+	return Token{Value: out.AccessToken, Expires: time.Unix(exp, 0), Claims: ReadClaims(out.AccessToken)}, nil
 }

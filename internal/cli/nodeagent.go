@@ -68,10 +68,16 @@ addresses get the node's identities (--system-identity, --vm-identity).`,
 			default:
 				return usagef("--redirect %q: use link-local (bind 169.254.169.254), iptables (DNAT to --listen) or none", redirect)
 			}
-			if listen == "" {
-				listen = "127.0.0.1:2579"
-				if mode == nodeagent.RedirectLinkLocal {
-					listen = nodeagent.IMDSAddress + ":80"
+			switch {
+			case listen == "" && mode == nodeagent.RedirectLinkLocal:
+				listen = nodeagent.IMDSAddress + ":80"
+			case listen == "":
+				return usagef("--listen is required with --redirect=%s: the node's address and a port, such as $(NODE_IP):2579", mode)
+			}
+			if mode == nodeagent.RedirectIPTables {
+				host, _, err := net.SplitHostPort(listen)
+				if ip := net.ParseIP(host); err != nil || ip == nil || ip.IsLoopback() || ip.IsUnspecified() {
+					return usagef("--listen %q: --redirect=iptables needs the node's own address and a port (a DNAT to loopback drops pods' packets)", listen)
 				}
 			}
 			log := a.logger(true).With("component", "node-agent")
@@ -96,13 +102,16 @@ addresses get the node's identities (--system-identity, --vm-identity).`,
 			if err != nil {
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
-			ctx := c.Context()
+			// Cancelled on any return, so background loops end with the
+			// command and their waits cannot hang it.
+			ctx, cancel := context.WithCancel(c.Context())
+			defer cancel()
 			sw := nodeagent.NewStatusWriter(cfg.NodeName, kube, log, cfg.Policy)
 			onChange := func() {}
 			if writeStatus {
 				onChange = sw.Kick
 			}
-			cluster, err := nodeagent.NewKubeCluster(ctx, rc, cfg.NodeName, onChange)
+			cluster, err := nodeagent.NewKubeCluster(ctx, rc, cfg.NodeName, log, onChange)
 			if err != nil {
 				return err
 			}
@@ -133,7 +142,7 @@ addresses get the node's identities (--system-identity, --vm-identity).`,
 				}
 				done := make(chan struct{})
 				go func() { ipt.Reconcile(ctx, 10*time.Second); close(done) }()
-				defer func() { <-done }()
+				defer func() { cancel(); <-done }()
 			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
@@ -174,13 +183,14 @@ addresses get the node's identities (--system-identity, --vm-identity).`,
 	f.StringVar(&caFile, "ca-file", "", "PEM CA bundle to trust for the authority (added to the system roots)")
 	f.StringVar(&cfg.SystemIdentity, "system-identity", "", "the node's system-assigned identity (client id or resource id)")
 	f.StringSliceVar(&cfg.VMIdentities, "vm-identity", nil, "a user-assigned identity attached to the node (client id or resource id); repeatable")
+	f.StringSliceVar(&cfg.NodeIdentityNamespaces, "vm-identity-namespaces", nil, "the only namespaces whose pods may use the node's identities (exception pods, useVMManagedIdentity); default: all, as on a cloud VM")
 	f.StringVar(&lookup, "pod-lookup", string(nodeagent.LookupToken), "how pods are found: token (they present their service-account token) or source-ip (legacy clients; an address is not proof)")
 	f.StringSliceVar(&cfg.TokenAudiences, "token-audiences", nil, "audiences a pod's token may have on the IMDS endpoint (default: the apiserver's)")
 	f.StringVar(&cfg.ProviderAudience, "provider-token-audience", "api://AzureADTokenExchange", "audience of the pod tokens the CSI driver passes to the provider")
 	f.BoolVar(&cfg.NodeCallers, "node-callers", true, "let callers from the node's own addresses (host processes, host-network pods) use the node's identities")
 	f.StringVar(&headerFile, "identity-header-file", "", "file holding the App Service X-IDENTITY-HEADER secret (default: only service-account tokens are accepted there)")
 	f.BoolVar(&cfg.Policy.AllowClusterWide, "allow-cluster-wide-bindings", false, "honour AzureIdentityBindings annotated coffer.dev/cluster-wide=true in other namespaces")
-	f.StringVar(&listen, "listen", "", "address to serve IMDS on (default 169.254.169.254:80 with --redirect=link-local, else 127.0.0.1:2579)")
+	f.StringVar(&listen, "listen", "", "address to serve IMDS on (default 169.254.169.254:80 with --redirect=link-local; required otherwise)")
 	f.StringVar(&redirect, "redirect", string(nodeagent.RedirectLinkLocal), "how 169.254.169.254:80 reaches the agent: link-local, iptables or none")
 	f.StringVar(&linkDev, "link-local-interface", "coffer-imds", "interface that gets 169.254.169.254/32 with --redirect=link-local (created as a dummy if missing)")
 	f.StringVar(&localSock, "local-socket", "unix:///var/run/coffer/node-agent.sock", "root-only socket for the CSI provider (empty: off)")

@@ -79,6 +79,10 @@ coffer nodepool identity assign --name POOL -g RG --identities ID.`,
 				return fmt.Errorf("creating AzureIdentity %s/%s: %w", ns, name, err)
 			}
 			if err := kube.Create(c.Context(), b); err != nil {
+				// Leave nothing half-made, so the command can be re-run.
+				if derr := kube.Delete(c.Context(), id); derr != nil {
+					return fmt.Errorf("creating AzureIdentityBinding %s/%s: %w (and removing AzureIdentity %s again failed: %v)", ns, b.Name, err, name, derr)
+				}
 				return fmt.Errorf("creating AzureIdentityBinding %s/%s: %w", ns, b.Name, err)
 			}
 			out := podIdentityOut{Namespace: ns, Name: name, Binding: b.Name, Selector: selector, ClientID: ident.ClientID, IdentityResourceID: ident.ID}

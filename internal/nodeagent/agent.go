@@ -7,11 +7,13 @@
 package nodeagent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,6 +62,9 @@ type Review struct {
 	// PodName and PodUID are set for tokens bound to a pod.
 	PodName string
 	PodUID  string
+	// NodeName is the node the pod was scheduled to when the token was
+	// issued, if the apiserver records it.
+	NodeName string
 	// Expires is when the token stops being valid (from its exp claim).
 	Expires time.Time
 }
@@ -86,6 +91,10 @@ type Config struct {
 	// node-level callers, exception pods and the provider's
 	// useVMManagedIdentity mode may select them.
 	VMIdentities []string
+	// NodeIdentityNamespaces, if set, are the only namespaces whose pods
+	// (exception pods, and the provider's useVMManagedIdentity mode) may
+	// use the node's identities. Empty: every namespace, as on a cloud VM.
+	NodeIdentityNamespaces []string
 	// Lookup is how pods are found; LookupToken by default.
 	Lookup Lookup
 	// TokenAudiences are the audiences a pod's token may have on the IMDS
@@ -216,41 +225,47 @@ type Grant struct {
 
 // Token returns a token for caller.
 func (a *Agent) Token(ctx context.Context, c Caller, r Request) (Grant, error) {
-	if c.Pod != nil && !c.Node {
+	switch {
+	case c.Pod != nil && !c.Node:
 		return a.podToken(ctx, c, r)
+	case c.Node:
+		return a.nodeToken(ctx, c, r)
 	}
-	return a.nodeToken(ctx, c, r)
+	return Grant{}, fail(http.StatusForbidden, "unauthorized_client", "the caller is neither a pod nor the node")
 }
 
-// nodeIdentities are the identities of the node: the system-assigned one
-// first.
-func (a *Agent) nodeIdentities() []string {
-	var out []string
-	if a.cfg.SystemIdentity != "" {
-		out = append(out, a.cfg.SystemIdentity)
-	}
-	return append(out, a.cfg.VMIdentities...)
+// candidate is an identity a caller may get: how to get its token, and the
+// ids known without asking the authority.
+type candidate struct {
+	cred       func() (authclient.Credential, error)
+	clientID   string
+	resourceID string
 }
 
 func (a *Agent) nodeToken(ctx context.Context, c Caller, r Request) (Grant, error) {
-	ids := a.nodeIdentities()
+	if c.Pod != nil && len(a.cfg.NodeIdentityNamespaces) > 0 && !slices.Contains(a.cfg.NodeIdentityNamespaces, c.Pod.Namespace) {
+		return Grant{}, fail(http.StatusForbidden, "unauthorized_client", "%s may not use this node's identities: its namespace is not in --vm-identity-namespaces", c)
+	}
 	if r.Select == (authclient.Selector{}) {
 		if a.cfg.SystemIdentity == "" {
 			return Grant{}, fail(http.StatusBadRequest, "invalid_request", "Identity not found: this node has no system-assigned identity (start the node agent with --system-identity), so %s must select a user-assigned one with client_id, object_id or msi_res_id", c)
 		}
 		return a.issue(ctx, r, a.managed(selectorFor(a.cfg.SystemIdentity)))
 	}
-	for _, id := range ids {
-		cred := a.managed(selectorFor(id))
-		ok, err := a.matches(ctx, r, cred, id, "")
-		if err != nil {
-			return Grant{}, err
-		}
-		if ok {
-			return a.issue(ctx, r, cred)
-		}
+	var cands []candidate
+	for _, id := range append(compact(a.cfg.SystemIdentity), a.cfg.VMIdentities...) {
+		sel := selectorFor(id)
+		cands = append(cands, candidate{cred: func() (authclient.Credential, error) { return a.managed(sel), nil }, clientID: sel.ClientID, resourceID: sel.ResourceID})
 	}
-	return Grant{}, fail(http.StatusBadRequest, "invalid_request", "Identity not found: %s is not one of this node's identities (%d attached: the system-assigned one and --vm-identity)", describe(r.Select), len(ids))
+	g, err := a.choose(ctx, r, cands)
+	if errors.Is(err, errNoMatch) {
+		return Grant{}, fail(http.StatusBadRequest, "invalid_request", "Identity not found: %s is not one of this node's %d identities (the system-assigned one and --vm-identity)", describe(r.Select), len(cands))
+	}
+	return g, err
+}
+
+func compact(s ...string) []string {
+	return slices.DeleteFunc(s, func(v string) bool { return v == "" })
 }
 
 func (a *Agent) podToken(ctx context.Context, c Caller, r Request) (Grant, error) {
@@ -266,44 +281,61 @@ func (a *Agent) podToken(ctx context.Context, c Caller, r Request) (Grant, error
 		}
 		return Grant{}, fail(http.StatusBadRequest, "invalid_request", "Identity not assigned: no AzureIdentityBinding in namespace %s has selector %q (the pod's %s label), or its AzureIdentity is missing", c.Pod.Namespace, label, podidentity.BindingLabel)
 	}
-	for _, as := range as {
-		cred, err := a.credential(ctx, as.Identity)
-		if err != nil {
-			return Grant{}, err
-		}
-		if r.Select == (authclient.Selector{}) {
-			return a.issue(ctx, r, cred)
-		}
-		ok, err := a.matches(ctx, r, cred, as.Identity.Spec.ClientID, as.Identity.Spec.ResourceID)
-		if err != nil {
-			return Grant{}, err
-		}
-		if ok {
-			return a.issue(ctx, r, cred)
-		}
+	cands := make([]candidate, len(as))
+	for i, as := range as {
+		cands[i] = candidate{cred: func() (authclient.Credential, error) { return a.credential(ctx, as.Identity) },
+			clientID: as.Identity.Spec.ClientID, resourceID: as.Identity.Spec.ResourceID}
 	}
-	return Grant{}, fail(http.StatusBadRequest, "invalid_request", "Identity not found: %s is not among the %d identities bound to %s", describe(r.Select), len(as), c)
+	if r.Select == (authclient.Selector{}) {
+		cred, err := cands[0].cred()
+		if err != nil {
+			return Grant{}, err
+		}
+		return a.issue(ctx, r, cred)
+	}
+	g, err := a.choose(ctx, r, cands)
+	if errors.Is(err, errNoMatch) {
+		return Grant{}, fail(http.StatusBadRequest, "invalid_request", "Identity not found: %s is not among the %d identities bound to %s", describe(r.Select), len(as), c)
+	}
+	return g, err
 }
 
-// matches reports whether the identity behind cred is the one r selects:
-// by the ids known up front, else by the claims of a token issued to it
-// (object ids are only known that way).
-func (a *Agent) matches(ctx context.Context, r Request, cred authclient.Credential, clientID, resourceID string) (bool, error) {
+var errNoMatch = errors.New("no identity matches")
+
+// choose issues a token for the candidate r selects. It first compares the
+// ids known up front, then the claims of a token issued to each candidate
+// (object ids are only known that way), skipping candidates that fail; if
+// none matches, it returns the first failure, or errNoMatch.
+func (a *Agent) choose(ctx context.Context, r Request, cands []candidate) (Grant, error) {
 	s := r.Select
-	if s.ClientID != "" && clientID != "" && strings.EqualFold(s.ClientID, clientID) {
-		return true, nil
+	for _, c := range cands {
+		if (s.ClientID != "" && strings.EqualFold(s.ClientID, c.clientID)) || (s.ResourceID != "" && strings.EqualFold(s.ResourceID, c.resourceID)) {
+			cred, err := c.cred()
+			if err != nil {
+				return Grant{}, err
+			}
+			return a.issue(ctx, r, cred)
+		}
 	}
-	if s.ResourceID != "" && resourceID != "" && strings.EqualFold(s.ResourceID, resourceID) {
-		return true, nil
+	var first error
+	for _, c := range cands {
+		cred, err := c.cred()
+		var g Grant
+		if err == nil {
+			g, err = a.issue(ctx, r, cred)
+		}
+		if err != nil {
+			first = cmp.Or(first, err)
+			continue
+		}
+		cl := g.Token.Claims
+		if (s.ClientID != "" && strings.EqualFold(s.ClientID, cl.AppID)) ||
+			(s.ObjectID != "" && strings.EqualFold(s.ObjectID, cl.ObjectID)) ||
+			(s.ResourceID != "" && strings.EqualFold(s.ResourceID, cl.ResourceID)) {
+			return g, nil
+		}
 	}
-	g, err := a.issue(ctx, r, cred)
-	if err != nil {
-		return false, err
-	}
-	cl := g.Token.Claims
-	return (s.ClientID != "" && strings.EqualFold(s.ClientID, cl.AppID)) ||
-		(s.ObjectID != "" && strings.EqualFold(s.ObjectID, cl.ObjectID)) ||
-		(s.ResourceID != "" && strings.EqualFold(s.ResourceID, cl.ResourceID)), nil
+	return Grant{}, cmp.Or(first, errNoMatch)
 }
 
 // selectorFor names an identity given as a client id or a resource id.
@@ -335,9 +367,9 @@ func describe(s authclient.Selector) string {
 func (a *Agent) issue(ctx context.Context, r Request, cred authclient.Credential) (Grant, error) {
 	tok, err := a.cfg.Auth.Token(ctx, cred, r.Resource+"/.default")
 	if err == nil {
-		client := tok.Claims.AppID
-		if client == "" {
-			client = cred.ClientID
+		client := cmp.Or(tok.Claims.AppID, cred.ActFor.ClientID)
+		if client == "" && cred.ActFor == (authclient.Selector{}) {
+			client = cred.ClientID // a service principal's own token
 		}
 		return Grant{Token: tok, ClientID: client, Resource: r.Resource}, nil
 	}

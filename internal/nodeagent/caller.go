@@ -3,9 +3,8 @@ package nodeagent
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/cofferhq/coffer/internal/authclient"
 )
 
 // callerFromRequest finds who sent an IMDS or App Service request.
@@ -25,8 +26,8 @@ import (
 //     host-network pods), if node callers are allowed.
 //  4. Anything else is refused.
 func (a *Agent) callerFromRequest(ctx context.Context, r *http.Request, token string) (Caller, error) {
-	if !a.cfg.Cluster.Synced() {
-		return Caller{}, notReady(http.StatusServiceUnavailable, "the node agent is starting: its pod and binding caches are not synced yet")
+	if err := a.synced(); err != nil {
+		return Caller{}, err
 	}
 	if token != "" {
 		return a.callerFromToken(ctx, token, a.cfg.TokenAudiences, "service-account token")
@@ -68,17 +69,39 @@ func (a *Agent) callerFromToken(ctx context.Context, token string, audiences []s
 	if err != nil {
 		return Caller{}, err
 	}
-	p, err := a.cfg.Cluster.Pod(rv.Namespace, rv.PodName)
-	if errors.Is(err, ErrNoPod) {
-		return Caller{}, notReady(http.StatusNotFound, "the token's pod %s/%s is not on node %s (or not in its cache yet)", rv.Namespace, rv.PodName, a.cfg.NodeName)
+	// A pod of another node never becomes this node's: refuse for good,
+	// rather than 404, which the SDKs retry.
+	if rv.NodeName != "" && rv.NodeName != a.cfg.NodeName {
+		return Caller{}, fail(http.StatusForbidden, "unauthorized_client", "the token's pod %s/%s runs on node %s, not %s: ask that node's agent", rv.Namespace, rv.PodName, rv.NodeName, a.cfg.NodeName)
 	}
+	p, err := a.podOnNode(rv.Namespace, rv.PodName, rv.PodUID)
 	if err != nil {
-		return Caller{}, notReady(http.StatusServiceUnavailable, "reading pod %s/%s: %v", rv.Namespace, rv.PodName, err)
-	}
-	if string(p.UID) != rv.PodUID {
-		return Caller{}, fail(http.StatusForbidden, "unauthorized_client", "the token was issued to an earlier pod named %s/%s (uid %s), not the current one", rv.Namespace, rv.PodName, rv.PodUID)
+		return Caller{}, err
 	}
 	return a.podCaller(p, how)
+}
+
+// synced fails until the caches have their first full list.
+func (a *Agent) synced() error {
+	if !a.cfg.Cluster.Synced() {
+		return notReady(http.StatusServiceUnavailable, "the node agent is starting: its pod and binding caches are not synced yet")
+	}
+	return nil
+}
+
+// podOnNode returns the pod ns/name of this node if it has uid.
+func (a *Agent) podOnNode(ns, name, uid string) (*corev1.Pod, error) {
+	p, err := a.cfg.Cluster.Pod(ns, name)
+	if errors.Is(err, ErrNoPod) {
+		return nil, notReady(http.StatusNotFound, "pod %s/%s is not on node %s (or not in its cache yet)", ns, name, a.cfg.NodeName)
+	}
+	if err != nil {
+		return nil, notReady(http.StatusServiceUnavailable, "reading pod %s/%s: %v", ns, name, err)
+	}
+	if string(p.UID) != uid {
+		return nil, fail(http.StatusForbidden, "unauthorized_client", "pod %s/%s is uid %s, not %s: the caller names an earlier pod of that name", ns, name, p.UID, uid)
+	}
+	return p, nil
 }
 
 // podCaller is a pod, or the node if an exception matches the pod.
@@ -91,11 +114,15 @@ func (a *Agent) podCaller(p *corev1.Pod, how string) (Caller, error) {
 }
 
 // review checks a token, remembering the answer until the token expires
-// (at most five minutes), so a pod's requests cost one TokenReview.
+// (at most five minutes; a refusal for 30 seconds), so a pod's requests
+// cost one TokenReview.
 func (a *Agent) review(ctx context.Context, token string, audiences []string) (Review, error) {
 	key := sha256.Sum256([]byte(strings.Join(audiences, " ") + "\x00" + token))
 	if rv, ok := a.reviews.get(key); ok {
-		return rv, nil
+		if rv.refused != "" {
+			return Review{}, fail(http.StatusForbidden, "unauthorized_client", "%s", rv.refused)
+		}
+		return rv.Review, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -103,16 +130,27 @@ func (a *Agent) review(ctx context.Context, token string, audiences []string) (R
 	if err != nil {
 		return Review{}, notReady(http.StatusServiceUnavailable, "reviewing the service-account token with the apiserver: %v", err)
 	}
-	if !rv.Authenticated {
-		return Review{}, fail(http.StatusForbidden, "unauthorized_client", "the service-account token was refused by the apiserver: %s", strings.TrimSpace(rv.Error+" (audiences "+audienceList(audiences)+")"))
+	var refused string
+	switch {
+	case !rv.Authenticated:
+		refused = "the service-account token was refused by the apiserver: " + strings.TrimSpace(rv.Error+" (audiences "+audienceList(audiences)+")")
+	case rv.PodName == "" || rv.PodUID == "":
+		refused = fmt.Sprintf("the token of service account %s/%s is not bound to a pod: use the pod's projected token (/var/run/secrets/kubernetes.io/serviceaccount/token)", rv.Namespace, rv.ServiceAccount)
 	}
-	if rv.PodName == "" || rv.PodUID == "" {
-		return Review{}, fail(http.StatusForbidden, "unauthorized_client", "the token of service account %s/%s is not bound to a pod: use the pod's projected token (/var/run/secrets/kubernetes.io/serviceaccount/token)", rv.Namespace, rv.ServiceAccount)
+	if refused != "" {
+		// Remembered briefly, so a caller repeating a bad token does not
+		// turn each request into an apiserver call.
+		a.reviews.put(key, reviewed{refused: refused}, a.cfg.Now().Add(30*time.Second))
+		return Review{}, fail(http.StatusForbidden, "unauthorized_client", "%s", refused)
 	}
 	if rv.Expires.IsZero() {
 		rv.Expires = expiry(token)
 	}
-	a.reviews.put(key, rv)
+	until := a.cfg.Now().Add(5 * time.Minute)
+	if !rv.Expires.IsZero() && rv.Expires.Before(until) {
+		until = rv.Expires
+	}
+	a.reviews.put(key, reviewed{Review: rv}, until)
 	return rv, nil
 }
 
@@ -126,21 +164,10 @@ func audienceList(a []string) string {
 // expiry reads a JWT's exp without verifying it: only to bound how long a
 // review the apiserver made is remembered.
 func expiry(token string) time.Time {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return time.Time{}
+	if exp := authclient.ReadClaims(token).Expiry; exp > 0 {
+		return time.Unix(exp, 0)
 	}
-	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}
-	}
-	var c struct {
-		Exp int64 `json:"exp"`
-	}
-	if json.Unmarshal(b, &c) != nil || c.Exp == 0 {
-		return time.Time{}
-	}
-	return time.Unix(c.Exp, 0)
+	return time.Time{}
 }
 
 // reviewCache remembers token reviews by the token's hash, never the
@@ -153,30 +180,32 @@ type reviewCache struct {
 }
 
 type cachedReview struct {
-	rv    Review
+	rv    reviewed
 	until time.Time
+}
+
+// reviewed is a review, or the reason a token was refused.
+type reviewed struct {
+	Review
+	refused string
 }
 
 func newReviewCache(now func() time.Time, max int) *reviewCache {
 	return &reviewCache{now: now, max: max, seen: map[[32]byte]cachedReview{}}
 }
 
-func (c *reviewCache) get(k [32]byte) (Review, bool) {
+func (c *reviewCache) get(k [32]byte) (reviewed, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.seen[k]
 	if !ok || !c.now().Before(e.until) {
-		return Review{}, false
+		return reviewed{}, false
 	}
 	return e.rv, true
 }
 
-func (c *reviewCache) put(k [32]byte, rv Review) {
+func (c *reviewCache) put(k [32]byte, rv reviewed, until time.Time) {
 	now := c.now()
-	until := now.Add(5 * time.Minute)
-	if !rv.Expires.IsZero() && rv.Expires.Before(until) {
-		until = rv.Expires
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.seen) >= c.max {

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/cofferhq/coffer/internal/authclient"
@@ -48,8 +50,15 @@ func (a *Agent) credential(ctx context.Context, id podidentity.AzureIdentity) (a
 	if ns != id.Namespace {
 		return authclient.Credential{}, fail(http.StatusForbidden, "unauthorized_client", "AzureIdentity %s/%s names clientPassword Secret %s/%s in another namespace: the Secret must be in the identity's namespace", id.Namespace, id.Name, ns, ref.Name)
 	}
-	sec, err := a.cfg.Cluster.Secret(ctx, ns, ref.Name)
-	if err != nil {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sec, err := a.cfg.Cluster.Secret(sctx, ns, ref.Name)
+	switch {
+	case apierrors.IsNotFound(err):
+		return authclient.Credential{}, fail(http.StatusBadRequest, "invalid_request", "Secret %s/%s of AzureIdentity %s does not exist", ns, ref.Name, id.Name)
+	case apierrors.IsForbidden(err):
+		return authclient.Credential{}, fail(http.StatusForbidden, "unauthorized_client", "the node agent may not read Secret %s/%s of AzureIdentity %s: grant it get on secrets", ns, ref.Name, id.Name)
+	case err != nil:
 		return authclient.Credential{}, notReady(http.StatusServiceUnavailable, "reading Secret %s/%s of AzureIdentity %s: %v", ns, ref.Name, id.Name, err)
 	}
 	cred := authclient.Credential{TenantID: id.Spec.TenantID, ClientID: id.Spec.ClientID}
@@ -65,7 +74,7 @@ func (a *Agent) credential(ctx context.Context, id podidentity.AzureIdentity) (a
 	if err != nil {
 		return authclient.Credential{}, fail(http.StatusBadRequest, "invalid_request", "Secret %s/%s of AzureIdentity %s: %v", ns, ref.Name, id.Name, err)
 	}
-	cred.SignerID = signer.thumbprint
+	cred.SignerID = signer.proof
 	cred.Sign = func() (string, error) {
 		return signer.assertion(id.Spec.ClientID, a.tokenEndpoint(id.Spec.TenantID))
 	}
@@ -83,6 +92,7 @@ type certSigner struct {
 	key        crypto.Signer
 	alg        jose.SignatureAlgorithm
 	thumbprint string
+	proof      string
 	now        func() time.Time
 }
 
@@ -139,8 +149,25 @@ func newCertSigner(data []byte, password string, now func() time.Time) (*certSig
 	default:
 		return nil, fmt.Errorf("its %T key is not RSA or EC P-256", pub)
 	}
+	if !publicKeyEqual(cert.PublicKey, s.Public()) {
+		return nil, errors.New("its private key does not belong to its certificate")
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("its private key: %v", err)
+	}
 	sum := sha256.Sum256(cert.Raw)
-	return &certSigner{key: s, alg: alg, thumbprint: base64.RawURLEncoding.EncodeToString(sum[:]), now: now}, nil
+	// The cache names the credential by its private key, which only its
+	// holder has: a certificate alone (public) must never name a token
+	// someone else obtained.
+	proof := sha256.Sum256(der)
+	return &certSigner{key: s, alg: alg, thumbprint: base64.RawURLEncoding.EncodeToString(sum[:]), proof: hex.EncodeToString(proof[:]), now: now}, nil
+}
+
+// publicKeyEqual compares two public keys of the kinds x509 returns.
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
 }
 
 func (c *certSigner) assertion(clientID, audience string) (string, error) {

@@ -142,9 +142,7 @@ func (a *Agent) serveAppService(w http.ResponseWriter, r *http.Request) {
 		case a.cfg.IdentityHeader != "" && subtle.ConstantTimeCompare([]byte(hdr), []byte(a.cfg.IdentityHeader)) == 1:
 			c, err = a.callerFromRequest(r.Context(), r, bearer(r.Header.Get("Authorization")))
 		case strings.Count(hdr, ".") == 2:
-			if !a.cfg.Cluster.Synced() {
-				err = notReady(http.StatusServiceUnavailable, "the node agent is starting: its caches are not synced yet")
-			} else {
+			if err = a.synced(); err == nil {
 				c, err = a.callerFromToken(r.Context(), hdr, a.cfg.TokenAudiences, "service-account token")
 			}
 		default:

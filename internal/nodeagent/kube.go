@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -41,13 +42,17 @@ type KubeCluster struct {
 
 	// onChange, if set, is told of every pod or pod-identity change.
 	onChange func()
+	log      *slog.Logger
 }
 
 var kinds = []string{"AzureIdentity", "AzureIdentityBinding", "AzurePodIdentityException"}
 
 // NewKubeCluster starts the caches for node and returns at once; Synced
 // reports when they are ready. They stop when ctx ends.
-func NewKubeCluster(ctx context.Context, rc *rest.Config, node string, onChange func()) (*KubeCluster, error) {
+func NewKubeCluster(ctx context.Context, rc *rest.Config, node string, log *slog.Logger, onChange func()) (*KubeCluster, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	scheme := runtime.NewScheme()
 	if err := corev1.AddToScheme(scheme); err != nil {
 		return nil, err
@@ -62,7 +67,7 @@ func NewKubeCluster(ctx context.Context, rc *rest.Config, node string, onChange 
 	if err != nil {
 		return nil, err
 	}
-	k := &KubeCluster{node: node, cache: c, cs: cs, onChange: onChange}
+	k := &KubeCluster{node: node, cache: c, cs: cs, onChange: onChange, log: log}
 	if err := c.IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
 		return nil, err
 	}
@@ -194,7 +199,18 @@ func (k *KubeCluster) Snapshot() (podidentity.Snapshot, error) {
 				s.Exceptions = append(s.Exceptions, v)
 			}
 			if err != nil {
-				return podidentity.Snapshot{}, err
+				// One bad object must not stop every pod on the node:
+				// it is left out, and said once per change.
+				k.log.Warn("ignoring a pod identity object that cannot be read", "kind", kind,
+					"namespace", l.Items[i].GetNamespace(), "name", l.Items[i].GetName(), "error", err)
+				switch kind {
+				case "AzureIdentity":
+					s.Identities = s.Identities[:len(s.Identities)-1]
+				case "AzureIdentityBinding":
+					s.Bindings = s.Bindings[:len(s.Bindings)-1]
+				default:
+					s.Exceptions = s.Exceptions[:len(s.Exceptions)-1]
+				}
 			}
 		}
 	}
@@ -229,6 +245,9 @@ func (k *KubeCluster) Review(ctx context.Context, token string, audiences []stri
 	}
 	if v := tr.Status.User.Extra["authentication.kubernetes.io/pod-uid"]; len(v) == 1 {
 		rv.PodUID = v[0]
+	}
+	if v := tr.Status.User.Extra["authentication.kubernetes.io/node-name"]; len(v) == 1 {
+		rv.NodeName = v[0]
 	}
 	return rv, nil
 }

@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"errors"
 	"net/http"
 	"time"
 
@@ -57,8 +56,8 @@ func (a *Agent) localCaller(r *http.Request) (Caller, error) {
 	if ns == "" || name == "" || uid == "" {
 		return Caller{}, fail(http.StatusBadRequest, "invalid_request", "namespace, name and uid of the pod are required")
 	}
-	if !a.cfg.Cluster.Synced() {
-		return Caller{}, notReady(http.StatusServiceUnavailable, "the node agent is starting: its caches are not synced yet")
+	if err := a.synced(); err != nil {
+		return Caller{}, err
 	}
 	if tok := r.Header.Get(authclient.PodTokenHeader); tok != "" {
 		c, err := a.callerFromToken(r.Context(), tok, []string{a.cfg.ProviderAudience}, "provider, with the pod's token")
@@ -70,15 +69,9 @@ func (a *Agent) localCaller(r *http.Request) (Caller, error) {
 		}
 		return c, nil
 	}
-	p, err := a.cfg.Cluster.Pod(ns, name)
-	if errors.Is(err, ErrNoPod) {
-		return Caller{}, notReady(http.StatusNotFound, "pod %s/%s is not on node %s (or not in its cache yet)", ns, name, a.cfg.NodeName)
-	}
+	p, err := a.podOnNode(ns, name, uid)
 	if err != nil {
-		return Caller{}, notReady(http.StatusServiceUnavailable, "reading pod %s/%s: %v", ns, name, err)
-	}
-	if string(p.UID) != uid {
-		return Caller{}, fail(http.StatusForbidden, "unauthorized_client", "pod %s/%s has uid %s, not %s", ns, name, p.UID, uid)
+		return Caller{}, err
 	}
 	return a.podCaller(p, "provider")
 }

@@ -28,8 +28,10 @@ type Redirect string
 //   - IPTables keeps the agent on its own address and installs a DNAT rule
 //     (nat table, chain COFFER-IMDS, jumped to from PREROUTING for pods and
 //     OUTPUT for host processes), reconciled every ten seconds in case
-//     another component flushes it. Traffic the agent itself sends carries
-//     the mark AgentMark and is never redirected.
+//     another component flushes it, and kept when the agent exits. Traffic
+//     the agent itself sends carries the mark AgentMark and is never
+//     redirected. The target must not be a loopback address: the kernel
+//     drops pods' packets redirected there.
 //   - None: something else (a CNI, a host rule) delivers the traffic.
 const (
 	RedirectNone      Redirect = "none"
@@ -101,7 +103,10 @@ func (t *IPTables) rules() [][]string {
 	}
 }
 
-// Ensure creates the chain and rules that are missing.
+// Ensure creates the chain and rules that are missing. The chain holds
+// exactly the DNAT to Target (a rule left by an earlier target is flushed),
+// and the jumps go first in their chains, so no earlier rule can take the
+// traffic.
 func (t *IPTables) Ensure(ctx context.Context) error {
 	if _, _, err := net.SplitHostPort(t.Target); err != nil {
 		return fmt.Errorf("redirect target %q must be ip:port: %w", t.Target, err)
@@ -111,28 +116,35 @@ func (t *IPTables) Ensure(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, r := range t.rules() {
+	rs := t.rules()
+	if t.run(ctx, append([]string{"-C"}, rs[0]...)...) != nil {
+		if err := t.run(ctx, "-F", chain); err != nil {
+			return err
+		}
+		if err := t.run(ctx, append([]string{"-A"}, rs[0]...)...); err != nil {
+			return err
+		}
+	}
+	for _, r := range rs[1:] {
 		if t.run(ctx, append([]string{"-C"}, r...)...) == nil {
 			continue
 		}
-		if err := t.run(ctx, append([]string{"-A"}, r...)...); err != nil {
+		if err := t.run(ctx, append([]string{"-I", r[0], "1"}, r[1:]...)...); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// Reconcile re-applies the rules every interval until ctx ends, then
-// removes them.
+// Reconcile re-applies the rules every interval until ctx ends. The rules
+// stay: while a restarting agent is away, pods get connection errors, which
+// the SDKs retry, rather than reach whatever else answers 169.254.169.254.
 func (t *IPTables) Reconcile(ctx context.Context, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if err := t.Remove(context.Background()); err != nil {
-				t.Log.Warn("removing the IMDS redirect", "error", err)
-			}
 			return
 		case <-tick.C:
 			if err := t.Ensure(ctx); err != nil && ctx.Err() == nil {

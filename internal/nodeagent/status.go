@@ -86,10 +86,12 @@ func NewStatusWriter(node string, kube client.Client, log *slog.Logger, p podide
 }
 
 // Run reconciles on every kick (batched over 200 ms) and every minute,
-// until ctx ends.
+// until ctx ends; a failure is retried with a backoff from 1 s to 1 min.
 func (s *StatusWriter) Run(ctx context.Context) {
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
+	var retry *time.Timer
+	backoff := time.Second
 	for {
 		select {
 		case <-ctx.Done():
@@ -106,8 +108,14 @@ func (s *StatusWriter) Run(ctx context.Context) {
 			continue
 		}
 		if err := s.reconcile(ctx); err != nil {
-			s.Log.Warn("updating AzureAssignedIdentities failed; retrying", "error", err)
-			s.Kick()
+			s.Log.Warn("updating AzureAssignedIdentities failed; retrying", "error", err, "in", backoff)
+			if retry != nil {
+				retry.Stop()
+			}
+			retry = time.AfterFunc(backoff, s.Kick)
+			backoff = min(backoff*2, time.Minute)
+		} else {
+			backoff = time.Second
 		}
 	}
 }

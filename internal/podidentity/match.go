@@ -43,8 +43,7 @@ func (s Snapshot) Assignments(pod *corev1.Pod, p Policy) []Assignment {
 	if !ok || label == "" {
 		return nil
 	}
-	var out []Assignment
-	seen := map[string]bool{}
+	var all []Assignment
 	for _, b := range s.Bindings {
 		if b.Spec.Selector != label || b.Spec.AzureIdentity == "" {
 			continue
@@ -55,19 +54,24 @@ func (s Snapshot) Assignments(pod *corev1.Pod, p Policy) []Assignment {
 		i := slices.IndexFunc(s.Identities, func(id AzureIdentity) bool {
 			return id.Namespace == b.Namespace && id.Name == b.Spec.AzureIdentity
 		})
-		if i < 0 {
-			continue
+		if i >= 0 {
+			all = append(all, Assignment{Identity: s.Identities[i], Binding: b})
 		}
-		a := Assignment{Identity: s.Identities[i], Binding: b}
-		if seen[a.Key()] {
-			continue
-		}
-		seen[a.Key()] = true
-		out = append(out, a)
 	}
-	slices.SortFunc(out, func(x, y Assignment) int {
-		return cmp.Or(cmp.Compare(y.Binding.Spec.Weight, x.Binding.Spec.Weight), strings.Compare(x.Key(), y.Key()))
+	// Sorted before duplicates go, so which binding names an identity
+	// held twice never depends on list order.
+	slices.SortFunc(all, func(x, y Assignment) int {
+		return cmp.Or(cmp.Compare(y.Binding.Spec.Weight, x.Binding.Spec.Weight), strings.Compare(x.Key(), y.Key()),
+			strings.Compare(x.Binding.Namespace+"/"+x.Binding.Name, y.Binding.Namespace+"/"+y.Binding.Name))
 	})
+	var out []Assignment
+	seen := map[string]bool{}
+	for _, a := range all {
+		if !seen[a.Key()] {
+			seen[a.Key()] = true
+			out = append(out, a)
+		}
+	}
 	return out
 }
 

@@ -294,7 +294,6 @@ func describe(m *azparams.Mount) string {
 
 // token proves the mount's identity to the authority.
 func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) (string, error) {
-	cred := authclient.Credential{TenantID: m.TenantID, ClientID: m.Auth.ClientID}
 	var tok authclient.Token
 	var err error
 	switch m.Auth.Mode {
@@ -310,12 +309,11 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 			PodToken: m.Auth.Token, Resource: resource, ClientID: m.Auth.ClientID,
 		})
 	case azparams.WorkloadIdentity:
-		cred.Assertion = m.Auth.Token
+		tok, err = s.cfg.Auth.Token(ctx, authclient.Credential{TenantID: m.TenantID, ClientID: m.Auth.ClientID, Assertion: m.Auth.Token}, resource+"/.default")
 	case azparams.ServicePrincipal:
-		cred.Secret = m.Auth.Secret
-	}
-	if tok.Value == "" && err == nil {
-		tok, err = s.cfg.Auth.Token(ctx, cred, resource+"/.default")
+		tok, err = s.cfg.Auth.Token(ctx, authclient.Credential{TenantID: m.TenantID, ClientID: m.Auth.ClientID, Secret: m.Auth.Secret}, resource+"/.default")
+	default:
+		return "", fail(kvclient.InvalidParameter, "no identity is configured for the mount")
 	}
 	if err != nil {
 		var ae *authclient.Error

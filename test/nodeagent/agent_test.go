@@ -242,7 +242,7 @@ func TestPodIdentity(t *testing.T) {
 
 	t.Run("pod on another node is refused", func(t *testing.T) {
 		code, body, _ := agenttest.IMDS(t, agent.URL, "", q, agenttest.PodToken(t, w.kube, elsewhere), true)
-		if code != 404 || !strings.Contains(body["error_description"], "not on node node-1") {
+		if code != 403 || !strings.Contains(body["error_description"], "runs on node node-2, not node-1") {
 			t.Fatalf("%d %v", code, body)
 		}
 	})
@@ -384,6 +384,16 @@ func TestPodIdentity(t *testing.T) {
 		if err == nil {
 			t.Fatal("vm mode with an identity not attached to the node")
 		}
+		// An operator may keep the node's identities to some namespaces.
+		strict := agenttest.Start(t, w.env, w.kube, w.node, agenttest.Options{NodeIdentityNamespaces: []string{"kube-system"}})
+		_, err = authclient.NewNodeAgent(strict.Socket).Token(ctx, authclient.PodRequest{VM: true, Namespace: "team-a", Name: "plain", UID: string(plain.UID), Resource: vaultResource(w)})
+		if err == nil || !strings.Contains(err.Error(), "--vm-identity-namespaces") {
+			t.Fatalf("vm mode outside --vm-identity-namespaces: %v", err)
+		}
+		code, _, _ := agenttest.IMDS(t, strict.URL, "", q, agenttest.PodToken(t, w.kube, infra), true)
+		if code != 403 {
+			t.Fatalf("exception pod outside --vm-identity-namespaces: %d", code)
+		}
 	})
 
 	t.Run("deleted pod loses its identity and its record", func(t *testing.T) {
@@ -429,3 +439,5 @@ func eventually(t testing.TB, what string, cond func() bool) {
 }
 
 func base64URL(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
+
+func keyOf(ns, name string) client.ObjectKey { return client.ObjectKey{Namespace: ns, Name: name} }
