@@ -67,7 +67,11 @@ func serveHTTP(ctx context.Context, log *slog.Logger, addr string, reg *promethe
 // kubeConfig is the in-cluster configuration, or --kubeconfig's.
 func kubeConfig(path string) (*rest.Config, error) {
 	if path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
+		cfg, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
+		}
+		return cfg, nil
 	}
 	cfg, err := rest.InClusterConfig()
 	if err != nil {

@@ -184,7 +184,7 @@ func TestPodAndVMIdentityMounts(t *testing.T) {
 		if err == nil {
 			t.Fatal("mounted with an identity the node does not have")
 		}
-		if msg := status.Convert(err).Message(); !strings.Contains(msg, "not one of this node's identities") {
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "is not one of this node's") {
 			t.Fatalf("error does not explain itself: %s", msg)
 		}
 	})
