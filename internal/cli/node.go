@@ -82,7 +82,7 @@ func kubeConfig(path string) (*rest.Config, error) {
 
 func (a *app) csiDriverCmd() *cobra.Command {
 	var cfg csidriver.Config
-	var providerVolume, additional, metricsAddr, kubeconfig string
+	var providerVolume, additional, metricsAddr, kubeconfig, registrationDir, registrationPath string
 	var verbosity int
 	var ignoredBool bool
 	var ignoredInt int
@@ -151,7 +151,24 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 			if err != nil {
 				return err
 			}
-			if err := serveHTTP(c.Context(), log, metricsAddr, reg, func() error { return nil }); err != nil {
+			healthy := func() error { return nil }
+			if registrationDir != "" {
+				if registrationPath == "" {
+					registrationPath = strings.TrimPrefix(cfg.Endpoint, "unix://")
+				}
+				r := &csidriver.Registration{Name: cfg.Name, Endpoint: registrationPath, Log: log}
+				healthy = r.Healthy
+				regCtx, stop := context.WithCancel(c.Context())
+				regErr := make(chan error, 1)
+				go func() { regErr <- r.ServeRegistration(regCtx, csidriver.RegistrationSocket(registrationDir, cfg.Name)) }()
+				defer func() {
+					stop() // the socket goes with the driver, so the kubelet deregisters it
+					if err := <-regErr; err != nil {
+						log.Error("kubelet registration", "error", err)
+					}
+				}()
+			}
+			if err := serveHTTP(c.Context(), log, metricsAddr, reg, healthy); err != nil {
 				return err
 			}
 			log.Info("csi driver listening", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "providers", cfg.ProviderDirs, "rotation", cfg.RotationEnabled)
@@ -169,6 +186,8 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 	f.IntVar(&cfg.MaxCallRecvMsgSize, "max-call-recv-msg-size", 4<<20, "largest provider response, in bytes")
 	f.StringVar(&metricsAddr, "metrics-addr", ":8095", "address of /metrics and /healthz (empty: off)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster)")
+	f.StringVar(&registrationDir, "registration-dir", "", "register with the kubelet through its plugin watcher directory, such as /var/lib/kubelet/plugins_registry, instead of a node-driver-registrar sidecar (empty: off)")
+	f.StringVar(&registrationPath, "kubelet-registration-path", "", "the CSI socket's path on the host, as the kubelet sees it (default: --endpoint's path)")
 	f.IntVarP(&verbosity, "v", "v", 0, "log verbosity, as klog's -v (5 and over: debug)")
 	// Upstream flags that Coffer accepts and does not need.
 	f.BoolVar(&ignoredBool, "log-format-json", false, "accepted for compatibility; logs are always JSON")

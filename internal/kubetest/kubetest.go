@@ -50,6 +50,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
@@ -125,6 +127,23 @@ type Env struct {
 // URL as jwks_uri; the harness sets it explicitly because kube-apiserver
 // would otherwise derive it from its advertise address, not from Issuer.
 func (e *Env) JWKSURL() string { return e.Issuer + "/openid/v1/jwks" }
+
+// KubeconfigFile writes a kubeconfig with the test's admin credentials, for
+// a binary run with --kubeconfig, and returns its path.
+func (e *Env) KubeconfigFile(t testing.TB) string {
+	t.Helper()
+	c := e.Config
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
+	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
 
 // HTTPClient returns an anonymous HTTPS client that trusts CAData, the way
 // an external relying party sees the issuer: it sends no credentials, so a

@@ -51,7 +51,7 @@ func TestNodeAgentBinary(t *testing.T) {
 		"--authority-host", w.env.Admin.AuthorityHost, "--ca-file", w.env.Admin.CAFile,
 		"--system-identity", w.node.Pool.SystemAssigned.ClientID, "--vm-identity", w.node.Attached.ID,
 		"--redirect", "none", "--listen", imds, "--local-socket", "unix://"+sock, "--metrics-addr", metrics,
-		"--kubeconfig", kubeconfigFile(t, w.kube))
+		"--kubeconfig", w.kube.KubeconfigFile(t))
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -8,30 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-
 	"github.com/cofferhq/coffer/internal/agenttest"
 	"github.com/cofferhq/coffer/internal/cli"
-	"github.com/cofferhq/coffer/internal/kubetest"
 	"github.com/cofferhq/coffer/internal/podidentity"
 )
-
-// kubeconfigFile writes a kubeconfig for the test's apiserver.
-func kubeconfigFile(t testing.TB, kube *kubetest.Env) string {
-	t.Helper()
-	c := kube.Config
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
-	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
-	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
-	cfg.CurrentContext = "test"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // `coffer pod-identity add`, as `az aks pod-identity add`, binds a
 // user-assigned identity to a namespace's labelled pods.
@@ -43,7 +23,7 @@ func TestPodIdentityAddCommand(t *testing.T) {
 	if err := w.env.Admin.Write(envFile); err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig := kubeconfigFile(t, w.kube)
+	kubeconfig := w.kube.KubeconfigFile(t)
 	run := func(args ...string) (int, string, string) {
 		var out, errb bytes.Buffer
 		code := cli.Main(append(args, "--env-file", envFile, "--kubeconfig", kubeconfig), strings.NewReader(""), &out, &errb)
