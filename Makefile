@@ -3,8 +3,16 @@
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 PKGS := ./cmd/... ./internal/... ./test/...
+# E2E=0 leaves the real-node cluster tests (test/e2e) out of `make test`,
+# for a quicker local loop; CI runs them.
+E2E ?= 1
+ifeq ($(E2E),0)
+TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
+else
+TEST_PKGS = $(PKGS)
+endif
 
-.PHONY: test deps kube-assets lint unit build bench dev clean
+.PHONY: test deps kube-assets lint unit e2e build bench dev clean
 
 test: deps kube-assets lint unit
 
@@ -29,7 +37,13 @@ lint:
 unit:
 	@echo "== go test -race"
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" && export KUBEBUILDER_ASSETS && \
-	$(GO) test -race -count=1 -timeout 45m $(PKGS)
+	$(GO) test -race -count=1 -timeout 45m $(TEST_PKGS)
+
+# The real single-node cluster tests alone.
+e2e: deps kube-assets
+	@echo "== e2e"
+	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" && export KUBEBUILDER_ASSETS && \
+	$(GO) test -race -count=1 -timeout 45m -v ./test/e2e/...
 
 build:
 	$(GO) build -o bin/coffer ./cmd/coffer

@@ -7,6 +7,10 @@ command -v openssl >/dev/null || need+=(openssl)
 # The node agent's tests: a network namespace (ip) and the DNAT redirect.
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+# The e2e cluster's container runtime (test/e2e).
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries that the tests run through
-# controller-runtime's envtest: a real kube-apiserver and an etcd server.
+# Builds the Kubernetes binaries the tests run: a real kube-apiserver and an
+# etcd server (through controller-runtime's envtest), and the kubelet,
+# kube-controller-manager and kube-scheduler of the e2e cluster.
 #
 # They are compiled from the Go module proxy in the separate tools module
 # tools/kube, because no other download is reachable from CI or a developer
@@ -95,8 +96,24 @@ build kube-apiserver "kube-apiserver $version" "first time takes several minutes
 etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$tools/go.mod")"
 build etcd "etcd ${etcd_version:-server}" "first time takes a minute or two" ./cmd/etcd -ldflags "-s -w"
 
-for bin in kube-apiserver etcd; do
+# The node and the rest of the control plane, for the e2e cluster
+# (test/e2e). KUBE_ASSETS_NODE=0 skips them.
+bins=(kube-apiserver etcd)
+if [[ "${KUBE_ASSETS_NODE:-1}" != 0 ]]; then
+	for cmd in kubelet kube-controller-manager kube-scheduler; do
+		build "$cmd" "$cmd $version" "first time takes a few minutes" \
+			"k8s.io/kubernetes/cmd/$cmd" \
+			-ldflags "-s -w \
+				-X k8s.io/component-base/version.gitVersion=$version \
+				-X k8s.io/component-base/version.gitMajor=1 \
+				-X k8s.io/component-base/version.gitMinor=$minor \
+				-X k8s.io/component-base/version.gitTreeState=clean"
+		bins+=("$cmd")
+	done
+fi
+
+for bin in "${bins[@]}"; do
 	[[ -x "$dir/$bin" ]] || die "$dir/$bin is missing after the build"
 done
-echo "kube-assets: kube-apiserver $version and etcd ${etcd_version:-server} ready in $dir" >&2
+echo "kube-assets: ${bins[*]} ($version, etcd ${etcd_version:-server}) ready in $dir" >&2
 echo "$dir"

@@ -1,0 +1,129 @@
+// Package images builds the e2e cluster's container images from the
+// project's own static binaries, as docker-archive tarballs that
+// `ctr images import` loads: no registry is reachable here.
+package images
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// Image is one image to build: a static Go binary at /{Binary}, its
+// entrypoint.
+type Image struct {
+	// Ref is the image's name, such as coffer.local/coffer:e2e.
+	Ref string
+	// Package is the Go package to build, such as ./cmd/coffer.
+	Package string
+	// Binary is the file name inside the image.
+	Binary string
+	// Files are more files to put in the image, by path.
+	Files map[string][]byte
+}
+
+// Build compiles each image's binary statically (from the module at root)
+// and writes {dir}/{binary}.tar, returning the tarballs' paths.
+func Build(root, dir string, imgs ...Image) ([]string, error) {
+	var out []string
+	for _, im := range imgs {
+		bin := filepath.Join(dir, im.Binary)
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, im.Package)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building %s: %v\n%s", im.Package, err, b)
+		}
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			return nil, err
+		}
+		files := map[string][]byte{im.Binary: data}
+		for p, b := range im.Files {
+			files[p] = b
+		}
+		path := filepath.Join(dir, im.Binary+".tar")
+		if err := Write(path, im.Ref, []string{"/" + im.Binary}, files); err != nil {
+			return nil, err
+		}
+		out = append(out, path)
+	}
+	return out, nil
+}
+
+// Write writes a one-layer image holding files (the entrypoint's binary
+// executable, the rest read-only) as a docker-archive tarball at path.
+func Write(path, ref string, entrypoint []string, files map[string][]byte) error {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return fmt.Errorf("image name %q: %w", ref, err)
+	}
+	layerTar, err := layer(files, entrypoint[0])
+	if err != nil {
+		return err
+	}
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerTar)), nil })
+	if err != nil {
+		return err
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		return err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Architecture, cfg.OS = "amd64", "linux"
+	cfg.Config = v1.Config{Entrypoint: entrypoint, Env: []string{"PATH=/"}}
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		return err
+	}
+	return tarball.WriteToFile(path, tag, img)
+}
+
+// layer makes a tar of files, with the directories they need.
+func layer(files map[string][]byte, exe string) ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	epoch := time.Unix(0, 0)
+	for p := range files {
+		for d := filepath.Dir(p); d != "." && d != "/" && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for d := range dirs {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: epoch}); err != nil {
+			return nil, err
+		}
+	}
+	for p, b := range files {
+		mode := int64(0o644)
+		if "/"+p == exe {
+			mode = 0o755
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: p, Mode: mode, Size: int64(len(b)), ModTime: epoch}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
