@@ -14,3 +14,5 @@ export GOFLAGS=-mod=readonly
 $gen crd paths=sigs.k8s.io/secrets-store-csi-driver/apis/... output:crd:dir=deploy/crds
 $gen object paths=./internal/podidentity/...
 $gen crd paths=./internal/podidentity/... output:crd:dir=deploy/crds
+# The Helm chart ships the same CRDs.
+cp deploy/crds/*.yaml deploy/helm/coffer/crds/

@@ -1,8 +1,15 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/cofferhq/coffer/internal/authority"
 	"github.com/cofferhq/coffer/internal/bootstrap"
@@ -22,15 +29,23 @@ func (a *app) operatorCmd() *cobra.Command {
 }
 
 func (a *app) operatorInit() *cobra.Command {
-	var dataDir, keyFile, suffix, out, caFile string
+	var dataDir, keyFile, suffix, out, outSecret, caFile string
+	var skipInitialised bool
 	var port int
 	c := &cobra.Command{
 		Use:   "init",
 		Short: "Create the first tenant and administrator in a new data directory (server stopped)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireFlags(c, "data-dir", "dns-suffix", "out"); err != nil {
+			if err := requireFlags(c, "data-dir", "dns-suffix"); err != nil {
 				return err
+			}
+			if (out == "") == (outSecret == "") {
+				return usagef("give one of --out (a file) and --out-secret (namespace/name of a Kubernetes Secret) for the administrator's credentials")
+			}
+			secretNS, secretName, ok := strings.Cut(outSecret, "/")
+			if outSecret != "" && (!ok || secretNS == "" || secretName == "") {
+				return usagef("--out-secret %q must be namespace/name", outSecret)
 			}
 			ep, err := endpoint.New(suffix, port)
 			if err != nil {
@@ -52,6 +67,10 @@ func (a *app) operatorInit() *cobra.Command {
 			if _, ok, err := bootstrap.Load(c.Context(), st.Barrier); err != nil {
 				return err
 			} else if ok {
+				if skipInitialised {
+					fmt.Fprintf(a.stdout, "%s is already initialised; nothing to do.\n", dataDir)
+					return nil
+				}
 				return fmt.Errorf("%s is already initialised; an administrator can reset its secret with `coffer sp credential reset`", dataDir)
 			}
 			state, secret, err := bootstrap.Ensure(c.Context(), st.Barrier, auth, roles)
@@ -61,6 +80,14 @@ func (a *app) operatorInit() *cobra.Command {
 			abs, _ := filepath.Abs(dataDir)
 			env := devenv.Env{TenantID: state.TenantID, ClientID: state.AdminAppID, ClientSecret: secret,
 				AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, DataDir: abs}
+			if outSecret != "" {
+				env.DataDir = ""
+				if err := writeCredentialsSecret(c.Context(), secretNS, secretName, env); err != nil {
+					return fmt.Errorf("initialised, but the administrator's credentials could not be stored (reset them with `coffer sp credential reset` from inside the server's pod): %w", err)
+				}
+				fmt.Fprintf(a.stdout, "Initialised. Tenant %s, administrator %s; credentials stored in Secret %s (key dev.env).\n", state.TenantID, state.AdminAppID, outSecret)
+				return nil
+			}
 			if err := env.Write(out); err != nil {
 				return err
 			}
@@ -73,6 +100,8 @@ func (a *app) operatorInit() *cobra.Command {
 	c.Flags().StringVar(&suffix, "dns-suffix", "", "DNS suffix the server will use")
 	c.Flags().IntVar(&port, "public-port", 443, "HTTPS port clients will use")
 	c.Flags().StringVar(&out, "out", "", "file to write the administrator's credentials to")
+	c.Flags().StringVar(&outSecret, "out-secret", "", "namespace/name of a Kubernetes Secret to store the administrator's credentials in (key dev.env), from inside a cluster")
+	c.Flags().BoolVar(&skipInitialised, "skip-if-initialised", false, "succeed without changes when the data directory is already initialised (for init containers)")
 	c.Flags().StringVar(&caFile, "ca-file", "", "CA certificate clients should trust, recorded in the credentials file")
 	return c
 }
@@ -198,4 +227,27 @@ func (a *app) rotateSigningKey() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// writeCredentialsSecret stores the administrator's env file in a Secret,
+// with the in-cluster credentials of the pod running the command. An
+// existing Secret is never overwritten: it may hold the only copy of
+// another installation's credentials.
+func writeCredentialsSecret(ctx context.Context, ns, name string, env devenv.Env) error {
+	rc, err := kubeConfig("")
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/part-of": "coffer"}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{"dev.env": env.Bytes()},
+	}, metav1.CreateOptions{})
+	return err
 }

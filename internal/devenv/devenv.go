@@ -61,15 +61,20 @@ func quote(v string) string {
 	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
 }
 
-// Write stores e at path with mode 0600, atomically.
-func (e Env) Write(path string) error {
+// Bytes renders e as the env file's contents.
+func (e Env) Bytes() []byte {
 	var b bytes.Buffer
 	b.WriteString("# Written by `coffer dev`. Holds a client secret: keep it private.\n")
 	for _, f := range e.fields() {
 		fmt.Fprintf(&b, "%s=%s\n", f.name, quote(*f.ptr))
 	}
+	return b.Bytes()
+}
+
+// Write stores e at path with mode 0600, atomically.
+func (e Env) Write(path string) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(tmp, e.Bytes(), 0o600); err != nil {
 		return err
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {

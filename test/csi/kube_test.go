@@ -31,24 +31,11 @@ import (
 	"github.com/cofferhq/coffer/internal/csidriver"
 	"github.com/cofferhq/coffer/internal/federation"
 	"github.com/cofferhq/coffer/internal/kubetest"
+	"github.com/cofferhq/coffer/internal/testpath"
 	"github.com/cofferhq/coffer/internal/testserver"
 )
 
-// repoFile is a path from the repository root.
-func repoFile(t testing.TB, rel string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ; dir != "/"; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, rel)
-		}
-	}
-	t.Fatal("no go.mod above the working directory")
-	return ""
-}
+func repoFile(t testing.TB, rel string) string { return testpath.Repo(t, rel) }
 
 // stack is a Coffer server, a real kube-apiserver, Coffer's provider and
 // Coffer's driver, wired as on a node.

@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,23 +25,11 @@ import (
 	"github.com/cofferhq/coffer/internal/kubetest"
 	"github.com/cofferhq/coffer/internal/nodeagent"
 	"github.com/cofferhq/coffer/internal/podidentity"
+	"github.com/cofferhq/coffer/internal/testpath"
 	"github.com/cofferhq/coffer/internal/testserver"
 )
 
-func repoFile(t testing.TB, rel string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ; dir != "/"; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, rel)
-		}
-	}
-	t.Fatal("no go.mod above the working directory")
-	return ""
-}
+func repoFile(t testing.TB, rel string) string { return testpath.Repo(t, rel) }
 
 type world struct {
 	env  *testserver.Env

@@ -1,0 +1,66 @@
+{{/* Names and shared fragments. */}}
+
+{{- define "coffer.name" -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "coffer.labels" -}}
+app.kubernetes.io/name: coffer
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "coffer.selector" -}}
+app.kubernetes.io/name: coffer
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "coffer.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "coffer.dnsSuffix" -}}
+{{- required "server.dnsSuffix is required: vaults are https://{vault}.{dnsSuffix}/" .Values.server.dnsSuffix -}}
+{{- end -}}
+
+{{- define "coffer.authorityHost" -}}
+{{- if .Values.authority.host -}}
+{{ .Values.authority.host }}
+{{- else -}}
+https://{{ include "coffer.dnsSuffix" . }}:{{ .Values.server.publicPort }}
+{{- end -}}
+{{- end -}}
+
+{{- define "coffer.vaultSuffix" -}}
+{{- if .Values.provider.vaultDNSSuffix -}}
+{{ .Values.provider.vaultDNSSuffix }}
+{{- else -}}
+{{ include "coffer.dnsSuffix" . }}:{{ .Values.server.publicPort }}
+{{- end -}}
+{{- end -}}
+
+{{- define "coffer.tenantID" -}}
+{{- required "tenantID is required for the node agent and the webhook (coffer operator init prints it)" .Values.tenantID -}}
+{{- end -}}
+
+{{/* The authority's CA, mounted at /etc/coffer/ca/ca.crt. */}}
+{{- define "coffer.caVolume" -}}
+- name: coffer-ca
+  configMap:
+    name: {{ .Values.authority.caConfigMap }}
+{{- end -}}
+
+{{- define "coffer.caMount" -}}
+- name: coffer-ca
+  mountPath: /etc/coffer/ca
+  readOnly: true
+{{- end -}}
+
+{{- define "coffer.securityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
