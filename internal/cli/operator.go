@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -64,14 +65,37 @@ func (a *app) operatorInit() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, ok, err := bootstrap.Load(c.Context(), st.Barrier); err != nil {
+			if prev, ok, err := bootstrap.Load(c.Context(), st.Barrier); err != nil {
 				return err
 			} else if ok {
-				if skipInitialised {
+				if !skipInitialised {
+					return fmt.Errorf("%s is already initialised; an administrator can reset its secret with `coffer sp credential reset`", dataDir)
+				}
+				if outSecret == "" {
 					fmt.Fprintf(a.stdout, "%s is already initialised; nothing to do.\n", dataDir)
 					return nil
 				}
-				return fmt.Errorf("%s is already initialised; an administrator can reset its secret with `coffer sp credential reset`", dataDir)
+				// An earlier run may have initialised the store and then
+				// failed to store the credentials: then they exist nowhere,
+				// and a new administrator secret replaces them.
+				missing, err := credentialsSecretMissing(c.Context(), secretNS, secretName)
+				if err != nil {
+					return err
+				}
+				if !missing {
+					fmt.Fprintf(a.stdout, "%s is already initialised and Secret %s exists; nothing to do.\n", dataDir, outSecret)
+					return nil
+				}
+				secret, err := auth.AddClientSecret(c.Context(), prev.TenantID, prev.AdminAppID, true)
+				if err != nil {
+					return err
+				}
+				env := devenv.Env{TenantID: prev.TenantID, ClientID: prev.AdminAppID, ClientSecret: secret, AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile}
+				if err := writeCredentialsSecret(c.Context(), secretNS, secretName, env); err != nil {
+					return fmt.Errorf("storing the administrator's new credentials in Secret %s: %w", outSecret, err)
+				}
+				fmt.Fprintf(a.stdout, "%s is already initialised, but Secret %s was missing: the administrator's secret was replaced and stored there.\n", dataDir, outSecret)
+				return nil
 			}
 			state, secret, err := bootstrap.Ensure(c.Context(), st.Barrier, auth, roles)
 			if err != nil {
@@ -227,6 +251,29 @@ func (a *app) rotateSigningKey() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// credentialsSecretMissing reports whether the credentials Secret does not
+// exist yet.
+func credentialsSecretMissing(ctx context.Context, ns, name string) (bool, error) {
+	rc, err := kubeConfig("")
+	if err != nil {
+		return false, err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = cs.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading Secret %s/%s: %w", ns, name, err)
+	}
+	return false, nil
 }
 
 // writeCredentialsSecret stores the administrator's env file in a Secret,

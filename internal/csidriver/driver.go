@@ -108,7 +108,7 @@ func New(cfg Config) (*Driver, error) {
 		cfg.ProviderTimeout = 30 * time.Second
 	}
 	if cfg.Mounter == nil {
-		cfg.Mounter = mount.New("")
+		cfg.Mounter = NewMounter()
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()

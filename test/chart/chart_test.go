@@ -8,25 +8,20 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
 
-	"helm.sh/helm/v4/pkg/chart/common"
-	"helm.sh/helm/v4/pkg/chart/common/util"
 	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
-	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	"helm.sh/helm/v4/pkg/engine"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cofferhq/coffer/internal/chartrender"
 	"github.com/cofferhq/coffer/internal/kubetest"
 	"github.com/cofferhq/coffer/internal/testpath"
 )
@@ -39,7 +34,7 @@ func repoFile(t testing.TB, rel string) string { return testpath.Repo(t, rel) }
 
 func load(t testing.TB) *chartv2.Chart {
 	t.Helper()
-	c, err := loader.Load(repoFile(t, "deploy/helm/coffer"))
+	c, err := chartrender.Load(repoFile(t, "deploy/helm/coffer"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,53 +49,12 @@ func required() map[string]any {
 	}
 }
 
-// render renders the chart as `helm template` does, and returns its
-// objects in a stable order.
 func render(t testing.TB, c *chartv2.Chart, vals map[string]any) ([]*unstructured.Unstructured, error) {
 	t.Helper()
-	rv, err := util.ToRenderValues(c, vals, common.ReleaseOptions{Name: "coffer", Namespace: namespace, IsInstall: true}, common.DefaultCapabilities)
-	if err != nil {
-		return nil, err
-	}
-	files, err := engine.Render(c, rv)
-	if err != nil {
-		return nil, err
-	}
-	names := slices.Sorted(maps.Keys(files))
-	var out []*unstructured.Unstructured
-	for _, name := range names {
-		if !strings.HasSuffix(name, ".yaml") {
-			continue
-		}
-		for _, doc := range strings.Split(files[name], "\n---") {
-			if strings.TrimSpace(doc) == "" {
-				continue
-			}
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
-				t.Fatalf("%s: not YAML: %v\n%s", name, err, doc)
-			}
-			if len(u.Object) == 0 {
-				continue
-			}
-			out = append(out, u)
-		}
-	}
-	return out, nil
+	return chartrender.Render(c, "coffer", namespace, vals)
 }
 
-func merge(dst, src map[string]any) map[string]any {
-	for k, v := range src {
-		if sm, ok := v.(map[string]any); ok {
-			if dm, ok := dst[k].(map[string]any); ok {
-				dst[k] = merge(dm, sm)
-				continue
-			}
-		}
-		dst[k] = v
-	}
-	return dst
-}
+func merge(dst, src map[string]any) map[string]any { return chartrender.Merge(dst, src) }
 
 func kinds(objs []*unstructured.Unstructured) map[string]int {
 	m := map[string]int{}
@@ -209,6 +163,9 @@ func TestChartValues(t *testing.T) {
 		if !strings.Contains(a, w) {
 			t.Errorf("driver args lack %s: %s", w, a)
 		}
+	}
+	if !strings.Contains(a, "--max-call-recv-msg-size=4194304") {
+		t.Errorf("a number must render as an integer, not in float notation: %s", a)
 	}
 	if tol, _, _ := unstructured.NestedSlice(driver.Object, "spec", "template", "spec", "tolerations"); len(tol) != 1 {
 		t.Errorf("linux.tolerations: %v", tol)

@@ -106,7 +106,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	d, err := csidriver.New(csidriver.Config{
 		NodeID: "node-1", ProviderDirs: append(o.moreProviders, p.Dir), Kube: kube.Client, Reader: informers, MaxCallRecvMsgSize: o.maxRecv,
 		Recorder:        bc.NewRecorder(kube.Scheme, corev1.EventSource{Component: "csi-secrets-store", Host: "node-1"}),
-		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, Mounter: mount.New(""),
+		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, Mounter: csidriver.NewMounter(),
 		Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -86,14 +87,28 @@ func httpClient() (*http.Client, error) {
 		}
 		pool.AppendCertsFromPEM(b)
 	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, nil
+	// *.localhost is loopback (RFC 6761), which not every resolver knows.
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if host, port, err := net.SplitHostPort(addr); err == nil && (host == "localhost" || strings.HasSuffix(host, ".localhost")) {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, nil
 }
 
 // imds does what seed 002 does with curl: a token from IMDS, then the
 // secret from the vault's REST API. The pod's service-account token goes
 // along, as the node agent's default mode asks.
 func imds(ctx context.Context, resource, vault, secret string) error {
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource="+url.QueryEscape(resource), nil)
+	// IMDS_ENDPOINT lets a test point at an agent that does not own
+	// 169.254.169.254.
+	endpoint := os.Getenv("IMDS_ENDPOINT")
+	if endpoint == "" {
+		endpoint = "http://169.254.169.254"
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", endpoint+"/metadata/identity/oauth2/token?api-version=2018-02-01&resource="+url.QueryEscape(resource), nil)
 	req.Header.Set("Metadata", "true")
 	if tok, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/token"); err == nil {
 		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))

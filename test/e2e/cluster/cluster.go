@@ -101,7 +101,11 @@ func Start(t testing.TB, o Options) *Cluster {
 	t.Logf("e2e: cluster directory %s", dir)
 
 	t.Log("e2e: starting etcd and kube-apiserver")
-	c.Kube = kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: o.CRDs})
+	// envtest turns the ServiceAccount admission plugin off; a real node's
+	// pods need it for their service-account token volume.
+	c.Kube = kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: o.CRDs, APIServerFlags: map[string][]string{
+		"enable-admission-plugins": {"ServiceAccount"}, "disable-admission-plugins": {""},
+	}})
 	// Cleanups run last-in first-out: the node and controllers stop
 	// before the apiserver they watch.
 	t.Cleanup(c.stop)
@@ -299,6 +303,67 @@ func (c *Cluster) WaitPod(ns, name string, timeout time.Duration) *corev1.Pod {
 	}
 }
 
+// WaitPodsOf waits until n pods of ns matching the label selector run with
+// every container ready.
+func (c *Cluster) WaitPodsOf(ns, selector string, n int, timeout time.Duration) []corev1.Pod {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := c.Kube.Clientset.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		ready := 0
+		if err == nil {
+			for _, p := range l.Items {
+				if p.Status.Phase == corev1.PodRunning && allReady(p) {
+					ready++
+				}
+			}
+			if ready >= n {
+				return l.Items
+			}
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			if err == nil {
+				for _, p := range l.Items {
+					fmt.Fprintf(&b, "\n%s: %s", p.Name, c.Describe(ns, p.Name))
+					for _, cs := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+						fmt.Fprintf(&b, "\n  %s log:\n%s", cs.Name, c.ContainerLog(&p, cs.Name))
+					}
+				}
+			}
+			c.t.Fatalf("e2e: %d of %d pods %s in %s ready:%s\nthe kubelet's log ends:\n%s", ready, n, selector, ns, b.String(), c.Log("kubelet", 20))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// Logs returns every container log of ns's pods, for failure messages.
+func (c *Cluster) Logs(ns string) string {
+	l, err := c.Kube.Clientset.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, p := range l.Items {
+		for _, cs := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			fmt.Fprintf(&b, "--- %s/%s (restarts %d):\n%s\n", p.Name, cs.Name, cs.RestartCount, c.ContainerLog(&p, cs.Name))
+		}
+	}
+	return b.String()
+}
+
+func allReady(p corev1.Pod) bool {
+	if len(p.Status.ContainerStatuses) == 0 {
+		return false
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if !cs.Ready {
+			return false
+		}
+	}
+	return true
+}
+
 // Describe summarizes a pod's status and events, for failure messages.
 func (c *Cluster) Describe(ns, name string) string {
 	ctx := context.Background()
@@ -325,12 +390,31 @@ func (c *Cluster) Describe(ns, name string) string {
 	return b.String()
 }
 
-// ContainerLog returns what a container printed, from the kubelet's pod
-// logs directory ({ns}_{pod}_{uid}/{container}/0.log, CRI format), without
-// the CRI prefix of each line.
+// ContainerLog returns what a container's latest run printed, from the
+// kubelet's pod logs directory ({ns}_{pod}_{uid}/{container}/{n}.log, CRI
+// format), without the CRI prefix of each line.
 func (c *Cluster) ContainerLog(p *corev1.Pod, container string) string {
-	b, err := os.ReadFile(filepath.Join(c.PodLogs, p.Namespace+"_"+p.Name+"_"+string(p.UID), container, "0.log"))
-	if err != nil {
+	return c.ContainerRunLog(p, container, -1)
+}
+
+// ContainerRunLog is ContainerLog for run n of the container (0 is the
+// first; -1 the newest).
+func (c *Cluster) ContainerRunLog(p *corev1.Pod, container string, n int) string {
+	// {restart count}.log
+	dir := filepath.Join(c.PodLogs, p.Namespace+"_"+p.Name+"_"+string(p.UID), container)
+	name := fmt.Sprintf("%d.log", n)
+	if n < 0 {
+		name = ""
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			var i int
+			if _, err := fmt.Sscanf(e.Name(), "%d.log", &i); err == nil && i > n {
+				name, n = e.Name(), i
+			}
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if name == "" || err != nil {
 		return ""
 	}
 	var out []string

@@ -64,3 +64,25 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/* KUBERNETES_SERVICE_HOST/_PORT overrides, under env:. */}}
+{{- define "coffer.apiEnv" -}}
+{{- if .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.apiServer.port | default "443" | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The root key, from its Secret through the environment: a Secret volume's
+files are group-readable under fsGroup, which the root-key loader refuses.
+*/}}
+{{- define "coffer.rootKeyEnv" -}}
+- name: COFFER_ROOT_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.server.rootKey.secretName }}
+      key: {{ .Values.server.rootKey.key }}
+{{- end -}}

@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cofferhq/coffer/internal/chartrender"
+	coffclient "github.com/cofferhq/coffer/internal/client"
+	"github.com/cofferhq/coffer/internal/devenv"
+	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/pki"
+	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/testpath"
+	"github.com/cofferhq/coffer/test/e2e/cluster"
+)
+
+const ns = "coffer-system"
+
+// installation is Coffer installed on the cluster with its Helm chart.
+type installation struct {
+	c      *cluster.Cluster
+	admin  *coffclient.Client
+	env    devenv.Env
+	pool   mgmthttp.NodePoolOut
+	caPEM  []byte
+	suffix string // vault.localhost:{port}
+	// imds is the node agent's address: it does not own 169.254.169.254
+	// here (see README.md).
+	imds string
+}
+
+func port(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// install installs Coffer with deploy/helm/coffer the way its README says:
+// secrets and the server first, then a node pool, then everything. Coffer's
+// pods use the host network and loopback addresses (DESIGN §5: no
+// Services without kube-proxy, tests bind to loopback).
+func install(t *testing.T, c *cluster.Cluster) *installation {
+	t.Helper()
+	ctx := context.Background()
+	kc := c.Kube.Client
+	in := &installation{c: c}
+	serverPort, agentPort, webhookPort := port(t), port(t), port(t)
+	in.suffix = fmt.Sprintf("vault.localhost:%d", serverPort)
+	in.imds = fmt.Sprintf("http://127.0.0.1:%d", agentPort)
+
+	files, err := pki.EnsureDev(filepath.Join(c.Dir, "pki"), "vault.localhost", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	in.caPEM = read(files.CACert)
+	objs := []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-root-key", Namespace: ns}, Data: map[string][]byte{"root-key": []byte(rootkey.Generate().Encode())}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
+			Data: map[string][]byte{"tls.crt": read(files.Cert), "tls.key": read(files.Key)}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coffer-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(in.caPEM)}},
+		// The authority trusts the cluster's service-account issuer.
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(c.Kube.CAData)}},
+	}
+	for _, o := range objs {
+		if err := kc.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	api, err := url.Parse(c.Kube.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without a CNI the node stays NotReady, tainted NoSchedule.
+	notReady := []any{map[string]any{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}}
+	values := map[string]any{
+		"image":     map[string]any{"repository": "coffer.local/coffer", "tag": "e2e", "pullPolicy": "Never"},
+		"apiServer": map[string]any{"host": api.Hostname(), "port": api.Port()},
+		"server": map[string]any{"dnsSuffix": "vault.localhost", "publicPort": serverPort, "listen": fmt.Sprintf("127.0.0.1:%d", serverPort),
+			"hostNetwork": true, "persistence": map[string]any{"enabled": false}, "tolerations": notReady,
+			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
+		"linux": map[string]any{"enabled": false, "kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
+			"hostNetwork": true, "metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t)), "tolerations": notReady},
+		"enableSecretRotation": true, "rotationPollInterval": "2s", "syncSecret": map[string]any{"enabled": true},
+		"provider": map[string]any{"enabled": false, "metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t))},
+		"nodeAgent": map[string]any{"enabled": false, "socketDir": filepath.Join(c.Dir, "agent"), "redirect": "none",
+			"listen": fmt.Sprintf("127.0.0.1:%d", agentPort), "metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t))},
+		"webhook": map[string]any{"enabled": false, "hostNetwork": true, "bindAddress": "127.0.0.1", "port": webhookPort,
+			"url": fmt.Sprintf("https://127.0.0.1:%d/mutate", webhookPort), "certHosts": []any{"127.0.0.1"},
+			"metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t)), "tolerations": notReady},
+	}
+	chart, err := chartrender.Load(testpath.Repo(t, "deploy/helm/coffer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Log("e2e: installing the chart, step 1: the server")
+	apply(t, c, chart, values)
+	servers := c.WaitPodsOf(ns, "app.kubernetes.io/component=server", 1, 2*time.Minute)
+	var admin corev1.Secret
+	deadline := time.Now().Add(time.Minute)
+	for kc.Get(ctx, client.ObjectKey{Namespace: ns, Name: "coffer-admin"}, &admin) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no administrator's Secret; the init container's first run said:\n%s\nits last:\n%s", c.ContainerRunLog(&servers[0], "init", 0), c.ContainerLog(&servers[0], "init"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	envFile := filepath.Join(c.Dir, "admin.env")
+	if err := os.WriteFile(envFile, admin.Data["dev.env"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if in.env, err = devenv.Read(envFile); err != nil {
+		t.Fatal(err)
+	}
+	in.env.CAFile = files.CACert
+	if in.admin, err = coffclient.New(in.env); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, c, "the server to answer", time.Minute, func() bool {
+		return in.admin.Manage(ctx, "GET", "vaults", nil, nil) == nil
+	})
+	manage := func(method, path string, body, out any) {
+		t.Helper()
+		if err := in.admin.Manage(ctx, method, path, body, out); err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+	}
+	manage("POST", "vaults", mgmthttp.CreateVaultIn{Name: "demo", ResourceGroup: "e2e"}, nil)
+	manage("POST", "node-pools", mgmthttp.CreateIdentityIn{Name: "pool1", ResourceGroup: "nodes"}, &in.pool)
+	if err := kc.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-node-agent", Namespace: ns},
+		Data: map[string][]byte{"client-id": []byte(in.pool.AgentClientID), "client-secret": []byte(in.pool.AgentSecret)}}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Log("e2e: installing the chart, step 2: the node components and the webhook")
+	chartrender.Merge(values, map[string]any{
+		"tenantID":  in.env.TenantID,
+		"linux":     map[string]any{"enabled": true},
+		"provider":  map[string]any{"enabled": true},
+		"nodeAgent": map[string]any{"enabled": true, "systemIdentity": in.pool.SystemAssigned.ClientID},
+		"webhook":   map[string]any{"enabled": true},
+	})
+	apply(t, c, chart, values)
+	for _, comp := range []string{"csi-driver", "provider", "node-agent", "webhook"} {
+		c.WaitPodsOf(ns, "app.kubernetes.io/component="+comp, 1, 2*time.Minute)
+	}
+	waitInstall(t, c, "the driver's registration with the kubelet", func() bool {
+		var n storagev1.CSINode
+		if kc.Get(ctx, client.ObjectKey{Name: cluster.NodeName}, &n) != nil {
+			return false
+		}
+		for _, d := range n.Spec.Drivers {
+			if d.Name == "secrets-store.csi.k8s.io" {
+				return true
+			}
+		}
+		return false
+	})
+	waitInstall(t, c, "the webhook's caBundle", func() bool {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion("admissionregistration.k8s.io/v1")
+		u.SetKind("MutatingWebhookConfiguration")
+		if kc.Get(ctx, client.ObjectKey{Name: "coffer-workload-identity"}, u) != nil {
+			return false
+		}
+		hooks, _, _ := unstructured.NestedSlice(u.Object, "webhooks")
+		if len(hooks) == 0 {
+			return false
+		}
+		b, _, _ := unstructured.NestedString(hooks[0].(map[string]any), "clientConfig", "caBundle")
+		return b != ""
+	})
+	return in
+}
+
+// apply creates the chart's objects, or updates those that exist.
+func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[string]any) {
+	t.Helper()
+	objs, err := chartrender.Render(ch, "coffer", ns, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, o := range objs {
+		err := c.Kube.Client.Create(ctx, o)
+		if apierrors.IsAlreadyExists(err) {
+			cur := &unstructured.Unstructured{}
+			cur.SetGroupVersionKind(o.GroupVersionKind())
+			if err = c.Kube.Client.Get(ctx, client.ObjectKeyFromObject(o), cur); err == nil {
+				o.SetResourceVersion(cur.GetResourceVersion())
+				if o.GetKind() == "MutatingWebhookConfiguration" {
+					continue // its caBundle is the webhook's
+				}
+				err = c.Kube.Client.Update(ctx, o)
+			}
+		}
+		if err != nil {
+			t.Fatalf("applying %s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+	}
+}
+
+// waitInstall waits for cond, and shows every Coffer pod's log if it never
+// holds.
+func waitInstall(t *testing.T, c *cluster.Cluster, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("e2e: timed out waiting for %s; Coffer's pods said:\n%s", what, c.Logs(ns))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
