@@ -7,8 +7,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +65,7 @@ func run(m *testing.M) int {
 // container from a locally built image, its output reaches the pod logs
 // directory, and tearing the cluster down leaves no process or mount.
 func TestNodeRunsContainers(t *testing.T) {
+	before := interfaces(t)
 	var dir string
 	t.Run("cluster", func(t *testing.T) {
 		c := cluster.Start(t, cluster.Options{Images: tarballs})
@@ -105,6 +108,24 @@ func TestNodeRunsContainers(t *testing.T) {
 	if left := cluster.Processes(dir); len(left) > 0 {
 		t.Errorf("processes left behind: %v", left)
 	}
+	if after := interfaces(t); !slices.Equal(before, after) {
+		t.Errorf("network interfaces changed: %v before, %v after (a veth left behind?)", before, after)
+	}
+}
+
+// interfaces lists the host's network interfaces by name.
+func interfaces(t *testing.T) []string {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, i := range ifs {
+		names = append(names, i.Name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // waitDefaultSA waits for kube-controller-manager to create the default
