@@ -237,8 +237,10 @@ func (l *localAddrs) contains(ip string) bool {
 	if parsed == nil {
 		return false
 	}
-	// An unspecified source can only be this host's own: gVisor's netstack
-	// reports it for locally originated connections it redirected.
+	// An unspecified source can only be this host's own: a packet with
+	// it never crosses a network, and this test machine's kernel reports
+	// it for locally originated connections that an OUTPUT DNAT
+	// redirected.
 	if parsed.IsLoopback() || parsed.IsUnspecified() {
 		return true
 	}
