@@ -114,14 +114,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ver := r.URL.Query().Get("api-version")
 	switch {
 	case ver == "":
-		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The 'api-version' query parameter is missing. Coffer supports 7.0 to 7.6, their previews, 2025-07-01 and "+Latest+".")
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The 'api-version' query parameter is missing. Coffer supports 2015-06-01, 2016-10-01, 7.0 to 7.6, their previews, 2025-07-01 and "+Latest+".")
 		return
 	case !supportedVersion(ver):
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The specified version ("+ver+") is not recognized. Consider using the latest supported version ("+Latest+").")
 		return
 	}
 	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
-	h.mux.ServeHTTP(w, r.WithContext(ctx))
+	r = r.WithContext(ctx)
+	if strings.Contains(r.URL.Path, "//") {
+		// Key Vault serves https://v.vault.azure.net//secrets/n (scripts
+		// that join a vault URL ending in "/" with "/secrets" send it);
+		// ServeMux would answer it with a redirect that curl does not follow.
+		u := *r.URL
+		u.Path, u.RawPath = collapseSlashes(u.Path), ""
+		r.URL = &u
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// collapseSlashes replaces each run of slashes in p with one, keeping a
+// trailing one: /secrets/n/ (an empty version) means the latest.
+func collapseSlashes(p string) string {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' && i > 0 && p[i-1] == '/' {
+			continue
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
 }
 
 func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {

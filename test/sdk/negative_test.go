@@ -89,9 +89,30 @@ func TestBadRequests(t *testing.T) {
 	}
 	resp, e = raw(t, env, "GET", "/secrets/x", tok, "")
 	expect(t, resp, e, 400, "BadParameter")
-	for _, ver := range []string{"7.0", "7.4", "7.6", "7.5-preview.1", "2025-07-01", "2026-04-01"} {
+	for _, ver := range []string{"2015-06-01", "2016-10-01", "7.0", "7.4", "7.6", "7.5-preview.1", "2025-07-01", "2026-04-01"} {
 		resp, e = raw(t, env, "GET", "/secrets/missing?api-version="+ver, tok, "")
 		expect(t, resp, e, 404, "SecretNotFound")
+	}
+	for _, ver := range []string{"2016-10-02", "6.0", "7.7", "7"} {
+		resp, e = raw(t, env, "GET", "/secrets/missing?api-version="+ver, tok, "")
+		expect(t, resp, e, 400, "BadParameter")
+	}
+
+	// Seed 002's curl: a vault URL joined with "/secrets" (a double slash)
+	// and the 2016-10-01 api-version, read as Key Vault serves it, not
+	// redirected. A trailing slash still means the latest version.
+	if resp, e = raw(t, env, "PUT", "/secrets/password"+v, tok, `{"value":"from seed 002"}`); resp.StatusCode != 200 {
+		t.Fatalf("PUT: %d %+v", resp.StatusCode, e)
+	}
+	for _, p := range []string{"//secrets/password", "/secrets//password", "//secrets/password/"} {
+		resp, _, body := rawBody(t, env, "GET", p+"?api-version=2016-10-01", tok, "")
+		var got struct{ Value string }
+		json.Unmarshal(body, &got)
+		// The client follows redirects: the answer must come from the
+		// first request.
+		if resp.StatusCode != 200 || resp.Request.URL.Path != p || got.Value != "from seed 002" {
+			t.Fatalf("GET %s: %d from %s: %s", p, resp.StatusCode, resp.Request.URL.Path, body)
+		}
 	}
 
 	resp, e = raw(t, env, "GET", "/secrets/bad_name"+v, tok, "")
