@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -40,8 +41,16 @@ func Desired(node string, pods []corev1.Pod, snap podidentity.Snapshot, p podide
 				},
 				Spec: podidentity.AzureAssignedIdentitySpec{
 					Pod: pod.Name, PodNamespace: pod.Namespace, NodeName: node,
-					Identity: a.Key(), Binding: a.Binding.Namespace + "/" + a.Binding.Name,
-					ClientID: a.Identity.Spec.ClientID, ResourceID: a.Identity.Spec.ResourceID,
+					AzureIdentityRef: &podidentity.AzureIdentity{
+						TypeMeta:   metav1.TypeMeta{APIVersion: podidentity.GroupVersion.String(), Kind: "AzureIdentity"},
+						ObjectMeta: metav1.ObjectMeta{Name: a.Identity.Name, Namespace: a.Identity.Namespace},
+						Spec:       a.Identity.Spec,
+					},
+					AzureBindingRef: &podidentity.AzureIdentityBinding{
+						TypeMeta:   metav1.TypeMeta{APIVersion: podidentity.GroupVersion.String(), Kind: "AzureIdentityBinding"},
+						ObjectMeta: metav1.ObjectMeta{Name: a.Binding.Name, Namespace: a.Binding.Namespace},
+						Spec:       a.Binding.Spec,
+					},
 				},
 				Status: podidentity.AzureAssignedIdentityStatus{Status: AssignedStatus},
 			})
@@ -147,7 +156,7 @@ func (s *StatusWriter) reconcile(ctx context.Context) error {
 			continue
 		}
 		delete(want, h.Namespace+"/"+h.Name)
-		if h.Spec != d.Spec || h.Status != d.Status {
+		if !equality.Semantic.DeepEqual(h.Spec, d.Spec) || h.Status != d.Status {
 			h.Spec, h.Status = d.Spec, d.Status
 			if err := s.Kube.Update(ctx, h); err != nil {
 				return err

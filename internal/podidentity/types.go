@@ -197,16 +197,17 @@ type AzurePodIdentityExceptionList struct {
 // AzureAssignedIdentity records that a pod holds an identity. Node agents
 // write one per pod and identity on their node, named
 // {pod}-{namespace}-{identity}, owned by the pod, so `kubectl get
-// azureassignedidentities` shows who holds what. Unlike AAD Pod Identity's,
-// its spec names the identity and binding rather than embedding copies.
+// azureassignedidentities` shows who holds what. Its spec has AAD Pod
+// Identity's shape, so the jsonpath queries written for it keep working
+// (such as {.spec.azureIdentityRef.metadata.name}).
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:scope=Namespaced
 // +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved, kept compatible with AAD Pod Identity's manifests"
 // +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.pod`
-// +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.identity`
-// +kubebuilder:printcolumn:name="ClientID",type=string,JSONPath=`.spec.clientID`
-// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Identity",type=string,JSONPath=`.spec.azureIdentityRef.metadata.name`
+// +kubebuilder:printcolumn:name="ClientID",type=string,JSONPath=`.spec.azureIdentityRef.spec.clientID`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodename`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type AzureAssignedIdentity struct {
@@ -218,17 +219,19 @@ type AzureAssignedIdentity struct {
 
 // AzureAssignedIdentitySpec says which pod holds which identity, and why.
 type AzureAssignedIdentitySpec struct {
-	Pod          string `json:"pod"`
-	PodNamespace string `json:"podNamespace"`
-	NodeName     string `json:"nodeName"`
-	// Identity is the AzureIdentity, as {namespace}/{name}.
-	Identity string `json:"identity"`
-	// Binding is the AzureIdentityBinding, as {namespace}/{name}.
-	Binding string `json:"binding"`
+	// AzureIdentityRef is the identity the pod holds: its name, namespace
+	// and spec (a Secret's name, never its content).
+	// +kubebuilder:validation:XEmbeddedResource
 	// +optional
-	ClientID string `json:"clientID,omitempty"`
+	AzureIdentityRef *AzureIdentity `json:"azureIdentityRef,omitempty"`
+	// AzureBindingRef is the binding that gave it: its name, namespace
+	// and spec.
+	// +kubebuilder:validation:XEmbeddedResource
 	// +optional
-	ResourceID string `json:"resourceID,omitempty"`
+	AzureBindingRef *AzureIdentityBinding `json:"azureBindingRef,omitempty"`
+	Pod             string                `json:"pod"`
+	PodNamespace    string                `json:"podNamespace"`
+	NodeName        string                `json:"nodename"`
 }
 
 // AzureAssignedIdentityStatus is "Assigned" once the node agent serves the

@@ -178,7 +178,9 @@ func TestPodIdentity(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, a := range l.Items {
-				if a.Name == "web-team-a-web-identity" && a.Spec.Pod == "web" && a.Spec.ClientID == w.node.Bound.ClientID && a.Status.Status == "Assigned" &&
+				if a.Name == "web-team-a-web-identity" && a.Spec.Pod == "web" && a.Spec.NodeName == "node-1" && a.Spec.AzureIdentityRef != nil &&
+					a.Spec.AzureIdentityRef.Name == "web-identity" && a.Spec.AzureIdentityRef.Spec.ClientID == w.node.Bound.ClientID &&
+					a.Spec.AzureBindingRef != nil && a.Spec.AzureBindingRef.Spec.Selector == "web" && a.Status.Status == "Assigned" &&
 					len(a.OwnerReferences) == 1 && a.OwnerReferences[0].UID == web.UID {
 					return len(l.Items) == 1 // plain, infra and elsewhere hold nothing
 				}
