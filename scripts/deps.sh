@@ -7,7 +7,9 @@ command -v openssl >/dev/null || need+=(openssl)
 # The node agent's tests: a network namespace (ip) and the DNAT redirect.
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
-# The e2e cluster's container runtime (test/e2e).
+# The e2e cluster: its node's network namespace (nsenter), container
+# runtime and CNI plugins (test/e2e).
+command -v nsenter >/dev/null || need+=(util-linux)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)

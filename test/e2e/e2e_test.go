@@ -1,7 +1,8 @@
 // Package e2e runs Coffer on a real single-node cluster: a kubelet starts
-// real containers from images built here, and the tests assert on what
-// the containers saw (their logs in the kubelet's pod logs directory).
-// See test/e2e/README.md for the machine's constraints and workarounds.
+// real containers from images built here, on a bridge network in a
+// namespace of the test's own, and the tests assert on what the containers
+// saw (what `kubectl exec` and `kubectl logs` return). See
+// test/e2e/README.md for the machine's constraints and workarounds.
 package e2e
 
 import (
@@ -10,11 +11,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -28,72 +29,106 @@ const (
 	CofferImage = "coffer.local/coffer:e2e"
 )
 
-var tarballs []string
-
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(cluster.Main(m, buildImages))
 }
 
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "e2e-images-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+// buildImages runs before the tests, outside the node's namespace, where
+// the Go module proxy is reachable.
+func buildImages(root string) error {
+	dir := filepath.Join(root, "images")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
 	}
-	defer os.RemoveAll(dir)
-	root, err := filepath.Abs("../..")
+	repo, err := filepath.Abs("../..")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	start := time.Now()
 	fmt.Fprintln(os.Stderr, "e2e: building the images (pause, app, coffer) from the project's static binaries")
-	tarballs, err = images.Build(root, dir,
+	var links []string
+	for _, tool := range []string{"sleep", "cat", "ls", "printenv", "curl"} {
+		links = append(links, "bin/"+tool)
+	}
+	if _, err := images.Build(repo, dir,
 		images.Image{Ref: cluster.PauseImage, Package: "./test/e2e/pause", Binary: "pause"},
-		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app"},
+		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app", Links: links},
 		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer"},
-	)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
+	); err != nil {
+		return err
 	}
 	fmt.Fprintf(os.Stderr, "e2e: images built in %s\n", time.Since(start).Round(time.Second))
-	return m.Run()
+	return nil
 }
 
-// TestNodeRunsContainers is the harness's own check: the kubelet runs a
-// container from a locally built image, its output reaches the pod logs
-// directory, and tearing the cluster down leaves no process or mount.
+// tarballs are the images buildImages made.
+func tarballs(t testing.TB) []string {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(cluster.Root(), "images", "*.tar"))
+	if err != nil || len(paths) != 3 {
+		t.Fatalf("the images are missing from %s (%v): %v", cluster.Root(), paths, err)
+	}
+	return paths
+}
+
+// TestNodeRunsContainers is the harness's own check: the scheduler puts a
+// pod on the node, the kubelet runs a container from a locally built image
+// with an address on the bridge, `kubectl logs` and `kubectl exec` reach
+// it, and tearing the cluster down leaves no process, mount or veth.
 func TestNodeRunsContainers(t *testing.T) {
-	before := interfaces(t)
 	var dir string
 	t.Run("cluster", func(t *testing.T) {
-		c := cluster.Start(t, cluster.Options{Images: tarballs})
+		c := cluster.Start(t, cluster.Options{Images: tarballs(t)})
 		dir = c.Dir
 		ctx := context.Background()
 		pod := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: "default"},
 			Spec: corev1.PodSpec{
-				NodeName: cluster.NodeName, HostNetwork: true, RestartPolicy: corev1.RestartPolicyNever,
 				Containers: []corev1.Container{{Name: "app", Image: AppImage, ImagePullPolicy: corev1.PullNever,
-					Args: []string{"env", "GREETING"}, Env: []corev1.EnvVar{{Name: "GREETING", Value: "hello from a real container"}}}},
+					Command: []string{"printenv", "GREETING"}, Env: []corev1.EnvVar{{Name: "GREETING", Value: "hello from a real container"}}}},
+				RestartPolicy: corev1.RestartPolicyOnFailure,
 			},
 		}
-		waitDefaultSA(t, c)
-		if _, err := c.Kube.Clientset.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
+		sleeper := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "default"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: AppImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sleep", "10000"}}}},
 		}
-		p := c.WaitPod("default", "hello", 3*time.Minute)
-		eventually(t, c, "the container's output", 30*time.Second, func() bool {
-			return strings.Contains(c.ContainerLog(p, "app"), `GREETING="hello from a real container"`)
+		waitDefaultSA(t, c)
+		for _, p := range []*corev1.Pod{pod, sleeper} {
+			if _, err := c.Kube.Clientset.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, c, "the container's output through the API", time.Minute, func() bool {
+			p, err := c.Kube.Clientset.CoreV1().Pods("default").Get(ctx, "hello", metav1.GetOptions{})
+			return err == nil && p.Status.Phase == corev1.PodSucceeded && c.ContainerLog(p, "app") == "hello from a real container"
 		})
-		// What the teardown check below looks for is there while it runs:
-		// the check can fail.
+		p := c.WaitPod("default", "sleeper", 2*time.Minute)
+		if p.Spec.NodeName != cluster.NodeName {
+			t.Fatalf("the scheduler put the pod on %q", p.Spec.NodeName)
+		}
+		_, subnet, _ := net.ParseCIDR(cluster.PodSubnet)
+		if ip := net.ParseIP(p.Status.PodIP); ip == nil || !subnet.Contains(ip) {
+			t.Fatalf("the pod's address %q is not on the bridge (%s)", p.Status.PodIP, cluster.PodSubnet)
+		}
+		out, stderr, err := c.Exec("default", "sleeper", "app", "ls", "/bin")
+		if err != nil || !strings.Contains(out, "sleep") {
+			t.Fatalf("kubectl exec ls /bin: %v: %q %q", err, out, stderr)
+		}
+		if _, _, err := c.Exec("default", "sleeper", "app", "cat", "/no/such/file"); err == nil {
+			t.Fatal("a failing command in exec reported no error")
+		}
+		// What the teardown checks below look for is there while it
+		// runs: the checks can fail.
 		if n := len(cluster.Processes(c.Dir)); n < 5 {
 			t.Fatalf("only %d cluster processes found while the cluster runs", n)
 		}
 		if len(cluster.Mounts(c.Dir)) == 0 {
 			t.Fatal("no mounts found while the cluster runs")
+		}
+		if len(veths(t)) == 0 {
+			t.Fatal("no veth in the node's namespace while a pod runs")
 		}
 	})
 	if dir == "" {
@@ -108,24 +143,32 @@ func TestNodeRunsContainers(t *testing.T) {
 	if left := cluster.Processes(dir); len(left) > 0 {
 		t.Errorf("processes left behind: %v", left)
 	}
-	if after := interfaces(t); !slices.Equal(before, after) {
-		t.Errorf("network interfaces changed: %v before, %v after (a veth left behind?)", before, after)
+	// A pod's namespace goes once nothing holds it, and its veth with it;
+	// the kernel does that in the background.
+	deadline := time.Now().Add(15 * time.Second)
+	for len(veths(t)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v := veths(t); len(v) > 0 {
+		t.Errorf("veths left behind in the node's namespace: %v", v)
 	}
 }
 
-// interfaces lists the host's network interfaces by name.
-func interfaces(t *testing.T) []string {
+// veths lists the veth interfaces in the node's namespace (where this
+// process runs).
+func veths(t *testing.T) []string {
 	t.Helper()
-	ifs, err := net.Interfaces()
+	links, err := netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, i := range ifs {
-		names = append(names, i.Name)
+	var out []string
+	for _, l := range links {
+		if l.Type() == "veth" {
+			out = append(out, l.Attrs().Name)
+		}
 	}
-	slices.Sort(names)
-	return names
+	return out
 }
 
 // waitDefaultSA waits for kube-controller-manager to create the default

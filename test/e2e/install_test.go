@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -30,6 +29,13 @@ import (
 
 const ns = "coffer-system"
 
+// The chart's default port: inside the node's namespace nothing else
+// listens on it.
+const (
+	serverPort = 8443
+	vaultHost  = "vault." + cluster.Domain
+)
+
 // installation is Coffer installed on the cluster with its Helm chart.
 type installation struct {
 	c      *cluster.Cluster
@@ -37,35 +43,23 @@ type installation struct {
 	env    devenv.Env
 	pool   mgmthttp.NodePoolOut
 	caPEM  []byte
-	suffix string // vault.localhost:{port}
-	// imds is the node agent's address: it does not own 169.254.169.254
-	// here (see README.md).
-	imds string
-}
-
-func port(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	suffix string // vault.e2e.test:8443
 }
 
 // install installs Coffer with deploy/helm/coffer the way its README says:
-// secrets and the server first, then a node pool, then everything. Coffer's
-// pods use the host network and loopback addresses (DESIGN §5: no
-// Services without kube-proxy, tests bind to loopback).
+// secrets and the server first, then a node pool, then everything. The
+// values are the chart's defaults but for what this cluster lacks: Coffer's
+// pods use the host (the node's) network and reach the apiserver at its
+// loopback address (no kube-proxy, so no ClusterIPs); the node agent puts
+// 169.254.169.254 on lo (this kernel has no dummy interfaces); and the
+// directories are the cluster's own.
 func install(t *testing.T, c *cluster.Cluster) *installation {
 	t.Helper()
 	ctx := context.Background()
 	kc := c.Kube.Client
-	in := &installation{c: c}
-	serverPort, agentPort, webhookPort := port(t), port(t), port(t)
-	in.suffix = fmt.Sprintf("vault.localhost:%d", serverPort)
-	in.imds = fmt.Sprintf("http://127.0.0.1:%d", agentPort)
+	in := &installation{c: c, suffix: fmt.Sprintf("%s:%d", vaultHost, serverPort)}
 
-	files, err := pki.EnsureDev(filepath.Join(c.Dir, "pki"), "vault.localhost", time.Now())
+	files, err := pki.EnsureDev(filepath.Join(c.Dir, "pki"), vaultHost, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,23 +90,17 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Without a CNI the node stays NotReady, tainted NoSchedule.
-	notReady := []any{map[string]any{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}}
 	values := map[string]any{
 		"image":     map[string]any{"repository": "coffer.local/coffer", "tag": "e2e", "pullPolicy": "Never"},
 		"apiServer": map[string]any{"host": api.Hostname(), "port": api.Port()},
-		"server": map[string]any{"dnsSuffix": "vault.localhost", "publicPort": serverPort, "listen": fmt.Sprintf("127.0.0.1:%d", serverPort),
-			"hostNetwork": true, "persistence": map[string]any{"enabled": false}, "tolerations": notReady,
+		"server": map[string]any{"dnsSuffix": vaultHost, "hostNetwork": true, "persistence": map[string]any{"enabled": false},
 			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
 		"linux": map[string]any{"enabled": false, "kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
-			"hostNetwork": true, "metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t)), "tolerations": notReady},
+			"hostNetwork": true},
 		"enableSecretRotation": true, "rotationPollInterval": "2s", "syncSecret": map[string]any{"enabled": true},
-		"provider": map[string]any{"enabled": false, "metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t))},
-		"nodeAgent": map[string]any{"enabled": false, "socketDir": filepath.Join(c.Dir, "agent"), "redirect": "none",
-			"listen": fmt.Sprintf("127.0.0.1:%d", agentPort), "metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t))},
-		"webhook": map[string]any{"enabled": false, "hostNetwork": true, "bindAddress": "127.0.0.1", "port": webhookPort,
-			"url": fmt.Sprintf("https://127.0.0.1:%d/mutate", webhookPort), "certHosts": []any{"127.0.0.1"},
-			"metricsAddr": fmt.Sprintf("127.0.0.1:%d", port(t)), "tolerations": notReady},
+		"provider":  map[string]any{"enabled": false},
+		"nodeAgent": map[string]any{"enabled": false, "socketDir": filepath.Join(c.Dir, "agent"), "linkLocalInterface": "lo"},
+		"webhook":   map[string]any{"enabled": false, "hostNetwork": true},
 	}
 	chart, err := chartrender.Load(testpath.Repo(t, "deploy/helm/coffer"))
 	if err != nil {

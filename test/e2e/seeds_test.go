@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
 	"github.com/cofferhq/coffer/internal/federation"
@@ -29,7 +32,7 @@ func (in *installation) create(t *testing.T, manifest string) {
 		if err := yaml.Unmarshal([]byte(doc), &u); err != nil {
 			t.Fatal(err)
 		}
-		obj := unstructuredOf(u)
+		obj := &unstructured.Unstructured{Object: u}
 		if obj.GetNamespace() == "" && obj.GetKind() != "Namespace" {
 			obj.SetNamespace("default")
 		}
@@ -77,31 +80,65 @@ func (in *installation) podLog(t *testing.T, name, container string, want ...str
 	return log
 }
 
+// exec runs a command in a running pod's container, as `kubectl exec`
+// would, and returns its standard output.
+func (in *installation) exec(t *testing.T, pod, container string, command ...string) string {
+	t.Helper()
+	in.c.WaitPod("default", pod, 2*time.Minute)
+	out, stderr, err := in.c.Exec("default", pod, container, command...)
+	if err != nil {
+		t.Fatalf("kubectl exec %s -c %s -- %s: %v\nstdout: %s\nstderr: %s", pod, container, strings.Join(command, " "), err, out, stderr)
+	}
+	return out
+}
+
+// jq is the seeds' `jq -r .field`: a JSON document's string field.
+func jq(t *testing.T, doc, field string) string {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(doc), &m); err != nil {
+		t.Fatalf("not JSON (%v): %s", err, doc)
+	}
+	s, _ := m[field].(string)
+	return s
+}
+
 // TestSeeds runs the seed walkthroughs on a real node with Coffer
-// installed by its Helm chart. The pods run the e2e app and use the host
-// network (there is no CNI; see README.md); what they saw comes from their
-// logs.
+// installed by its Helm chart. The pods are the seeds' own manifests, with
+// only the image, the vault, the tenant and the identities changed: they
+// are scheduled, get addresses on the node's bridge, and resolve the
+// vault's name through the node's resolver. What they saw comes from
+// `kubectl exec` and `kubectl logs`.
 func TestSeeds(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Images: tarballs, CRDs: []string{repoFile(t, "deploy/helm/coffer/crds")}})
+	c := cluster.Start(t, cluster.Options{Images: tarballs(t), CRDs: []string{testpath.Repo(t, "deploy/helm/coffer/crds")}})
 	waitDefaultSA(t, c)
 	in := install(t, c)
+	ctx := context.Background()
 
 	// Seed 000: two objects with aliases, mounted with the node's
-	// system-assigned identity (useVMManagedIdentity), read by the
-	// container.
+	// system-assigned identity (useVMManagedIdentity), read with
+	// `kubectl exec ... ls` and `cat`.
 	t.Run("seed 000: VM managed identity, two objects with aliases", func(t *testing.T) {
 		in.setSecret(t, "secret1", "first value")
 		in.setSecret(t, "secret2", "second value")
 		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
 		in.create(t, fill(seed000, map[string]string{"tenant": in.env.TenantID}))
-		in.podLog(t, "busybox-secrets-store-inline-system-msi", "busybox", `SECRET_1="first value"`, `SECRET_2="second value"`)
+		const pod, ctr = "busybox-secrets-store-inline-system-msi", "busybox"
+		if got := in.exec(t, pod, ctr, "ls", "/mnt/secrets-store/"); got != "SECRET_1\nSECRET_2\n" {
+			t.Fatalf("ls /mnt/secrets-store/ = %q", got)
+		}
+		if got := in.exec(t, pod, ctr, "cat", "/mnt/secrets-store/SECRET_1"); got != "first value" {
+			t.Fatalf("cat SECRET_1 = %q", got)
+		}
+		if got := in.exec(t, pod, ctr, "cat", "/mnt/secrets-store/SECRET_2"); got != "second value" {
+			t.Fatalf("cat SECRET_2 = %q", got)
+		}
 	})
 
 	// Pod identity as seed 002 and 004 set it up: a user-assigned identity
 	// the node pool may act as, an AzureIdentity (with the capitalised
 	// fields of seed 002's screenshot) and a binding.
 	var web mgmthttp.IdentityOut
-	ctx := context.Background()
 	if err := in.admin.Manage(ctx, "POST", "identities", mgmthttp.CreateIdentityIn{Name: "web", ResourceGroup: "apps"}, &web); err != nil {
 		t.Fatal(err)
 	}
@@ -113,24 +150,67 @@ func TestSeeds(t *testing.T) {
 	in.create(t, fill(caConfigMap, map[string]string{"ca": indent(string(in.caPEM), "    ")}))
 	in.setSecret(t, "password", "seed 002 value")
 
+	// Seed 002: the demo pod is labelled after it starts; then, inside it,
+	// curl asks 169.254.169.254 for a token and calls the vault's REST API
+	// with it. In Coffer's default mode the pod proves who it is with its
+	// service-account token, the $(cat ...) of the curl command.
 	t.Run("seed 002: IMDS token from the container, then the vault's REST API", func(t *testing.T) {
-		in.create(t, fill(seed002, map[string]string{"imds": in.imds, "resource": "https://" + in.suffix, "vault": "https://demo." + in.suffix}))
-		in.podLog(t, "aks-helloworld", "app", `imds.status="200"`, `password="seed 002 value"`)
+		in.create(t, seed002)
+		const pod, ctr = "aks-helloworld", "app"
+		resource := "https://" + in.suffix
+		imds := "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=" + url.QueryEscape(resource)
+		proof := "Authorization: Bearer " + in.exec(t, pod, ctr, "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+		// Before the label: the agent answers, and refuses.
+		refused := in.exec(t, pod, ctr, "curl", imds, "-H", "Metadata:true", "-H", proof, "-s")
+		if jq(t, refused, "access_token") != "" || !strings.Contains(refused, "default/aks-helloworld") {
+			t.Fatalf("an unlabelled pod's IMDS request was answered with %s", refused)
+		}
+		// kubectl label pod aks-helloworld aadpodidbinding=web
+		patch := []byte(`{"metadata":{"labels":{"aadpodidbinding":"web"}}}`)
+		if _, err := c.Kube.Clientset.CoreV1().Pods("default").Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var token string
+		eventually(t, c, "a token for the labelled pod", 30*time.Second, func() bool {
+			out, _, err := c.Exec("default", pod, ctr, "curl", imds, "-H", "Metadata:true", "-H", proof, "-s")
+			token = ""
+			if err == nil && json.Unmarshal([]byte(out), &map[string]any{}) == nil {
+				token = jq(t, out, "access_token")
+			}
+			return token != ""
+		})
+		body := in.exec(t, pod, ctr, "curl", "https://demo."+in.suffix+"//secrets/password?api-version=2016-10-01",
+			"-H", "Authorization: Bearer "+token, "-s", "--cacert", "/etc/coffer/ca.crt")
+		if got := jq(t, body, "value"); got != "seed 002 value" {
+			t.Fatalf("the vault answered %s", body)
+		}
+		// Troubleshooting, as the seed does it: which pod holds which
+		// identity (kubectl get AzureAssignedIdentities -o jsonpath=...).
+		eventually(t, c, "the pod's AzureAssignedIdentity", 30*time.Second, func() bool {
+			return strings.Contains(assigned(t, in), "aks-helloworld\tdefault\tweb-identity")
+		})
 	})
 
 	t.Run("seed 004: pod identity, secretObjects synced to an env var; no label, no mount", func(t *testing.T) {
 		in.setSecret(t, "secret-425", "seed 004 value")
 		in.create(t, fill(seed004, map[string]string{"tenant": in.env.TenantID}))
-		in.podLog(t, "csi-demo", "nginx", `KEYVAULT_SECRET="seed 004 value"`)
-		in.podLog(t, "csi-demo", "files", `secret-425="seed 004 value"`)
-		in.create(t, strings.Replace(strings.Replace(strings.SplitN(seed004, "---\n", 2)[1], "name: csi-demo", "name: csi-demo-unlabelled", 1), "aadpodidbinding: web", "app: unlabelled", 1))
+		// kubectl exec -it csi-demo -- sh; echo $KEYVAULT_SECRET; cat ...
+		if got := in.exec(t, "csi-demo", "nginx", "printenv", "KEYVAULT_SECRET"); got != "seed 004 value\n" {
+			t.Fatalf("KEYVAULT_SECRET = %q", got)
+		}
+		if got := in.exec(t, "csi-demo", "nginx", "cat", "/mnt/secrets-store/secret-425"); got != "seed 004 value" {
+			t.Fatalf("cat secret-425 = %q", got)
+		}
+		unlabelled := strings.Replace(strings.Replace(strings.SplitN(seed004, "---\n", 2)[1], "name: csi-demo", "name: csi-demo-unlabelled", 1), "aadpodidbinding: web", "app: unlabelled", 1)
+		in.create(t, unlabelled)
 		eventually(t, in.c, "a FailedMount event that explains", time.Minute, func() bool {
 			evs, err := in.c.Kube.Clientset.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=csi-demo-unlabelled"})
 			if err != nil {
 				return false
 			}
 			for _, e := range evs.Items {
-				if strings.Contains(e.Message, "Identity not assigned") && strings.Contains(e.Message, "default/csi-demo-unlabelled") {
+				if e.Reason == "FailedMount" && strings.Contains(e.Message, "Identity not assigned") && strings.Contains(e.Message, "default/csi-demo-unlabelled") {
 					return true
 				}
 			}
@@ -169,8 +249,35 @@ func TestSeeds(t *testing.T) {
 	})
 }
 
+// assigned is seed 002's troubleshooting command:
+//
+//	kubectl get AzureAssignedIdentities -A -o jsonpath='{range .items[*]}{@.spec.pod}{"\t"}{@.metadata.namespace}{"\t"}{@.spec.azureIdentityRef.metadata.name}{"\n"}'
+func assigned(t *testing.T, in *installation) string {
+	t.Helper()
+	l := &unstructured.UnstructuredList{}
+	l.SetAPIVersion("aadpodidentity.k8s.io/v1")
+	l.SetKind("AzureAssignedIdentityList")
+	if err := in.c.Kube.Client.List(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, it := range l.Items {
+		pod, _, _ := unstructured.NestedString(it.Object, "spec", "pod")
+		id, _, _ := unstructured.NestedString(it.Object, "spec", "azureIdentityRef", "metadata", "name")
+		b.WriteString(pod + "\t" + it.GetNamespace() + "\t" + id + "\n")
+	}
+	return b.String()
+}
+
 func indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+prefix)
+}
+
+func fill(manifest string, vars map[string]string) string {
+	for k, v := range vars {
+		manifest = strings.ReplaceAll(manifest, "{{"+k+"}}", v)
+	}
+	return manifest
 }
 
 const podIdentity = `apiVersion: aadpodidentity.k8s.io/v1
@@ -191,6 +298,8 @@ spec:
   selector: web
 `
 
+// The vault's CA, for curl --cacert: the seeds' vault has a public
+// certificate, this one a CA of the test's.
 const caConfigMap = `apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -200,26 +309,18 @@ data:
 {{ca}}
 `
 
-// Seed 002's helloworld pod, labelled for the binding, doing its curl
-// flow with the e2e app.
+// Seed 002's demo pod (the helloworld chart's, with a shell to exec into),
+// not yet labelled for the binding.
 const seed002 = `apiVersion: v1
 kind: Pod
 metadata:
   name: aks-helloworld
-  labels:
-    aadpodidbinding: web
 spec:
-  nodeName: e2e-node
-  hostNetwork: true
-  restartPolicy: Never
   containers:
     - name: app
       image: coffer.local/app:e2e
       imagePullPolicy: Never
-      args: ["imds", "{{resource}}", "{{vault}}", "password"]
-      env:
-        - {name: IMDS_ENDPOINT, value: "{{imds}}"}
-        - {name: COFFER_CA_FILE, value: /etc/coffer/ca.crt}
+      command: ["/bin/sleep", "inf"]
       volumeMounts:
         - {name: ca, mountPath: /etc/coffer, readOnly: true}
   volumes:
@@ -227,8 +328,7 @@ spec:
       configMap: {name: coffer-ca}
 `
 
-// Seed 004's class and pod, with pod identity instead of a
-// nodePublishSecretRef, and a second container that reads the file.
+// Seed 004's class and pod, with the vault and tenant changed.
 const seed004 = `apiVersion: secrets-store.csi.x-k8s.io/v1
 kind: SecretProviderClass
 metadata:
@@ -258,28 +358,16 @@ metadata:
   labels:
     aadpodidbinding: web
 spec:
-  nodeName: e2e-node
-  hostNetwork: true
-  restartPolicy: Never
   containers:
   - name: nginx
     image: coffer.local/app:e2e
     imagePullPolicy: Never
-    args: ["env", "KEYVAULT_SECRET"]
     env:
       - name: KEYVAULT_SECRET
         valueFrom:
           secretKeyRef:
             name: key-vault-secret
             key: secret-content
-    volumeMounts:
-      - name: keyvault
-        mountPath: /mnt/secrets-store
-        readOnly: true
-  - name: files
-    image: coffer.local/app:e2e
-    imagePullPolicy: Never
-    args: ["files", "/mnt/secrets-store", "secret-425"]
     volumeMounts:
       - name: keyvault
         mountPath: /mnt/secrets-store
@@ -309,9 +397,6 @@ metadata:
     azure.workload.identity/use: "true"
 spec:
   serviceAccountName: wi-sa
-  nodeName: e2e-node
-  hostNetwork: true
-  restartPolicy: Never
   containers:
     - name: app
       image: coffer.local/app:e2e
@@ -354,9 +439,6 @@ kind: Pod
 metadata:
   name: rotating
 spec:
-  nodeName: e2e-node
-  hostNetwork: true
-  restartPolicy: Never
   containers:
     - name: app
       image: coffer.local/app:e2e
@@ -373,6 +455,8 @@ spec:
           secretProviderClass: rotating
 `
 
+// Seed 000's class and pod, with the vault, the tenant and the image
+// changed.
 const seed000 = `apiVersion: secrets-store.csi.x-k8s.io/v1
 kind: SecretProviderClass
 metadata:
@@ -404,14 +488,13 @@ apiVersion: v1
 metadata:
   name: busybox-secrets-store-inline-system-msi
 spec:
-  nodeName: e2e-node
-  hostNetwork: true
-  restartPolicy: Never
   containers:
     - name: busybox
       image: coffer.local/app:e2e
       imagePullPolicy: Never
-      args: ["files", "/mnt/secrets-store", "SECRET_1", "SECRET_2"]
+      command:
+        - "/bin/sleep"
+        - "10000"
       volumeMounts:
       - name: secrets-store01-inline
         mountPath: "/mnt/secrets-store"
@@ -424,16 +507,3 @@ spec:
         volumeAttributes:
           secretProviderClass: "azure-kvname-sys-msi"
 `
-
-func fill(manifest string, vars map[string]string) string {
-	for k, v := range vars {
-		manifest = strings.ReplaceAll(manifest, "{{"+k+"}}", v)
-	}
-	return manifest
-}
-
-func unstructuredOf(m map[string]any) *unstructured.Unstructured {
-	return &unstructured.Unstructured{Object: m}
-}
-
-func repoFile(t testing.TB, rel string) string { return testpath.Repo(t, rel) }

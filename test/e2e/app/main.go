@@ -1,13 +1,21 @@
-// Command app is the e2e tests' workload: it does what the seed
-// walkthroughs' containers do (read mounted files, read an env var, ask
-// IMDS for a token and call the vault's REST API, use the Go SDK with
-// workload identity, watch a file change) and prints what it saw, one
-// "key=value" line each, for the tests to read from the container's log.
-// Then it sleeps, so the pod stays Running, until it is stopped.
+// Command app is the e2e tests' workload image, built from this module. It
+// stands in for the seed walkthroughs' busybox, nginx and azure-cli images,
+// which cannot be pulled here. Like busybox, it is one binary under
+// several names (/bin/sleep, /bin/cat, ...), so the seeds' pod manifests
+// and `kubectl exec` commands work as written:
 //
-//	app files DIR NAME...          print each file's content
-//	app env NAME...                print each variable
-//	app imds RESOURCE VAULT SECRET the IMDS flow of seed 002, then GET the secret
+//	sleep SECONDS|inf              sleep (until SIGTERM)
+//	cat FILE...                    print files
+//	ls DIR                         list a directory's visible names
+//	printenv NAME...               print variables
+//	curl [-s] [-H 'K: V']... [--cacert FILE] URL
+//	                               GET URL and print the body (no redirects)
+//
+// Under its own name, /app, it runs one of the tests' own flows and prints
+// what it saw, one "key=value" line each, for the tests to read from its
+// log; then it sleeps until stopped. With no arguments it only sleeps (a
+// server image's entrypoint).
+//
 //	app workload VAULT SECRET      WorkloadIdentityCredential from the injected env
 //	app watch FILE                 print the file whenever it changes
 package main
@@ -16,15 +24,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,125 +42,189 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: app files|env|imds|workload|watch ...")
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	args := os.Args[2:]
+	name, args := filepath.Base(os.Args[0]), os.Args[1:]
+	if name != "app" {
+		os.Exit(tool(ctx, name, args))
+	}
+	if len(args) == 0 {
+		<-ctx.Done()
+		return
+	}
 	var err error
-	switch os.Args[1] {
-	case "files":
-		for _, n := range args[1:] {
-			b, rerr := os.ReadFile(filepath.Join(args[0], n))
-			report(n, string(b), rerr)
-		}
-	case "env":
-		for _, n := range args {
-			report(n, os.Getenv(n), nil)
-		}
-	case "imds":
-		err = imds(ctx, args[0], args[1], args[2])
+	switch args[0] {
 	case "workload":
-		err = workload(ctx, args[0], args[1])
+		if len(args) != 3 {
+			err = errors.New("usage: app workload VAULT SECRET")
+		} else {
+			err = workload(ctx, args[1], args[2])
+		}
 	case "watch":
-		watch(ctx, args[0])
+		if len(args) != 2 {
+			err = errors.New("usage: app watch FILE")
+		} else {
+			watch(ctx, args[1])
+		}
 	default:
-		err = fmt.Errorf("unknown mode %s", os.Args[1])
+		err = fmt.Errorf("unknown mode %q (workload, watch)", args[0])
 	}
 	if err != nil {
-		report("error", err.Error(), nil)
+		report("error", err.Error())
 	}
 	fmt.Println("done=true")
 	<-ctx.Done()
 }
 
-func report(key, value string, err error) {
-	if err != nil {
-		fmt.Printf("%s.error=%q\n", key, err.Error())
-		return
+// tool is the busybox-like half: the exit status is the command's.
+func tool(ctx context.Context, name string, args []string) int {
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 1
 	}
-	fmt.Printf("%s=%q\n", key, value)
-}
-
-// httpClient trusts the Coffer CA mounted at $COFFER_CA_FILE.
-func httpClient() (*http.Client, error) {
-	pool := x509.NewCertPool()
-	if f := os.Getenv("COFFER_CA_FILE"); f != "" {
-		b, err := os.ReadFile(f)
+	switch name {
+	case "sleep":
+		if len(args) != 1 {
+			return fail(errors.New("usage: sleep SECONDS|inf"))
+		}
+		d := time.Duration(1<<63 - 1)
+		if args[0] != "inf" {
+			s, err := strconv.ParseFloat(args[0], 64)
+			if err != nil || s < 0 {
+				return fail(fmt.Errorf("invalid time interval %q", args[0]))
+			}
+			d = time.Duration(s * float64(time.Second))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+		return 0
+	case "cat":
+		status := 0
+		for _, f := range args {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				status = fail(err)
+				continue
+			}
+			os.Stdout.Write(b)
+		}
+		return status
+	case "ls":
+		dir := "."
+		if len(args) > 0 {
+			dir = args[0]
+		}
+		entries, err := os.ReadDir(dir)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
-		pool.AppendCertsFromPEM(b)
-	}
-	// *.localhost is loopback (RFC 6761), which not every resolver knows.
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if host, port, err := net.SplitHostPort(addr); err == nil && (host == "localhost" || strings.HasSuffix(host, ".localhost")) {
-			addr = net.JoinHostPort("127.0.0.1", port)
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), ".") {
+				fmt.Println(e.Name())
+			}
 		}
-		return d.DialContext(ctx, network, addr)
+		return 0
+	case "printenv":
+		status := 0
+		for _, n := range args {
+			if v, ok := os.LookupEnv(n); ok {
+				fmt.Println(v)
+			} else {
+				status = 1
+			}
+		}
+		return status
+	case "curl":
+		if err := curl(ctx, args); err != nil {
+			return fail(err)
+		}
+		return 0
 	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, nil
+	return fail(errors.New("unknown command"))
 }
 
-// imds does what seed 002 does with curl: a token from IMDS, then the
-// secret from the vault's REST API. The pod's service-account token goes
-// along, as the node agent's default mode asks.
-func imds(ctx context.Context, resource, vault, secret string) error {
-	// IMDS_ENDPOINT lets a test point at an agent that does not own
-	// 169.254.169.254.
-	endpoint := os.Getenv("IMDS_ENDPOINT")
-	if endpoint == "" {
-		endpoint = "http://169.254.169.254"
+// curl does the part of curl that the seeds use: a GET with headers.
+func curl(ctx context.Context, args []string) error {
+	var url, caFile string
+	header := http.Header{}
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "-s" || a == "--silent":
+		case a == "-H" || a == "--header" || a == "--cacert":
+			if i+1 == len(args) {
+				return fmt.Errorf("option %s needs a value", a)
+			}
+			i++
+			if a == "--cacert" {
+				caFile = args[i]
+				continue
+			}
+			k, v, ok := strings.Cut(args[i], ":")
+			if !ok {
+				return fmt.Errorf("header %q has no colon", args[i])
+			}
+			header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+		case strings.HasPrefix(a, "-"):
+			return fmt.Errorf("option %s is not supported here", a)
+		default:
+			url = a
+		}
 	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", endpoint+"/metadata/identity/oauth2/token?api-version=2018-02-01&resource="+url.QueryEscape(resource), nil)
-	req.Header.Set("Metadata", "true")
-	if tok, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/token"); err == nil {
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	if url == "" {
+		return errors.New("no URL given")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := httpClient(caFile)
 	if err != nil {
 		return err
 	}
-	var tok map[string]string
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err := json.Unmarshal(body, &tok); err != nil || tok["access_token"] == "" {
-		return fmt.Errorf("IMDS answered %d: %s", resp.StatusCode, body)
-	}
-	report("imds.status", fmt.Sprint(resp.StatusCode), nil)
-	hc, err := httpClient()
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return err
 	}
-	req, _ = http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(vault, "/")+"/secrets/"+secret+"?api-version=7.4", nil)
-	req.Header.Set("Authorization", "Bearer "+tok["access_token"])
-	resp, err = hc.Do(req)
+	req.Header = header
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	var out struct {
-		Value string `json:"value"`
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}
+
+func report(key, value string) { fmt.Printf("%s=%q\n", key, value) }
+
+// httpClient trusts caFile (when set) on top of the system roots.
+func httpClient(caFile string) (*http.Client, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
-		return fmt.Errorf("the vault answered %d", resp.StatusCode)
+	if caFile != "" {
+		b, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+		}
 	}
-	report(secret, out.Value, nil)
-	return nil
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, nil
 }
 
 // workload reads a secret with the Go SDK's WorkloadIdentityCredential,
-// configured only by what the webhook injected.
+// configured only by what the webhook injected (and the CA in
+// $COFFER_CA_FILE).
 func workload(ctx context.Context, vault, secret string) error {
-	hc, err := httpClient()
+	hc, err := httpClient(os.Getenv("COFFER_CA_FILE"))
 	if err != nil {
 		return err
 	}
 	for _, n := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"} {
-		report(n, os.Getenv(n), nil)
+		report(n, os.Getenv(n))
 	}
 	cred, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
 		ClientOptions: azcore.ClientOptions{Transport: hc}, DisableInstanceDiscovery: true})
@@ -168,7 +239,7 @@ func workload(ctx context.Context, vault, secret string) error {
 	if err != nil {
 		return err
 	}
-	report(secret, *r.Value, nil)
+	report(secret, *r.Value)
 	return nil
 }
 
@@ -179,7 +250,7 @@ func watch(ctx context.Context, path string) {
 		b, err := os.ReadFile(path)
 		if err == nil && string(b) != last {
 			last = string(b)
-			report(filepath.Base(path), last, nil)
+			report(filepath.Base(path), last)
 		}
 		select {
 		case <-ctx.Done():

@@ -1,23 +1,23 @@
 // Package cluster runs a real single-node Kubernetes cluster for the e2e
 // tests: etcd and kube-apiserver (through internal/kubetest),
 // kube-controller-manager, kube-scheduler and a kubelet built from the Go
-// module proxy by scripts/kube-assets.sh, and containerd and runc from
-// Debian. Every process is started by this package and stopped by pid,
-// every mount under its directory is unmounted, even when a test fails.
+// module proxy by scripts/kube-assets.sh, and containerd, runc and the CNI
+// plugins from Debian. Every process is started by this package and
+// stopped by pid, every mount under its directory is unmounted, even when
+// a test fails.
 //
-// The machine's constraints (DESIGN §5) shape it: cgroup v1, no registry
-// (images come from tarballs, imagePullPolicy Never), runc may not lower
-// oom_score_adj, and the kubelet will not take a loopback node IP, so it
-// gets the host's address as its node IP but serves only on loopback:
-// `kubectl logs` cannot reach it, and tests read containers' logs from the
-// pod logs directory instead.
+// The node runs in a network namespace of its own (see Main), with a
+// bridge CNI for its pods and a resolver for its names, so that nothing
+// listens on, or routes to, the machine's own network. The machine's other
+// constraints (DESIGN §5) shape the rest: cgroup v1, no registry (images
+// come from tarballs, imagePullPolicy Never), and runc may not lower
+// oom_score_adj.
 package cluster
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +29,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/mount-utils"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/cofferhq/coffer/internal/kubetest"
 )
@@ -56,6 +57,7 @@ type Cluster struct {
 	t     testing.TB
 	mu    sync.Mutex
 	procs []*proc
+	dns   *dnsServer
 }
 
 type proc struct {
@@ -74,24 +76,28 @@ type Options struct {
 	CRDs []string
 }
 
-// Start starts the cluster and stops it when the test ends.
+// Start starts the cluster and stops it when the test ends. It must run
+// under Main, in the node's namespace.
 func Start(t testing.TB, o Options) *Cluster {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("the e2e cluster runs containers and must run as root")
+	if Namespace() == "" {
+		t.Fatal("cluster.Start runs in the node's network namespace: call cluster.Main from TestMain")
 	}
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	assets, err := kubetest.AssetsDir()
+	if err != nil {
+		t.Fatalf("locating the Kubernetes binaries: %v; run scripts/kube-assets.sh or set KUBEBUILDER_ASSETS", err)
+	}
 	for _, bin := range []string{"kubelet", "kube-scheduler", "kube-controller-manager"} {
 		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
-			t.Fatalf("%s is missing from KUBEBUILDER_ASSETS (%s): run scripts/kube-assets.sh", bin, assets)
+			t.Fatalf("%s is missing from %s: run scripts/kube-assets.sh", bin, assets)
 		}
 	}
-	for _, bin := range []string{"containerd", "runc", "ctr"} {
+	for _, bin := range []string{"containerd", "runc", "ctr", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s is not installed: run scripts/deps.sh", bin)
 		}
 	}
-	dir, err := os.MkdirTemp("", "e2e-")
+	dir, err := os.MkdirTemp(Root(), "cluster-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,11 +106,22 @@ func Start(t testing.TB, o Options) *Cluster {
 	t.Cleanup(c.removeDir)
 	t.Logf("e2e: cluster directory %s", dir)
 
+	if c.dns, err = startDNS(); err != nil {
+		t.Fatalf("e2e: the node's resolver on %s:53: %v", NodeIP, err)
+	}
+	t.Cleanup(c.dns.Close)
+
 	t.Log("e2e: starting etcd and kube-apiserver")
-	// envtest turns the ServiceAccount admission plugin off; a real node's
-	// pods need it for their service-account token volume.
 	c.Kube = kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: o.CRDs, APIServerFlags: map[string][]string{
+		// envtest turns the ServiceAccount admission plugin off; a real
+		// node's pods need it for their service-account token volume.
 		"enable-admission-plugins": {"ServiceAccount"}, "disable-admission-plugins": {""},
+		// The node's hostname resolves nowhere: reach the kubelet (logs,
+		// exec) at its address.
+		"kubelet-preferred-address-types": {"InternalIP"},
+		// No kube-proxy implements ClusterIPs: the apiserver calls
+		// webhooks behind Services at their endpoints instead.
+		"enable-aggregator-routing": {"true"},
 	}})
 	// Cleanups run last-in first-out: the node and controllers stop
 	// before the apiserver they watch.
@@ -138,7 +155,7 @@ func Start(t testing.TB, o Options) *Cluster {
 
 	t.Log("e2e: starting the kubelet")
 	c.startKubelet(filepath.Join(assets, "kubelet"), kubeconfig)
-	c.waitNode()
+	c.waitNodeReady()
 	return c
 }
 
@@ -152,7 +169,7 @@ func (c *Cluster) run(name, bin string, args ...string) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Its own process group, so a stop reaches its children (runc shims
-	// are reparented, and reaped by name below).
+	// are reparented, and found by their command line below).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("starting %s: %v", name, err)
@@ -181,10 +198,35 @@ func (c *Cluster) startContainerd() {
 	if err := os.MkdirAll(cni, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// A bridge in the node's namespace, addresses from host-local (its
+	// state in the cluster's directory), and no masquerade: there is no
+	// outside to reach. The config is there before containerd starts, so
+	// the node is Ready from its first status.
+	conflist := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "e2e",
+  "plugins": [{
+    "type": "bridge",
+    "bridge": "cni0",
+    "isGateway": true,
+    "ipMasq": false,
+    "hairpinMode": true,
+    "ipam": {
+      "type": "host-local",
+      "ranges": [[{"subnet": %q, "gateway": %q}]],
+      "routes": [{"dst": "0.0.0.0/0"}],
+      "dataDir": %q
+    }
+  }]
+}
+`, PodSubnet, PodGateway, filepath.Join(c.Dir, "cni-ipam"))
+	if err := os.WriteFile(filepath.Join(cni, "10-e2e.conflist"), []byte(conflist), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	// containerd's own defaults, edited as DESIGN §5 says: this machine
 	// lets runc raise but not lower oom_score_adj, the sandbox image is the
 	// one built here, Debian installs the CNI plugins in /usr/lib/cni, and
-	// every path is the cluster's own.
+	// every path is the cluster's own, the pods' network namespaces too.
 	def, err := exec.Command("containerd", "config", "default").Output()
 	if err != nil {
 		t.Fatalf("containerd config default: %v", err)
@@ -195,6 +237,7 @@ func (c *Cluster) startContainerd() {
 		{"state", `"/run/containerd"`, fmt.Sprintf("%q", state)},
 		{"address", `"/run/containerd/containerd.sock"`, fmt.Sprintf("%q", c.Containerd)},
 		{"restrict_oom_score_adj", "false", "true"},
+		{"netns_mounts_under_state_dir", "false", "true"},
 		{"sandbox_image", `"registry.k8s.io/pause:3.6"`, fmt.Sprintf("%q", PauseImage)},
 		{"bin_dir", `"/opt/cni/bin"`, `"/usr/lib/cni"`},
 		{"conf_dir", `"/etc/cni/net.d"`, fmt.Sprintf("%q", cni)},
@@ -230,16 +273,24 @@ func (c *Cluster) startKubelet(bin, kubeconfig string) {
 	if out, err := exec.Command("mount", "--make-rshared", c.KubeletDir).CombinedOutput(); err != nil {
 		t.Fatalf("making the kubelet directory shared: %v: %s", err, out)
 	}
-	healthz := freePort(t)
+	// Pods resolve names through the node's resolver only.
+	resolv := filepath.Join(c.Dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+NodeIP+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet serves on the node's address, so the apiserver reaches
+	// it for logs and exec; only the node's namespace can reach that
+	// address, so it lets anonymous callers in (the apiserver has no
+	// kubelet client certificate here).
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
-port: %s
+address: %s
+port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: %s
+healthzPort: 10248
 authentication:
-  anonymous: {enabled: false}
+  anonymous: {enabled: true}
   webhook: {enabled: false}
 authorization:
   mode: AlwaysAllow
@@ -256,21 +307,30 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: false
 syncFrequency: 10s
-resolvConf: ""
-`, freePort(t), healthz, c.Containerd, c.PodLogs)
+resolvConf: %s
+`, NodeIP, c.Containerd, c.PodLogs, resolv)
 	path := filepath.Join(c.Dir, "kubelet.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c.run("kubelet", bin, "--config", path, "--kubeconfig", kubeconfig, "--root-dir", c.KubeletDir,
-		"--hostname-override", NodeName, "--node-ip", nodeIP(t), "--v=2")
+		"--hostname-override", NodeName, "--node-ip", NodeIP, "--v=2")
 }
 
-// waitNode waits until the node has registered.
-func (c *Cluster) waitNode() {
-	c.waitFor("the node to register", 2*time.Minute, func() bool {
-		_, err := c.Kube.Clientset.CoreV1().Nodes().Get(context.Background(), NodeName, metav1.GetOptions{})
-		return err == nil
+// waitNodeReady waits until the node has registered and is Ready: the
+// CNI config is loaded, so pods can be scheduled onto it.
+func (c *Cluster) waitNodeReady() {
+	c.waitFor("the node to be Ready", 2*time.Minute, func() bool {
+		n, err := c.Kube.Clientset.CoreV1().Nodes().Get(context.Background(), NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				return cond.Status == corev1.ConditionTrue
+			}
+		}
+		return false
 	}, "kubelet")
 }
 
@@ -285,7 +345,8 @@ func (c *Cluster) waitFor(what string, timeout time.Duration, cond func() bool, 
 	}
 }
 
-// WaitPod waits until the pod is Running (or has succeeded).
+// WaitPod waits until the pod is Running with every container ready (or
+// has succeeded).
 func (c *Cluster) WaitPod(ns, name string, timeout time.Duration) *corev1.Pod {
 	c.t.Helper()
 	var p *corev1.Pod
@@ -293,7 +354,7 @@ func (c *Cluster) WaitPod(ns, name string, timeout time.Duration) *corev1.Pod {
 	for {
 		var err error
 		p, err = c.Kube.Clientset.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
-		if err == nil && (p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodSucceeded) {
+		if err == nil && ((p.Status.Phase == corev1.PodRunning && allReady(*p)) || p.Status.Phase == corev1.PodSucceeded) {
 			return p
 		}
 		if time.Now().After(deadline) {
@@ -369,7 +430,7 @@ func (c *Cluster) Describe(ns, name string) string {
 	ctx := context.Background()
 	var b strings.Builder
 	if p, err := c.Kube.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
-		fmt.Fprintf(&b, "phase %s, node %q", p.Status.Phase, p.Spec.NodeName)
+		fmt.Fprintf(&b, "phase %s, node %q, IP %s", p.Status.Phase, p.Spec.NodeName, p.Status.PodIP)
 		for _, cond := range p.Status.Conditions {
 			fmt.Fprintf(&b, "; %s=%s %s", cond.Type, cond.Status, cond.Message)
 		}
@@ -390,42 +451,53 @@ func (c *Cluster) Describe(ns, name string) string {
 	return b.String()
 }
 
-// ContainerLog returns what a container's latest run printed, from the
-// kubelet's pod logs directory ({ns}_{pod}_{uid}/{container}/{n}.log, CRI
-// format), without the CRI prefix of each line.
+// ContainerLog returns what a container's latest run printed, as `kubectl
+// logs` shows it: through the apiserver, from the kubelet. It is empty
+// until the container has started.
 func (c *Cluster) ContainerLog(p *corev1.Pod, container string) string {
-	return c.ContainerRunLog(p, container, -1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := c.Kube.Clientset.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: container}).Do(ctx).Raw()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimRight(string(b), "\n")
 }
 
-// ContainerRunLog is ContainerLog for run n of the container (0 is the
-// first; -1 the newest).
+// ContainerRunLog returns what run n of a container (0 is the first)
+// printed, from the kubelet's pod logs directory
+// ({ns}_{pod}_{uid}/{container}/{n}.log, CRI format) without each line's
+// CRI prefix: the API keeps only the latest two runs.
 func (c *Cluster) ContainerRunLog(p *corev1.Pod, container string, n int) string {
-	// {restart count}.log
-	dir := filepath.Join(c.PodLogs, p.Namespace+"_"+p.Name+"_"+string(p.UID), container)
-	name := fmt.Sprintf("%d.log", n)
-	if n < 0 {
-		name = ""
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			var i int
-			if _, err := fmt.Sscanf(e.Name(), "%d.log", &i); err == nil && i > n {
-				name, n = e.Name(), i
-			}
-		}
-	}
-	b, err := os.ReadFile(filepath.Join(dir, name))
-	if name == "" || err != nil {
+	b, err := os.ReadFile(filepath.Join(c.PodLogs, p.Namespace+"_"+p.Name+"_"+string(p.UID), container, fmt.Sprintf("%d.log", n)))
+	if err != nil {
 		return ""
 	}
 	var out []string
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	for sc.Scan() {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
 		// {timestamp} {stream} {P|F} {text}
-		if f := strings.SplitN(sc.Text(), " ", 4); len(f) == 4 {
+		if f := strings.SplitN(line, " ", 4); len(f) == 4 {
 			out = append(out, f[3])
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Exec runs a command in a container, as `kubectl exec` does (through the
+// apiserver and the kubelet's streaming server), and returns what it wrote
+// to stdout and stderr. err is set if the command failed or exited non-zero.
+func (c *Cluster) Exec(ns, pod, container string, command ...string) (stdout, stderr string, err error) {
+	req := c.Kube.Clientset.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: command, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewWebSocketExecutor(c.Kube.Config, "GET", req.URL().String())
+	if err != nil {
+		return "", "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut})
+	return out.String(), errOut.String(), err
 }
 
 // stop tears everything down: the kubelet first (so it starts nothing
@@ -435,6 +507,9 @@ func (c *Cluster) stop() {
 	c.mu.Lock()
 	procs := c.procs
 	c.mu.Unlock()
+	// Found before anything is unmounted: a pod's namespace is known by
+	// its mount under containerd's state directory.
+	namespaces := clusterNamespaces(Namespace(), c.Dir)
 	byName := map[string]*proc{}
 	for _, p := range procs {
 		byName[p.name] = p
@@ -463,18 +538,43 @@ func (c *Cluster) stop() {
 		}
 		kill(byName["containerd"])
 	}
-	// The shims outlive containerd by design: find them by their socket
+	// The shims outlive containerd by design: found by their socket
 	// address, which names this cluster's directory.
-	killShims(c.Dir)
+	for pid, cmdline := range clusterProcesses(c.Dir, nil) {
+		if strings.Contains(cmdline, "containerd-shim") {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	for _, p := range procs {
 		kill(p)
 	}
-	unmountUnder(c.t, c.Dir)
+	// Whatever a dead shim left running in a pod's namespace.
+	for pid := range clusterProcesses("", podNamespaces(namespaces)) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if err := unmountAll(c.Dir); err != nil {
+		c.t.Errorf("e2e: %v", err)
+	}
+}
+
+// podNamespaces is namespaces without the node's own (this process runs
+// there).
+func podNamespaces(namespaces map[nsID]bool) map[nsID]bool {
+	node, _ := nsOf("/proc/self/ns/net")
+	out := map[nsID]bool{}
+	for id := range namespaces {
+		if id != node {
+			out[id] = true
+		}
+	}
+	return out
 }
 
 // removeDir removes the cluster's directory, once nothing is mounted in it.
 func (c *Cluster) removeDir() {
-	unmountUnder(c.t, c.Dir)
+	if err := unmountAll(c.Dir); err != nil {
+		c.t.Errorf("e2e: %v", err)
+	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		c.t.Errorf("e2e: removing %s: %v", c.Dir, err)
 	}
@@ -496,100 +596,13 @@ func kill(p *proc) {
 	p.log.Close()
 }
 
-// killShims kills containerd-shim processes whose command line names dir.
-func killShims(dir string) {
-	for pid, cmdline := range processes(dir) {
-		if strings.Contains(cmdline, "containerd-shim") {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-// Processes returns the command lines of live processes that name dir:
-// every process the cluster starts does.
+// Processes returns the live processes of the cluster in dir, other than
+// this one: those in the node's or a pod's network namespace, and those
+// that name dir on their command line.
 func Processes(dir string) []string {
 	var out []string
-	for pid, cmdline := range processes(dir) {
+	for pid, cmdline := range clusterProcesses(dir, clusterNamespaces(Namespace(), dir)) {
 		out = append(out, fmt.Sprintf("%d: %s", pid, cmdline))
 	}
 	return out
-}
-
-func processes(dir string) map[int]string {
-	out := map[int]string{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid := 0
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		s := strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
-		if strings.Contains(s, dir) {
-			if st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); strings.Contains(string(st), ") Z ") {
-				continue // a zombie holds nothing
-			}
-			out[pid] = s
-		}
-	}
-	return out
-}
-
-// Mounts returns the mount points under dir, deepest first.
-func Mounts(dir string) []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			out = append(out, f[4])
-		}
-	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out
-}
-
-func unmountUnder(t testing.TB, dir string) {
-	m := mount.New("")
-	for range 3 { // shared mounts can reappear once
-		ms := Mounts(dir)
-		if len(ms) == 0 {
-			return
-		}
-		for _, p := range ms {
-			if err := m.Unmount(p); err != nil {
-				syscall.Unmount(p, syscall.MNT_DETACH)
-			}
-		}
-	}
-	if left := Mounts(dir); len(left) > 0 {
-		t.Errorf("e2e: mounts left behind: %v", left)
-	}
-}
-
-func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
-// nodeIP is the host's first non-loopback IPv4 address: the kubelet
-// refuses a loopback node IP. Nothing binds to it.
-func nodeIP(t testing.TB) string {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
-			return n.IP.String()
-		}
-	}
-	t.Fatal("the host has no non-loopback IPv4 address for the kubelet's node IP")
-	return ""
 }

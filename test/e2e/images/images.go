@@ -8,9 +8,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -31,6 +33,9 @@ type Image struct {
 	Binary string
 	// Files are more files to put in the image, by path.
 	Files map[string][]byte
+	// Links are paths (such as bin/sleep) made symlinks to the binary, for
+	// a busybox-like binary that acts on the name it is run by.
+	Links []string
 }
 
 // Build compiles each image's binary statically (from the module at root)
@@ -54,7 +59,7 @@ func Build(root, dir string, imgs ...Image) ([]string, error) {
 			files[p] = b
 		}
 		path := filepath.Join(dir, im.Binary+".tar")
-		if err := Write(path, im.Ref, []string{"/" + im.Binary}, files); err != nil {
+		if err := Write(path, im.Ref, []string{"/" + im.Binary}, files, im.Links...); err != nil {
 			return nil, err
 		}
 		out = append(out, path)
@@ -63,13 +68,14 @@ func Build(root, dir string, imgs ...Image) ([]string, error) {
 }
 
 // Write writes a one-layer image holding files (the entrypoint's binary
-// executable, the rest read-only) as a docker-archive tarball at path.
-func Write(path, ref string, entrypoint []string, files map[string][]byte) error {
+// executable, the rest read-only) and links (symlinks to the entrypoint's
+// binary) as a docker-archive tarball at path.
+func Write(path, ref string, entrypoint []string, files map[string][]byte, links ...string) error {
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		return fmt.Errorf("image name %q: %w", ref, err)
 	}
-	layerTar, err := layer(files, entrypoint[0])
+	layerTar, err := layer(files, entrypoint[0], links)
 	if err != nil {
 		return err
 	}
@@ -87,30 +93,34 @@ func Write(path, ref string, entrypoint []string, files map[string][]byte) error
 	}
 	cfg = cfg.DeepCopy()
 	cfg.Architecture, cfg.OS = "amd64", "linux"
-	cfg.Config = v1.Config{Entrypoint: entrypoint, Env: []string{"PATH=/"}}
+	cfg.Config = v1.Config{Entrypoint: entrypoint, Env: []string{"PATH=/bin:/"}}
 	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		return err
 	}
 	return tarball.WriteToFile(path, tag, img)
 }
 
-// layer makes a tar of files, with the directories they need.
-func layer(files map[string][]byte, exe string) ([]byte, error) {
+// layer makes a tar of files and links, with the directories they need,
+// in a fixed order: the same inputs make the same image.
+func layer(files map[string][]byte, exe string, links []string) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	dirs := map[string]bool{}
 	epoch := time.Unix(0, 0)
-	for p := range files {
-		for d := filepath.Dir(p); d != "." && d != "/" && !dirs[d]; d = filepath.Dir(d) {
+	paths := slices.Sorted(maps.Keys(files))
+	dirs := map[string]bool{}
+	for _, p := range append(slices.Clone(paths), links...) {
+		for d := filepath.Dir(p); d != "." && d != "/"; d = filepath.Dir(d) {
 			dirs[d] = true
 		}
 	}
-	for d := range dirs {
+	// Sorted, a directory comes before what it holds.
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: epoch}); err != nil {
 			return nil, err
 		}
 	}
-	for p, b := range files {
+	for _, p := range paths {
+		b := files[p]
 		mode := int64(0o644)
 		if "/"+p == exe {
 			mode = 0o755
@@ -119,6 +129,11 @@ func layer(files map[string][]byte, exe string) ([]byte, error) {
 			return nil, err
 		}
 		if _, err := tw.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	for _, l := range links {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: l, Linkname: exe, Mode: 0o777, ModTime: epoch}); err != nil {
 			return nil, err
 		}
 	}
