@@ -328,8 +328,9 @@ spec:
       configMap: {name: coffer-ca}
 `
 
-// Seed 004's class and pod, with the vault and tenant changed.
-const seed004 = `apiVersion: secrets-store.csi.x-k8s.io/v1
+// Seed 004's class (at v1alpha1, as the seed wrote it) and pod, with the
+// vault and tenant changed.
+const seed004 = `apiVersion: secrets-store.csi.x-k8s.io/v1alpha1
 kind: SecretProviderClass
 metadata:
   name: key-vault-secret
