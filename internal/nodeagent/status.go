@@ -59,6 +59,13 @@ func Desired(node string, pods []corev1.Pod, snap podidentity.Snapshot, p podide
 	return out
 }
 
+// Current reports whether have, as read from the apiserver, already says
+// what want says, so the writer leaves it alone: without that, every
+// reconcile would rewrite every object.
+func Current(have, want podidentity.AzureAssignedIdentity) bool {
+	return equality.Semantic.DeepEqual(have.Spec, want.Spec) && have.Status == want.Status
+}
+
 // assignedName is AAD Pod Identity's {pod}-{namespace}-{identity}, hashed
 // down when it would pass the 253-character limit.
 func assignedName(pod, ns, identity string) string {
@@ -156,7 +163,7 @@ func (s *StatusWriter) reconcile(ctx context.Context) error {
 			continue
 		}
 		delete(want, h.Namespace+"/"+h.Name)
-		if !equality.Semantic.DeepEqual(h.Spec, d.Spec) || h.Status != d.Status {
+		if !Current(*h, d) {
 			h.Spec, h.Status = d.Spec, d.Status
 			if err := s.Kube.Update(ctx, h); err != nil {
 				return err

@@ -189,6 +189,35 @@ func TestPodIdentity(t *testing.T) {
 		})
 	})
 
+	t.Run("a written AzureAssignedIdentity reads back current", func(t *testing.T) {
+		// What the apiserver stores (its embedded identity and binding
+		// pruned and defaulted as it does) must compare equal to what the
+		// writer wants, or the writer would update it on every reconcile.
+		pods, err := agent.Cluster.Pods()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, err := agent.Cluster.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := nodeagent.Desired("node-1", pods, snap, podidentity.Policy{})
+		if len(want) != 1 {
+			t.Fatalf("%d AzureAssignedIdentities wanted, 1 expected", len(want))
+		}
+		var have podidentity.AzureAssignedIdentity
+		if err := w.kc.Get(context.Background(), client.ObjectKeyFromObject(&want[0]), &have); err != nil {
+			t.Fatal(err)
+		}
+		if !nodeagent.Current(have, want[0]) {
+			t.Fatalf("the stored object differs from the wanted one:\nhave %+v\nwant %+v", have.Spec, want[0].Spec)
+		}
+		want[0].Spec.AzureIdentityRef.Spec.ClientID = "another"
+		if nodeagent.Current(have, want[0]) {
+			t.Fatal("a changed identity still compares current")
+		}
+	})
+
 	t.Run("unlabelled pod gets nothing", func(t *testing.T) {
 		code, body, _ := agenttest.IMDS(t, agent.URL, "", q, agenttest.PodToken(t, w.kube, plain), true)
 		if code != 400 || !strings.Contains(body["error_description"], "Identity not assigned") {
