@@ -40,7 +40,7 @@ type Handler struct {
 	verifier *token.Verifier
 	issuer   func(tenant string) string
 	log      *slog.Logger
-	mux      *http.ServeMux
+	mux      http.Handler
 }
 
 // Deps are the domain services the handler calls.
@@ -74,7 +74,7 @@ func New(d Deps) *Handler {
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
 	})
-	h.mux = m
+	h.mux = collapseSlashes(m)
 	return h
 }
 
@@ -121,29 +121,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
-	r = r.WithContext(ctx)
-	if strings.Contains(r.URL.Path, "//") {
-		// Key Vault serves https://v.vault.azure.net//secrets/n (scripts
-		// that join a vault URL ending in "/" with "/secrets" send it);
-		// ServeMux would answer it with a redirect that curl does not follow.
-		u := *r.URL
-		u.Path, u.RawPath = collapseSlashes(u.Path), ""
-		r.URL = &u
-	}
-	h.mux.ServeHTTP(w, r)
-}
-
-// collapseSlashes replaces each run of slashes in p with one, keeping a
-// trailing one: /secrets/n/ (an empty version) means the latest.
-func collapseSlashes(p string) string {
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		if p[i] == '/' && i > 0 && p[i-1] == '/' {
-			continue
-		}
-		b.WriteByte(p[i])
-	}
-	return b.String()
+	h.mux.ServeHTTP(w, r.WithContext(ctx))
 }
 
 func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {

@@ -114,6 +114,15 @@ func TestBadRequests(t *testing.T) {
 			t.Fatalf("GET %s: %d from %s: %s", p, resp.StatusCode, resp.Request.URL.Path, body)
 		}
 	}
+	// An encoded slash stays inside its segment: with the double slash
+	// collapsed, password%2F{version} is still one (invalid) name, never
+	// the secret password at that version.
+	_, _, body := rawBody(t, env, "GET", "/secrets/password"+v, tok, "")
+	var bundle struct{ ID string }
+	json.Unmarshal(body, &bundle)
+	version := bundle.ID[strings.LastIndex(bundle.ID, "/")+1:]
+	resp, e = raw(t, env, "GET", "//secrets/password%2F"+version+v, tok, "")
+	expect(t, resp, e, 400, "BadParameter")
 
 	resp, e = raw(t, env, "GET", "/secrets/bad_name"+v, tok, "")
 	expect(t, resp, e, 400, "BadParameter")
