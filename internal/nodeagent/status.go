@@ -44,12 +44,14 @@ func Desired(node string, pods []corev1.Pod, snap podidentity.Snapshot, p podide
 					AzureIdentityRef: &podidentity.AzureIdentity{
 						TypeMeta:   metav1.TypeMeta{APIVersion: podidentity.GroupVersion.String(), Kind: "AzureIdentity"},
 						ObjectMeta: metav1.ObjectMeta{Name: a.Identity.Name, Namespace: a.Identity.Namespace},
-						Spec:       a.Identity.Spec,
+						// Copies: the snapshot is shared with the IMDS handlers,
+						// and decoding the apiserver's answer writes into these.
+						Spec: *a.Identity.Spec.DeepCopy(),
 					},
 					AzureBindingRef: &podidentity.AzureIdentityBinding{
 						TypeMeta:   metav1.TypeMeta{APIVersion: podidentity.GroupVersion.String(), Kind: "AzureIdentityBinding"},
 						ObjectMeta: metav1.ObjectMeta{Name: a.Binding.Name, Namespace: a.Binding.Namespace},
-						Spec:       a.Binding.Spec,
+						Spec:       *a.Binding.Spec.DeepCopy(),
 					},
 				},
 				Status: podidentity.AzureAssignedIdentityStatus{Status: AssignedStatus},
