@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilexec "k8s.io/client-go/util/exec"
 
 	"github.com/cofferhq/coffer/test/e2e/cluster"
 	"github.com/cofferhq/coffer/test/e2e/images"
@@ -74,9 +76,11 @@ func tarballs(t testing.TB) []string {
 // TestNodeRunsContainers is the harness's own check: the scheduler puts a
 // pod on the node, the kubelet runs a container from a locally built image
 // with an address on the bridge, `kubectl logs` and `kubectl exec` reach
-// it, and tearing the cluster down leaves no process, mount or veth.
+// it, pods cannot reach the kubelet, and tearing the cluster down leaves no
+// process, mount or veth.
 func TestNodeRunsContainers(t *testing.T) {
 	var dir string
+	var footprint cluster.Footprint
 	t.Run("cluster", func(t *testing.T) {
 		c := cluster.Start(t, cluster.Options{Images: tarballs(t)})
 		dir = c.Dir
@@ -116,13 +120,26 @@ func TestNodeRunsContainers(t *testing.T) {
 		if err != nil || !strings.Contains(out, "sleep") {
 			t.Fatalf("kubectl exec ls /bin: %v: %q %q", err, out, stderr)
 		}
-		if _, _, err := c.Exec("default", "sleeper", "app", "cat", "/no/such/file"); err == nil {
-			t.Fatal("a failing command in exec reported no error")
+		var exit utilexec.CodeExitError
+		if _, _, err := c.Exec("default", "sleeper", "app", "cat", "/no/such/file"); !errors.As(err, &exit) || exit.Code != 1 {
+			t.Fatalf("a command that exits 1 in exec reported %v", err)
+		}
+		// The node's address answers pods (its resolver is there), but its
+		// kubelet port does not: the kubelet lets anonymous callers in.
+		if _, stderr, err := c.Exec("default", "sleeper", "app", "curl", "-s", "-k", "https://"+cluster.NodeIP+":10250/healthz"); err == nil || !strings.Contains(stderr, "connection refused") {
+			t.Fatalf("a pod reached the kubelet: %v %s", err, stderr)
+		}
+		if _, err := c.Kube.Clientset.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", cluster.NodeName, "proxy", "healthz").DoRaw(ctx); err != nil {
+			t.Fatalf("the apiserver cannot reach the kubelet: %v", err)
 		}
 		// What the teardown checks below look for is there while it
 		// runs: the checks can fail.
-		if n := len(cluster.Processes(c.Dir)); n < 5 {
+		footprint = c.Footprint()
+		if n := len(footprint.Processes()); n < 5 {
 			t.Fatalf("only %d cluster processes found while the cluster runs", n)
+		}
+		if len(footprint.PodProcesses()) == 0 {
+			t.Fatal("no process found in a pod's network namespace while pods run")
 		}
 		if len(cluster.Mounts(c.Dir)) == 0 {
 			t.Fatal("no mounts found while the cluster runs")
@@ -140,7 +157,7 @@ func TestNodeRunsContainers(t *testing.T) {
 	if m := cluster.Mounts(dir); len(m) > 0 {
 		t.Errorf("mounts left behind: %v", m)
 	}
-	if left := cluster.Processes(dir); len(left) > 0 {
+	if left := footprint.Processes(); len(left) > 0 {
 		t.Errorf("processes left behind: %v", left)
 	}
 	// A pod's namespace goes once nothing holds it, and its veth with it;

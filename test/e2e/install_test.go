@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cofferhq/coffer/internal/chartrender"
@@ -186,31 +189,63 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 	return in
 }
 
-// apply creates the chart's objects, or updates those that exist.
+// apply creates the chart's objects, or updates those that exist. The
+// apiserver must have no warning for any of them (a deprecated field, an
+// unknown one, a doubtful value).
 func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[string]any) {
 	t.Helper()
 	objs, err := chartrender.Render(ch, "coffer", ns, values)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg := rest.CopyConfig(c.Kube.Config)
+	warnings := &warningRecorder{}
+	cfg.WarningHandler, cfg.WarningHandlerWithContext = warnings, nil
+	kc, err := client.New(cfg, client.Options{Scheme: c.Kube.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	for _, o := range objs {
-		err := c.Kube.Client.Create(ctx, o)
+		err := kc.Create(ctx, o)
 		if apierrors.IsAlreadyExists(err) {
 			cur := &unstructured.Unstructured{}
 			cur.SetGroupVersionKind(o.GroupVersionKind())
-			if err = c.Kube.Client.Get(ctx, client.ObjectKeyFromObject(o), cur); err == nil {
+			if err = kc.Get(ctx, client.ObjectKeyFromObject(o), cur); err == nil {
 				o.SetResourceVersion(cur.GetResourceVersion())
 				if o.GetKind() == "MutatingWebhookConfiguration" {
 					continue // its caBundle is the webhook's
 				}
-				err = c.Kube.Client.Update(ctx, o)
+				err = kc.Update(ctx, o)
 			}
 		}
 		if err != nil {
 			t.Fatalf("applying %s %s: %v", o.GetKind(), o.GetName(), err)
 		}
+		if w := warnings.take(); len(w) > 0 {
+			t.Errorf("the apiserver warns about %s %s: %s", o.GetKind(), o.GetName(), strings.Join(w, "; "))
+		}
 	}
+}
+
+// warningRecorder keeps the apiserver's warnings.
+type warningRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warningRecorder) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, text)
+}
+
+func (w *warningRecorder) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m := w.msgs
+	w.msgs = nil
+	return m
 }
 
 // waitInstall waits for cond, and shows every Coffer pod's log if it never

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,9 +88,21 @@ func (in *installation) exec(t *testing.T, pod, container string, command ...str
 	in.c.WaitPod("default", pod, 2*time.Minute)
 	out, stderr, err := in.c.Exec("default", pod, container, command...)
 	if err != nil {
-		t.Fatalf("kubectl exec %s -c %s -- %s: %v\nstdout: %s\nstderr: %s", pod, container, strings.Join(command, " "), err, out, stderr)
+		t.Fatalf("kubectl exec %s -c %s -- %s: %v\nstdout: %s\nstderr: %s", pod, container, redact(command), err, out, stderr)
 	}
 	return out
+}
+
+// redact is a command line for a message, with the tokens of its
+// Authorization headers left out.
+func redact(command []string) string {
+	out := slices.Clone(command)
+	for i, a := range out {
+		if k, _, ok := strings.Cut(a, ":"); ok && strings.EqualFold(strings.TrimSpace(k), "Authorization") {
+			out[i] = k + ": (redacted)"
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // jq is the seeds' `jq -r .field`: a JSON document's string field.
@@ -163,7 +176,7 @@ func TestSeeds(t *testing.T) {
 
 		// Before the label: the agent answers, and refuses.
 		refused := in.exec(t, pod, ctr, "curl", imds, "-H", "Metadata:true", "-H", proof, "-s")
-		if jq(t, refused, "access_token") != "" || !strings.Contains(refused, "default/aks-helloworld") {
+		if jq(t, refused, "access_token") != "" || !strings.Contains(refused, "Identity not assigned") || !strings.Contains(refused, "default/aks-helloworld") {
 			t.Fatalf("an unlabelled pod's IMDS request was answered with %s", refused)
 		}
 		// kubectl label pod aks-helloworld aadpodidbinding=web
@@ -233,9 +246,19 @@ func TestSeeds(t *testing.T) {
 		if !strings.Contains(log, `AZURE_FEDERATED_TOKEN_FILE="/var/run/secrets/azure/tokens/azure-identity-token"`) {
 			t.Fatalf("the webhook's env did not reach the container:\n%s", log)
 		}
+
+		// The same identity for a CSI volume (the class's clientID): the
+		// kubelet requests the pod's token for the CSIDriver's audience and
+		// passes it in the request's secrets (serviceAccountTokenInSecrets).
+		in.create(t, fill(workloadVolume, map[string]string{"clientID": mi.ClientID, "tenant": in.env.TenantID}))
+		if got := in.exec(t, "wi-volume", "app", "cat", "/mnt/secrets-store/password"); got != "seed 002 value" {
+			t.Fatalf("cat password = %q", got)
+		}
 	})
 
 	t.Run("rotation: the file in the running container and the synced Secret change", func(t *testing.T) {
+		in.setSecret(t, "secret1", "first value")
+		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
 		in.create(t, fill(rotation, map[string]string{"tenant": in.env.TenantID}))
 		in.podLog(t, "rotating", "app", `SECRET_1="first value"`)
 		start := time.Now()
@@ -410,6 +433,46 @@ spec:
   volumes:
     - name: ca
       configMap: {name: coffer-ca}
+`
+
+// A class for workload identity (clientID), mounted by a pod of the
+// federated service account.
+const workloadVolume = `apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: wi-class
+spec:
+  provider: azure
+  parameters:
+    clientID: "{{clientID}}"
+    keyvaultName: demo
+    objects: |
+      array:
+        - |
+          objectName: password
+          objectType: secret
+    tenantId: "{{tenant}}"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: wi-volume
+spec:
+  serviceAccountName: wi-sa
+  containers:
+    - name: app
+      image: coffer.local/app:e2e
+      imagePullPolicy: Never
+      command: ["/bin/sleep", "inf"]
+      volumeMounts:
+        - {name: store, mountPath: /mnt/secrets-store, readOnly: true}
+  volumes:
+    - name: store
+      csi:
+        driver: secrets-store.csi.k8s.io
+        readOnly: true
+        volumeAttributes:
+          secretProviderClass: wi-class
 `
 
 const rotation = `apiVersion: secrets-store.csi.x-k8s.io/v1

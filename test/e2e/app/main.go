@@ -8,7 +8,7 @@
 //	cat FILE...                    print files
 //	ls DIR                         list a directory's visible names
 //	printenv NAME...               print variables
-//	curl [-s] [-H 'K: V']... [--cacert FILE] URL
+//	curl [-s] [-k] [-H 'K: V']... [--cacert FILE] URL
 //	                               GET URL and print the body (no redirects)
 //
 // Under its own name, /app, it runs one of the tests' own flows and prints
@@ -148,10 +148,13 @@ func tool(ctx context.Context, name string, args []string) int {
 // curl does the part of curl that the seeds use: a GET with headers.
 func curl(ctx context.Context, args []string) error {
 	var url, caFile string
+	insecure := false
 	header := http.Header{}
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; {
 		case a == "-s" || a == "--silent":
+		case a == "-k" || a == "--insecure":
+			insecure = true
 		case a == "-H" || a == "--header" || a == "--cacert":
 			if i+1 == len(args) {
 				return fmt.Errorf("option %s needs a value", a)
@@ -179,6 +182,7 @@ func curl(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	hc.Transport.(*http.Transport).TLSClientConfig.InsecureSkipVerify = insecure
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {

@@ -63,8 +63,7 @@ type Cluster struct {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	log  *os.File
-	done chan struct{}
+	done chan struct{} // closed once it has exited and its log is closed
 }
 
 // Options tune the cluster.
@@ -174,8 +173,8 @@ func (c *Cluster) run(name, bin string, args ...string) {
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("starting %s: %v", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: f, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); f.Close(); close(p.done) }()
 	c.mu.Lock()
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
@@ -241,6 +240,9 @@ func (c *Cluster) startContainerd() {
 		{"sandbox_image", `"registry.k8s.io/pause:3.6"`, fmt.Sprintf("%q", PauseImage)},
 		{"bin_dir", `"/opt/cni/bin"`, `"/usr/lib/cni"`},
 		{"conf_dir", `"/etc/cni/net.d"`, fmt.Sprintf("%q", cni)},
+		// runc's state, and the opt plugin's directory.
+		{"Root", `""`, fmt.Sprintf("%q", filepath.Join(c.Dir, "runc"))},
+		{"path", `"/opt/containerd"`, fmt.Sprintf("%q", filepath.Join(c.Dir, "opt"))},
 	} {
 		old := r.key + " = " + r.from
 		if !strings.Contains(cfg, old) {
@@ -279,9 +281,9 @@ func (c *Cluster) startKubelet(bin, kubeconfig string) {
 		t.Fatal(err)
 	}
 	// The kubelet serves on the node's address, so the apiserver reaches
-	// it for logs and exec; only the node's namespace can reach that
-	// address, so it lets anonymous callers in (the apiserver has no
-	// kubelet client certificate here).
+	// it for logs and exec. It lets anonymous callers in (the apiserver
+	// has no kubelet client certificate here): only the node's namespace
+	// reaches that address, and pods are kept off the port below.
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: %s
@@ -313,8 +315,14 @@ resolvConf: %s
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Pods reach the node's address (its resolver, Coffer's server), but
+	// not the kubelet's port.
+	if out, err := exec.Command("iptables", "-w", "-I", "INPUT", "-i", "cni0", "-p", "tcp", "--dport", "10250",
+		"-j", "REJECT", "--reject-with", "tcp-reset").CombinedOutput(); err != nil {
+		t.Fatalf("closing the kubelet's port to pods: %v: %s", err, out)
+	}
 	c.run("kubelet", bin, "--config", path, "--kubeconfig", kubeconfig, "--root-dir", c.KubeletDir,
-		"--hostname-override", NodeName, "--node-ip", NodeIP, "--v=2")
+		"--cert-dir", filepath.Join(c.Dir, "kubelet-pki"), "--hostname-override", NodeName, "--node-ip", NodeIP, "--v=2")
 }
 
 // waitNodeReady waits until the node has registered and is Ready: the
@@ -530,11 +538,15 @@ func (c *Cluster) stop() {
 			return ids
 		}
 		for _, id := range ctr("tasks", "ls") {
-			exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+			if out, err := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).CombinedOutput(); err != nil {
+				c.t.Logf("e2e: ctr tasks kill %s: %v: %s", id, err, out)
+			}
 		}
 		time.Sleep(500 * time.Millisecond)
 		for _, id := range ctr("tasks", "ls") {
-			exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "delete", "-f", id).Run()
+			if out, err := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "delete", "-f", id).CombinedOutput(); err != nil {
+				c.t.Logf("e2e: ctr tasks delete %s: %v: %s", id, err, out)
+			}
 		}
 		kill(byName["containerd"])
 	}
@@ -570,10 +582,12 @@ func podNamespaces(namespaces map[nsID]bool) map[nsID]bool {
 	return out
 }
 
-// removeDir removes the cluster's directory, once nothing is mounted in it.
+// removeDir removes the cluster's directory, once nothing is mounted in
+// it: never while something is, or it would remove what the mount holds.
 func (c *Cluster) removeDir() {
 	if err := unmountAll(c.Dir); err != nil {
-		c.t.Errorf("e2e: %v", err)
+		c.t.Errorf("e2e: %v; %s is kept", err, c.Dir)
+		return
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		c.t.Errorf("e2e: removing %s: %v", c.Dir, err)
@@ -593,15 +607,37 @@ func kill(p *proc) {
 		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
-	p.log.Close()
 }
 
-// Processes returns the live processes of the cluster in dir, other than
-// this one: those in the node's or a pod's network namespace, and those
-// that name dir on their command line.
-func Processes(dir string) []string {
+// Footprint is what a cluster's processes are known by, taken while it
+// runs: the node's network namespace and the pods', the cluster's
+// directory on a command line, and descent from either. A pod's namespace
+// is found by its mount, which teardown removes, so a check made after
+// teardown must use a footprint taken before.
+type Footprint struct {
+	dir        string
+	namespaces map[nsID]bool
+}
+
+// Footprint takes the cluster's footprint now.
+func (c *Cluster) Footprint() Footprint {
+	return Footprint{c.Dir, clusterNamespaces(Namespace(), c.Dir)}
+}
+
+// Processes returns the live processes of the footprint, other than this
+// one.
+func (f Footprint) Processes() []string {
+	return describe(clusterProcesses(f.dir, f.namespaces))
+}
+
+// PodProcesses returns the live processes in the pods' namespaces.
+func (f Footprint) PodProcesses() []string {
+	return describe(clusterProcesses("", podNamespaces(f.namespaces)))
+}
+
+func describe(procs map[int]string) []string {
 	var out []string
-	for pid, cmdline := range clusterProcesses(dir, clusterNamespaces(Namespace(), dir)) {
+	for pid, cmdline := range procs {
 		out = append(out, fmt.Sprintf("%d: %s", pid, cmdline))
 	}
 	return out

@@ -34,22 +34,37 @@ const (
 )
 
 const (
-	envNetns = "COFFER_E2E_NETNS"
-	envRoot  = "COFFER_E2E_ROOT"
+	envNetns     = "COFFER_E2E_NETNS"
+	envRoot      = "COFFER_E2E_ROOT"
+	envHostMntNS = "COFFER_E2E_HOST_MNTNS"
 )
+
+// overlays are the machine's directories that the node's programs write to
+// at fixed paths, whatever their configuration says: containerd's shim
+// sockets (/run/containerd/s), the kubelet's device-plugin socket,
+// libcni's result cache and the kubelet's /var/log/containers links. The
+// inner run has a mount namespace of its own, where a directory of the run
+// is bound over each, so none of it reaches the machine.
+var overlays = []string{"/run/containerd", "/var/lib/kubelet", "/var/lib/cni", "/var/log/containers"}
 
 // Main runs the package's tests on a node of their own. In the calling
 // process (the supervisor) it creates a directory and a network namespace,
 // runs prepare (which may write into the directory: it still has the Go
 // module proxy, the namespace has no network at all), then runs the same
-// test binary again inside the namespace, where Start works. Once that
-// ends, however it ends (a pass, a failure, a timeout's panic, a signal),
-// the supervisor kills whatever is still running in the namespace or in a
-// pod's namespace, unmounts what is mounted under the directory, deletes
-// the namespace and the directory, and fails the run if it had to remove
-// anything: the tests' own teardown must leave nothing behind.
+// test binary again inside the namespace, in a mount namespace of its own,
+// where Start works. Once that ends, however it ends (a pass, a failure, a
+// timeout's panic, a signal), the supervisor kills whatever is still
+// running in the node's namespace or descends from it, removes the cgroups
+// of containers that were never deleted, deletes the namespace and the
+// directory, checks that the machine's directories and interfaces are as
+// they were, and fails the run if it had to remove anything or found a
+// change: the tests' own teardown must leave nothing behind.
 func Main(m *testing.M, prepare func(root string) error) int {
 	if os.Getenv(envNetns) != "" {
+		if err := bindOverlays(Root()); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
 		net.DefaultResolver = resolver()
 		return m.Run()
 	}
@@ -70,17 +85,31 @@ func supervise(prepare func(root string) error) int {
 	if os.Geteuid() != 0 {
 		return fail("the cluster runs containers in a network namespace of its own: run the tests as root")
 	}
-	for _, bin := range []string{"ip", "nsenter"} {
+	for _, bin := range []string{"ip", "nsenter", "unshare"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fail("%s is not installed (iproute2, util-linux): run scripts/deps.sh", bin)
 		}
 	}
+	// From here on a ^C (which reaches the whole process group, the image
+	// builds and the inner run too) stops the run but not the cleanup.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
 	root, err := os.MkdirTemp("", "coffer-e2e-")
 	if err != nil {
 		return fail("%v", err)
 	}
 	name := filepath.Base(root)
 	hostLinks := interfaceNames()
+	made, err := mountPoints(overlays)
+	defer removeEmpty(made)
+	if err != nil {
+		os.RemoveAll(root)
+		return fail("%v", err)
+	}
+	hostFiles := listings(overlays)
+	hostCgroups := cgroupParents()
 
 	code := func() int {
 		if err := prepare(root); err != nil {
@@ -90,12 +119,13 @@ func supervise(prepare func(root string) error) int {
 			return fail("creating the node's network namespace: %v", err)
 		}
 		fmt.Fprintf(os.Stderr, "e2e: the node's network namespace is %s (node IP %s, pods %s)\n", name, NodeIP, PodSubnet)
-		return runInside(name, root)
+		return runInside(name, root, sigs)
 	}()
 
 	// The tests stopped the cluster themselves, unless they crashed: then
 	// this is the only cleanup there is.
 	left := sweep(name, root)
+	left = append(left, removeCgroups(root, hostCgroups)...)
 	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {
 		left = append(left, fmt.Sprintf("ip netns del %s: %v: %s", name, err, out))
 	}
@@ -104,6 +134,11 @@ func supervise(prepare func(root string) error) int {
 	}
 	if after := interfaceNames(); !slices.Equal(hostLinks, after) {
 		left = append(left, fmt.Sprintf("the machine's network interfaces changed: %v before, %v after", hostLinks, after))
+	}
+	for dir, before := range hostFiles {
+		if after := listing(dir); !slices.Equal(before, after) {
+			left = append(left, fmt.Sprintf("%s changed: %v before, %v after", dir, before, after))
+		}
 	}
 	if len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: FAIL: the tests left these behind (the supervisor removed them):\n  %s\n", strings.Join(left, "\n  "))
@@ -127,10 +162,11 @@ func addNamespace(name string) error {
 }
 
 // runInside runs this test binary again, with the same flags, in the
-// namespace. nsenter switches the network namespace only: `ip netns exec`
-// would also remount /sys, and the kubelet and runc need the machine's
-// /sys/fs/cgroup.
-func runInside(name, root string) int {
+// namespace and in a mount namespace of its own, whose mounts do not
+// propagate back (so they all go when its last process does). nsenter
+// switches the network namespace only: `ip netns exec` would also remount
+// /sys, and the kubelet and runc need the machine's /sys/fs/cgroup.
+func runInside(name, root string, sigs <-chan os.Signal) int {
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -144,16 +180,14 @@ func runInside(name, root string) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + name, "--", exe}, os.Args[1:]...)...)
+	mnt, _ := nsOf("/proc/self/ns/mnt")
+	args := append([]string{"--net=/run/netns/" + name, "--", "unshare", "--mount", "--propagation", "slave", "--", exe}, os.Args[1:]...)
+	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), envNetns+"="+name, envRoot+"="+root, "TMPDIR="+tmp)
+	cmd.Env = append(os.Environ(), envNetns+"="+name, envRoot+"="+root, "TMPDIR="+tmp, fmt.Sprintf("%s=%d", envHostMntNS, mnt.ino))
 	// If the supervisor dies, so does the run; the processes it started
 	// die with it (Pdeathsig), and what survives is found by namespace.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// A ^C reaches both processes; the supervisor stays to clean up.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: starting the tests in the namespace:", err)
 		return 1
@@ -180,9 +214,78 @@ func runInside(name, root string) int {
 	}
 }
 
+// bindOverlays binds {root}/host{path} over each overlay path, in the inner
+// run's own mount namespace. It refuses to in the supervisor's: there the
+// binds would hide the machine's own directories.
+func bindOverlays(root string) error {
+	mnt, _ := nsOf("/proc/self/ns/mnt")
+	if fmt.Sprint(mnt.ino) == os.Getenv(envHostMntNS) {
+		return errors.New("the tests run in the supervisor's mount namespace: refusing to bind over the machine's directories")
+	}
+	for _, p := range overlays {
+		src := filepath.Join(root, "host", p)
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return err
+		}
+		if err := syscall.Mount(src, p, "", syscall.MS_BIND, ""); err != nil {
+			return fmt.Errorf("binding %s over %s: %v", src, p, err)
+		}
+	}
+	return nil
+}
+
+// mountPoints makes the directories that are missing, so they can be
+// mounted over; it returns those it made, parents first.
+func mountPoints(dirs []string) ([]string, error) {
+	var made []string
+	for _, d := range dirs {
+		var missing []string
+		for p := d; p != "/"; p = filepath.Dir(p) {
+			if _, err := os.Stat(p); err == nil {
+				break
+			}
+			missing = append([]string{p}, missing...)
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return made, err
+		}
+		made = append(made, missing...)
+	}
+	return made, nil
+}
+
+// removeEmpty removes the directories mountPoints made, deepest first,
+// when they are empty (they are, unless a bind failed).
+func removeEmpty(dirs []string) {
+	for _, d := range slices.Backward(dirs) {
+		os.Remove(d)
+	}
+}
+
+func listings(dirs []string) map[string][]string {
+	out := map[string][]string{}
+	for _, d := range dirs {
+		out[d] = listing(d)
+	}
+	return out
+}
+
+// listing is a directory's names, recursively; the runs must not add any.
+func listing(dir string) []string {
+	var names []string
+	filepath.WalkDir(dir, func(p string, _ os.DirEntry, err error) error {
+		if err == nil && p != dir {
+			names = append(names, p)
+		}
+		return nil
+	})
+	return names
+}
+
 // sweep kills what still runs in the node's or a pod's namespace, or names
-// root on its command line, and unmounts everything under root. It returns
-// what it found.
+// root on its command line, or descends from either, and unmounts
+// everything under root (in the machine's mount namespace there should be
+// nothing). It returns what it found.
 func sweep(name, root string) []string {
 	var left []string
 	namespaces := clusterNamespaces(name, root)
@@ -203,6 +306,56 @@ func sweep(name, root string) []string {
 	return left
 }
 
+// cgroupRoots are the machine's cgroup v1 hierarchies (not the symlinks
+// that name a joint one twice, such as cpu -> cpu,cpuacct).
+func cgroupRoots() []string {
+	entries, _ := os.ReadDir("/sys/fs/cgroup")
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, filepath.Join("/sys/fs/cgroup", e.Name()))
+		}
+	}
+	return out
+}
+
+// containerd's CRI puts each container's cgroup at k8s.io/{id} here.
+const cgroupParent = "k8s.io"
+
+func cgroupParents() map[string]bool {
+	out := map[string]bool{}
+	for _, r := range cgroupRoots() {
+		if _, err := os.Stat(filepath.Join(r, cgroupParent)); err == nil {
+			out[r] = true
+		}
+	}
+	return out
+}
+
+// removeCgroups removes the cgroups of the run's containers that were
+// never deleted (a clean stop deletes each task, and with it its cgroup;
+// a crash does not), and the parents the run made. The containers are
+// known by their task directories under containerd's state.
+func removeCgroups(root string, hadParent map[string]bool) []string {
+	var left []string
+	tasks, _ := filepath.Glob(filepath.Join(root, "cluster-*", "containerd-state", "io.containerd.runtime.v2.task", "k8s.io", "*"))
+	for _, r := range cgroupRoots() {
+		for _, task := range tasks {
+			cg := filepath.Join(r, cgroupParent, filepath.Base(task))
+			if _, err := os.Stat(cg); err == nil {
+				left = append(left, "cgroup "+cg)
+				if err := syscall.Rmdir(cg); err != nil {
+					left = append(left, fmt.Sprintf("removing cgroup %s: %v", cg, err))
+				}
+			}
+		}
+		if !hadParent[r] {
+			syscall.Rmdir(filepath.Join(r, cgroupParent)) // only if empty
+		}
+	}
+	return left
+}
+
 // nsID identifies a namespace by its nsfs device and inode, as stat(2) of
 // /proc/{pid}/ns/net or of a bind mount of it reports them.
 type nsID struct{ dev, ino uint64 }
@@ -215,8 +368,9 @@ func nsOf(path string) (nsID, bool) {
 	return nsID{uint64(st.Dev), st.Ino}, true
 }
 
-// clusterNamespaces are the node's network namespace and the pods' (which
-// containerd mounts under its state directory, inside root).
+// clusterNamespaces are the node's network namespace and the pods' that
+// this mount namespace can see (containerd mounts them under its state
+// directory, inside root).
 func clusterNamespaces(name, root string) map[nsID]bool {
 	out := map[nsID]bool{}
 	if id, ok := nsOf("/run/netns/" + name); ok {
@@ -230,11 +384,18 @@ func clusterNamespaces(name, root string) map[nsID]bool {
 	return out
 }
 
+type procInfo struct {
+	ppid    int
+	cmdline string
+	netns   nsID
+}
+
 // clusterProcesses are the live processes, other than this one, that run
-// in one of namespaces or name root on their command line (containerd's
-// shims, which keep running in the machine's namespace after containerd).
+// in one of namespaces, or name root on their command line (containerd's
+// shims, which run in the machine's namespace), or descend from one of
+// those (a container's processes, whatever namespace they are in).
 func clusterProcesses(root string, namespaces map[nsID]bool) map[int]string {
-	out := map[int]string{}
+	all := map[int]procInfo{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid := 0
@@ -242,24 +403,49 @@ func clusterProcesses(root string, namespaces map[nsID]bool) map[int]string {
 			continue
 		}
 		dir := filepath.Join("/proc", e.Name())
-		if st, _ := os.ReadFile(filepath.Join(dir, "stat")); strings.Contains(string(st), ") Z ") {
-			continue // a zombie holds nothing
+		st, _ := os.ReadFile(filepath.Join(dir, "stat"))
+		// {pid} ({comm}) {state} {ppid} ...: comm may hold spaces.
+		rest := string(st[strings.LastIndexByte(string(st), ')')+1:])
+		var state string
+		var ppid int
+		if _, err := fmt.Sscan(rest, &state, &ppid); err != nil || state == "Z" {
+			continue // gone, or a zombie, which holds nothing
 		}
 		b, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
-		cmdline := strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
-		id, ok := nsOf(filepath.Join(dir, "ns", "net"))
-		if (ok && namespaces[id]) || (root != "" && strings.Contains(cmdline, root)) {
-			out[pid] = cmdline
+		id, _ := nsOf(filepath.Join(dir, "ns", "net"))
+		all[pid] = procInfo{ppid, strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")), id}
+	}
+	out := map[int]string{}
+	for pid, p := range all {
+		if namespaces[p.netns] || (root != "" && strings.Contains(p.cmdline, root+"/")) {
+			out[pid] = p.cmdline
+		}
+	}
+	for grew := true; grew; {
+		grew = false
+		for pid, p := range all {
+			if _, in := out[pid]; !in {
+				if _, parentIn := out[p.ppid]; parentIn {
+					out[pid] = p.cmdline
+					grew = true
+				}
+			}
 		}
 	}
 	return out
 }
 
+// interfaceNames are the machine's network interfaces that a run could
+// create if something escaped the node's namespace (a CNI bridge or a
+// pod's veth, the node agent's interface); other programs' are not the
+// tests' business.
 func interfaceNames() []string {
 	ifs, _ := net.Interfaces()
 	var names []string
 	for _, i := range ifs {
-		names = append(names, i.Name)
+		if strings.HasPrefix(i.Name, "veth") || strings.HasPrefix(i.Name, "cni") || strings.HasPrefix(i.Name, "coffer") {
+			names = append(names, i.Name)
+		}
 	}
 	slices.Sort(names)
 	return names
