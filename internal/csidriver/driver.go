@@ -41,10 +41,16 @@ type Config struct {
 	ProviderDirs []string
 	// MaxCallRecvMsgSize bounds a provider's response, in bytes.
 	MaxCallRecvMsgSize int
-	// RotationEnabled makes a kubelet republish re-read the provider, at
-	// most once per RotationInterval for each volume.
+	// RotationEnabled refreshes each mounted volume from its provider once
+	// per RotationInterval: on the kubelet's republishes, and between them
+	// on the driver's own, with the kubelet's last request for the volume.
 	RotationEnabled  bool
 	RotationInterval time.Duration
+	// RotationTick is how often the driver looks for volumes due for
+	// rotation between the kubelet's republishes. Zero picks a quarter of
+	// RotationInterval, within 250 ms and 10 s; a negative tick leaves
+	// rotation to the kubelet's republishes alone.
+	RotationTick time.Duration
 	// ProviderTimeout bounds one provider call.
 	ProviderTimeout time.Duration
 
@@ -77,6 +83,7 @@ type Driver struct {
 	lastCheck map[string]time.Time         // target path -> last provider call
 	versions  map[string]map[string]string // target path -> object versions mounted
 	lastSync  map[string]time.Time         // target path -> last Secret sync
+	requests  map[string]*publication      // target path -> the kubelet's last request
 	volumes   map[string]*volume
 }
 
@@ -104,6 +111,9 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.RotationInterval <= 0 {
 		cfg.RotationInterval = 2 * time.Minute
 	}
+	if cfg.RotationTick == 0 {
+		cfg.RotationTick = min(max(cfg.RotationInterval/4, 250*time.Millisecond), 10*time.Second)
+	}
 	if cfg.ProviderTimeout <= 0 {
 		cfg.ProviderTimeout = 30 * time.Second
 	}
@@ -120,7 +130,8 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	return &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
-		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, lastSync: map[string]time.Time{}, volumes: map[string]*volume{}}, nil
+		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, lastSync: map[string]time.Time{},
+		requests: map[string]*publication{}, volumes: map[string]*volume{}}, nil
 }
 
 // Listen opens the CSI endpoint's unix socket.
@@ -140,8 +151,16 @@ func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(recorded)
 		d.runRecorder(rctx)
 	}()
+	rotated := make(chan struct{})
+	go func() {
+		defer close(rotated)
+		if d.cfg.RotationEnabled && d.cfg.RotationTick > 0 {
+			d.rotate(rctx)
+		}
+	}()
 	defer func() {
 		stopRecorder()
+		<-rotated
 		<-recorded
 		d.providers.close()
 	}()

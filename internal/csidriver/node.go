@@ -100,6 +100,9 @@ func (n node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeR
 		return nil, status.Errorf(codes.Internal, "failed to check if target path %s is a mount point: %v", p.target, err)
 	}
 	if mounted {
+		// The newest request carries the freshest tokens, for rotations
+		// between the kubelet's republishes.
+		d.remember(p)
 		if !d.cfg.RotationEnabled || !d.due(p.target) {
 			return &csi.NodePublishVolumeResponse{}, nil
 		}
@@ -115,6 +118,7 @@ func (n node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeR
 		}
 		return nil, status.Errorf(codes.Internal, "failed to mount secrets store objects for pod %s/%s: %v", p.podNS, p.podName, err)
 	}
+	d.remember(p)
 	d.cfg.Metrics.published(provider, time.Since(start).Seconds(), files)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -376,6 +380,7 @@ func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVol
 	delete(d.lastCheck, target)
 	delete(d.lastSync, target)
 	delete(d.versions, target)
+	delete(d.requests, target)
 	d.mu.Unlock()
 	d.recorder.forget(target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil

@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -290,6 +292,73 @@ func TestSeedPodMountsAndRotates(t *testing.T) {
 	}
 	if _, err := os.Stat(target); !os.IsNotExist(err) {
 		t.Fatal("the target directory is left behind")
+	}
+}
+
+// With rotation on, a changed secret reaches a mounted volume within the
+// rotation interval although the kubelet does not republish it (its own
+// period is a minute by default): the driver rotates by itself, with the
+// kubelet's last request. A volume whose tokens are about to expire waits
+// for the kubelet's next republish, which brings fresh ones.
+func TestRotationBetweenRepublishes(t *testing.T) {
+	s := startStack(t, stackOptions{rotation: 200 * time.Millisecond})
+	ctx := context.Background()
+	s.serviceAccount(t, "default", "default")
+	mi := s.workloadIdentity(t, "default", "default")
+	setSecret(t, s.env, "secret1", "one")
+	setSecret(t, s.env, "secret2", "two")
+	s.apply(t, fill(seed000, map[string]string{"clientID": mi.ClientID, "tenant": s.env.State.TenantID}))
+	pod := s.pod(t, "default", "busybox-secrets-store-inline-system-msi")
+	req := s.publishRequest(t, pod, "secrets-store01-inline")
+	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	file := filepath.Join(req.TargetPath, "SECRET_1")
+	setSecret(t, s.env, "secret1", "one, rotated")
+	deadline := time.Now().Add(20 * time.Second)
+	for readFile(t, file) != "one, rotated" {
+		if time.Now().After(deadline) {
+			t.Fatal("the changed secret did not reach the volume without a republish")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.waitEvent(t, "default", pod.Name, "MountRotationComplete")
+
+	// The kubelet's last request says its token expires in 10 s: the
+	// driver no longer uses it, and the volume keeps its files until the
+	// kubelet republishes.
+	var tokens map[string]map[string]string
+	if err := json.Unmarshal([]byte(req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]), &tokens); err != nil {
+		t.Fatal(err)
+	}
+	fresh := req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]
+	for aud := range tokens {
+		tokens[aud]["expirationTimestamp"] = time.Now().Add(10 * time.Second).UTC().Format(time.RFC3339)
+	}
+	expiring := proto.Clone(req).(*csi.NodePublishVolumeRequest)
+	expiring.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = mustJSON(tokens)
+	if _, err := s.node.NodePublishVolume(ctx, expiring); err != nil {
+		t.Fatalf("republish: %v", err)
+	}
+	setSecret(t, s.env, "secret1", "one, rotated twice")
+	// Eight ticks of the driver's loop, each of which would have rotated.
+	time.Sleep(2 * time.Second)
+	if got := readFile(t, file); got != "one, rotated" {
+		t.Fatalf("the driver rotated with a token about to expire: %q", got)
+	}
+	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = fresh
+	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("republish: %v", err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for readFile(t, file) != "one, rotated twice" {
+		if time.Now().After(deadline) {
+			t.Fatal("the volume did not rotate once the kubelet brought a fresh token")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := s.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath}); err != nil {
+		t.Fatal(err)
 	}
 }
 

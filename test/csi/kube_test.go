@@ -54,6 +54,9 @@ type stackOptions struct {
 	providerName string
 	maxRecv      int
 	rotation     time.Duration // 0: rotation off
+	// rotationTick is the driver's RotationTick: 0 its default, negative
+	// rotation on the kubelet's (the test's) republishes only.
+	rotationTick time.Duration
 	// moreProviders are more directories of provider sockets.
 	moreProviders []string
 	// nodeAgent runs a node agent for node-1 (with agenttest's node pool
@@ -106,7 +109,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	d, err := csidriver.New(csidriver.Config{
 		NodeID: "node-1", ProviderDirs: append(o.moreProviders, p.Dir), Kube: kube.Client, Reader: informers, MaxCallRecvMsgSize: o.maxRecv,
 		Recorder:        bc.NewRecorder(kube.Scheme, corev1.EventSource{Component: "csi-secrets-store", Host: "node-1"}),
-		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, Mounter: csidriver.NewMounter(),
+		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Mounter: csidriver.NewMounter(),
 		Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

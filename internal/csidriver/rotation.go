@@ -1,0 +1,93 @@
+package csidriver
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"time"
+)
+
+// tokenMargin is how long before its expiry a kubelet-issued token is no
+// longer used for a rotation between republishes: the provider, the
+// authority and the node agent all need it valid a little longer.
+const tokenMargin = 30 * time.Second
+
+// remember keeps a volume's newest publish request, for rotations between
+// the kubelet's republishes. It holds the request's secrets (tokens,
+// nodePublishSecretRef data) in memory, as the call did, until the volume
+// is unpublished.
+func (d *Driver) remember(p *publication) {
+	d.mu.Lock()
+	d.requests[p.target] = p
+	d.mu.Unlock()
+}
+
+// rotate refreshes, every tick until ctx ends, each mounted volume whose
+// rotation interval has passed since it was last checked, one volume at a
+// time (so a slow vault slows rotation, never floods it). Without it, a
+// volume would rotate only when the kubelet republishes it, which it does
+// on its own period (a minute by default), whatever the interval says.
+func (d *Driver) rotate(ctx context.Context) {
+	t := time.NewTicker(d.cfg.RotationTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		targets := make([]string, 0, len(d.requests))
+		for target := range d.requests {
+			targets = append(targets, target)
+		}
+		d.mu.Unlock()
+		slices.Sort(targets)
+		for _, target := range targets {
+			if ctx.Err() != nil {
+				return
+			}
+			d.rotateOne(ctx, target)
+		}
+	}
+}
+
+// rotateOne refreshes one volume if it is still published, due, and its
+// tokens are good for a while yet; with tokens about to expire it waits for
+// the kubelet's next republish, which brings fresh ones.
+func (d *Driver) rotateOne(ctx context.Context, target string) {
+	defer d.volumeLock(target)()
+	d.mu.Lock()
+	p := d.requests[target]
+	d.mu.Unlock()
+	if p == nil || tokensExpire(p, d.cfg.Now().Add(tokenMargin)) || !d.due(target) {
+		return
+	}
+	d.republish(ctx, p, time.Now())
+}
+
+// tokensExpire reports whether a service-account token of the request
+// (from its secrets or its volume context, as the kubelet passes them)
+// expires before t. Tokens that cannot be read are left to the provider
+// to judge.
+func tokensExpire(p *publication, t time.Time) bool {
+	raw, ok := p.req.GetSecrets()[ctxSATokens]
+	if !ok {
+		raw, ok = p.req.GetVolumeContext()[ctxSATokens]
+	}
+	if !ok || raw == "" {
+		return false
+	}
+	var tokens map[string]struct {
+		ExpirationTimestamp time.Time `json:"expirationTimestamp"`
+	}
+	if json.Unmarshal([]byte(raw), &tokens) != nil {
+		return false
+	}
+	for _, tok := range tokens {
+		if !tok.ExpirationTimestamp.IsZero() && tok.ExpirationTimestamp.Before(t) {
+			return true
+		}
+	}
+	return false
+}
