@@ -198,13 +198,7 @@ func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := rest.CopyConfig(c.Kube.Config)
-	warnings := &warningRecorder{}
-	cfg.WarningHandler, cfg.WarningHandlerWithContext = warnings, nil
-	kc, err := client.New(cfg, client.Options{Scheme: c.Kube.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc, warnings := warningClient(t, c)
 	ctx := context.Background()
 	for _, o := range objs {
 		err := kc.Create(ctx, o)
@@ -226,6 +220,20 @@ func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[strin
 			t.Errorf("the apiserver warns about %s %s: %s", o.GetKind(), o.GetName(), strings.Join(w, "; "))
 		}
 	}
+}
+
+// warningClient is an administrator's client whose apiserver warnings go
+// to the returned recorder.
+func warningClient(t *testing.T, c *cluster.Cluster) (client.Client, *warningRecorder) {
+	t.Helper()
+	cfg := rest.CopyConfig(c.Kube.Config)
+	warnings := &warningRecorder{}
+	cfg.WarningHandler, cfg.WarningHandlerWithContext = warnings, nil
+	kc, err := client.New(cfg, client.Options{Scheme: c.Kube.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc, warnings
 }
 
 // warningRecorder keeps the apiserver's warnings.

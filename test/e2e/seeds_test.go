@@ -22,9 +22,12 @@ import (
 	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 
-// create applies a manifest's objects in namespace default.
+// create applies a manifest's objects in namespace default, and logs what
+// the apiserver warns about (such as the deprecated v1alpha1 of a seed's
+// class).
 func (in *installation) create(t *testing.T, manifest string) {
 	t.Helper()
+	kc, warnings := warningClient(t, in.c)
 	for _, doc := range strings.Split(manifest, "\n---\n") {
 		if strings.TrimSpace(doc) == "" {
 			continue
@@ -37,8 +40,11 @@ func (in *installation) create(t *testing.T, manifest string) {
 		if obj.GetNamespace() == "" && obj.GetKind() != "Namespace" {
 			obj.SetNamespace("default")
 		}
-		if err := in.c.Kube.Client.Create(context.Background(), obj); err != nil {
+		if err := kc.Create(context.Background(), obj); err != nil {
 			t.Fatalf("creating %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		if w := warnings.take(); len(w) > 0 {
+			t.Logf("the apiserver warns about %s %s: %s", obj.GetKind(), obj.GetName(), strings.Join(w, "; "))
 		}
 	}
 }
@@ -263,9 +269,15 @@ func TestSeeds(t *testing.T) {
 		in.podLog(t, "rotating", "app", `SECRET_1="first value"`)
 		start := time.Now()
 		in.setSecret(t, "secret1", "rotated value")
-		in.podLog(t, "rotating", "app", `SECRET_1="rotated value"`)
+		// Within 30 s, half the kubelet's own republish period (its
+		// default sync of a minute): the driver rotates by itself, every
+		// rotationPollInterval (2 s).
+		p := in.c.WaitPod("default", "rotating", time.Minute)
+		eventually(t, in.c, "the container to see the rotated value", 30*time.Second, func() bool {
+			return strings.Contains(in.c.ContainerLog(p, "app"), `SECRET_1="rotated value"`)
+		})
 		t.Logf("the container saw the new value %s after the vault changed", time.Since(start).Round(100*time.Millisecond))
-		eventually(t, in.c, "the synced Secret to change", time.Minute, func() bool {
+		eventually(t, in.c, "the synced Secret to change", 30*time.Second, func() bool {
 			s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "rotating-secret", metav1.GetOptions{})
 			return err == nil && string(s.Data["value"]) == "rotated value"
 		})

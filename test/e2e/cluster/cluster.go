@@ -308,7 +308,6 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: false
-syncFrequency: 10s
 resolvConf: %s
 `, NodeIP, c.Containerd, c.PodLogs, resolv)
 	path := filepath.Join(c.Dir, "kubelet.yaml")
