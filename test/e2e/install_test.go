@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/cofferhq/coffer/internal/chartrender"
 	coffclient "github.com/cofferhq/coffer/internal/client"
 	"github.com/cofferhq/coffer/internal/devenv"
+	"github.com/cofferhq/coffer/internal/kubetest"
 	"github.com/cofferhq/coffer/internal/mgmthttp"
 	"github.com/cofferhq/coffer/internal/pki"
 	"github.com/cofferhq/coffer/internal/rootkey"
@@ -216,7 +216,7 @@ func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[strin
 		if err != nil {
 			t.Fatalf("applying %s %s: %v", o.GetKind(), o.GetName(), err)
 		}
-		if w := warnings.take(); len(w) > 0 {
+		if w := warnings.Take(); len(w) > 0 {
 			t.Errorf("the apiserver warns about %s %s: %s", o.GetKind(), o.GetName(), strings.Join(w, "; "))
 		}
 	}
@@ -224,36 +224,16 @@ func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[strin
 
 // warningClient is an administrator's client whose apiserver warnings go
 // to the returned recorder.
-func warningClient(t *testing.T, c *cluster.Cluster) (client.Client, *warningRecorder) {
+func warningClient(t *testing.T, c *cluster.Cluster) (client.Client, *kubetest.Warnings) {
 	t.Helper()
 	cfg := rest.CopyConfig(c.Kube.Config)
-	warnings := &warningRecorder{}
+	warnings := &kubetest.Warnings{}
 	cfg.WarningHandler, cfg.WarningHandlerWithContext = warnings, nil
 	kc, err := client.New(cfg, client.Options{Scheme: c.Kube.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return kc, warnings
-}
-
-// warningRecorder keeps the apiserver's warnings.
-type warningRecorder struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func (w *warningRecorder) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.msgs = append(w.msgs, text)
-}
-
-func (w *warningRecorder) take() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	m := w.msgs
-	w.msgs = nil
-	return m
 }
 
 // waitInstall waits for cond, and shows every Coffer pod's log if it never

@@ -43,7 +43,7 @@ func (in *installation) create(t *testing.T, manifest string) {
 		if err := kc.Create(context.Background(), obj); err != nil {
 			t.Fatalf("creating %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
-		if w := warnings.take(); len(w) > 0 {
+		if w := warnings.Take(); len(w) > 0 {
 			t.Logf("the apiserver warns about %s %s: %s", obj.GetKind(), obj.GetName(), strings.Join(w, "; "))
 		}
 	}

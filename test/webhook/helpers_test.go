@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -154,32 +153,9 @@ func labelledPod(name, sa string, containers ...corev1.Container) *corev1.Pod {
 	}
 }
 
-// warnings records the Warning headers the apiserver returns, which is
-// where kubectl shows admission warnings.
-type warnings struct {
-	mu   sync.Mutex
-	list []string
-}
-
-// HandleWarningHeader is rest.WarningHandler.
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = append(w.list, text)
-}
-
-// take returns the warnings seen since the last take.
-func (w *warnings) take() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := w.list
-	w.list = nil
-	return out
-}
-
 // warningClient is a clientset whose warnings land in w, or are dropped
 // if w is nil.
-func warningClient(t *testing.T, kube *kubetest.Env, w *warnings) kubernetes.Interface {
+func warningClient(t *testing.T, kube *kubetest.Env, w *kubetest.Warnings) kubernetes.Interface {
 	t.Helper()
 	cfg := rest.CopyConfig(kube.Config)
 	cfg.WarningHandler = rest.NoWarnings{}

@@ -39,7 +39,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 	ctx := context.Background()
 	const ns = "team-a"
 	createNamespace(t, kube, ns)
-	var warned warnings
+	var warned kubetest.Warnings
 	cs := warningClient(t, kube, &warned)
 
 	// A managed identity that tokens of service account team-a/app can act
@@ -80,7 +80,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 			corev1.Container{Name: "metrics", Image: "metrics"})
 		in.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "migrate"}}
 		in.Annotations = map[string]string{webhook.SkipContainersAnnotation: "metrics"}
-		warned.take()
+		warned.Take()
 		pod, err = cs.CoreV1().Pods(ns).Create(ctx, in, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -104,7 +104,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 		if got := envOf(t, pod, "proxy")[webhook.EnvAuthorityHost]; got != "https://login.example.org/" {
 			t.Errorf("proxy's AZURE_AUTHORITY_HOST was overwritten with %q", got)
 		}
-		if w := warned.take(); len(w) != 1 || !containsAll(w, `"proxy" already sets AZURE_AUTHORITY_HOST`) || strings.Contains(w[0], "login.example.org") {
+		if w := warned.Take(); len(w) != 1 || !containsAll(w, `"proxy" already sets AZURE_AUTHORITY_HOST`) || strings.Contains(w[0], "login.example.org") {
 			t.Errorf("warnings %q", w)
 		}
 		if got := envOf(t, pod, "metrics"); len(got) != 0 {
@@ -137,7 +137,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 		if len(got.Spec.Containers[0].Env) != 0 || len(got.Spec.Volumes) != 0 || len(got.Spec.Containers[0].VolumeMounts) != 0 {
 			t.Errorf("unlabelled pod was changed: %+v", got.Spec)
 		}
-		if w := warned.take(); len(w) != 0 {
+		if w := warned.Take(); len(w) != 0 {
 			t.Errorf("warnings %q", w)
 		}
 	})
@@ -150,7 +150,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := warned.take()
+		w := warned.Take()
 		if !containsAll(w, `service account "noid" has no azure.workload.identity/client-id annotation: AZURE_CLIENT_ID not injected`) {
 			t.Errorf("warnings %q", w)
 		}
