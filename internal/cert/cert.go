@@ -117,6 +117,9 @@ type Service struct {
 	seal    object.Sealer
 	now     func() time.Time
 	log     *slog.Logger
+	// generate makes new keys; a test seam, so a test can hold issuance
+	// inside key generation for as long as it needs.
+	generate func(kty string, size int, crv string) (*keyops.Material, error)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -134,7 +137,7 @@ func New(st Store, seal object.Sealer, keys *key.Service, secrets *secret.Servic
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Service{st: st, certs: object.New[Data](st, collection, now), keys: keys.Collection(), secrets: secrets.Collection(),
-		seal: seal, now: now, log: log, ctx: ctx, cancel: cancel}
+		seal: seal, now: now, log: log, generate: keyops.Generate, ctx: ctx, cancel: cancel}
 }
 
 // Close stops background issuance and waits for it.
@@ -445,7 +448,7 @@ func (s *Service) keyFor(ctx context.Context, v *vault.Vault, name string, p *Po
 	if p.KeyProps.Kty == keyops.EC {
 		size = 0
 	}
-	return keyops.Generate(p.KeyProps.Kty, size, p.KeyProps.Crv)
+	return s.generate(p.KeyProps.Kty, size, p.KeyProps.Crv)
 }
 
 func (s *Service) failOp(ctx context.Context, v *vault.Vault, name string, cause error) error {

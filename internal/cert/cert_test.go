@@ -17,6 +17,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/barrier"
 	"github.com/cofferhq/coffer/internal/key"
+	"github.com/cofferhq/coffer/internal/keyops"
 	"github.com/cofferhq/coffer/internal/physical/inmem"
 	"github.com/cofferhq/coffer/internal/rootkey"
 	"github.com/cofferhq/coffer/internal/secret"
@@ -87,20 +88,28 @@ func TestCancelDuringIssuanceSticks(t *testing.T) {
 	}
 	v := &vault.Vault{Name: "demo", TenantID: "t", RetentionDays: 7}
 	s := newService(t, st)
+	// Issuance is held inside key generation until the cancel is in, so
+	// the cancel always lands mid-issuance, however fast the key is.
+	generating, release := make(chan struct{}), make(chan struct{})
+	s.generate = func(kty string, size int, crv string) (*keyops.Material, error) {
+		generating <- struct{}{}
+		<-release
+		return keyops.Generate(kty, size, crv)
+	}
 	for _, issuer := range []string{IssuerUnknown, IssuerSelf} {
 		name := "slow-" + strings.ToLower(issuer)
-		p := &Policy{X509Props: &X509Props{Subject: "CN=slow"}, KeyProps: &KeyProps{Kty: "RSA", KeySize: 4096}, Issuer: &IssuerParams{Name: issuer}}
+		p := &Policy{X509Props: &X509Props{Subject: "CN=slow"}, KeyProps: &KeyProps{Kty: "EC"}, Issuer: &IssuerParams{Name: issuer}}
 		if _, err := s.Create(ctx, v, name, p, nil, nil); err != nil {
 			t.Fatal(err)
 		}
-		// Let issuance read the operation and start on the RSA-4096 key,
-		// which takes far longer than this.
-		time.Sleep(100 * time.Millisecond)
-		if op, err := s.CancelOperation(ctx, v, name); err != nil || op.Status != Cancelled {
+		<-generating
+		op, err := s.CancelOperation(ctx, v, name)
+		release <- struct{}{}
+		if err != nil || op.Status != Cancelled {
 			t.Fatalf("cancel: %+v %v", op, err)
 		}
 		s.wg.Wait() // issuance has finished its key and tried to write
-		op, err := s.GetOperation(ctx, v, name)
+		op, err = s.GetOperation(ctx, v, name)
 		if err != nil || op.Status != Cancelled || len(op.CSR) != 0 {
 			t.Fatalf("%s: after issuance the operation is %s (csr %d bytes), want cancelled", issuer, op.Status, len(op.CSR))
 		}

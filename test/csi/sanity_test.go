@@ -7,8 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"github.com/onsi/ginkgo/v2"
+	"github.com/onsi/gomega"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cofferhq/coffer/internal/csidriver"
 	"github.com/cofferhq/coffer/internal/testserver"
@@ -50,7 +56,6 @@ func TestCSISanity(t *testing.T) {
 
 	base := t.TempDir()
 	cfg := sanity.NewTestConfig()
-	cfg.Address = endpoint
 	cfg.TargetPath = filepath.Join(base, "target")
 	cfg.StagingPath = filepath.Join(base, "staging")
 	cfg.IdempotentCount = 0
@@ -58,5 +63,35 @@ func TestCSISanity(t *testing.T) {
 	cfg.CreateStagingDir = func(p string) (string, error) { return p, os.MkdirAll(p, 0o750) }
 	cfg.RemoveTargetPath = os.RemoveAll
 	cfg.RemoveStagingPath = os.RemoveAll
-	sanity.Test(t, cfg)
+
+	// The suite's own dial (csi-test utils.Connect) waits for a state
+	// change after reading the state, so a connection that is already
+	// Ready when it looks waits a minute and fails; CI hit that. The suite
+	// reuses a connection it is given while its address is unchanged, so
+	// it gets one that waited properly, and an empty address.
+	conn := readyConn(t, endpoint)
+	sc := sanity.GinkgoTest(&cfg)
+	sc.Conn = conn
+	gomega.RegisterFailHandler(ginkgo.Fail)
+	ginkgo.RunSpecs(t, "CSI Driver Test Suite")
+	sc.Finalize()
+}
+
+// readyConn dials endpoint and waits until the connection is Ready.
+func readyConn(t *testing.T, endpoint string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn.Connect()
+	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, s) {
+			conn.Close()
+			t.Fatalf("the driver at %s is not Ready after a minute: %s", endpoint, s)
+		}
+	}
+	return conn
 }
