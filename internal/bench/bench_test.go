@@ -8,11 +8,13 @@ import (
 )
 
 func TestRunCountsOpsAndErrors(t *testing.T) {
+	// Every other call fails, and the windows are long enough for a busy
+	// machine to make several calls in each.
 	calls := make([]int, 4)
-	r := Run(context.Background(), 4, 20*time.Millisecond, 100*time.Millisecond, func(_ context.Context, w int) error {
+	r := Run(context.Background(), 4, 200*time.Millisecond, time.Second, func(_ context.Context, w int) error {
 		calls[w]++
 		time.Sleep(time.Millisecond)
-		if calls[w]%10 == 0 {
+		if calls[w]%2 == 0 {
 			return errors.New("boom")
 		}
 		return nil

@@ -26,7 +26,7 @@ func TestRegistration(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.ServeRegistration(ctx, sock) }()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
 			break
@@ -42,7 +42,7 @@ func TestRegistration(t *testing.T) {
 	}
 	defer conn.Close()
 	c := registerapi.NewRegistrationClient(conn)
-	info, err := c.GetInfo(ctx, &registerapi.InfoRequest{})
+	info, err := c.GetInfo(ctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true)) // the file exists from bind(), before listen()
 	if err != nil {
 		t.Fatal(err)
 	}

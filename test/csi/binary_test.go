@@ -65,7 +65,10 @@ func TestDriverBinaryRegistersWithKubelet(t *testing.T) {
 	defer conn.Close()
 	ctx := context.Background()
 	reg := registerapi.NewRegistrationClient(conn)
-	info, err := reg.GetInfo(ctx, &registerapi.InfoRequest{})
+	waitCtx, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	// The socket file exists from bind(), a moment before listen().
+	info, err := reg.GetInfo(waitCtx, &registerapi.InfoRequest{}, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatalf("GetInfo: %v\n%s", err, out.String())
 	}

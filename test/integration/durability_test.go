@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,6 +83,7 @@ func TestAcknowledgedWritesSurviveKill9(t *testing.T) {
 	prefix := "plain-" + hex.EncodeToString(marker) // values must never appear in the file
 	var mu sync.Mutex
 	acked := map[string]string{}
+	var writes atomic.Int64
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for w := range 32 {
@@ -97,15 +99,28 @@ func TestAcknowledgedWritesSurviveKill9(t *testing.T) {
 				mu.Lock()
 				acked[name] = value // the latest acknowledged version of name
 				mu.Unlock()
+				writes.Add(1)
 			}
 		}()
 	}
-	time.Sleep(3 * time.Second)
+	// Kill once every worker has written and the burst is under way (not
+	// after a fixed time, which a busy machine may spend on handshakes).
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		names := len(acked)
+		mu.Unlock()
+		if names >= 32 && writes.Load() >= 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			break // reported below
+		}
+	}
 	d.kill() // SIGKILL in the middle of the burst
 	stop()
 	wg.Wait()
-	if len(acked) < 32 {
-		t.Fatalf("only %d names acknowledged before the kill; the burst did not run", len(acked))
+	if len(acked) < 32 || writes.Load() < 300 {
+		t.Fatalf("only %d names and %d writes acknowledged in a minute; the burst did not run", len(acked), writes.Load())
 	}
 
 	d2 := startDev(t, dir)

@@ -66,7 +66,8 @@ func TestProviderCommand(t *testing.T) {
 	pc := v1alpha1.NewCSIDriverProviderClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	v, err := pc.Version(ctx, &v1alpha1.VersionRequest{Version: "v1alpha1"})
+	// The socket file exists from bind(), a moment before listen().
+	v, err := pc.Version(ctx, &v1alpha1.VersionRequest{Version: "v1alpha1"}, grpc.WaitForReady(true))
 	if err != nil || v.RuntimeName != "azure" {
 		t.Fatalf("Version: %+v %v", v, err)
 	}

@@ -11,12 +11,14 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -136,6 +138,9 @@ func TestPodIdentity(t *testing.T) {
 	intruder := agenttest.RunningPod(t, w.kube, "team-b", "intruder", "node-1", "127.0.0.4", map[string]string{podidentity.BindingLabel: "web"})
 	infra := agenttest.RunningPod(t, w.kube, "team-a", "infra", "node-1", "127.0.0.5", map[string]string{"app": "infra-agent"})
 	elsewhere := agenttest.RunningPod(t, w.kube, "team-a", "elsewhere", "node-2", "127.0.0.6", map[string]string{podidentity.BindingLabel: "web"})
+	// The agent answers from its watch cache: wait until it holds what the
+	// cases below are about, so a refusal proves a rule, not a cache miss.
+	cached(t, agent, []*corev1.Pod{web, plain, intruder, infra}, "web-identity-binding")
 	q := "api-version=2018-02-01&resource=" + url.QueryEscape(vaultResource(w))
 
 	t.Run("labelled pod gets its identity", func(t *testing.T) {
@@ -235,6 +240,7 @@ func TestPodIdentity(t *testing.T) {
 	t.Run("cluster-wide binding needs both opt-ins", func(t *testing.T) {
 		w.bind(t, "team-a", "shared", w.node.Bound.ClientID, "", "shared", map[string]string{podidentity.ClusterWideAnnotation: "true"})
 		shared := agenttest.RunningPod(t, w.kube, "team-b", "shared", "node-1", "", map[string]string{podidentity.BindingLabel: "shared"})
+		cached(t, agent, []*corev1.Pod{shared}, "shared-binding")
 		tok := agenttest.PodToken(t, w.kube, shared)
 		if code, body, _ := agenttest.IMDS(t, agent.URL, "", q, tok, true); code != 400 {
 			t.Fatalf("annotation alone: %d %v", code, body)
@@ -444,9 +450,31 @@ func TestPodIdentity(t *testing.T) {
 	}
 }
 
+// cached waits until the agent's watch cache holds the pods and bindings.
+func cached(t testing.TB, agent *agenttest.Agent, pods []*corev1.Pod, bindings ...string) {
+	t.Helper()
+	eventually(t, "the agent's cache to hold the test's pods and bindings", func() bool {
+		for _, p := range pods {
+			if got, err := agent.Cluster.Pod(p.Namespace, p.Name); err != nil || got == nil {
+				return false
+			}
+		}
+		snap, err := agent.Cluster.Snapshot()
+		if err != nil {
+			return false
+		}
+		for _, name := range bindings {
+			if !slices.ContainsFunc(snap.Bindings, func(b podidentity.AzureIdentityBinding) bool { return b.Name == name }) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

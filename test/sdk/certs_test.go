@@ -48,7 +48,9 @@ func certsClient(t *testing.T, env *testserver.Env) *azcertificates.Client {
 // leaves inProgress, and returns it.
 func awaitCertificate(t *testing.T, cc *azcertificates.Client, name string) azcertificates.CertificateOperation {
 	t.Helper()
-	for range 500 {
+	// A deadline, not a count: RSA key generation under -race on a busy
+	// machine takes what it takes.
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
 		op, err := cc.GetCertificateOperation(context.Background(), name, nil)
 		if err != nil {
 			t.Fatalf("operation of %s: %v", name, err)
@@ -58,7 +60,7 @@ func awaitCertificate(t *testing.T, cc *azcertificates.Client, name string) azce
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("certificate %s was not issued in 10s", name)
+	t.Fatalf("certificate %s was not issued in 2 minutes", name)
 	return azcertificates.CertificateOperation{}
 }
 
@@ -549,13 +551,16 @@ func TestCertificateCSRMergeAndCancel(t *testing.T) {
 	}
 	// The operation stays inProgress with a CSR once the key exists.
 	var op azcertificates.CertificateOperation
-	for range 500 {
+	for deadline := time.Now().Add(2 * time.Minute); ; {
 		r, err := cc.GetCertificateOperation(ctx, "csr", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if op = r.CertificateOperation; len(op.CSR) > 0 {
 			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CSR after 2 minutes: the operation is %s", *op.Status)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -92,7 +92,7 @@ func jsonString(s string) string {
 
 // awaitOp waits for certificate name's operation to leave inProgress.
 func (h *matrixHarness) awaitOp(name string) {
-	for range 200 {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
 		var op struct{ Status string }
 		resp, _, data := rawBody(h.t, h.env, "GET", "/certificates/"+name+"/pending?api-version=7.6", h.admin, "")
 		json.Unmarshal(data, &op)
