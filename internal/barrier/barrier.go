@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/physical"
@@ -108,7 +109,14 @@ type Barrier struct {
 	ring    keyring
 	aeads   map[uint32]cipher.AEAD
 	rawRing []byte // the keyring blob as stored, for compare-and-swap
+
+	onCommit atomic.Pointer[func(keys []string)]
 }
+
+// OnCommit sets a function called with the keys of every batch that
+// Apply commits, after it is durable; it must not block. It is how the
+// vault's held reads learn that an object changed.
+func (b *Barrier) OnCommit(fn func(keys []string)) { b.onCommit.Store(&fn) }
 
 // StoreRootKeyID returns the ID of the root key that sealed the store behind
 // phys, or "" if the store has no keyring yet.
@@ -256,6 +264,13 @@ func (b *Barrier) Apply(ctx context.Context, conds []Cond, ops []Op) error {
 	err := b.phys.Apply(ctx, pconds, pops)
 	if errors.Is(err, physical.ErrConflict) {
 		return fmt.Errorf("%w: %w", ErrConflict, err)
+	}
+	if fn := b.onCommit.Load(); err == nil && fn != nil {
+		keys := make([]string, len(ops))
+		for i, o := range ops {
+			keys[i] = o.Key
+		}
+		(*fn)(keys)
 	}
 	return err
 }

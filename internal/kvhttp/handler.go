@@ -12,6 +12,7 @@ import (
 	"github.com/cofferhq/coffer/internal/access"
 	"github.com/cofferhq/coffer/internal/audit"
 	"github.com/cofferhq/coffer/internal/cert"
+	"github.com/cofferhq/coffer/internal/changes"
 	"github.com/cofferhq/coffer/internal/endpoint"
 	"github.com/cofferhq/coffer/internal/key"
 	"github.com/cofferhq/coffer/internal/object"
@@ -39,6 +40,7 @@ type Handler struct {
 	certs    *cert.Service
 	verifier *token.Verifier
 	issuer   func(tenant string) string
+	feed     *changes.Feed
 	log      *slog.Logger
 	mux      http.Handler
 }
@@ -54,12 +56,15 @@ type Deps struct {
 	Verifier  *token.Verifier
 	// Issuer returns the token issuer of a tenant.
 	Issuer func(tenant string) string
-	Log    *slog.Logger
+	// Changes wakes held conditional reads (Prefer: wait) when their
+	// object changes; nil: reads are never held.
+	Changes *changes.Feed
+	Log     *slog.Logger
 }
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, log: d.Log}
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, log: d.Log}
 	if h.log == nil {
 		h.log = slog.Default()
 	}

@@ -1,6 +1,7 @@
 package kvhttp
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -11,8 +12,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cofferhq/coffer/internal/access"
+	"github.com/cofferhq/coffer/internal/changes"
 	"github.com/cofferhq/coffer/internal/httpjson"
 	"github.com/cofferhq/coffer/internal/object"
 )
@@ -101,25 +104,104 @@ type reply struct {
 }
 
 // serveOn is serve with the object named explicitly ("" for the vault).
+// A conditional read that asks to wait (see held) and would be answered
+// 304 is held until its object changes or the wait ends, and then
+// authorized and read again from the start.
 func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operation, object string, fn func(c *call) (any, error)) {
-	c, ok := b.authorize(w, r, op, object)
-	if !ok {
+	wait := b.held(r, object)
+	deadline := time.Now().Add(wait)
+	for {
+		changed, release := (<-chan struct{})(nil), func() {}
+		if wait > 0 {
+			// Watch before reading: a change between the read and the
+			// wait must still wake it.
+			changed, release = b.h.feed.Watch(changes.Subject(callOf(r).vault.Name, string(b.kind), object))
+		}
+		c, ok := b.authorize(w, r, op, object)
+		if !ok {
+			release()
+			return
+		}
+		out, err := fn(c)
+		rep, isReply := out.(reply)
+		notModified := err == nil && isReply && rep.status == http.StatusNotModified
+		if notModified && wait > 0 {
+			woken := waitFor(r.Context(), changed, time.Until(deadline))
+			release()
+			if woken && !b.h.feed.Closed() {
+				continue
+			}
+			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int(wait/time.Second)))
+		}
+		release()
+		switch {
+		case err != nil:
+			b.h.fail(w, r, b.kind, err)
+		case out == nil:
+			w.WriteHeader(http.StatusNoContent)
+		case notModified:
+			w.WriteHeader(http.StatusNotModified)
+		case isReply:
+			httpjson.Write(w, rep.status, rep.body)
+		default:
+			httpjson.Write(w, http.StatusOK, out)
+		}
 		return
 	}
-	out, err := fn(c)
-	rep, isReply := out.(reply)
-	switch {
-	case err != nil:
-		b.h.fail(w, r, b.kind, err)
-	case out == nil:
-		w.WriteHeader(http.StatusNoContent)
-	case isReply && rep.status == http.StatusNotModified:
-		w.WriteHeader(http.StatusNotModified)
-	case isReply:
-		httpjson.Write(w, rep.status, rep.body)
-	default:
-		httpjson.Write(w, http.StatusOK, out)
+}
+
+// maxWait bounds how long a read is held: well inside the server's write
+// timeout, and short enough that a revoked caller's held read ends soon
+// (it is re-authorized on every wake and at the end).
+const maxWait = 30 * time.Second
+
+// held returns how long a read may be held: see WaitPreference; only a
+// read of one object, on a server with a change feed, is held.
+func (b base) held(r *http.Request, object string) time.Duration {
+	if b.h.feed == nil || object == "" {
+		return 0
 	}
+	return WaitPreference(r)
+}
+
+// WaitPreference returns how long a request asks to be held: the wait=N
+// (seconds) of an RFC 7240 Prefer header, at most maxWait, on a
+// conditional GET. Anything else, including a malformed preference, which
+// RFC 7240 says to ignore, is not held. Azure's clients never send it; it
+// is how Coffer's provider learns of a change as it happens.
+func WaitPreference(r *http.Request) time.Duration {
+	if r.Method != http.MethodGet || r.Header.Get("If-None-Match") == "" {
+		return 0
+	}
+	for _, pref := range strings.Split(strings.Join(r.Header.Values("Prefer"), ","), ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(pref), "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "wait") {
+			continue
+		}
+		n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(v), `"`))
+		if err != nil || n <= 0 {
+			return 0
+		}
+		return min(time.Duration(n)*time.Second, maxWait)
+	}
+	return 0
+}
+
+// waitFor waits up to d for changed to close or ctx to end, and reports
+// whether changed closed.
+func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) bool {
+	if d <= 0 {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-changed:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // conditional sets the ETag of a version read and, when the caller already

@@ -169,6 +169,25 @@ func (c *Collection[T]) versionKey(vault, name, version string) string {
 	return c.versionPrefix(vault, name) + strings.ToLower(version)
 }
 
+// Named returns the vault, kind and name of the object that a store key
+// belongs to (its head, a version or its deleted record); ok is false
+// for keys that are not an object's.
+func Named(key string) (vault, kind, name string, ok bool) {
+	rest, found := strings.CutPrefix(key, "o/")
+	if !found {
+		return "", "", "", false
+	}
+	parts := strings.SplitN(rest, "/", 5)
+	if len(parts) < 4 || parts[0] == "" || parts[1] == "" || parts[3] == "" {
+		return "", "", "", false
+	}
+	switch parts[2] {
+	case "h", "v", "d":
+		return parts[0], parts[1], parts[3], true
+	}
+	return "", "", "", false
+}
+
 // NewVersionID returns a random 32-hex-digit version identifier.
 func NewVersionID() string {
 	var b [16]byte

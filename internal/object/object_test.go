@@ -274,3 +274,21 @@ func TestReadCacheSeesEveryWrite(t *testing.T) {
 		t.Fatal("a purged version is still readable")
 	}
 }
+
+func TestNamed(t *testing.T) {
+	for key, want := range map[string][3]string{
+		"o/demo/secrets/h/db":       {"demo", "secrets", "db"},
+		"o/demo/secrets/v/db/0a1b":  {"demo", "secrets", "db"},
+		"o/demo/certificates/d/tls": {"demo", "certificates", "tls"},
+		"o/demo/secrets/x/db":       {},
+		"o/demo/secrets/h/":         {},
+		"core/keyring":              {},
+		"vault/demo":                {},
+		"o//secrets/h/db":           {},
+	} {
+		v, k, n, ok := Named(key)
+		if got := [3]string{v, k, n}; got != want || ok != (want != [3]string{}) {
+			t.Errorf("Named(%q) = %v %v, want %v", key, got, ok, want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cofferhq/coffer/internal/testserver"
 )
@@ -70,5 +71,92 @@ func TestConditionalReads(t *testing.T) {
 	raw(t, env, "PATCH", "/secrets/s?api-version=7.6", admin, `{"attributes":{"enabled":false}}`)
 	if status, _, _ := getWith(t, env, "/secrets/s?api-version=7.6", admin, etag); status != http.StatusForbidden {
 		t.Fatalf("conditional read of a disabled secret: %d", status)
+	}
+}
+
+// heldGet is a conditional GET that asks to be held (Prefer: wait=N).
+type heldAnswer struct {
+	status  int
+	etag    string
+	applied string
+	body    string
+	took    time.Duration
+}
+
+func heldGet(env *testserver.Env, path, tok, inm, prefer string) (heldAnswer, error) {
+	req, _ := http.NewRequest("GET", strings.TrimSuffix(env.Admin.VaultURL, "/")+path, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("If-None-Match", inm)
+	req.Header.Set("Prefer", prefer)
+	start := time.Now()
+	resp, err := env.Client.HTTP.Do(req)
+	if err != nil {
+		return heldAnswer{}, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return heldAnswer{resp.StatusCode, resp.Header.Get("ETag"), resp.Header.Get("Preference-Applied"), string(b), time.Since(start)}, nil
+}
+
+// waitHeld waits until the server holds a read of n objects.
+func waitHeld(t *testing.T, env *testserver.Env, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for env.Server.Changes().Watching() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server never held the read: %d objects watched, want %d", env.Server.Changes().Watching(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A conditional read with Prefer: wait=N is held while the object is
+// unchanged, answered the moment it changes, and only by a change to that
+// object: push rotation's vault side.
+func TestHeldConditionalReads(t *testing.T) {
+	env := testserver.Start(t, testserver.Options{TokenRateLimit: -1})
+	admin := adminToken(t, env, env.Endpoints.Resource())
+	raw(t, env, "PUT", "/secrets/s?api-version=7.6", admin, `{"value":"v1"}`)
+	raw(t, env, "PUT", "/secrets/other?api-version=7.6", admin, `{"value":"o1"}`)
+	_, etag, _ := getWith(t, env, "/secrets/s?api-version=7.6", admin, "")
+
+	// Unchanged: held for the wait, then 304, saying it was held.
+	a, err := heldGet(env, "/secrets/s?api-version=7.6", admin, etag, "wait=1")
+	if err != nil || a.status != http.StatusNotModified || a.applied != "wait=1" || a.took < time.Second {
+		t.Fatalf("held read of an unchanged secret: %+v %v", a, err)
+	}
+	// A malformed preference is ignored (RFC 7240): answered at once.
+	if a, err := heldGet(env, "/secrets/s?api-version=7.6", admin, etag, "wait=soon"); err != nil || a.status != http.StatusNotModified || a.applied != "" {
+		t.Fatalf("read with a malformed wait: %+v %v", a, err)
+	}
+
+	// Another object's change does not end the hold.
+	done := make(chan heldAnswer, 1)
+	go func() { a, _ := heldGet(env, "/secrets/s?api-version=7.6", admin, etag, "wait=2"); done <- a }()
+	waitHeld(t, env, 1)
+	raw(t, env, "PUT", "/secrets/other?api-version=7.6", admin, `{"value":"o2"}`)
+	if a := <-done; a.status != http.StatusNotModified || a.took < 2*time.Second {
+		t.Fatalf("a change to another secret ended the hold: %+v", a)
+	}
+
+	// A new version answers the held read with it, long before the wait.
+	go func() {
+		a, _ := heldGet(env, "/secrets/s?api-version=7.6", admin, etag, "return=minimal, wait=30")
+		done <- a
+	}()
+	waitHeld(t, env, 1)
+	raw(t, env, "PUT", "/secrets/s?api-version=7.6", admin, `{"value":"v2"}`)
+	a = <-done
+	if a.status != http.StatusOK || !strings.Contains(a.body, `"value":"v2"`) || a.etag == etag || a.applied != "" {
+		t.Fatalf("held read after a new version: %d %q applied %q", a.status, a.etag, a.applied)
+	}
+	if env.Server.Changes().Watching() != 0 {
+		t.Fatalf("%d objects still watched after the hold", env.Server.Changes().Watching())
+	}
+
+	// A caller without access is refused at once, never held.
+	_, tok := principal(t, env, "nobody")
+	if a, err := heldGet(env, "/secrets/s?api-version=7.6", tok, a.etag, "wait=30"); err != nil || a.status != http.StatusForbidden {
+		t.Fatalf("unauthorized held read: %+v %v", a, err)
 	}
 }
