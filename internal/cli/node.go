@@ -171,7 +171,7 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 			if err := serveHTTP(c.Context(), log, metricsAddr, reg, healthy); err != nil {
 				return err
 			}
-			log.Info("csi driver listening", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "providers", cfg.ProviderDirs, "rotation", cfg.RotationEnabled)
+			log.Info("csi driver listening", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "providers", cfg.ProviderDirs, "rotation", cfg.RotationEnabled, "push", cfg.RotationEnabled && cfg.Push)
 			return d.Serve(c.Context(), ln)
 		},
 	}
@@ -183,6 +183,7 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 	f.StringVar(&additional, "additional-provider-volume-paths", "/etc/kubernetes/secrets-store-csi-providers", "more directories of provider sockets, comma-separated, searched first")
 	f.BoolVar(&cfg.RotationEnabled, "enable-secret-rotation", false, "refresh mounted secrets on kubelet republish (requiresRepublish)")
 	f.DurationVar(&cfg.RotationInterval, "rotation-poll-interval", 2*time.Minute, "minimum time between two provider calls for one volume")
+	f.BoolVar(&cfg.Push, "push-rotation", true, "with --enable-secret-rotation, also refresh a volume as soon as its provider reports a change (Coffer's provider does; others are polled only)")
 	f.IntVar(&cfg.MaxCallRecvMsgSize, "max-call-recv-msg-size", 4<<20, "largest provider response, in bytes")
 	f.StringVar(&metricsAddr, "metrics-addr", ":8095", "address of /metrics and /healthz (empty: off)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster)")

@@ -51,6 +51,11 @@ type Config struct {
 	// RotationInterval, within 250 ms and 10 s; a negative tick leaves
 	// rotation to the kubelet's republishes alone.
 	RotationTick time.Duration
+	// Push refreshes a volume as soon as its provider reports that one of
+	// its objects changed in the vault (Coffer's provider does, through its
+	// Push service), besides every RotationInterval. It needs
+	// RotationEnabled.
+	Push bool
 	// ProviderTimeout bounds one provider call.
 	ProviderTimeout time.Duration
 
@@ -85,6 +90,11 @@ type Driver struct {
 	lastSync  map[string]time.Time         // target path -> last Secret sync
 	requests  map[string]*publication      // target path -> the kubelet's last request
 	volumes   map[string]*volume
+
+	pushes     chan string // volumes pushed by providers, for the rotation loop
+	pushCtx    context.Context
+	pushCancel context.CancelFunc
+	pushWG     sync.WaitGroup
 }
 
 // volume serializes the calls for one target path; refs counts the calls
@@ -129,9 +139,14 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	return &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
+	d := &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
 		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, lastSync: map[string]time.Time{},
-		requests: map[string]*publication{}, volumes: map[string]*volume{}}, nil
+		requests: map[string]*publication{}, volumes: map[string]*volume{}, pushes: make(chan string, 1024)}
+	d.pushCtx, d.pushCancel = context.WithCancel(context.Background())
+	if cfg.Push && cfg.RotationEnabled {
+		d.providers.dialed = d.subscribe
+	}
+	return d, nil
 }
 
 // Listen opens the CSI endpoint's unix socket.
@@ -154,7 +169,7 @@ func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {
 	rotated := make(chan struct{})
 	go func() {
 		defer close(rotated)
-		if d.cfg.RotationEnabled && d.cfg.RotationTick > 0 {
+		if d.cfg.RotationEnabled && (d.cfg.RotationTick > 0 || d.providers.dialed != nil) {
 			d.rotate(rctx)
 		}
 	}()
@@ -162,6 +177,8 @@ func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {
 		stopRecorder()
 		<-rotated
 		<-recorded
+		d.pushCancel()
+		d.pushWG.Wait()
 		d.providers.close()
 	}()
 	select {

@@ -17,6 +17,7 @@ type Metrics struct {
 	rotation, rotationErr       *prometheus.CounterVec
 	rotationDuration            *prometheus.HistogramVec
 	publishDuration, objectsGot *prometheus.HistogramVec
+	pushes                      prometheus.Counter
 }
 
 // Upstream error_type values.
@@ -63,8 +64,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		publishDuration: hist("coffer_node_publish_duration_seconds", "Node publish latency, provider call and writes included.",
 			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}, "provider", "outcome"),
 		objectsGot: hist("coffer_node_publish_files", "Files written per node publish.", prometheus.LinearBuckets(1, 5, 10), "provider"),
+		pushes:     counter("coffer_rotation_pushes_total", "Volumes refreshed because their provider reported a change (push rotation).").WithLabelValues(),
 	}
 }
+
+func (m *Metrics) pushed() { m.pushes.Inc() }
 
 var osType = runtime.GOOS
 

@@ -383,6 +383,7 @@ func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVol
 	delete(d.requests, target)
 	d.mu.Unlock()
 	d.recorder.forget(target)
+	d.forget(target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 

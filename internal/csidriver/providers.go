@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -31,6 +32,10 @@ type providerClients struct {
 	dirs    []string
 	maxRecv int
 
+	// dialed, when set, is called once for each new connection, before
+	// its first call; the driver subscribes to the provider's pushes there.
+	dialed func(name string, c *grpc.ClientConn)
+
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
@@ -39,16 +44,39 @@ func newProviderClients(dirs []string, maxRecv int) *providerClients {
 	return &providerClients{dirs: dirs, maxRecv: maxRecv, conns: map[string]*grpc.ClientConn{}}
 }
 
+// each calls fn with every connection open now.
+func (p *providerClients) each(fn func(name string, c *grpc.ClientConn)) {
+	p.mu.Lock()
+	conns := make(map[string]*grpc.ClientConn, len(p.conns))
+	maps.Copy(conns, p.conns)
+	p.mu.Unlock()
+	for name, c := range conns {
+		fn(name, c)
+	}
+}
+
 // get returns the client of provider name, dialing {dir}/{name}.sock in the
 // first directory that has it.
 func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, error) {
 	if !providerNameRE.MatchString(name) {
 		return nil, fmt.Errorf("provider name %q is invalid: use 1-30 letters, digits, '-' or '_'", name)
 	}
+	c, fresh, err := p.conn(name)
+	if err != nil {
+		return nil, err
+	}
+	if fresh && p.dialed != nil {
+		p.dialed(name, c)
+	}
+	return v1alpha1.NewCSIDriverProviderClient(c), nil
+}
+
+// conn returns the connection to provider name, and whether it is new.
+func (p *providerClients) conn(name string) (*grpc.ClientConn, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[name]; ok {
-		return v1alpha1.NewCSIDriverProviderClient(c), nil
+		return c, false, nil
 	}
 	for _, dir := range p.dirs {
 		sock := filepath.Join(dir, name+".sock")
@@ -60,12 +88,12 @@ func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, er
 			grpc.WithAuthority("localhost"),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(p.maxRecv)))
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		p.conns[name] = c
-		return v1alpha1.NewCSIDriverProviderClient(c), nil
+		return c, true, nil
 	}
-	return nil, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrProviderNotFound, name, p.dirs, name)
+	return nil, false, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrProviderNotFound, name, p.dirs, name)
 }
 
 func (p *providerClients) close() {

@@ -27,14 +27,24 @@ func (d *Driver) remember(p *publication) {
 // time (so a slow vault slows rotation, never floods it). Without it, a
 // volume would rotate only when the kubelet republishes it, which it does
 // on its own period (a minute by default), whatever the interval says.
+//
+// Volumes that a provider pushes (an object of theirs changed) are
+// refreshed at once, between the ticks.
 func (d *Driver) rotate(ctx context.Context) {
-	t := time.NewTicker(d.cfg.RotationTick)
-	defer t.Stop()
+	var tick <-chan time.Time
+	if d.cfg.RotationTick > 0 {
+		t := time.NewTicker(d.cfg.RotationTick)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case target := <-d.pushes:
+			d.rotatePushed(ctx, target)
+			continue
+		case <-tick:
 		}
 		d.mu.Lock()
 		targets := make([]string, 0, len(d.requests))
@@ -47,20 +57,28 @@ func (d *Driver) rotate(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			d.rotateOne(ctx, target)
+			d.rotateOne(ctx, target, false)
 		}
 	}
 }
 
-// rotateOne refreshes one volume if it is still published, due, and its
-// tokens are good for a while yet; with tokens about to expire it waits for
-// the kubelet's next republish, which brings fresh ones.
-func (d *Driver) rotateOne(ctx context.Context, target string) {
+// rotateOne refreshes one volume if it is still published, due (or
+// pushed), and its tokens are good for a while yet; with tokens about to
+// expire it waits for the kubelet's next republish, which brings fresh
+// ones.
+func (d *Driver) rotateOne(ctx context.Context, target string, pushed bool) {
 	defer d.volumeLock(target)()
 	d.mu.Lock()
 	p := d.requests[target]
 	d.mu.Unlock()
-	if p == nil || tokensExpire(p, d.cfg.Now().Add(tokenMargin)) || !d.due(target) {
+	if p == nil || tokensExpire(p, d.cfg.Now().Add(tokenMargin)) {
+		return
+	}
+	if pushed {
+		d.mu.Lock()
+		d.lastCheck[target] = d.cfg.Now()
+		d.mu.Unlock()
+	} else if !d.due(target) {
 		return
 	}
 	d.republish(ctx, p, time.Now())

@@ -158,6 +158,44 @@ func (c *Client) Get(ctx context.Context, base, token, collection, name, version
 	return resp.Header.Get("ETag"), false, nil
 }
 
+// ErrNotHeld means the vault answered a held read at once, without
+// holding it: it does not support Prefer: wait (an older Coffer, or Azure),
+// so asking again would only spin.
+var ErrNotHeld = errors.New("the vault does not hold conditional reads (Prefer: wait)")
+
+// Wait asks the vault to hold a conditional read of the latest version of
+// {collection}/{name} until it no longer matches etag, for at most wait.
+// It returns the new ETag and changed true when the object changed (its
+// body is read and dropped: the caller reads it again through its own
+// path), or changed false when the wait ended first. The client's own
+// timeout must be longer than wait.
+func (c *Client) Wait(ctx context.Context, base, token, collection, name, etag string, wait time.Duration) (newTag string, changed bool, err error) {
+	u := strings.TrimSuffix(base, "/") + "/" + collection + "/" + url.PathEscape(name) + "?api-version=" + APIVersion
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return "", false, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("If-None-Match", etag)
+	req.Header.Set("Prefer", "wait="+strconv.Itoa(max(1, int(wait/time.Second))))
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return "", false, &Error{Message: err.Error()}
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotModified:
+		if resp.Header.Get("Preference-Applied") == "" {
+			return "", false, ErrNotHeld
+		}
+		return etag, false, nil
+	case http.StatusOK:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxBody))
+		return resp.Header.Get("ETag"), true, nil
+	}
+	return "", false, decode(resp, nil)
+}
+
 // Versions lists every version of {collection}/{name}, following nextLink
 // within the same vault only.
 func (c *Client) Versions(ctx context.Context, base, token, collection, name string) ([]Item, error) {

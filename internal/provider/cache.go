@@ -103,6 +103,7 @@ func (s *Server) fetch(ctx context.Context, base, token, objType, name, version 
 		return nil, errors.New("the vault answered 304 to an unconditional read")
 	}
 	s.requests.WithLabelValues(objType, "fetched").Inc()
+	f.ETag = newTag
 	if f.Version == "" {
 		return nil, errors.New("the vault's answer has no object id")
 	}

@@ -16,6 +16,7 @@ import (
 // content rules need.
 type fetched struct {
 	Version string
+	ETag    string // the vault's tag for this state, for conditional reads
 	// secret
 	Value       string
 	ContentType string

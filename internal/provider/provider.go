@@ -27,6 +27,7 @@ import (
 	"github.com/cofferhq/coffer/internal/authclient"
 	"github.com/cofferhq/coffer/internal/azparams"
 	"github.com/cofferhq/coffer/internal/kvclient"
+	"github.com/cofferhq/coffer/internal/push"
 	"github.com/cofferhq/coffer/internal/unixsock"
 )
 
@@ -69,6 +70,7 @@ type Server struct {
 	v1alpha1.UnimplementedCSIDriverProviderServer
 	cfg   Config
 	cache *cache
+	watch *watcher
 
 	requests *prometheus.CounterVec
 	mounts   *prometheus.CounterVec
@@ -120,11 +122,16 @@ func New(cfg Config) (*Server, error) {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
 	}
 	cfg.Registry.MustRegister(s.requests, s.mounts, s.latency)
+	s.watch = newWatcher(cfg.Vault, cfg.Registry, cfg.Log)
 	return s, nil
 }
 
-// Register adds the provider to a gRPC server.
-func (s *Server) Register(g *grpc.Server) { v1alpha1.RegisterCSIDriverProviderServer(g, s) }
+// Register adds the provider to a gRPC server: the upstream v1alpha1
+// service, and Coffer's Push service for push rotation.
+func (s *Server) Register(g *grpc.Server) {
+	v1alpha1.RegisterCSIDriverProviderServer(g, s)
+	push.Register(g, s.watch)
+}
 
 // Version answers with the provider's name and version.
 func (s *Server) Version(context.Context, *v1alpha1.VersionRequest) (*v1alpha1.VersionResponse, error) {
@@ -198,16 +205,18 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 		return nil, err
 	}
 	who := describe(m)
-	token, err := s.token(ctx, m, resource)
+	tok, err := s.token(ctx, m, resource)
 	if err != nil {
 		return nil, err
 	}
+	token := tok.Value
 	entries, err := s.expand(ctx, m, base, token)
 	if err != nil {
 		return nil, err
 	}
 	results := make([]*v1alpha1.File, len(entries))
 	versions := make([]*v1alpha1.ObjectVersion, len(entries))
+	watched := make([]watchItem, len(entries))
 	errs := make([]error, len(entries))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, s.cfg.Parallel)
@@ -229,6 +238,9 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 			}
 			results[i] = &v1alpha1.File{Path: e.path, Mode: int32(e.obj.Mode), Contents: b}
 			versions[i] = &v1alpha1.ObjectVersion{Id: e.id, Version: f.Version}
+			if e.version == "" && f.ETag != "" {
+				watched[i] = watchItem{base: base, coll: collection(e.obj.Type), name: e.obj.Name, etag: f.ETag}
+			}
 		}()
 	}
 	wg.Wait()
@@ -242,6 +254,7 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	if total > s.cfg.MaxResponseBytes {
 		return nil, fail(kvclient.InvalidParameter, "the volume's %d files total %d bytes, over the provider's %d-byte limit: mount fewer or smaller objects", len(results), total, s.cfg.MaxResponseBytes)
 	}
+	s.watch.register(req.GetTargetPath(), token, tok.Expires, slices.DeleteFunc(watched, func(it watchItem) bool { return it.name == "" }))
 	return &v1alpha1.MountResponse{ObjectVersion: versions, Files: results}, nil
 }
 
@@ -293,16 +306,16 @@ func describe(m *azparams.Mount) string {
 }
 
 // token proves the mount's identity to the authority.
-func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) (string, error) {
+func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) (authclient.Token, error) {
 	var tok authclient.Token
 	var err error
 	switch m.Auth.Mode {
 	case azparams.PodIdentity, azparams.VMManagedIdentity:
 		if s.cfg.NodeAgent == nil {
-			return "", fail(kvclient.Unreachable, "%s needs Coffer's node agent: start the provider with --node-agent-socket (the agent's --local-socket), or use workload identity (clientID) or a nodePublishSecretRef service principal", m.Auth.Mode)
+			return authclient.Token{}, fail(kvclient.Unreachable, "%s needs Coffer's node agent: start the provider with --node-agent-socket (the agent's --local-socket), or use workload identity (clientID) or a nodePublishSecretRef service principal", m.Auth.Mode)
 		}
 		if m.PodNS == "" || m.PodName == "" || m.PodUID == "" {
-			return "", fail(kvclient.InvalidParameter, "%s needs the pod's name, namespace and uid: the CSIDriver must have podInfoOnMount: true", m.Auth.Mode)
+			return authclient.Token{}, fail(kvclient.InvalidParameter, "%s needs the pod's name, namespace and uid: the CSIDriver must have podInfoOnMount: true", m.Auth.Mode)
 		}
 		tok, err = s.cfg.NodeAgent.Token(ctx, authclient.PodRequest{
 			VM: m.Auth.Mode == azparams.VMManagedIdentity, Namespace: m.PodNS, Name: m.PodName, UID: m.PodUID,
@@ -313,7 +326,7 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 	case azparams.ServicePrincipal:
 		tok, err = s.cfg.Auth.Token(ctx, authclient.Credential{TenantID: m.TenantID, ClientID: m.Auth.ClientID, Secret: m.Auth.Secret}, resource+"/.default")
 	default:
-		return "", fail(kvclient.InvalidParameter, "no identity is configured for the mount")
+		return authclient.Token{}, fail(kvclient.InvalidParameter, "no identity is configured for the mount")
 	}
 	if err != nil {
 		var ae *authclient.Error
@@ -327,9 +340,9 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 				code = kvclient.Forbidden
 			}
 		}
-		return "", fail(code, "signing in as %s (tenant %s) failed: %v", describe(m), m.TenantID, err)
+		return authclient.Token{}, fail(code, "signing in as %s (tenant %s) failed: %v", describe(m), m.TenantID, err)
 	}
-	return tok.Value, nil
+	return tok, nil
 }
 
 // expand turns the objects into the entries to fetch: one per object, or,

@@ -120,3 +120,42 @@ func report(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(float64(lat[len(lat)*50/100].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// BenchmarkPushRotation measures push rotation: from the vault
+// acknowledging a new version of a mounted secret to the new value in the
+// mounted file, with a rotation interval of an hour, so only a push can
+// bring it. Polling's figure for comparison is half the interval on
+// average (a minute with the default two).
+func BenchmarkPushRotation(b *testing.B) {
+	s := startStack(b, stackOptions{rotation: time.Hour, push: true})
+	ctx := context.Background()
+	s.serviceAccount(b, "default", "default")
+	sp := servicePrincipal(b, s.env, "bench", []string{"get"}, nil, nil)
+	setSecret(b, s.env, "pushed", "v0")
+	if err := s.kube.Client.Create(ctx, &corev1.Secret{ObjectMeta: objectMeta("default", "creds"), StringData: map[string]string{"clientid": sp.AppID, "clientsecret": sp.Password}}); err != nil {
+		b.Fatal(err)
+	}
+	s.apply(b, fill(classAndPod, map[string]string{"class": "push", "usesClass": "push", "pod": "push", "vault": "demo",
+		"tenant": s.env.State.TenantID, "objects": indent(objects("objectName: pushed\nobjectType: secret"), "      ")}))
+	req := s.publishRequest(b, s.pod(b, "default", "push"), "secrets")
+	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	s.waitWatched(b, 1, "after the mount")
+	file := filepath.Join(req.TargetPath, "pushed")
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		value := fmt.Sprintf("v%d", i+1)
+		setSecret(b, s.env, "pushed", value)
+		t0 := time.Now() // from the acknowledgement
+		for deadline := t0.Add(30 * time.Second); readFile(b, file) != value; time.Sleep(100 * time.Microsecond) {
+			if time.Now().After(deadline) {
+				b.Fatalf("change %d did not arrive in 30 s", i+1)
+			}
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	report(b, lat)
+}

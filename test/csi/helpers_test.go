@@ -33,6 +33,9 @@ type runningProvider struct {
 	Name   string
 	Server *provider.Server
 	Reg    *prometheus.Registry
+
+	grpc  *grpc.Server
+	start func() // starts it again, as a new process would
 }
 
 func startProvider(t testing.TB, env *testserver.Env, name string) *runningProvider {
@@ -57,22 +60,33 @@ func startProviderWith(t testing.TB, env *testserver.Env, name, suffix string, a
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	reg := prometheus.NewRegistry()
-	p, err := provider.New(provider.Config{Name: name, VaultSuffix: suffix,
-		Vault: &kvclient.Client{HTTP: env.Client.HTTP}, Auth: &authclient.Client{HTTP: env.Client.HTTP}, NodeAgent: agent, Registry: reg,
-		Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
+	rp := &runningProvider{Dir: dir, Name: name}
+	rp.start = func() {
+		reg := prometheus.NewRegistry()
+		p, err := provider.New(provider.Config{Name: name, VaultSuffix: suffix,
+			Vault: &kvclient.Client{HTTP: env.Client.HTTP}, Auth: &authclient.Client{HTTP: env.Client.HTTP}, NodeAgent: agent, Registry: reg,
+			Log: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := provider.Listen("unix://" + filepath.Join(dir, name+".sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer()
+		p.Register(g)
+		go g.Serve(ln)
+		t.Cleanup(g.Stop)
+		rp.Server, rp.Reg, rp.grpc = p, reg, g
 	}
-	ln, err := provider.Listen("unix://" + filepath.Join(dir, name+".sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	p.Register(g)
-	go g.Serve(ln)
-	t.Cleanup(g.Stop)
-	return &runningProvider{Dir: dir, Name: name, Server: p, Reg: reg}
+	rp.start()
+	return rp
+}
+
+// restart stops the provider and starts a new one on the same socket.
+func (p *runningProvider) restart() {
+	p.grpc.Stop()
+	p.start()
 }
 
 // vaultRequests reads the provider's counter of vault reads with result.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
@@ -14,7 +15,9 @@ import (
 )
 
 // Coffer's driver mounts through a provider that speaks only the upstream
-// protocol: the upstream module's own fake provider server.
+// protocol: the upstream module's own fake provider server. Push rotation
+// is on: the fake has no Push service, and the driver mounts through it
+// all the same, without waiting on it.
 func TestCofferDriverWithUpstreamFakeProvider(t *testing.T) {
 	dir, err := os.MkdirTemp("", "fake")
 	if err != nil {
@@ -35,7 +38,7 @@ func TestCofferDriverWithUpstreamFakeProvider(t *testing.T) {
 	}
 	t.Cleanup(mock.Stop)
 
-	s := startStack(t, stackOptions{moreProviders: []string{dir}})
+	s := startStack(t, stackOptions{moreProviders: []string{dir}, rotation: time.Hour, push: true})
 	ctx := context.Background()
 	s.serviceAccount(t, "default", "default")
 	s.apply(t, `apiVersion: secrets-store.csi.x-k8s.io/v1

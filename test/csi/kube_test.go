@@ -62,6 +62,8 @@ type stackOptions struct {
 	// nodeAgent runs a node agent for node-1 (with agenttest's node pool
 	// and identities) and lets the provider use it.
 	nodeAgent bool
+	// push turns on push rotation (with rotation).
+	push bool
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
@@ -109,7 +111,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	d, err := csidriver.New(csidriver.Config{
 		NodeID: "node-1", ProviderDirs: append(o.moreProviders, p.Dir), Kube: kube.Client, Reader: informers, MaxCallRecvMsgSize: o.maxRecv,
 		Recorder:        bc.NewRecorder(kube.Scheme, corev1.EventSource{Component: "csi-secrets-store", Host: "node-1"}),
-		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Mounter: csidriver.NewMounter(),
+		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Push: o.push, Mounter: csidriver.NewMounter(),
 		Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

@@ -100,7 +100,7 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
 		"linux": map[string]any{"enabled": false, "kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
 			"hostNetwork": true},
-		"enableSecretRotation": true, "rotationPollInterval": "2s", "syncSecret": map[string]any{"enabled": true},
+		"enableSecretRotation": true, "rotationPollInterval": "10m", "syncSecret": map[string]any{"enabled": true},
 		"provider":  map[string]any{"enabled": false},
 		"nodeAgent": map[string]any{"enabled": false, "socketDir": filepath.Join(c.Dir, "agent"), "linkLocalInterface": "lo"},
 		"webhook":   map[string]any{"enabled": false, "hostNetwork": true},

@@ -1,0 +1,128 @@
+package csidriver
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cofferhq/coffer/internal/push"
+)
+
+// pushReady bounds how long a provider's first call waits for its Push
+// stream, so that the first mount is already watched.
+const pushReady = 2 * time.Second
+
+// subscribe listens to a newly dialed provider's pushes (Coffer's
+// provider reports volumes whose objects changed in the vault) and waits,
+// briefly, until the provider is listening.
+func (d *Driver) subscribe(name string, c *grpc.ClientConn) {
+	ready := make(chan struct{})
+	d.pushWG.Add(1)
+	go func() {
+		defer d.pushWG.Done()
+		d.listen(name, c, ready)
+	}()
+	select {
+	case <-ready:
+	case <-time.After(pushReady):
+	case <-d.pushCtx.Done():
+	}
+}
+
+// listen keeps one provider's Push stream open until the driver stops,
+// closing ready once the provider listens or the first attempt fails. A
+// provider without the service (the upstream ones) is left alone: its
+// volumes rotate on their interval.
+func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
+	var once sync.Once
+	signal := func() { once.Do(func() { close(ready) }) }
+	defer signal()
+	backoff := time.Second
+	for attempt := 0; d.pushCtx.Err() == nil; attempt++ {
+		start := time.Now()
+		err := push.Watch(d.pushCtx, c, func() {
+			if attempt > 0 {
+				// While the stream was down, changes went unreported and
+				// a restarted provider forgot every volume: check them all
+				// on the next tick, which registers them again.
+				d.recheckAll()
+			}
+			signal()
+		}, d.pushed)
+		signal()
+		switch {
+		case d.pushCtx.Err() != nil:
+			return
+		case status.Code(err) == codes.Unimplemented:
+			d.cfg.Log.Info("the provider does not push changes; its volumes rotate every rotation interval", "provider", name)
+			return
+		}
+		if time.Since(start) > time.Minute {
+			backoff = time.Second
+		}
+		d.cfg.Log.Warn("the provider's push stream ended; reconnecting", "provider", name, "err", err, "retry", backoff)
+		select {
+		case <-d.pushCtx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// recheckAll makes every published volume due.
+func (d *Driver) recheckAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for target := range d.requests {
+		delete(d.lastCheck, target)
+	}
+}
+
+// pushed queues a volume a provider reported changed for the rotation
+// loop. A full queue drops it: the volume still rotates on its interval.
+func (d *Driver) pushed(target string) {
+	select {
+	case d.pushes <- target:
+	default:
+		d.cfg.Log.Warn("push rotation queue full; the volume waits for its rotation interval", "target", target)
+	}
+}
+
+// rotatePushed refreshes a volume a provider reported changed, at once,
+// whatever its interval; a volume no longer published is forgotten by the
+// providers.
+func (d *Driver) rotatePushed(ctx context.Context, target string) {
+	d.mu.Lock()
+	_, known := d.requests[target]
+	d.mu.Unlock()
+	if !known {
+		d.forget(target)
+		return
+	}
+	d.cfg.Metrics.pushed()
+	d.rotateOne(ctx, target, true)
+}
+
+// forget tells every provider, in the background, that a volume is gone,
+// so none keeps watching its objects.
+func (d *Driver) forget(target string) {
+	if d.providers.dialed == nil {
+		return
+	}
+	d.pushWG.Add(1)
+	go func() {
+		defer d.pushWG.Done()
+		d.providers.each(func(name string, c *grpc.ClientConn) {
+			ctx, cancel := context.WithTimeout(d.pushCtx, 5*time.Second)
+			defer cancel()
+			if err := push.Forget(ctx, c, target); err != nil && status.Code(err) != codes.Unimplemented && d.pushCtx.Err() == nil {
+				d.cfg.Log.Debug("the provider did not take a forgotten volume", "provider", name, "err", err)
+			}
+		})
+	}()
+}

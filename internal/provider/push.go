@@ -1,0 +1,291 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cofferhq/coffer/internal/kvclient"
+)
+
+// Push rotation, the provider's half. After a mount, each object it read
+// at its latest version is watched with a held conditional read (Prefer:
+// wait) on the vault; when one changes, the volumes that hold it are
+// reported to the driver listening on the Push service, which refreshes
+// them through an ordinary Mount. One held read per object serves every
+// volume on the node that holds it. Nothing is watched while no driver
+// listens (the upstream driver never does).
+const (
+	// holdFor is the wait asked of the vault per held read: under its
+	// 30-second cap, so the vault, not a timeout, ends each one.
+	holdFor = 25 * time.Second
+	// tokenSlack keeps a token from being used in a held read that could
+	// outlive it.
+	tokenSlack = holdFor + 5*time.Second
+	// notHeldPause is how long a vault that does not hold reads is left
+	// alone before it is tried again.
+	notHeldPause = 10 * time.Minute
+	// maxWatchedTargets bounds the volumes watched at once.
+	maxWatchedTargets = 10000
+)
+
+// watchItem is one object a mount read at its latest version.
+type watchItem struct {
+	base, coll, name, etag string
+}
+
+func (i watchItem) key() string { return i.base + "\x00" + i.coll + "\x00" + i.name }
+
+// watcher holds the vault reads that watch mounted objects.
+type watcher struct {
+	vault *kvclient.Client // with a timeout longer than holdFor
+	log   *slog.Logger
+	now   func() time.Time
+
+	watched prometheus.Gauge
+	pushes  prometheus.Counter
+
+	mu        sync.Mutex
+	listeners map[chan string]struct{}
+	objects   map[string]*watchedObject // by watchItem.key
+	targets   map[string][]string       // target path -> object keys
+	notHeld   map[string]time.Time      // vault base -> when it answered without holding
+}
+
+// watchedObject is one object watched for every volume holding it.
+type watchedObject struct {
+	item   watchItem // etag: the newest state known
+	subs   map[string]subscriber
+	cancel context.CancelFunc
+}
+
+// subscriber is one volume's interest: the state it holds and the token
+// its mount proved, with which the object may be watched.
+type subscriber struct {
+	etag    string
+	token   string
+	expires time.Time
+}
+
+func newWatcher(vault *kvclient.Client, reg prometheus.Registerer, log *slog.Logger) *watcher {
+	hc := &http.Client{Timeout: holdFor + 15*time.Second}
+	if vault.HTTP != nil {
+		hc.Transport = vault.HTTP.Transport
+	}
+	w := &watcher{vault: &kvclient.Client{HTTP: hc}, log: log, now: time.Now,
+		watched: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_provider_watched_objects",
+			Help: "Vault objects watched for push rotation (one held read each)."}),
+		pushes: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_provider_pushes_total",
+			Help: "Volumes reported to the driver because an object they hold changed."}),
+		listeners: map[chan string]struct{}{}, objects: map[string]*watchedObject{}, targets: map[string][]string{}, notHeld: map[string]time.Time{}}
+	reg.MustRegister(w.watched, w.pushes)
+	return w
+}
+
+// Watch serves one driver's Push stream.
+func (w *watcher) Watch(ctx context.Context, send func(target string) error) error {
+	ch := make(chan string, 1024)
+	w.mu.Lock()
+	w.listeners[ch] = struct{}{}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.listeners, ch)
+		if len(w.listeners) == 0 {
+			// Nobody to tell: stop watching. A driver that comes back
+			// re-registers its volumes with their next mounts.
+			for key := range w.objects {
+				w.dropLocked(key)
+			}
+			clear(w.targets)
+		}
+		w.mu.Unlock()
+	}()
+	if err := send(""); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case target := <-ch:
+			if err := send(target); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Forget stops watching for a volume.
+func (w *watcher) Forget(target string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.forgetLocked(target)
+}
+
+func (w *watcher) forgetLocked(target string) {
+	for _, key := range w.targets[target] {
+		if o := w.objects[key]; o != nil {
+			delete(o.subs, target)
+			if len(o.subs) == 0 {
+				w.dropLocked(key)
+			}
+		}
+	}
+	delete(w.targets, target)
+}
+
+func (w *watcher) dropLocked(key string) {
+	if o := w.objects[key]; o != nil {
+		o.cancel()
+		delete(w.objects, key)
+		w.watched.Set(float64(len(w.objects)))
+	}
+}
+
+// register replaces what target watches with items, read by a mount
+// with token, good until expires. Objects the volume still holds keep
+// their held read: a remount every interval does not restart it.
+func (w *watcher) register(target, token string, expires time.Time, items []watchItem) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.listeners) == 0 || target == "" || len(items) == 0 || expires.Before(w.now().Add(tokenSlack)) {
+		w.forgetLocked(target)
+		return
+	}
+	if _, known := w.targets[target]; !known && len(w.targets) >= maxWatchedTargets {
+		w.log.Warn("push rotation: too many volumes watched; this one rotates on its interval only", "limit", maxWatchedTargets)
+		return
+	}
+	var keys []string
+	for _, it := range items {
+		if t, ok := w.notHeld[it.base]; ok && w.now().Sub(t) < notHeldPause {
+			continue
+		}
+		key := it.key()
+		o := w.objects[key]
+		if o == nil {
+			ctx, cancel := context.WithCancel(context.Background())
+			o = &watchedObject{item: it, subs: map[string]subscriber{}, cancel: cancel}
+			w.objects[key] = o
+			w.watched.Set(float64(len(w.objects)))
+			go w.poll(ctx, key, o)
+		}
+		// The mount has just read it: its state is the newest known.
+		o.item.etag = it.etag
+		o.subs[target] = subscriber{etag: it.etag, token: token, expires: expires}
+		keys = append(keys, key)
+	}
+	for _, key := range w.targets[target] {
+		if o := w.objects[key]; o != nil && !slices.Contains(keys, key) {
+			delete(o.subs, target)
+			if len(o.subs) == 0 {
+				w.dropLocked(key)
+			}
+		}
+	}
+	if len(keys) == 0 {
+		delete(w.targets, target)
+		return
+	}
+	w.targets[target] = keys
+}
+
+// poll holds reads of one object until it has no subscriber left.
+func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		item, token := o.item, w.tokenLocked(o)
+		if token == "" {
+			if w.objects[key] == o {
+				w.dropLocked(key)
+			}
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Unlock()
+		etag, changed, err := w.vault.Wait(ctx, item.base, token, item.coll, item.name, item.etag, holdFor)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, kvclient.ErrNotHeld):
+			w.log.Info("push rotation: the vault does not hold reads; its volumes rotate on their interval", "vault", item.base)
+			w.mu.Lock()
+			w.notHeld[item.base] = w.now()
+			if w.objects[key] == o {
+				w.dropLocked(key)
+			}
+			w.mu.Unlock()
+			return
+		case err != nil:
+			// Refused, gone or unreachable: interval rotation reports it
+			// on the volume; here, only try again later.
+			w.log.Debug("push rotation: a held read failed", "vault", item.base, "object", item.coll+"/"+item.name, "class", kvclient.Classify(err), "retry", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff + rand.N(backoff/2)):
+			}
+			backoff = min(2*backoff, time.Minute)
+			continue
+		}
+		backoff = time.Second
+		if changed {
+			w.changed(o, etag)
+		}
+	}
+}
+
+// tokenLocked returns the subscribers' token that lasts longest. A
+// subscriber whose token is too close to expiry to hold a read with is
+// dropped and its volume reported: the driver's refresh mounts it with a
+// fresh token (the token cache no longer hands out one that close to
+// expiry), which watches it again.
+func (w *watcher) tokenLocked(o *watchedObject) string {
+	best, until := "", w.now().Add(tokenSlack)
+	for target, s := range o.subs {
+		if s.expires.Before(w.now().Add(tokenSlack)) {
+			delete(o.subs, target)
+			w.notifyLocked(target)
+			continue
+		}
+		if !s.expires.Before(until) {
+			best, until = s.token, s.expires
+		}
+	}
+	return best
+}
+
+// changed records an object's new state and reports each volume that
+// holds an older one.
+func (w *watcher) changed(o *watchedObject, etag string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	o.item.etag = etag
+	for target, s := range o.subs {
+		if s.etag != etag {
+			w.pushes.Inc()
+			w.notifyLocked(target)
+		}
+	}
+}
+
+// notifyLocked reports a volume to every listening driver. A driver that
+// is not keeping up misses it, and the volume waits for its interval.
+func (w *watcher) notifyLocked(target string) {
+	for ch := range w.listeners {
+		select {
+		case ch <- target:
+		default:
+			w.log.Warn("push rotation: the driver is not keeping up; a volume waits for its interval", "target", target)
+		}
+	}
+}
