@@ -149,11 +149,7 @@ func BenchmarkPushRotation(b *testing.B) {
 		value := fmt.Sprintf("v%d", i+1)
 		setSecret(b, s.env, "pushed", value)
 		t0 := time.Now() // from the acknowledgement
-		for deadline := t0.Add(30 * time.Second); readFile(b, file) != value; time.Sleep(100 * time.Microsecond) {
-			if time.Now().After(deadline) {
-				b.Fatalf("change %d did not arrive in 30 s", i+1)
-			}
-		}
+		waitFile(b, file, value, 30*time.Second, fmt.Sprintf("change %d did not arrive", i+1))
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()

@@ -295,14 +295,11 @@ func TestSeedPodMountsAndRotates(t *testing.T) {
 	}
 }
 
-// With rotation on, a changed secret reaches a mounted volume within the
-// rotation interval although the kubelet does not republish it (its own
-// period is a minute by default): the driver rotates by itself, with the
-// kubelet's last request. A volume whose tokens are about to expire waits
-// for the kubelet's next republish, which brings fresh ones.
-func TestRotationBetweenRepublishes(t *testing.T) {
-	s := startStack(t, stackOptions{rotation: 200 * time.Millisecond})
-	ctx := context.Background()
+// mountedSeed000 starts a stack and publishes seed 000's volume, with
+// secret1 = "one" and secret2 = "two", read with workload identity.
+func mountedSeed000(t *testing.T, o stackOptions) (*stack, *corev1.Pod, *csi.NodePublishVolumeRequest) {
+	t.Helper()
+	s := startStack(t, o)
 	s.serviceAccount(t, "default", "default")
 	mi := s.workloadIdentity(t, "default", "default")
 	setSecret(t, s.env, "secret1", "one")
@@ -310,18 +307,23 @@ func TestRotationBetweenRepublishes(t *testing.T) {
 	s.apply(t, fill(seed000, map[string]string{"clientID": mi.ClientID, "tenant": s.env.State.TenantID}))
 	pod := s.pod(t, "default", "busybox-secrets-store-inline-system-msi")
 	req := s.publishRequest(t, pod, "secrets-store01-inline")
-	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
+	if _, err := s.node.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatalf("NodePublishVolume: %v", err)
 	}
+	return s, pod, req
+}
+
+// With rotation on, a changed secret reaches a mounted volume within the
+// rotation interval although the kubelet does not republish it (its own
+// period is a minute by default): the driver rotates by itself, with the
+// kubelet's last request. A volume whose tokens are about to expire waits
+// for the kubelet's next republish, which brings fresh ones.
+func TestRotationBetweenRepublishes(t *testing.T) {
+	s, pod, req := mountedSeed000(t, stackOptions{rotation: 200 * time.Millisecond})
+	ctx := context.Background()
 	file := filepath.Join(req.TargetPath, "SECRET_1")
 	setSecret(t, s.env, "secret1", "one, rotated")
-	deadline := time.Now().Add(20 * time.Second)
-	for readFile(t, file) != "one, rotated" {
-		if time.Now().After(deadline) {
-			t.Fatal("the changed secret did not reach the volume without a republish")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFile(t, file, "one, rotated", 20*time.Second, "the changed secret did not reach the volume without a republish")
 	s.waitEvent(t, "default", pod.Name, "MountRotationComplete")
 
 	// The kubelet's last request says its token expires in 10 s: the
@@ -350,13 +352,7 @@ func TestRotationBetweenRepublishes(t *testing.T) {
 	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("republish: %v", err)
 	}
-	deadline = time.Now().Add(20 * time.Second)
-	for readFile(t, file) != "one, rotated twice" {
-		if time.Now().After(deadline) {
-			t.Fatal("the volume did not rotate once the kubelet brought a fresh token")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFile(t, file, "one, rotated twice", 20*time.Second, "the volume did not rotate once the kubelet brought a fresh token")
 	if _, err := s.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath}); err != nil {
 		t.Fatal(err)
 	}
