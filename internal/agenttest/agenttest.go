@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -266,4 +267,23 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// LoggedAddr waits until a process writing JSON log lines to s logs msg
+// with an "addr" attribute, and returns it: a test passes 127.0.0.1:0 and
+// learns the port the process bound, instead of picking a free port that
+// another test could take before the process binds it.
+func (s *SyncBuffer) LoggedAddr(t testing.TB, msg string) string {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		for _, line := range strings.Split(s.String(), "\n") {
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == msg && rec.Addr != "" {
+				return rec.Addr
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q log line with an address in a minute:\n%s", msg, s.String())
+		}
+	}
 }

@@ -152,7 +152,9 @@ func TestReadersNeverSeeAMix(t *testing.T) {
 			}
 		}()
 	}
-	for i := 1; i <= 200; i++ {
+	// At least 200 writes, and on until the readers have read during them:
+	// on a busy machine they may get no CPU for a while.
+	for i := 1; i <= 200 || (reads.Load() < 100 && i <= 100_000); i++ {
 		if _, err := Write(dir, payload(i)); err != nil {
 			t.Fatal(err)
 		}

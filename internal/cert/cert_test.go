@@ -54,7 +54,7 @@ func TestResumeFinishesInterruptedIssuance(t *testing.T) {
 	if n, err := s.Resume(ctx, v); err != nil || n != 1 {
 		t.Fatalf("Resume = %d, %v", n, err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute) // an EC key, but -race on a busy machine
 	for {
 		op, err := s.GetOperation(ctx, v, "Resumed")
 		if err != nil {

@@ -2,7 +2,6 @@ package csi
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,17 +33,11 @@ func TestDriverBinaryRegistersWithKubelet(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	kube := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{repoFile(t, "deploy/crds")}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics := ln.Addr().String()
-	ln.Close()
 	endpoint := filepath.Join(dir, "csi.sock")
 	regDir := filepath.Join(dir, "plugins_registry")
 	cmd := exec.Command(bin, "csi-driver", "--nodeid", "node-1", "--endpoint", "unix://"+endpoint,
 		"--registration-dir", regDir, "--kubelet-registration-path", "/var/lib/kubelet/plugins/csi-secrets-store/csi.sock",
-		"--provider-volume", filepath.Join(dir, "providers"), "--metrics-addr", metrics, "--kubeconfig", kube.KubeconfigFile(t))
+		"--provider-volume", filepath.Join(dir, "providers"), "--metrics-addr", "127.0.0.1:0", "--kubeconfig", kube.KubeconfigFile(t))
 	var out agenttest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -56,6 +49,7 @@ func TestDriverBinaryRegistersWithKubelet(t *testing.T) {
 		cmd.Process.Kill()
 		<-exited
 	})
+	metrics := out.LoggedAddr(t, "metrics and health listening")
 	regSock := filepath.Join(regDir, "secrets-store.csi.k8s.io-reg.sock")
 	eventually(t, "the registration socket", func() bool { _, err := os.Stat(regSock); return err == nil })
 	conn, err := grpc.NewClient("unix:"+regSock, grpc.WithTransportCredentials(insecure.NewCredentials()))

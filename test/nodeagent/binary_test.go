@@ -3,7 +3,6 @@ package nodeagent
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,16 +16,6 @@ import (
 	"github.com/cofferhq/coffer/internal/agenttest"
 	"github.com/cofferhq/coffer/internal/podidentity"
 )
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // The real binary, with the flags a DaemonSet gives it: the command wires
 // the caches, the status writer, the listeners and the metrics.
@@ -43,14 +32,13 @@ func TestNodeAgentBinary(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte(w.node.Pool.AgentSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	imds, metrics := freePort(t), freePort(t)
 	sock := filepath.Join(dir, "agent.sock")
 	var logs agenttest.SyncBuffer
 	cmd := exec.Command(bin, "node-agent", "--node-name", "node-1", "--tenant-id", w.env.State.TenantID,
 		"--client-id", w.node.Pool.AgentClientID, "--client-secret-file", secretFile,
 		"--authority-host", w.env.Admin.AuthorityHost, "--ca-file", w.env.Admin.CAFile,
 		"--system-identity", w.node.Pool.SystemAssigned.ClientID, "--vm-identity", w.node.Attached.ID,
-		"--redirect", "none", "--listen", imds, "--local-socket", "unix://"+sock, "--metrics-addr", metrics,
+		"--redirect", "none", "--listen", "127.0.0.1:0", "--local-socket", "unix://"+sock, "--metrics-addr", "127.0.0.1:0",
 		"--kubeconfig", w.kube.KubeconfigFile(t))
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -62,6 +50,9 @@ func TestNodeAgentBinary(t *testing.T) {
 		cmd.Process.Kill()
 		<-exited
 	})
+	// Both bind port 0 and log the port they got.
+	metrics := logs.LoggedAddr(t, "metrics and health listening")
+	imds := logs.LoggedAddr(t, "node agent listening")
 	eventually(t, "the agent is healthy", func() bool {
 		resp, err := http.Get("http://" + metrics + "/healthz")
 		if err != nil {

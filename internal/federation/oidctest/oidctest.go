@@ -98,7 +98,7 @@ func (i *Issuer) SetJWKS(mode string) {
 // Client returns an HTTP client that trusts the issuer's certificate.
 func (i *Issuer) Client() *http.Client {
 	c := i.Server.Client()
-	c.Timeout = 5 * time.Second
+	c.Timeout = 30 * time.Second
 	return c
 }
 
