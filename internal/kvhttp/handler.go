@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cofferhq/coffer/internal/access"
 	"github.com/cofferhq/coffer/internal/audit"
@@ -41,6 +42,7 @@ type Handler struct {
 	verifier *token.Verifier
 	issuer   func(tenant string) string
 	feed     *changes.Feed
+	held     atomic.Int64 // reads being held
 	log      *slog.Logger
 	mux      http.Handler
 }
@@ -128,6 +130,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
 	h.mux.ServeHTTP(w, r.WithContext(ctx))
 }
+
+// recheck authenticates a held request again, against the vault as it is
+// now: its token may have expired, and the vault's policies, its
+// permission model, or the vault itself may have changed meanwhile.
+func (h *Handler) recheck(r *http.Request) error {
+	c := callOf(r)
+	v, err := h.vaults.Get(c.vault.Name)
+	if err != nil {
+		return err
+	}
+	p, err := h.authenticate(r, v)
+	if err != nil {
+		c.audit.Decision = "unauthenticated"
+		return err
+	}
+	c.vault, c.principal = v, p
+	return nil
+}
+
+// holdSlot takes one of the maxHeld places for a held read.
+func (h *Handler) holdSlot() bool {
+	if h.held.Add(1) > maxHeld {
+		h.held.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (h *Handler) releaseSlot() { h.held.Add(-1) }
 
 func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {
 	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

@@ -105,18 +105,35 @@ type reply struct {
 
 // serveOn is serve with the object named explicitly ("" for the vault).
 // A conditional read that asks to wait (see held) and would be answered
-// 304 is held until its object changes or the wait ends, and then
-// authorized and read again from the start.
+// 304 is held until its object changes or the wait ends. Each time, it is
+// then authenticated, authorized and read again from the start, against
+// the vault as it is now, and answered by that last pass: a caller whose
+// access or token ended while it waited is refused, never served.
 func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operation, object string, fn func(c *call) (any, error)) {
 	wait := b.held(r, object)
+	if wait > 0 && !b.h.holdSlot() {
+		wait = 0 // at the cap: answered at once, and said to be held (see maxHeld)
+		w.Header().Set("Preference-Applied", "wait=0")
+	} else if wait > 0 {
+		defer b.h.releaseSlot()
+	}
 	deadline := time.Now().Add(wait)
-	for {
+	for pass := 0; ; pass++ {
+		if pass > 0 {
+			if err := b.h.recheck(r); err != nil {
+				w.Header().Del("ETag")
+				b.h.fail(w, r, b.kind, err)
+				return
+			}
+		}
+		holding := wait > 0 && time.Now().Before(deadline) && !b.h.feed.Closed()
 		changed, release := (<-chan struct{})(nil), func() {}
-		if wait > 0 {
+		if holding {
 			// Watch before reading: a change between the read and the
 			// wait must still wake it.
 			changed, release = b.h.feed.Watch(changes.Subject(callOf(r).vault.Name, string(b.kind), object))
 		}
+		w.Header().Del("ETag") // each pass sets its own
 		c, ok := b.authorize(w, r, op, object)
 		if !ok {
 			release()
@@ -125,15 +142,18 @@ func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operatio
 		out, err := fn(c)
 		rep, isReply := out.(reply)
 		notModified := err == nil && isReply && rep.status == http.StatusNotModified
-		if notModified && wait > 0 {
-			woken := waitFor(r.Context(), changed, time.Until(deadline))
+		if notModified && holding {
+			waitFor(r.Context(), changed, time.Until(deadline))
 			release()
-			if woken && !b.h.feed.Closed() {
-				continue
+			if r.Context().Err() != nil {
+				return // the caller is gone
 			}
-			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int(wait/time.Second)))
+			continue // changed, or the wait is over: answer from a fresh pass
 		}
 		release()
+		if notModified && wait > 0 {
+			w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int(wait/time.Second)))
+		}
 		switch {
 		case err != nil:
 			b.h.fail(w, r, b.kind, err)
@@ -154,6 +174,12 @@ func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operatio
 // timeout, and short enough that a revoked caller's held read ends soon
 // (it is re-authorized on every wake and at the end).
 const maxWait = 30 * time.Second
+
+// maxHeld bounds the reads held at once, server-wide: each holds a
+// goroutine and a stream. Past it, reads are answered at once with
+// "Preference-Applied: wait=0", so clients keep asking at their own pace
+// rather than taking the vault for one that never holds.
+const maxHeld = 20000
 
 // held returns how long a read may be held: see WaitPreference; only a
 // read of one object, on a server with a change feed, is held.
@@ -178,6 +204,7 @@ func WaitPreference(r *http.Request) time.Duration {
 		if !ok || !strings.EqualFold(strings.TrimSpace(k), "wait") {
 			continue
 		}
+		v, _, _ = strings.Cut(v, ";") // preference parameters are ignored
 		n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(v), `"`))
 		if err != nil || n <= 0 {
 			return 0

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/mgmthttp"
 	"github.com/cofferhq/coffer/internal/testserver"
 )
 
@@ -158,5 +159,27 @@ func TestHeldConditionalReads(t *testing.T) {
 	_, tok := principal(t, env, "nobody")
 	if a, err := heldGet(env, "/secrets/s?api-version=7.6", tok, a.etag, "wait=30"); err != nil || a.status != http.StatusForbidden {
 		t.Fatalf("unauthorized held read: %+v %v", a, err)
+	}
+
+	// Access revoked while a read is held, then the secret rotated (an
+	// incident response): the wake-up finds no access, and refuses.
+	oid, reader := principal(t, env, "reader")
+	grantSecrets(t, env, oid, "get")
+	_, etag, _ = getWith(t, env, "/secrets/s?api-version=7.6", reader, "")
+	go func() { a, _ := heldGet(env, "/secrets/s?api-version=7.6", reader, etag, "wait=30"); done <- a }()
+	waitHeld(t, env, 1)
+	manage(t, env, "POST", "vaults/demo/delete-policy", mgmthttp.PolicyIn{ObjectID: oid}, nil)
+	raw(t, env, "PUT", "/secrets/s?api-version=7.6", admin, `{"value":"v3, after the revocation"}`)
+	if a := <-done; a.status != http.StatusForbidden || strings.Contains(a.body, "v3") || a.etag != "" {
+		t.Fatalf("a held read outlived its caller's access: %d %q etag %q", a.status, a.body, a.etag)
+	}
+	// Revoked while held with nothing changing: refused at the end too.
+	grantSecrets(t, env, oid, "get")
+	_, etag, _ = getWith(t, env, "/secrets/s?api-version=7.6", reader, "")
+	go func() { a, _ := heldGet(env, "/secrets/s?api-version=7.6", reader, etag, "wait=2"); done <- a }()
+	waitHeld(t, env, 1)
+	manage(t, env, "POST", "vaults/demo/delete-policy", mgmthttp.PolicyIn{ObjectID: oid}, nil)
+	if a := <-done; a.status != http.StatusForbidden {
+		t.Fatalf("a held read revoked meanwhile ended with %d, want 403", a.status)
 	}
 }
