@@ -248,6 +248,7 @@ to serve existing SecretProviderClasses with provider: azure, or coffer.sock.`,
 			}
 			go func() {
 				<-c.Context().Done()
+				p.Close() // the driver's Push stream never ends by itself
 				g.GracefulStop()
 			}()
 			log.Info("provider listening", "endpoint", endpoint, "name", name, "vault-dns-suffix", suffix)

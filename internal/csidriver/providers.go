@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -32,16 +33,20 @@ type providerClients struct {
 	dirs    []string
 	maxRecv int
 
-	// dialed, when set, is called once for each new connection, before
-	// its first call; the driver subscribes to the provider's pushes there.
-	dialed func(name string, c *grpc.ClientConn)
+	// dialed, when set, is called once for each new connection; the driver
+	// subscribes to the provider's pushes there. Every call through the
+	// connection first waits, up to readyWait, for the channel it returns
+	// to close, so that no mount happens before the provider listens.
+	dialed    func(name string, c *grpc.ClientConn) <-chan struct{}
+	readyWait time.Duration
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	ready map[string]<-chan struct{}
 }
 
 func newProviderClients(dirs []string, maxRecv int) *providerClients {
-	return &providerClients{dirs: dirs, maxRecv: maxRecv, conns: map[string]*grpc.ClientConn{}}
+	return &providerClients{dirs: dirs, maxRecv: maxRecv, conns: map[string]*grpc.ClientConn{}, ready: map[string]<-chan struct{}{}}
 }
 
 // each calls fn with every connection open now.
@@ -61,22 +66,28 @@ func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, er
 	if !providerNameRE.MatchString(name) {
 		return nil, fmt.Errorf("provider name %q is invalid: use 1-30 letters, digits, '-' or '_'", name)
 	}
-	c, fresh, err := p.conn(name)
+	c, ready, err := p.conn(name)
 	if err != nil {
 		return nil, err
 	}
-	if fresh && p.dialed != nil {
-		p.dialed(name, c)
+	if ready != nil {
+		t := time.NewTimer(p.readyWait)
+		select {
+		case <-ready:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	return v1alpha1.NewCSIDriverProviderClient(c), nil
 }
 
-// conn returns the connection to provider name, and whether it is new.
-func (p *providerClients) conn(name string) (*grpc.ClientConn, bool, error) {
+// conn returns the connection to provider name, and what its calls wait
+// for (nil: nothing).
+func (p *providerClients) conn(name string) (*grpc.ClientConn, <-chan struct{}, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[name]; ok {
-		return c, false, nil
+		return c, p.ready[name], nil
 	}
 	for _, dir := range p.dirs {
 		sock := filepath.Join(dir, name+".sock")
@@ -88,12 +99,15 @@ func (p *providerClients) conn(name string) (*grpc.ClientConn, bool, error) {
 			grpc.WithAuthority("localhost"),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(p.maxRecv)))
 		if err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
 		p.conns[name] = c
-		return c, true, nil
+		if p.dialed != nil {
+			p.ready[name] = p.dialed(name, c)
+		}
+		return c, p.ready[name], nil
 	}
-	return nil, false, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrProviderNotFound, name, p.dirs, name)
+	return nil, nil, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrProviderNotFound, name, p.dirs, name)
 }
 
 func (p *providerClients) close() {

@@ -17,26 +17,27 @@ import (
 const pushReady = 2 * time.Second
 
 // subscribe listens to a newly dialed provider's pushes (Coffer's
-// provider reports volumes whose objects changed in the vault) and waits,
-// briefly, until the provider is listening.
-func (d *Driver) subscribe(name string, c *grpc.ClientConn) {
+// provider reports volumes whose objects changed in the vault). The
+// channel it returns closes once the provider listens, or once it is
+// clear it will not; calls to the provider wait for it, briefly.
+func (d *Driver) subscribe(name string, c *grpc.ClientConn) <-chan struct{} {
 	ready := make(chan struct{})
 	d.pushWG.Add(1)
 	go func() {
 		defer d.pushWG.Done()
 		d.listen(name, c, ready)
 	}()
-	select {
-	case <-ready:
-	case <-time.After(pushReady):
-	case <-d.pushCtx.Done():
-	}
+	return ready
 }
+
+// unimplementedRetry is how often a provider without the Push service is
+// asked again: it may have been upgraded in place.
+const unimplementedRetry = 5 * time.Minute
 
 // listen keeps one provider's Push stream open until the driver stops,
 // closing ready once the provider listens or the first attempt fails. A
-// provider without the service (the upstream ones) is left alone: its
-// volumes rotate on their interval.
+// provider without the service (the upstream ones) is asked again every
+// few minutes; meanwhile its volumes rotate on their interval.
 func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
 	var once sync.Once
 	signal := func() { once.Do(func() { close(ready) }) }
@@ -54,23 +55,29 @@ func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
 			signal()
 		}, d.pushed)
 		signal()
-		switch {
-		case d.pushCtx.Err() != nil:
-			return
-		case status.Code(err) == codes.Unimplemented:
-			d.cfg.Log.Info("the provider does not push changes; its volumes rotate every rotation interval", "provider", name)
+		if d.pushCtx.Err() != nil {
 			return
 		}
-		if time.Since(start) > time.Minute {
-			backoff = time.Second
+		wait := backoff
+		if status.Code(err) == codes.Unimplemented {
+			if attempt == 0 {
+				d.cfg.Log.Info("the provider does not push changes; its volumes rotate every rotation interval", "provider", name)
+			}
+			wait = unimplementedRetry
+		} else {
+			if time.Since(start) > time.Minute {
+				backoff, wait = time.Second, time.Second
+			}
+			d.cfg.Log.Warn("the provider's push stream ended; reconnecting", "provider", name, "err", err, "retry", wait)
+			backoff = min(2*backoff, 30*time.Second)
 		}
-		d.cfg.Log.Warn("the provider's push stream ended; reconnecting", "provider", name, "err", err, "retry", backoff)
+		t := time.NewTimer(wait)
 		select {
 		case <-d.pushCtx.Done():
+			t.Stop()
 			return
-		case <-time.After(backoff):
+		case <-t.C:
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 
@@ -86,9 +93,19 @@ func (d *Driver) recheckAll() {
 // pushed queues a volume a provider reported changed for the rotation
 // loop. A full queue drops it: the volume still rotates on its interval.
 func (d *Driver) pushed(target string) {
+	d.mu.Lock()
+	if d.pending[target] {
+		d.mu.Unlock()
+		return // already queued: one refresh serves both pushes
+	}
+	d.pending[target] = true
+	d.mu.Unlock()
 	select {
 	case d.pushes <- target:
 	default:
+		d.mu.Lock()
+		delete(d.pending, target)
+		d.mu.Unlock()
 		d.cfg.Log.Warn("push rotation queue full; the volume waits for its rotation interval", "target", target)
 	}
 }
@@ -98,6 +115,7 @@ func (d *Driver) pushed(target string) {
 // providers.
 func (d *Driver) rotatePushed(ctx context.Context, target string) {
 	d.mu.Lock()
+	delete(d.pending, target)
 	_, known := d.requests[target]
 	d.mu.Unlock()
 	if !known {

@@ -57,6 +57,15 @@ func (d *Driver) rotate(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			// Pushes go first, even in the middle of a long pass.
+			for drained := false; !drained; {
+				select {
+				case pushed := <-d.pushes:
+					d.rotatePushed(ctx, pushed)
+				default:
+					drained = true
+				}
+			}
 			d.rotateOne(ctx, target, false)
 		}
 	}

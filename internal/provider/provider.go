@@ -133,6 +133,10 @@ func (s *Server) Register(g *grpc.Server) {
 	push.Register(g, s.watch)
 }
 
+// Close ends the Push streams and the held reads; call it before a
+// graceful stop of the gRPC server, which would otherwise wait on them.
+func (s *Server) Close() { s.watch.close() }
+
 // Version answers with the provider's name and version.
 func (s *Server) Version(context.Context, *v1alpha1.VersionRequest) (*v1alpha1.VersionResponse, error) {
 	return &v1alpha1.VersionResponse{Version: "v1alpha1", RuntimeName: s.cfg.Name, RuntimeVersion: Version}, nil

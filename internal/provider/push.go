@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -52,6 +53,8 @@ type watcher struct {
 	watched prometheus.Gauge
 	pushes  prometheus.Counter
 
+	done chan struct{} // closed by close: the provider is stopping
+
 	mu        sync.Mutex
 	listeners map[chan string]struct{}
 	objects   map[string]*watchedObject // by watchItem.key
@@ -79,7 +82,7 @@ func newWatcher(vault *kvclient.Client, reg prometheus.Registerer, log *slog.Log
 	if vault.HTTP != nil {
 		hc.Transport = vault.HTTP.Transport
 	}
-	w := &watcher{vault: &kvclient.Client{HTTP: hc}, log: log, now: time.Now,
+	w := &watcher{vault: &kvclient.Client{HTTP: hc}, log: log, now: time.Now, done: make(chan struct{}),
 		watched: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_provider_watched_objects",
 			Help: "Vault objects watched for push rotation (one held read each)."}),
 		pushes: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_provider_pushes_total",
@@ -115,11 +118,37 @@ func (w *watcher) Watch(ctx context.Context, send func(target string) error) err
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-w.done:
+			return nil // the driver sees the stream end, and reconnects to the next provider
 		case target := <-ch:
 			if err := send(target); err != nil {
 				return err
 			}
 		}
+	}
+}
+
+// close ends every Watch stream and held read, so a stopping provider's
+// graceful stop does not wait on streams that never end by themselves.
+func (w *watcher) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closedLocked() {
+		return
+	}
+	close(w.done)
+	for key := range w.objects {
+		w.dropLocked(key)
+	}
+	clear(w.targets)
+}
+
+func (w *watcher) closedLocked() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -156,7 +185,7 @@ func (w *watcher) dropLocked(key string) {
 func (w *watcher) register(target, token string, expires time.Time, items []watchItem) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.listeners) == 0 || target == "" || len(items) == 0 || expires.Before(w.now().Add(tokenSlack)) {
+	if w.closedLocked() || len(w.listeners) == 0 || target == "" || len(items) == 0 || expires.Before(w.now().Add(tokenSlack)) {
 		w.forgetLocked(target)
 		return
 	}
@@ -164,9 +193,10 @@ func (w *watcher) register(target, token string, expires time.Time, items []watc
 		w.log.Warn("push rotation: too many volumes watched; this one rotates on its interval only", "limit", maxWatchedTargets)
 		return
 	}
+	maps.DeleteFunc(w.notHeld, func(_ string, t time.Time) bool { return w.now().Sub(t) >= notHeldPause })
 	var keys []string
 	for _, it := range items {
-		if t, ok := w.notHeld[it.base]; ok && w.now().Sub(t) < notHeldPause {
+		if _, ok := w.notHeld[it.base]; ok {
 			continue
 		}
 		key := it.key()
@@ -203,7 +233,8 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		w.mu.Lock()
-		item, token := o.item, w.tokenLocked(o)
+		item := o.item
+		holder, token := w.tokenLocked(o)
 		if token == "" {
 			if w.objects[key] == o {
 				w.dropLocked(key)
@@ -212,7 +243,13 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 			return
 		}
 		w.mu.Unlock()
+		start := time.Now()
 		etag, changed, err := w.vault.Wait(ctx, item.base, token, item.coll, item.name, item.etag, holdFor)
+		if changed && (etag == "" || etag == item.etag) {
+			// A 200 that is not a change (a proxy that ignores
+			// If-None-Match, say) would make this loop spin.
+			err = kvclient.ErrNotHeld
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -225,14 +262,24 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 			}
 			w.mu.Unlock()
 			return
+		case refused(err):
+			// That volume's identity may no longer read it: drop it (its
+			// refresh reports why, on the pod) and go on at once with
+			// another volume's token, so one refusal does not stop the
+			// pushes of every volume holding the object.
+			w.mu.Lock()
+			if _, ok := o.subs[holder]; ok {
+				delete(o.subs, holder)
+				w.notifyLocked(holder)
+			}
+			w.mu.Unlock()
+			continue
 		case err != nil:
-			// Refused, gone or unreachable: interval rotation reports it
-			// on the volume; here, only try again later.
+			// Gone or unreachable: interval rotation reports it on the
+			// volume; here, only try again later.
 			w.log.Debug("push rotation: a held read failed", "vault", item.base, "object", item.coll+"/"+item.name, "class", kvclient.Classify(err), "retry", backoff)
-			select {
-			case <-ctx.Done():
+			if !sleep(ctx, backoff+rand.N(backoff/2)) {
 				return
-			case <-time.After(backoff + rand.N(backoff/2)):
 			}
 			backoff = min(2*backoff, time.Minute)
 			continue
@@ -240,28 +287,49 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 		backoff = time.Second
 		if changed {
 			w.changed(o, etag)
+		} else if time.Since(start) < time.Second && !sleep(ctx, time.Second) {
+			return // answered at once (a vault at its cap, or stopping): not faster than once a second
 		}
 	}
 }
 
-// tokenLocked returns the subscribers' token that lasts longest. A
-// subscriber whose token is too close to expiry to hold a read with is
-// dropped and its volume reported: the driver's refresh mounts it with a
-// fresh token (the token cache no longer hands out one that close to
-// expiry), which watches it again.
-func (w *watcher) tokenLocked(o *watchedObject) string {
-	best, until := "", w.now().Add(tokenSlack)
-	for target, s := range o.subs {
+// refused reports whether the vault refused the token (401) or the
+// identity (403).
+func refused(err error) bool {
+	var ke *kvclient.Error
+	return errors.As(err, &ke) && (ke.Status == 401 || ke.Status == 403)
+}
+
+// sleep waits d, or until ctx ends (then false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// tokenLocked returns the volume whose token lasts longest, and that
+// token. A subscriber whose token is too close to expiry to hold a read
+// with is dropped and its volume reported: the driver's refresh mounts it
+// with a fresh token (the token cache no longer hands out one that close
+// to expiry), which watches it again.
+func (w *watcher) tokenLocked(o *watchedObject) (target, token string) {
+	until := w.now().Add(tokenSlack)
+	for t, s := range o.subs {
 		if s.expires.Before(w.now().Add(tokenSlack)) {
-			delete(o.subs, target)
-			w.notifyLocked(target)
+			delete(o.subs, t)
+			w.notifyLocked(t)
 			continue
 		}
 		if !s.expires.Before(until) {
-			best, until = s.token, s.expires
+			target, token, until = t, s.token, s.expires
 		}
 	}
-	return best
+	return target, token
 }
 
 // changed records an object's new state and reports each volume that

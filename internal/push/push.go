@@ -46,13 +46,19 @@ func Register(g *grpc.Server, h Handler) {
 		HandlerType: (*Handler)(nil),
 		Methods: []grpc.MethodDesc{{
 			MethodName: "Forget",
-			Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 				in := &wrapperspb.StringValue{}
 				if err := dec(in); err != nil {
 					return nil, err
 				}
-				srv.(Handler).Forget(in.GetValue())
-				return &emptypb.Empty{}, nil
+				forget := func(_ context.Context, req any) (any, error) {
+					srv.(Handler).Forget(req.(*wrapperspb.StringValue).GetValue())
+					return &emptypb.Empty{}, nil
+				}
+				if interceptor == nil {
+					return forget(ctx, in)
+				}
+				return interceptor(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: forgetMethod}, forget)
 			},
 		}},
 		Streams: []grpc.StreamDesc{{

@@ -127,18 +127,9 @@ func report(b *testing.B, lat []time.Duration) {
 // bring it. Polling's figure for comparison is half the interval on
 // average (a minute with the default two).
 func BenchmarkPushRotation(b *testing.B) {
-	s := startStack(b, stackOptions{rotation: time.Hour, push: true})
-	ctx := context.Background()
-	s.serviceAccount(b, "default", "default")
-	sp := servicePrincipal(b, s.env, "bench", []string{"get"}, nil, nil)
-	setSecret(b, s.env, "pushed", "v0")
-	if err := s.kube.Client.Create(ctx, &corev1.Secret{ObjectMeta: objectMeta("default", "creds"), StringData: map[string]string{"clientid": sp.AppID, "clientsecret": sp.Password}}); err != nil {
-		b.Fatal(err)
-	}
-	s.apply(b, fill(classAndPod, map[string]string{"class": "push", "usesClass": "push", "pod": "push", "vault": "demo",
-		"tenant": s.env.State.TenantID, "objects": indent(objects("objectName: pushed\nobjectType: secret"), "      ")}))
+	s := pushStack(b, "push")
 	req := s.publishRequest(b, s.pod(b, "default", "push"), "secrets")
-	if _, err := s.node.NodePublishVolume(ctx, req); err != nil {
+	if _, err := s.node.NodePublishVolume(context.Background(), req); err != nil {
 		b.Fatal(err)
 	}
 	s.waitWatched(b, 1, "after the mount")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // waitFile waits until path holds want, or fails with why.
@@ -71,4 +72,56 @@ func TestPushRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.waitWatched(t, 0, "after the unpublish")
+}
+
+// pushStack starts a stack with push rotation and an hour's interval, and
+// a class "push" that mounts secret "pushed" (= "v0") with a service
+// principal, used by the given pods.
+func pushStack(t testing.TB, pods ...string) *stack {
+	t.Helper()
+	s := startStack(t, stackOptions{rotation: time.Hour, push: true})
+	s.serviceAccount(t, "default", "default")
+	sp := servicePrincipal(t, s.env, "pusher", []string{"get"}, nil, nil)
+	setSecret(t, s.env, "pushed", "v0")
+	if err := s.kube.Client.Create(context.Background(), &corev1.Secret{ObjectMeta: objectMeta("default", "creds"), StringData: map[string]string{"clientid": sp.AppID, "clientsecret": sp.Password}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, pod := range pods {
+		manifest := fill(podWithVolume, map[string]string{"pod": pod, "usesClass": "push"}) + "      nodePublishSecretRef:\n        name: creds\n"
+		if i == 0 {
+			manifest = fill(classAndPod, map[string]string{"class": "push", "usesClass": "push", "pod": pod, "vault": "demo",
+				"tenant": s.env.State.TenantID, "objects": indent(objects("objectName: pushed\nobjectType: secret"), "      ")})
+		}
+		s.apply(t, manifest)
+	}
+	return s
+}
+
+// The first mounts through a provider, made at once (a node or driver
+// start), are all watched and pushed, end to end. That none goes ahead
+// before the provider listens is shown deterministically by
+// internal/csidriver's TestCallsWaitForTheProviderToListen: here, the
+// provider listens within milliseconds, so this test would rarely see it.
+func TestPushWatchesConcurrentFirstMounts(t *testing.T) {
+	pods := []string{"first-a", "first-b", "first-c"}
+	s := pushStack(t, pods...)
+	reqs := make([]*csi.NodePublishVolumeRequest, len(pods))
+	errs := make(chan error, len(pods))
+	for i, pod := range pods {
+		reqs[i] = s.publishRequest(t, s.pod(t, "default", pod), "secrets")
+		go func() {
+			_, err := s.node.NodePublishVolume(context.Background(), reqs[i])
+			errs <- err
+		}()
+	}
+	for range pods {
+		if err := <-errs; err != nil {
+			t.Fatalf("NodePublishVolume: %v", err)
+		}
+	}
+	s.waitWatched(t, 1, "after the mounts")
+	setSecret(t, s.env, "pushed", "v1")
+	for i, req := range reqs {
+		waitFile(t, filepath.Join(req.TargetPath, "pushed"), "v1", 20*time.Second, pods[i]+" was not pushed")
+	}
 }
