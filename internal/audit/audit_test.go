@@ -122,19 +122,24 @@ func (s *flakySink) set(failing bool) {
 }
 
 func TestFailingSinkNeverBlocksAndLeavesAVisibleGap(t *testing.T) {
-	sink := &flakySink{failing: true}
+	// The sink first hangs, so the writer is stuck in its first flush (at
+	// the latest at 64 KiB) and lines must be dropped, however fast it
+	// would otherwise drain; then it fails.
+	sink := &flakySink{failing: true, block: make(chan struct{})}
 	now := time.Now()
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	l := New(sink, "", Options{Buffer: 100, FlushEvery: time.Millisecond, Now: clock})
-	// Far more lines than the buffer holds: Record must return every time.
+	// Far more lines than the buffer and one flush hold: Record must
+	// return every time.
 	for range 5000 {
 		l.Record(Entry{Operation: "x", Status: 200})
 	}
-	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Failing) == 1 })
 	if testutil.ToFloat64(l.Metrics().Dropped) == 0 {
 		t.Fatal("no lines counted as dropped while the buffer overflowed")
 	}
+	close(sink.block)
+	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Failing) == 1 })
 	sink.set(false)
 	mu.Lock()
 	now = now.Add(time.Hour) // past the retry delay
