@@ -76,14 +76,18 @@ type Auth struct {
 
 // Object is one entry of the objects parameter.
 type Object struct {
-	Name     string      `yaml:"objectName"`
-	Alias    string      `yaml:"objectAlias"`
-	Type     string      `yaml:"objectType"`
-	Version  string      `yaml:"objectVersion"`
-	History  int32       `yaml:"objectVersionHistory"`
-	Format   string      `yaml:"objectFormat"`
-	Encoding string      `yaml:"objectEncoding"`
-	FilePerm string      `yaml:"filePermission"`
+	Name     string `yaml:"objectName"`
+	Alias    string `yaml:"objectAlias"`
+	Type     string `yaml:"objectType"`
+	Version  string `yaml:"objectVersion"`
+	History  int32  `yaml:"objectVersionHistory"`
+	Format   string `yaml:"objectFormat"`
+	Encoding string `yaml:"objectEncoding"`
+	FilePerm string `yaml:"filePermission"`
+	// Optional is Coffer's: a missing object (or version) is left out of
+	// the volume instead of failing the mount. The Azure provider ignores
+	// the field, so classes that use it stay portable.
+	Optional bool        `yaml:"optional"`
 	Mode     fs.FileMode `yaml:"-"`
 }
 

@@ -63,19 +63,23 @@ func TestParseObjects(t *testing.T) {
 	if err != nil || len(objs) != 2 || objs[0].FileName() != "dir/A" || objs[0].Mode != 0o440 || objs[1].Mode != 0o644 || objs[1].History != 3 {
 		t.Fatalf("%+v %v", objs, err)
 	}
+	if objs, err := ParseObjects("array:\n  - |\n    objectName: a\n    objectType: secret\n    optional: true\n", 0o644); err != nil || !objs[0].Optional {
+		t.Fatalf("optional: %+v %v", objs, err)
+	}
 	for label, raw := range map[string]string{
-		"empty":            "",
-		"empty array":      "array: []",
-		"not a mapping":    "- a",
-		"bad type":         "array:\n  - |\n    objectName: a\n    objectType: blob\n",
-		"no name":          "array:\n  - |\n    objectType: secret\n",
-		"absolute alias":   "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: /etc/x\n",
-		"dotdot alias":     "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: a/../../b\n",
-		"duplicate files":  "array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: a\n    objectType: key\n",
-		"bad perm":         "array:\n  - |\n    objectName: a\n    objectType: secret\n    filePermission: \"0900\"\n",
-		"encoding for key": "array:\n  - |\n    objectName: a\n    objectType: key\n    objectEncoding: base64\n",
-		"bad format":       "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectFormat: der\n",
-		"inner not yaml":   "array:\n  - \"objectName: [\"\n",
+		"empty":             "",
+		"empty array":       "array: []",
+		"not a mapping":     "- a",
+		"bad type":          "array:\n  - |\n    objectName: a\n    objectType: blob\n",
+		"no name":           "array:\n  - |\n    objectType: secret\n",
+		"absolute alias":    "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: /etc/x\n",
+		"dotdot alias":      "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: a/../../b\n",
+		"duplicate files":   "array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: a\n    objectType: key\n",
+		"bad perm":          "array:\n  - |\n    objectName: a\n    objectType: secret\n    filePermission: \"0900\"\n",
+		"encoding for key":  "array:\n  - |\n    objectName: a\n    objectType: key\n    objectEncoding: base64\n",
+		"bad format":        "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectFormat: der\n",
+		"inner not yaml":    "array:\n  - \"objectName: [\"\n",
+		"optional not bool": "array:\n  - |\n    objectName: a\n    objectType: secret\n    optional: maybe\n",
 	} {
 		if _, err := ParseObjects(raw, 0o644); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v", label, err)

@@ -231,6 +231,10 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 			defer wg.Done()
 			defer func() { <-sem }()
 			f, err := s.fetch(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
+			if err != nil && e.obj.Optional && kvclient.Classify(err) == kvclient.NotFound {
+				s.cfg.Log.Info("an optional object is missing; the volume goes without it", "object", e.obj.Type+"/"+e.obj.Name, "version", e.version)
+				return // no file, no version: as if it were not listed
+			}
 			if err != nil {
 				errs[i] = objectError(err, e.obj, who)
 				return
@@ -250,6 +254,12 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	wg.Wait()
 	if err := firstError(errs); err != nil {
 		return nil, err
+	}
+	// Optional objects that are missing leave holes.
+	results = slices.DeleteFunc(results, func(f *v1alpha1.File) bool { return f == nil })
+	versions = slices.DeleteFunc(versions, func(v *v1alpha1.ObjectVersion) bool { return v == nil })
+	if len(versions) == 0 {
+		return nil, fail(kvclient.NotFound, "every object of the volume is optional and none exists in the vault: there is nothing to mount")
 	}
 	total := 0
 	for _, f := range results {
@@ -360,6 +370,9 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 			continue
 		}
 		items, err := s.cfg.Vault.Versions(ctx, base, token, collection(o.Type), o.Name)
+		if err != nil && o.Optional && kvclient.Classify(err) == kvclient.NotFound {
+			continue
+		}
 		if err != nil {
 			return nil, objectError(err, o, describe(m))
 		}
@@ -368,6 +381,9 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 		from := 0
 		if o.Version != "" {
 			from = slices.IndexFunc(items, func(it kvclient.Item) bool { return strings.EqualFold(it.Version(), o.Version) })
+			if from < 0 && o.Optional {
+				continue
+			}
 			if from < 0 {
 				return nil, fail(kvclient.NotFound, "%s %s has no enabled version %s to start objectVersionHistory from", o.Type, o.Name, o.Version)
 			}

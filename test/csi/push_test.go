@@ -3,6 +3,7 @@ package csi
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,12 +13,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// waitFile waits until path holds want, or fails with why.
+// waitFile waits until path holds want (it may not exist yet), or fails
+// with why.
 func waitFile(t testing.TB, path, want string, within time.Duration, why string) {
 	t.Helper()
-	for deadline := time.Now().Add(within); readFile(t, path) != want; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(within); ; time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile(path)
+		if err == nil && string(b) == want {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s holds %q", why, filepath.Base(path), readFile(t, path))
+			t.Fatalf("%s: %s holds %q (%v)", why, filepath.Base(path), b, err)
 		}
 	}
 }
@@ -80,21 +86,29 @@ func TestPushRotation(t *testing.T) {
 func pushStack(t testing.TB, pods ...string) *stack {
 	t.Helper()
 	s := startStack(t, stackOptions{rotation: time.Hour, push: true})
-	s.serviceAccount(t, "default", "default")
-	sp := servicePrincipal(t, s.env, "pusher", []string{"get"}, nil, nil)
 	setSecret(t, s.env, "pushed", "v0")
-	if err := s.kube.Client.Create(context.Background(), &corev1.Secret{ObjectMeta: objectMeta("default", "creds"), StringData: map[string]string{"clientid": sp.AppID, "clientsecret": sp.Password}}); err != nil {
+	s.spClass(t, "push", []string{"objectName: pushed\nobjectType: secret"}, pods...)
+	return s
+}
+
+// spClass creates a class of objs, read by a service principal allowed to
+// get secrets (its credentials in Secret creds), and pods that use it.
+func (s *stack) spClass(t testing.TB, class string, objs []string, pods ...string) {
+	t.Helper()
+	s.serviceAccount(t, "default", "default")
+	sp := servicePrincipal(t, s.env, "sp-"+class, []string{"get"}, nil, nil)
+	creds := &corev1.Secret{ObjectMeta: objectMeta("default", "creds"), StringData: map[string]string{"clientid": sp.AppID, "clientsecret": sp.Password}}
+	if err := s.kube.Client.Create(context.Background(), creds); err != nil {
 		t.Fatal(err)
 	}
 	for i, pod := range pods {
-		manifest := fill(podWithVolume, map[string]string{"pod": pod, "usesClass": "push"}) + "      nodePublishSecretRef:\n        name: creds\n"
+		manifest := fill(podWithVolume, map[string]string{"pod": pod, "usesClass": class}) + "      nodePublishSecretRef:\n        name: creds\n"
 		if i == 0 {
-			manifest = fill(classAndPod, map[string]string{"class": "push", "usesClass": "push", "pod": pod, "vault": "demo",
-				"tenant": s.env.State.TenantID, "objects": indent(objects("objectName: pushed\nobjectType: secret"), "      ")})
+			manifest = fill(classAndPod, map[string]string{"class": class, "usesClass": class, "pod": pod, "vault": "demo",
+				"tenant": s.env.State.TenantID, "objects": indent(objects(objs...), "      ")})
 		}
 		s.apply(t, manifest)
 	}
-	return s
 }
 
 // The first mounts through a provider, made at once (a node or driver
