@@ -4,7 +4,9 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"sync"
+	"time"
 
 	"github.com/cofferhq/coffer/internal/azparams"
 	"github.com/cofferhq/coffer/internal/kvclient"
@@ -63,6 +65,48 @@ func (c *cache) put(key, etag string, obj *fetched) {
 		c.lru.Remove(el)
 		delete(c.items, it.key)
 		c.used -= it.obj.size()
+	}
+}
+
+// Throttling: a throttled read is tried again, at most throttleRetries
+// times, after the vault's Retry-After (or an exponential backoff from
+// throttleBackoff), with jitter so a node's mounts do not retry in step,
+// while the mount's deadline leaves room; then the mount fails Throttled.
+const (
+	throttleRetries = 3
+	throttleBackoff = 250 * time.Millisecond
+	maxRetryAfter   = 10 * time.Second
+)
+
+// fetchPatiently is fetch, retrying throttled reads.
+func (s *Server) fetchPatiently(ctx context.Context, base, token, objType, name, version string) (*fetched, error) {
+	backoff := throttleBackoff
+	for attempt := 0; ; attempt++ {
+		f, err := s.fetch(ctx, base, token, objType, name, version)
+		if err == nil || attempt == throttleRetries || kvclient.Classify(err) != kvclient.Throttled {
+			return f, err
+		}
+		wait := backoff
+		var ke *kvclient.Error
+		if errors.As(err, &ke) && ke.RetryAfter > 0 {
+			wait = ke.RetryAfter
+		}
+		if wait > maxRetryAfter {
+			return f, err // longer than a mount should wait: the kubelet retries later
+		}
+		wait += rand.N(wait/4 + 1)
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+			return f, err
+		}
+		s.requests.WithLabelValues(objType, "throttled_retry").Inc()
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return f, err
+		case <-t.C:
+		}
+		backoff *= 2
 	}
 }
 

@@ -115,7 +115,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, cache: newCache(cfg.CacheBytes),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_vault_requests_total",
-			Help: "Vault reads by object type and result: fetched (a value transferred), not_modified (a 304) or error."}, []string{"object_type", "result"}),
+			Help: "Vault reads by object type and result: fetched (a value transferred), not_modified (a 304), throttled_retry (a 429 tried again) or error."}, []string{"object_type", "result"}),
 		mounts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_mounts_total",
 			Help: "Mount requests by result: ok or an error code."}, []string{"result"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "coffer_provider_mount_duration_seconds", Help: "Mount latency.",
@@ -230,7 +230,7 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			f, err := s.fetch(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
+			f, err := s.fetchPatiently(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
 			if err != nil && e.obj.Optional && kvclient.Classify(err) == kvclient.NotFound {
 				s.cfg.Log.Info("an optional object is missing; the volume goes without it", "object", e.obj.Type+"/"+e.obj.Name, "version", e.version)
 				return // no file, no version: as if it were not listed
