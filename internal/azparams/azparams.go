@@ -26,13 +26,15 @@ func invalid(format string, args ...any) error {
 
 // Keys of the attributes map.
 const (
-	KeyVaultName         = "keyvaultName"
-	KeyVaultURL          = "vaultURL" // Coffer: one class's vault base URL
-	KeyTenantID          = "tenantID"
-	KeyTenantIDOld       = "tenantId"
-	KeyCloudName         = "cloudName"
-	KeyUsePodIdentity    = "usePodIdentity"
-	KeyUseVMIdentity     = "useVMManagedIdentity"
+	KeyVaultName      = "keyvaultName"
+	KeyVaultURL       = "vaultURL" // Coffer: one class's vault base URL
+	KeyTenantID       = "tenantID"
+	KeyTenantIDOld    = "tenantId"
+	KeyCloudName      = "cloudName"
+	KeyUsePodIdentity = "usePodIdentity"
+	KeyUseVMIdentity  = "useVMManagedIdentity"
+	// KeyLastKnownGood is Coffer's: see Mount.LastKnownGood.
+	KeyLastKnownGood     = "lastKnownGood"
 	KeyUserAssignedID    = "userAssignedIdentityID"
 	KeyClientID          = "clientID"
 	KeyObjects           = "objects"
@@ -117,8 +119,12 @@ type Mount struct {
 	PodName   string
 	PodNS     string
 	PodUID    string
-	// ServiceAccount is the pod's service account, for messages.
+	// ServiceAccount is the pod's service account.
 	ServiceAccount string
+	// LastKnownGood (Coffer's lastKnownGood parameter) lets a mount that
+	// cannot reach the vault or the authority get the files that the same
+	// identity last mounted with the same class on this node.
+	LastKnownGood bool
 }
 
 // Parse reads a mount request's attributes (JSON map), secrets (the
@@ -166,6 +172,18 @@ func Parse(attributes, secrets, permission string) (*Mount, error) {
 	}
 	if m.Objects, err = ParseObjects(attrs[KeyObjects], defaultMode); err != nil {
 		return nil, err
+	}
+	if m.LastKnownGood, err = parseBool(attrs, KeyLastKnownGood); err != nil {
+		return nil, err
+	}
+	if m.LastKnownGood && m.Auth.Mode != WorkloadIdentity && m.Auth.Mode != ServicePrincipal {
+		// Pod and VM identity are decided by the node agent from the
+		// pod's labels and bindings, which the node cannot check without
+		// the authority: stored files would go to any pod that asked.
+		return nil, invalid("lastKnownGood works with workload identity (clientID) or a nodePublishSecretRef service principal, whose identity the node knows without the vault; not with %s", m.Auth.Mode)
+	}
+	if m.LastKnownGood && m.Auth.Mode == WorkloadIdentity && (m.PodNS == "" || m.ServiceAccount == "") {
+		return nil, invalid("lastKnownGood with workload identity needs the pod's namespace and service account: the CSIDriver must have podInfoOnMount: true")
 	}
 	return m, nil
 }

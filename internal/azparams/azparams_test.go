@@ -50,6 +50,9 @@ func TestParseRefusals(t *testing.T) {
 		"no token":           {attrs("tenantId", "t", "clientID", "x"), "", "", "tokenRequests"},
 		"bad permission":     {attrs("tenantId", "t"), sp, "1000", "permission"},
 		"attributes not map": {`[]`, sp, "", "attributes"},
+		"lastKnownGood bool": {attrs("tenantId", "t", "lastKnownGood", "maybe"), sp, "", "lastKnownGood"},
+		"lastKnownGood pod":  {attrs("tenantId", "t", "usePodIdentity", "true", "lastKnownGood", "true"), "", "", "not with pod identity"},
+		"lastKnownGood vm":   {attrs("tenantId", "t", "useVMManagedIdentity", "true", "lastKnownGood", "true"), "", "", "not with VM managed identity"},
 	} {
 		_, err := Parse(c.attrs, c.secrets, c.perm)
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {

@@ -1,11 +1,9 @@
 package provider
 
 import (
-	"container/list"
 	"context"
 	"errors"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/azparams"
@@ -18,54 +16,25 @@ import (
 // keyed by vault, type, name and requested version, not by identity: the
 // vault decides per request whether the caller may have it. Bounded by
 // bytes, least recently used first out.
-type cache struct {
-	mu    sync.Mutex
-	max   int
-	used  int
-	items map[string]*list.Element
-	lru   *list.List
-}
+type cache struct{ l *lru[cached] }
 
 type cached struct {
-	key  string
 	etag string
 	obj  *fetched
 }
 
-func newCache(max int) *cache {
-	return &cache{max: max, items: map[string]*list.Element{}, lru: list.New()}
-}
+func newCache(max int) *cache { return &cache{l: newLRU[cached](max)} }
 
 func (c *cache) get(key string) (string, *fetched) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.items[key]; ok {
-		c.lru.MoveToFront(el)
-		it := el.Value.(*cached)
-		return it.etag, it.obj
-	}
-	return "", nil
+	it, _ := c.l.get(key)
+	return it.etag, it.obj
 }
 
 func (c *cache) put(key, etag string, obj *fetched) {
-	if etag == "" || obj.size() > c.max/4 {
-		return // nothing to revalidate with, or too big to be worth it
+	if etag == "" {
+		return // nothing to revalidate with
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.items[key]; ok {
-		c.used -= el.Value.(*cached).obj.size()
-		c.lru.Remove(el)
-	}
-	c.items[key] = c.lru.PushFront(&cached{key: key, etag: etag, obj: obj})
-	c.used += obj.size()
-	for c.used > c.max {
-		el := c.lru.Back()
-		it := el.Value.(*cached)
-		c.lru.Remove(el)
-		delete(c.items, it.key)
-		c.used -= it.obj.size()
-	}
+	c.l.put(key, cached{etag: etag, obj: obj}, obj.size())
 }
 
 // Throttling: a throttled read is tried again, at most throttleRetries

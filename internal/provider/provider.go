@@ -71,10 +71,12 @@ type Server struct {
 	cfg   Config
 	cache *cache
 	watch *watcher
+	good  *lastGood
 
 	requests *prometheus.CounterVec
 	mounts   *prometheus.CounterVec
 	latency  prometheus.Histogram
+	stale    prometheus.Counter
 }
 
 // New validates cfg and returns a provider.
@@ -113,15 +115,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, cache: newCache(cfg.CacheBytes),
+	s := &Server{cfg: cfg, cache: newCache(cfg.CacheBytes), good: newLastGood(cfg.CacheBytes),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_vault_requests_total",
 			Help: "Vault reads by object type and result: fetched (a value transferred), not_modified (a 304), throttled_retry (a 429 tried again) or error."}, []string{"object_type", "result"}),
 		mounts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_mounts_total",
 			Help: "Mount requests by result: ok or an error code."}, []string{"result"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "coffer_provider_mount_duration_seconds", Help: "Mount latency.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_provider_last_known_good_mounts_total",
+			Help: "Mounts answered with last-known-good files because the vault or the authority was unreachable (lastKnownGood)."}),
 	}
-	cfg.Registry.MustRegister(s.requests, s.mounts, s.latency)
+	cfg.Registry.MustRegister(s.requests, s.mounts, s.latency, s.stale)
 	s.watch = newWatcher(cfg.Vault, cfg.Registry, cfg.Log)
 	return s, nil
 }
@@ -208,6 +212,27 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	if err != nil {
 		return nil, err
 	}
+	if !m.LastKnownGood {
+		return s.mountFrom(ctx, req, m, base, resource)
+	}
+	key := lastGoodKey(m, base, req.GetPermission())
+	resp, err := s.mountFrom(ctx, req, m, base, resource)
+	var me *mountError
+	switch {
+	case err == nil:
+		s.good.put(key, resp, time.Now())
+	case errors.As(err, &me) && me.code == kvclient.Unreachable:
+		if good, at, ok := s.good.get(key, time.Now()); ok {
+			s.stale.Inc()
+			s.cfg.Log.Warn("the vault is unreachable: mounting the last-known-good files (lastKnownGood)", "mounted", at, "for", describe(m), "err", me.msg)
+			return good, nil
+		}
+	}
+	return resp, err
+}
+
+// mountFrom reads a volume's files from the vault.
+func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *azparams.Mount, base, resource string) (*v1alpha1.MountResponse, error) {
 	who := describe(m)
 	tok, err := s.token(ctx, m, resource)
 	if err != nil {
