@@ -46,7 +46,11 @@ type Error struct {
 	Code        string // OAuth error, such as invalid_client
 	Description string // the authority's explanation (AADSTS-style)
 	RetryAfter  time.Duration
+	Err         error // the transport error, when the authority was not reached
 }
+
+// Unwrap returns the transport error, if any.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	if e.Status == 0 {
@@ -232,7 +236,7 @@ func (c *Client) fetch(ctx context.Context, cred Credential, scope string) (Toke
 	start := c.now()
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return Token{}, &Error{Description: err.Error()}
+		return Token{}, &Error{Description: err.Error(), Err: err}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -278,7 +282,7 @@ func refusal(resp *http.Response, code, description string) *Error {
 		e.Description = http.StatusText(resp.StatusCode)
 	}
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-		e.RetryAfter = time.Duration(s) * time.Second
+		e.RetryAfter = time.Duration(min(s, 86400)) * time.Second // no overflow from a huge value
 	}
 	return e
 }

@@ -76,7 +76,7 @@ func (n *NodeAgent) Token(ctx context.Context, r PodRequest) (Token, error) {
 	}
 	resp, err := n.http.Do(req)
 	if err != nil {
-		return Token{}, &Error{Description: fmt.Sprintf("the node agent at %s: %v", n.Socket, err)}
+		return Token{}, &Error{Description: fmt.Sprintf("the node agent at %s: %v", n.Socket, err), Err: err}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))

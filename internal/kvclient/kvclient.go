@@ -39,7 +39,11 @@ type Error struct {
 	Inner      string // innererror code, such as AccessDenied
 	Message    string // the vault's message, or the transport error
 	RetryAfter time.Duration
+	Err        error // the transport error, when the vault was not reached
 }
+
+// Unwrap returns the transport error, if any.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	switch {
@@ -180,7 +184,7 @@ func (c *Client) Wait(ctx context.Context, base, token, collection, name, etag s
 	req.Header.Set("Prefer", "wait="+strconv.Itoa(max(1, int(wait/time.Second))))
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return "", false, &Error{Message: err.Error()}
+		return "", false, &Error{Message: err.Error(), Err: err}
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -242,7 +246,7 @@ func (c *Client) do(ctx context.Context, u, token, etag string) (*http.Response,
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return nil, &Error{Message: err.Error()}
+		return nil, &Error{Message: err.Error(), Err: err}
 	}
 	return resp, nil
 }
@@ -275,7 +279,7 @@ func decode(resp *http.Response, out any) error {
 			e.Message = http.StatusText(resp.StatusCode)
 		}
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-			e.RetryAfter = time.Duration(s) * time.Second
+			e.RetryAfter = time.Duration(min(s, 86400)) * time.Second // no overflow from a huge value
 		}
 		return e
 	}

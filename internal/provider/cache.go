@@ -64,7 +64,9 @@ func (s *Server) fetchPatiently(ctx context.Context, base, token, objType, name,
 			return f, err // longer than a mount should wait: the kubelet retries later
 		}
 		wait += rand.N(wait/4 + 1)
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+		// Room for the wait and the read after it; otherwise the 429 is
+		// the honest answer, not the deadline the retry would hit.
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait+time.Second {
 			return f, err
 		}
 		s.requests.WithLabelValues(objType, "throttled_retry").Inc()

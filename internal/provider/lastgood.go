@@ -58,8 +58,15 @@ func (g *lastGood) put(key string, resp *v1alpha1.MountResponse, at time.Time) {
 // when they were mounted.
 func (g *lastGood) get(key string, now time.Time) (*v1alpha1.MountResponse, time.Time, bool) {
 	it, ok := g.l.get(key)
-	if !ok || now.Sub(it.at) > lastGoodFor {
+	if ok && now.Sub(it.at) > lastGoodFor {
+		g.l.delete(key) // too old to serve: no reason to keep its secrets
+		ok = false
+	}
+	if !ok {
 		return nil, time.Time{}, false
 	}
 	return proto.Clone(it.resp).(*v1alpha1.MountResponse), it.at, true
 }
+
+// drop forgets what is stored under key.
+func (g *lastGood) drop(key string) { g.l.delete(key) }

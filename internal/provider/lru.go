@@ -37,15 +37,14 @@ func (l *lru[V]) get(key string) (V, bool) {
 	return zero, false
 }
 
+// put stores val under key. A value too big to keep still removes the
+// key's old value, which is no longer the newest.
 func (l *lru[V]) put(key string, val V, size int) {
-	if size > l.max/4 {
-		return
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if el, ok := l.items[key]; ok {
-		l.used -= el.Value.(*lruItem[V]).size
-		l.order.Remove(el)
+	l.deleteLocked(key)
+	if size > l.max/4 {
+		return
 	}
 	l.items[key] = l.order.PushFront(&lruItem[V]{key: key, val: val, size: size})
 	l.used += size
@@ -55,5 +54,19 @@ func (l *lru[V]) put(key string, val V, size int) {
 		l.order.Remove(el)
 		delete(l.items, it.key)
 		l.used -= it.size
+	}
+}
+
+func (l *lru[V]) delete(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.deleteLocked(key)
+}
+
+func (l *lru[V]) deleteLocked(key string) {
+	if el, ok := l.items[key]; ok {
+		l.used -= el.Value.(*lruItem[V]).size
+		l.order.Remove(el)
+		delete(l.items, key)
 	}
 }

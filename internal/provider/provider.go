@@ -8,6 +8,10 @@ package provider
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -150,12 +154,48 @@ func (s *Server) Version(context.Context, *v1alpha1.VersionRequest) (*v1alpha1.V
 type mountError struct {
 	code kvclient.Class
 	msg  string
+	down bool // the vault or the authority could not be reached at all (see down)
 }
 
 func (e *mountError) Error() string { return string(e.code) + ": " + e.msg }
 
 func fail(code kvclient.Class, format string, args ...any) error {
 	return &mountError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// failFrom is fail for an error caused by err, remembering whether err
+// means the other side was down.
+func failFrom(err error, code kvclient.Class, format string, args ...any) error {
+	return &mountError{code: code, msg: fmt.Sprintf(format, args...), down: down(err)}
+}
+
+// down reports whether err means the vault or the authority could not be
+// reached: a transport failure, a timeout, or a gateway's 502, 503 or 504.
+// A refusal, a bad answer, a certificate that does not verify, or a
+// cancelled call is not: last-known-good files bridge outages, not those.
+func down(err error) bool {
+	var (
+		ke  *kvclient.Error
+		ae  *authclient.Error
+		cve *tls.CertificateVerificationError
+		uae x509.UnknownAuthorityError
+		hne x509.HostnameError
+		cie x509.CertificateInvalidError
+	)
+	gateway := func(status int) bool { return status == 502 || status == 503 || status == 504 }
+	switch {
+	case errors.Is(err, context.Canceled),
+		errors.As(err, &cve), errors.As(err, &uae), errors.As(err, &hne), errors.As(err, &cie):
+		return false
+	case errors.As(err, &ke) && ke.Status != 0:
+		return gateway(ke.Status)
+	case errors.As(err, &ae) && ae.Status != 0:
+		return gateway(ae.Status)
+	case errors.Is(err, context.DeadlineExceeded):
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
 }
 
 // Mount returns a volume's files. Failures come back as MountResponse.error
@@ -218,17 +258,45 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	key := lastGoodKey(m, base, req.GetPermission())
 	resp, err := s.mountFrom(ctx, req, m, base, resource)
 	var me *mountError
+	errors.As(err, &me)
 	switch {
 	case err == nil:
 		s.good.put(key, resp, time.Now())
-	case errors.As(err, &me) && me.code == kvclient.Unreachable:
+	case me != nil && me.down && ownToken(m):
 		if good, at, ok := s.good.get(key, time.Now()); ok {
 			s.stale.Inc()
 			s.cfg.Log.Warn("the vault is unreachable: mounting the last-known-good files (lastKnownGood)", "mounted", at, "for", describe(m), "err", me.msg)
 			return good, nil
 		}
+	case me != nil && (me.code == kvclient.Forbidden || me.code == kvclient.NotFound || me.code == kvclient.InvalidParameter):
+		// A definite refusal: what was stored must not outlive it.
+		s.good.drop(key)
 	}
 	return resp, err
+}
+
+// ownToken reports whether a workload identity's service-account token
+// names the pod's own namespace and service account, which the last-known-
+// good key trusts (the kubelet sets them with podInfoOnMount). It is read,
+// not verified: the authority that would verify it is what is down, and
+// the token came from the kubelet, as the names did. Other modes have no
+// such token.
+func ownToken(m *azparams.Mount) bool {
+	if m.Auth.Mode != azparams.WorkloadIdentity {
+		return true
+	}
+	parts := strings.Split(m.Auth.Token, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	var claims struct {
+		Sub string `json:"sub"`
+	}
+	if err != nil || json.Unmarshal(b, &claims) != nil {
+		return false
+	}
+	return claims.Sub == "system:serviceaccount:"+m.PodNS+":"+m.ServiceAccount
 }
 
 // mountFrom reads a volume's files from the vault.
@@ -256,7 +324,7 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 			defer wg.Done()
 			defer func() { <-sem }()
 			f, err := s.fetchPatiently(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
-			if err != nil && e.obj.Optional && kvclient.Classify(err) == kvclient.NotFound {
+			if err != nil && e.obj.Optional && objectMissing(err) {
 				s.cfg.Log.Info("an optional object is missing; the volume goes without it", "object", e.obj.Type+"/"+e.obj.Name, "version", e.version)
 				return // no file, no version: as if it were not listed
 			}
@@ -284,6 +352,9 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 	results = slices.DeleteFunc(results, func(f *v1alpha1.File) bool { return f == nil })
 	versions = slices.DeleteFunc(versions, func(v *v1alpha1.ObjectVersion) bool { return v == nil })
 	if len(versions) == 0 {
+		if slices.ContainsFunc(m.Objects, func(o azparams.Object) bool { return !o.Optional }) {
+			return nil, fail(kvclient.NotFound, "the volume's objects have no enabled versions to mount")
+		}
 		return nil, fail(kvclient.NotFound, "every object of the volume is optional and none exists in the vault: there is nothing to mount")
 	}
 	total := 0
@@ -371,15 +442,18 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 		var ae *authclient.Error
 		code := kvclient.Unreachable
 		if errors.As(err, &ae) {
+			agent := m.Auth.Mode == azparams.PodIdentity || m.Auth.Mode == azparams.VMManagedIdentity
 			switch {
 			case ae.Status == 429:
 				code = kvclient.Throttled
-			case ae.Status == 404: // the node agent has not seen the pod yet
+			case ae.Status == 404 && agent: // the node agent has not seen the pod yet
 			case ae.Status >= 400 && ae.Status < 500:
 				code = kvclient.Forbidden
+			case ae.Status >= 200 && ae.Status < 300: // an answer without a usable token
+				code = kvclient.Internal
 			}
 		}
-		return authclient.Token{}, fail(code, "signing in as %s (tenant %s) failed: %v", describe(m), m.TenantID, err)
+		return authclient.Token{}, failFrom(err, code, "signing in as %s (tenant %s) failed: %v", describe(m), m.TenantID, err)
 	}
 	return tok, nil
 }
@@ -395,7 +469,7 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 			continue
 		}
 		items, err := s.cfg.Vault.Versions(ctx, base, token, collection(o.Type), o.Name)
-		if err != nil && o.Optional && kvclient.Classify(err) == kvclient.NotFound {
+		if err != nil && o.Optional && objectMissing(err) {
 			continue
 		}
 		if err != nil {
@@ -431,6 +505,21 @@ func collection(objType string) string {
 	return "secrets"
 }
 
+// objectMissing reports whether err is the vault saying that the object
+// (or the version) does not exist; a vault that does not exist, a route
+// that does not, or a proxy's 404 is not a missing optional object.
+func objectMissing(err error) bool {
+	var ke *kvclient.Error
+	if !errors.As(err, &ke) || ke.Status != 404 {
+		return false
+	}
+	switch ke.Code {
+	case "SecretNotFound", "KeyNotFound", "CertificateNotFound":
+		return true
+	}
+	return false
+}
+
 // objectError classifies a vault failure for one object and says which
 // object, which identity, and what to do.
 func objectError(err error, o azparams.Object, who string) error {
@@ -447,7 +536,7 @@ func objectError(err error, o azparams.Object, who string) error {
 	case kvclient.Throttled:
 		return fail(class, "reading %s was throttled by the vault: %v", what, err)
 	case kvclient.Unreachable:
-		return fail(class, "reading %s: %v", what, err)
+		return failFrom(err, class, "reading %s: %v", what, err)
 	}
 	return fail(class, "reading %s: %v", what, err)
 }
