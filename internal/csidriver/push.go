@@ -81,12 +81,20 @@ func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
 	}
 }
 
-// recheckAll makes every published volume due.
+// recheckAll makes every published volume due, or, with no tick to find
+// them due, queues them as pushed.
 func (d *Driver) recheckAll() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	targets := make([]string, 0, len(d.requests))
 	for target := range d.requests {
 		delete(d.lastCheck, target)
+		targets = append(targets, target)
+	}
+	d.mu.Unlock()
+	if d.cfg.RotationTick <= 0 {
+		for _, target := range targets {
+			d.pushed(target)
+		}
 	}
 }
 

@@ -85,7 +85,13 @@ func TestPushRotation(t *testing.T) {
 // principal, used by the given pods.
 func pushStack(t testing.TB, pods ...string) *stack {
 	t.Helper()
-	s := startStack(t, stackOptions{rotation: time.Hour, push: true})
+	return pushStackWith(t, stackOptions{rotation: time.Hour, push: true}, pods...)
+}
+
+// pushStackWith is pushStack with other options.
+func pushStackWith(t testing.TB, o stackOptions, pods ...string) *stack {
+	t.Helper()
+	s := startStack(t, o)
 	setSecret(t, s.env, "pushed", "v0")
 	s.spClass(t, "push", []string{"objectName: pushed\nobjectType: secret"}, pods...)
 	return s
@@ -138,4 +144,20 @@ func TestPushWatchesConcurrentFirstMounts(t *testing.T) {
 	for i, req := range reqs {
 		waitFile(t, filepath.Join(req.TargetPath, "pushed"), "v1", 20*time.Second, pods[i]+" was not pushed")
 	}
+}
+
+// With no rotation tick (rotation on the kubelet's republishes only), a
+// driver that reconnects to a restarted provider still refreshes its
+// volumes at once, which registers them again.
+func TestPushAfterProviderRestartWithoutTicks(t *testing.T) {
+	s := pushStackWith(t, stackOptions{rotation: time.Hour, push: true, rotationTick: -1}, "solo")
+	req := s.publishRequest(t, s.pod(t, "default", "solo"), "secrets")
+	if _, err := s.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	s.waitWatched(t, 1, "after the mount")
+	s.provider.restart()
+	setSecret(t, s.env, "pushed", "while restarting")
+	waitFile(t, filepath.Join(req.TargetPath, "pushed"), "while restarting", 30*time.Second, "the volume was not refreshed after the provider restarted")
+	s.waitWatched(t, 1, "after the refresh")
 }
