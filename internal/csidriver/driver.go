@@ -91,8 +91,9 @@ type Driver struct {
 	requests  map[string]*publication      // target path -> the kubelet's last request
 	volumes   map[string]*volume
 
-	pushes     chan string     // volumes pushed by providers, for the rotation loop
-	pending    map[string]bool // volumes in pushes
+	pushes     chan string       // volumes pushed by providers, for the rotation loop
+	pending    map[string]bool   // volumes in pushes
+	providerOf map[string]string // target path -> the provider that mounts it
 	pushCtx    context.Context
 	pushCancel context.CancelFunc
 	pushWG     sync.WaitGroup
@@ -142,7 +143,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	d := &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
 		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, lastSync: map[string]time.Time{},
-		requests: map[string]*publication{}, volumes: map[string]*volume{}, pushes: make(chan string, 1024), pending: map[string]bool{}}
+		requests: map[string]*publication{}, volumes: map[string]*volume{}, pushes: make(chan string, 1024), pending: map[string]bool{}, providerOf: map[string]string{}}
 	d.pushCtx, d.pushCancel = context.WithCancel(context.Background())
 	if cfg.Push && cfg.RotationEnabled {
 		d.providers.dialed, d.providers.readyWait = d.subscribe, pushReady

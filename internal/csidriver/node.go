@@ -185,6 +185,7 @@ func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider str
 	d.lastCheck[p.target] = now
 	d.lastSync[p.target] = now
 	d.versions[p.target] = versions
+	d.providerOf[p.target] = provider
 	d.mu.Unlock()
 	d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, files: files, writeStatus: true, sync: true})
 	return provider, len(files), "", nil
@@ -221,6 +222,7 @@ func (d *Driver) republish(ctx context.Context, p *publication, start time.Time)
 	now := d.cfg.Now()
 	d.mu.Lock()
 	d.versions[p.target] = versions
+	d.providerOf[p.target] = provider
 	// Synced Secrets are rewritten when the objects changed, and otherwise
 	// checked every resyncInterval (so one deleted by hand comes back)
 	// rather than on every republish, which would cost apiserver reads for
@@ -381,6 +383,7 @@ func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVol
 	delete(d.lastSync, target)
 	delete(d.versions, target)
 	delete(d.requests, target)
+	delete(d.providerOf, target)
 	d.mu.Unlock()
 	d.recorder.forget(target)
 	d.forget(target)

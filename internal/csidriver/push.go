@@ -53,7 +53,7 @@ func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
 				d.recheckAll()
 			}
 			signal()
-		}, d.pushed)
+		}, func(target string) { d.pushed(name, target) })
 		signal()
 		if d.pushCtx.Err() != nil {
 			return
@@ -85,23 +85,30 @@ func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
 // them due, queues them as pushed.
 func (d *Driver) recheckAll() {
 	d.mu.Lock()
-	targets := make([]string, 0, len(d.requests))
+	owners := make(map[string]string, len(d.requests))
 	for target := range d.requests {
 		delete(d.lastCheck, target)
-		targets = append(targets, target)
+		owners[target] = d.providerOf[target]
 	}
 	d.mu.Unlock()
 	if d.cfg.RotationTick <= 0 {
-		for _, target := range targets {
-			d.pushed(target)
+		for target, provider := range owners {
+			d.pushed(provider, target)
 		}
 	}
 }
 
-// pushed queues a volume a provider reported changed for the rotation
-// loop. A full queue drops it: the volume still rotates on its interval.
-func (d *Driver) pushed(target string) {
+// pushed queues a volume that provider reported changed, for the rotation
+// loop. A published volume that another provider mounts is not that
+// provider's to push: it is ignored. A full queue drops the push: the
+// volume still rotates on its interval.
+func (d *Driver) pushed(provider, target string) {
 	d.mu.Lock()
+	if _, published := d.requests[target]; published && d.providerOf[target] != provider {
+		d.mu.Unlock()
+		d.cfg.Log.Debug("a provider pushed a volume it does not mount; ignored", "provider", provider, "target", target)
+		return
+	}
 	if d.pending[target] {
 		d.mu.Unlock()
 		return // already queued: one refresh serves both pushes
