@@ -249,12 +249,12 @@ func (l *Log) run() {
 			err = l.sink.Sync()
 		}
 		if err != nil {
-			l.metrics.Failing.Set(1)
 			if rw, ok := l.sink.(rewinder); ok && offset >= 0 {
 				rw.Truncate(offset) // best effort: drop the torn batch before the retry
 				rw.Seek(offset, io.SeekStart)
 			}
 			retryAt = l.opt.Now().Add(time.Second)
+			l.metrics.Failing.Set(1) // after retryAt: whoever sees it sees the retry scheduled
 			return false
 		}
 		if offset >= 0 {

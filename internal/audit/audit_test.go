@@ -141,12 +141,16 @@ func TestFailingSinkNeverBlocksAndLeavesAVisibleGap(t *testing.T) {
 	close(sink.block)
 	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Failing) == 1 })
 	sink.set(false)
-	mu.Lock()
-	now = now.Add(time.Hour) // past the retry delay
-	mu.Unlock()
-	// The writer retries on its own; once it has, the buffer has room again
-	// (a line recorded before that could still be dropped, as designed).
-	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Failing) == 0 })
+	// The writer retries on its own, once its clock is past the retry
+	// delay (moved on at every look, so no retry scheduled meanwhile is
+	// missed); once it has, the buffer has room again (a line recorded
+	// before that could still be dropped, as designed).
+	waitFor(t, func() bool {
+		mu.Lock()
+		now = now.Add(time.Hour)
+		mu.Unlock()
+		return testutil.ToFloat64(l.Metrics().Failing) == 0
+	})
 	l.Record(Entry{Operation: "after", Status: 200})
 	l.Close()
 	sink.mu.Lock()
