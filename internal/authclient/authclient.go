@@ -32,6 +32,7 @@ type Token struct {
 
 // Claims are the identity claims of an access token.
 type Claims struct {
+	Subject    string `json:"sub"`
 	ObjectID   string `json:"oid"`
 	AppID      string `json:"appid"`
 	TenantID   string `json:"tid"`

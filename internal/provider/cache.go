@@ -70,12 +70,8 @@ func (s *Server) fetchPatiently(ctx context.Context, base, token, objType, name,
 			return f, err
 		}
 		s.requests.WithLabelValues(objType, "throttled_retry").Inc()
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return f, err
-		case <-t.C:
 		}
 		backoff *= 2
 	}

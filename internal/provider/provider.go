@@ -10,8 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -285,18 +283,7 @@ func ownToken(m *azparams.Mount) bool {
 	if m.Auth.Mode != azparams.WorkloadIdentity {
 		return true
 	}
-	parts := strings.Split(m.Auth.Token, ".")
-	if len(parts) != 3 {
-		return false
-	}
-	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	var claims struct {
-		Sub string `json:"sub"`
-	}
-	if err != nil || json.Unmarshal(b, &claims) != nil {
-		return false
-	}
-	return claims.Sub == "system:serviceaccount:"+m.PodNS+":"+m.ServiceAccount
+	return authclient.ReadClaims(m.Auth.Token).Subject == "system:serviceaccount:"+m.PodNS+":"+m.ServiceAccount
 }
 
 // mountFrom reads a volume's files from the vault.

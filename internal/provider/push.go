@@ -104,10 +104,7 @@ func (w *watcher) Watch(ctx context.Context, send func(target string) error) err
 		if len(w.listeners) == 0 {
 			// Nobody to tell: stop watching. A driver that comes back
 			// re-registers its volumes with their next mounts.
-			for key := range w.objects {
-				w.dropLocked(key)
-			}
-			clear(w.targets)
+			w.dropAllLocked()
 		}
 		w.mu.Unlock()
 	}()
@@ -137,6 +134,11 @@ func (w *watcher) close() {
 		return
 	}
 	close(w.done)
+	w.dropAllLocked()
+}
+
+// dropAllLocked stops watching everything.
+func (w *watcher) dropAllLocked() {
 	for key := range w.objects {
 		w.dropLocked(key)
 	}
@@ -161,14 +163,20 @@ func (w *watcher) Forget(target string) {
 
 func (w *watcher) forgetLocked(target string) {
 	for _, key := range w.targets[target] {
-		if o := w.objects[key]; o != nil {
-			delete(o.subs, target)
-			if len(o.subs) == 0 {
-				w.dropLocked(key)
-			}
-		}
+		w.unsubscribeLocked(key, target)
 	}
 	delete(w.targets, target)
+}
+
+// unsubscribeLocked removes target from one object, and stops watching
+// the object if no volume is left.
+func (w *watcher) unsubscribeLocked(key, target string) {
+	if o := w.objects[key]; o != nil {
+		delete(o.subs, target)
+		if len(o.subs) == 0 {
+			w.dropLocked(key)
+		}
+	}
 }
 
 func (w *watcher) dropLocked(key string) {
@@ -214,11 +222,8 @@ func (w *watcher) register(target, token string, expires time.Time, items []watc
 		keys = append(keys, key)
 	}
 	for _, key := range w.targets[target] {
-		if o := w.objects[key]; o != nil && !slices.Contains(keys, key) {
-			delete(o.subs, target)
-			if len(o.subs) == 0 {
-				w.dropLocked(key)
-			}
+		if !slices.Contains(keys, key) {
+			w.unsubscribeLocked(key, target)
 		}
 	}
 	if len(keys) == 0 {

@@ -16,8 +16,8 @@ import (
 
 // Coffer's driver mounts through a provider that speaks only the upstream
 // protocol: the upstream module's own fake provider server. Push rotation
-// is on: the fake has no Push service, and the driver mounts through it
-// all the same, without waiting on it.
+// is on: the fake has no Push service (it answers Unimplemented), and the
+// driver mounts through it all the same.
 func TestCofferDriverWithUpstreamFakeProvider(t *testing.T) {
 	dir, err := os.MkdirTemp("", "fake")
 	if err != nil {
