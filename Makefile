@@ -22,7 +22,7 @@ endif
 deps:
 	@./scripts/deps.sh
 
-# The kube-apiserver and etcd that internal/kubetest runs, built once from the
+# The kube-apiserver and etcd that internal/testing/kubetest runs, built once from the
 # Go module proxy (tools/kube) and cached in .cache/kube-assets.
 kube-assets:
 	@echo "== kube-assets"

@@ -3,7 +3,7 @@
 #  - from the upstream Secrets Store CSI driver's Go types
 #    (sigs.k8s.io/secrets-store-csi-driver/apis, the version go.mod pins),
 #    so Coffer serves exactly the upstream schema: v1 (stored) and v1alpha1;
-#  - from internal/podidentity, the aadpodidentity.k8s.io/v1 types, whose
+#  - from internal/node/podidentity, the aadpodidentity.k8s.io/v1 types, whose
 #    DeepCopy methods it also writes.
 # The tests install these files.
 set -euo pipefail
@@ -12,7 +12,7 @@ cd "$root"
 gen="go run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.20.0"
 export GOFLAGS=-mod=readonly
 $gen crd paths=sigs.k8s.io/secrets-store-csi-driver/apis/... output:crd:dir=deploy/crds
-$gen object paths=./internal/podidentity/...
-$gen crd paths=./internal/podidentity/... output:crd:dir=deploy/crds
+$gen object paths=./internal/node/podidentity/...
+$gen crd paths=./internal/node/podidentity/... output:crd:dir=deploy/crds
 # The Helm chart ships the same CRDs.
 cp deploy/crds/*.yaml deploy/helm/coffer/crds/

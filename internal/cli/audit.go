@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/audit"
+	"github.com/cofferhq/coffer/internal/server/audit"
 	"github.com/spf13/cobra"
 )
 

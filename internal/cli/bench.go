@@ -9,8 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/bench"
-	"github.com/cofferhq/coffer/internal/client"
+	"github.com/cofferhq/coffer/internal/cli/bench"
+	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/server"
 	"github.com/spf13/cobra"
 )

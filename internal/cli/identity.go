@@ -3,8 +3,8 @@ package cli
 import (
 	"strings"
 
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/spf13/cobra"
 )
 

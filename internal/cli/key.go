@@ -13,8 +13,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
-	"github.com/cofferhq/coffer/internal/certfmt"
-	"github.com/cofferhq/coffer/internal/keyops"
+	"github.com/cofferhq/coffer/internal/crypto/certfmt"
+	"github.com/cofferhq/coffer/internal/crypto/keyops"
 	"github.com/spf13/cobra"
 )
 

@@ -3,7 +3,7 @@ package cli
 import (
 	"strconv"
 
-	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/spf13/cobra"
 )
 

@@ -28,12 +28,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
-	"github.com/cofferhq/coffer/internal/authclient"
-	"github.com/cofferhq/coffer/internal/csidriver"
-	"github.com/cofferhq/coffer/internal/kvclient"
-	"github.com/cofferhq/coffer/internal/provider"
+	"github.com/cofferhq/coffer/internal/node/authclient"
+	"github.com/cofferhq/coffer/internal/node/csidriver"
+	"github.com/cofferhq/coffer/internal/node/kvclient"
+	"github.com/cofferhq/coffer/internal/node/provider"
 
-	coffclient "github.com/cofferhq/coffer/internal/client"
+	coffclient "github.com/cofferhq/coffer/internal/cli/client"
 )
 
 // serveHTTP serves /metrics and /healthz on addr until ctx ends.

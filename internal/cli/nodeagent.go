@@ -17,11 +17,11 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cofferhq/coffer/internal/authclient"
-	coffclient "github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/nodeagent"
-	"github.com/cofferhq/coffer/internal/podidentity"
-	"github.com/cofferhq/coffer/internal/unixsock"
+	coffclient "github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/node/authclient"
+	"github.com/cofferhq/coffer/internal/node/nodeagent"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
+	"github.com/cofferhq/coffer/internal/node/unixsock"
 )
 
 func (a *app) nodeAgentCmd() *cobra.Command {

@@ -12,14 +12,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/cofferhq/coffer/internal/authority"
-	"github.com/cofferhq/coffer/internal/bootstrap"
-	"github.com/cofferhq/coffer/internal/devenv"
-	"github.com/cofferhq/coffer/internal/endpoint"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/rbac"
-	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
 	"github.com/cofferhq/coffer/internal/server"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/identity/authority"
+	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
+	"github.com/cofferhq/coffer/internal/server/identity/rbac"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/spf13/cobra"
 )
 

@@ -5,7 +5,7 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/spf13/cobra"
 )
 

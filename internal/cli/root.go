@@ -13,7 +13,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/cofferhq/coffer/internal/client"
+	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/spf13/cobra"
 )
 

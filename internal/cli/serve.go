@@ -13,14 +13,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/bootstrap"
-	"github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/devenv"
-	"github.com/cofferhq/coffer/internal/endpoint"
-	"github.com/cofferhq/coffer/internal/pki"
-	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server"
-	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/spf13/cobra"
 )
 

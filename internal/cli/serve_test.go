@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/endpoint"
-	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 )
 
 func TestWriteHostsReplacesItsOwnBlock(t *testing.T) {

@@ -6,9 +6,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cofferhq/coffer/internal/barrier"
-	"github.com/cofferhq/coffer/internal/physical/bolt"
-	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+	"github.com/cofferhq/coffer/internal/server/storage/physical/bolt"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
 // StoreFile is the name of the embedded store inside a data directory.

@@ -27,14 +27,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/access"
-	"github.com/cofferhq/coffer/internal/authority"
-	"github.com/cofferhq/coffer/internal/bench"
-	"github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/pki"
-	"github.com/cofferhq/coffer/internal/rbac"
-	"github.com/cofferhq/coffer/internal/testserver"
-	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/cofferhq/coffer/internal/cli/bench"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/crypto/pki"
+	"github.com/cofferhq/coffer/internal/server/identity/authority"
+	"github.com/cofferhq/coffer/internal/server/identity/rbac"
+	"github.com/cofferhq/coffer/internal/server/keyvault/access"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 const workers = 32

@@ -5,7 +5,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/pki"
+	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server"
 )
 

@@ -21,9 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
-	"github.com/cofferhq/coffer/internal/chartrender"
-	"github.com/cofferhq/coffer/internal/kubetest"
-	"github.com/cofferhq/coffer/internal/testpath"
+	"github.com/cofferhq/coffer/internal/testing/chartrender"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/testpath"
 )
 
 var update = flag.Bool("update", false, "rewrite deploy/manifests from the chart")

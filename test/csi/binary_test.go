@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
 )
 
 // The real `coffer csi-driver` binary registers itself with the kubelet's

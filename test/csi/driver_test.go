@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
 )
 
 func objectFor(t testing.TB, kind string) client.Object {

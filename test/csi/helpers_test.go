@@ -20,11 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 
-	"github.com/cofferhq/coffer/internal/authclient"
-	"github.com/cofferhq/coffer/internal/kvclient"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/provider"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/node/authclient"
+	"github.com/cofferhq/coffer/internal/node/kvclient"
+	"github.com/cofferhq/coffer/internal/node/provider"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // runningProvider is Coffer's provider on a unix socket in a temp dir.

@@ -26,13 +26,13 @@ import (
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/authclient"
-	"github.com/cofferhq/coffer/internal/csidriver"
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/kubetest"
-	"github.com/cofferhq/coffer/internal/testpath"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/node/authclient"
+	"github.com/cofferhq/coffer/internal/node/csidriver"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/testpath"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 func repoFile(t testing.TB, rel string) string { return testpath.Repo(t, rel) }

@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/cofferhq/coffer/internal/podidentity"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
 )
 
 // AAD Pod Identity's flow with the CSI driver: classes with

@@ -28,10 +28,10 @@ import (
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 	"software.sslmate.com/src/go-pkcs12"
 
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/federation/oidctest"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
+	"github.com/cofferhq/coffer/internal/testing/oidctest"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // testCert is a self-signed EC certificate with its key, as PEM.

@@ -16,8 +16,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/cofferhq/coffer/internal/csidriver"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/node/csidriver"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // csi-test's sanity suite against the driver, with Coffer's provider on

@@ -19,14 +19,14 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cofferhq/coffer/internal/chartrender"
-	coffclient "github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/devenv"
-	"github.com/cofferhq/coffer/internal/kubetest"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/pki"
-	"github.com/cofferhq/coffer/internal/rootkey"
-	"github.com/cofferhq/coffer/internal/testpath"
+	coffclient "github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/crypto/pki"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
+	"github.com/cofferhq/coffer/internal/testing/chartrender"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/testpath"
 	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 

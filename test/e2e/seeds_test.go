@@ -16,9 +16,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testpath"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
+	"github.com/cofferhq/coffer/internal/testing/testpath"
 	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 

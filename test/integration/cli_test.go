@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/devenv"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
 )
 
 func TestCLISecretVerbs(t *testing.T) {

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/devenv"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
 	"github.com/cofferhq/coffer/internal/server"
 )
 

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/devenv"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
 )
 
 var binary string

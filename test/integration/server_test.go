@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/devenv"
-	"github.com/cofferhq/coffer/internal/rootkey"
+	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"software.sslmate.com/src/go-pkcs12"
 )
 

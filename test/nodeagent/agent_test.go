@@ -22,13 +22,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/authclient"
-	"github.com/cofferhq/coffer/internal/kubetest"
-	"github.com/cofferhq/coffer/internal/nodeagent"
-	"github.com/cofferhq/coffer/internal/podidentity"
-	"github.com/cofferhq/coffer/internal/testpath"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/node/authclient"
+	"github.com/cofferhq/coffer/internal/node/nodeagent"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/testpath"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 func repoFile(t testing.TB, rel string) string { return testpath.Repo(t, rel) }

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/bench"
-	"github.com/cofferhq/coffer/internal/podidentity"
+	"github.com/cofferhq/coffer/internal/cli/bench"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
 )
 
 // BenchmarkNodeAgentToken measures IMDS token requests with a warm cache

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/podidentity"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
 )
 
 // The real binary, with the flags a DaemonSet gives it: the command wires

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
 	"github.com/cofferhq/coffer/internal/cli"
-	"github.com/cofferhq/coffer/internal/podidentity"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
 )
 
 // `coffer pod-identity add`, as `az aks pod-identity add`, binds a

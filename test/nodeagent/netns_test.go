@@ -14,8 +14,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/nodeagent"
+	"github.com/cofferhq/coffer/internal/node/nodeagent"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
 )
 
 const netnsChild = "COFFER_NETNS_CHILD"

@@ -16,9 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/cofferhq/coffer/internal/agenttest"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/podidentity"
+	"github.com/cofferhq/coffer/internal/node/podidentity"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/testing/agenttest"
 )
 
 // selfSigned returns a certificate and its key, PEM-encoded.

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 )

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // getWith is a GET with an optional If-None-Match, returning status, ETag

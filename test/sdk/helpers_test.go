@@ -6,7 +6,7 @@ import (
 	"encoding/base64"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 )

@@ -23,11 +23,11 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
-	"github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/federation/oidctest"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
+	"github.com/cofferhq/coffer/internal/testing/oidctest"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testserver"
-	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 var b64 = base64.RawURLEncoding.EncodeToString

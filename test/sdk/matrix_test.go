@@ -9,10 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/rbac"
-	"github.com/cofferhq/coffer/internal/testserver"
-	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/rbac"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // operation is one secrets route, the state it needs, and the access-policy

@@ -13,9 +13,9 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
-	"github.com/cofferhq/coffer/internal/authority"
-	"github.com/cofferhq/coffer/internal/endpoint"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/identity/authority"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 type kvError struct {

@@ -9,9 +9,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
-	"github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/testserver"
-	"github.com/cofferhq/coffer/internal/vault"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // vaultClient returns a client for a vault with a fresh credential, so no

@@ -15,7 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cofferhq/coffer/internal/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/webhook"
 )
 

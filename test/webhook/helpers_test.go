@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
-	"github.com/cofferhq/coffer/internal/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/webhook"
 )
 

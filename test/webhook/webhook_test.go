@@ -17,11 +17,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/cofferhq/coffer/internal/client"
-	"github.com/cofferhq/coffer/internal/federation"
-	"github.com/cofferhq/coffer/internal/kubetest"
-	"github.com/cofferhq/coffer/internal/mgmthttp"
-	"github.com/cofferhq/coffer/internal/testserver"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/federation"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 	"github.com/cofferhq/coffer/internal/webhook"
 )
 

@@ -32,7 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
 
-	"github.com/cofferhq/coffer/internal/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
 )
 
 // NodeName is the node's name.

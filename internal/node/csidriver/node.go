@@ -1,0 +1,419 @@
+package csidriver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/mount-utils"
+	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
+	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
+
+	"github.com/cofferhq/coffer/internal/node/atomicdir"
+)
+
+// Volume-context keys kubelet sets (podInfoOnMount, tokenRequests) and the
+// one the pod's volume sets.
+const (
+	ctxSPC         = "secretProviderClass"
+	ctxPodName     = "csi.storage.k8s.io/pod.name"
+	ctxPodNS       = "csi.storage.k8s.io/pod.namespace"
+	ctxPodUID      = "csi.storage.k8s.io/pod.uid"
+	ctxSAName      = "csi.storage.k8s.io/serviceAccount.name"
+	ctxSATokens    = "csi.storage.k8s.io/serviceAccount.tokens"
+	filePermission = 0o644
+)
+
+// node is the CSI Node service.
+type node struct {
+	csi.UnimplementedNodeServer
+	d *Driver
+}
+
+// publication is one validated NodePublishVolume request.
+type publication struct {
+	req                    *csi.NodePublishVolumeRequest
+	target                 string
+	spcName                string
+	podName, podNS, podUID string
+	serviceAccount         string
+}
+
+func (p *publication) pod() *corev1.ObjectReference {
+	return &corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: p.podNS, Name: p.podName, UID: types.UID(p.podUID)}
+}
+
+// parsePublish checks a request's fields, in the upstream driver's order
+// and with its messages.
+func parsePublish(req *csi.NodePublishVolumeRequest) (*publication, error) {
+	switch {
+	case req.GetVolumeCapability() == nil:
+		return nil, invalid("Volume capability missing in request")
+	case req.GetVolumeId() == "":
+		return nil, invalid("Volume ID missing in request")
+	case req.GetTargetPath() == "":
+		return nil, invalid("Target path missing in request")
+	case len(req.GetVolumeContext()) == 0:
+		return nil, invalid("Volume attributes missing in request")
+	case !req.GetReadonly():
+		return nil, invalid("Readonly is not true in request: secrets-store volumes are read-only (set readOnly: true on the pod's csi volume)")
+	}
+	vc := req.GetVolumeContext()
+	p := &publication{req: req, target: req.GetTargetPath(), spcName: vc[ctxSPC],
+		podName: vc[ctxPodName], podNS: vc[ctxPodNS], podUID: vc[ctxPodUID], serviceAccount: vc[ctxSAName]}
+	if p.spcName == "" {
+		return nil, invalid("secretProviderClass is not set in the volume attributes: give it in the pod's csi.volumeAttributes")
+	}
+	if p.podName == "" || p.podNS == "" || p.podUID == "" {
+		return nil, invalid("the pod's name, namespace and uid are missing from the volume attributes: the CSIDriver object %s must set podInfoOnMount: true", Name)
+	}
+	if !filepath.IsAbs(p.target) {
+		return nil, invalid("target path %q is not absolute", p.target)
+	}
+	return p, nil
+}
+
+// NodePublishVolume mounts a pod's secrets, or, on a kubelet republish of
+// a mounted volume, refreshes them when rotation is on and due.
+func (n node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	d := n.d
+	start := time.Now()
+	p, err := parsePublish(req)
+	if err != nil {
+		d.cfg.Metrics.publishFailed("", ReasonInvalidArgument, time.Since(start).Seconds())
+		return nil, err
+	}
+	defer d.volumeLock(p.target)()
+	mounted, err := d.ensureMountPoint(p.target)
+	if err != nil {
+		d.cfg.Metrics.publishFailed("", ReasonEnsureMountPoint, time.Since(start).Seconds())
+		return nil, status.Errorf(codes.Internal, "failed to check if target path %s is a mount point: %v", p.target, err)
+	}
+	if mounted {
+		// The newest request carries the freshest tokens, for rotations
+		// between the kubelet's republishes.
+		d.remember(p)
+		if !d.cfg.RotationEnabled || !d.due(p.target) {
+			return &csi.NodePublishVolumeResponse{}, nil
+		}
+		d.republish(ctx, p, start)
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	provider, files, reason, err := d.firstPublish(ctx, p)
+	if err != nil {
+		d.cfg.Metrics.publishFailed(provider, reason, time.Since(start).Seconds())
+		d.event(p, corev1.EventTypeWarning, reason, "Mounting secrets from SecretProviderClass %s/%s failed: %v", p.podNS, p.spcName, err)
+		if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
+			return nil, err
+		}
+		return nil, status.Errorf(codes.Internal, "failed to mount secrets store objects for pod %s/%s: %v", p.podNS, p.podName, err)
+	}
+	d.remember(p)
+	d.cfg.Metrics.published(provider, time.Since(start).Seconds(), files)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// ensureMountPoint reports whether target is already mounted, creating it
+// when it does not exist. A mount point that cannot be read (its backing
+// gone) is unmounted and reported as not mounted, so it is mounted afresh.
+func (d *Driver) ensureMountPoint(target string) (bool, error) {
+	notMnt, err := d.cfg.Mounter.IsLikelyNotMountPoint(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, os.MkdirAll(target, 0o750)
+	}
+	if err != nil {
+		return false, err
+	}
+	if notMnt {
+		return false, nil
+	}
+	if _, err := os.ReadDir(target); err != nil {
+		if uerr := d.cfg.Mounter.Unmount(target); uerr != nil {
+			return false, fmt.Errorf("target %s is an unreadable mount (%v) and unmounting it failed: %w", target, err, uerr)
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
+// due reports whether a mounted volume's rotation interval has passed
+// since the driver last asked its provider, and claims the slot if so. It
+// tracks the last check, not the files' mtime: an unchanged object writes
+// nothing, so the mtime says nothing about when it was checked.
+func (d *Driver) due(target string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.cfg.Now()
+	if last, ok := d.lastCheck[target]; ok && now.Sub(last) < d.cfg.RotationInterval {
+		return false
+	}
+	d.lastCheck[target] = now
+	return true
+}
+
+// firstPublish mounts a tmpfs at the target and fills it. On any failure
+// it unmounts, so kubelet's retry starts from scratch and no empty mount
+// is left behind.
+func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider string, written int, reason string, err error) {
+	spc, err := d.secretProviderClass(ctx, p)
+	if err != nil {
+		return "", 0, ReasonSPCNotFound, err
+	}
+	provider = string(spc.Spec.Provider)
+	if err := d.cfg.Mounter.Mount("tmpfs", p.target, "tmpfs", nil); err != nil {
+		return provider, 0, ReasonFailedToMount, fmt.Errorf("mount tmpfs at %s: %w", p.target, err)
+	}
+	files, versions, reason, err := d.fill(ctx, p, spc, nil)
+	if err != nil {
+		if uerr := mount.CleanupMountPoint(p.target, d.cfg.Mounter, false); uerr != nil {
+			d.cfg.Log.Error("unmount after a failed publish", "target", p.target, "err", uerr)
+		}
+		return provider, 0, reason, err
+	}
+	now := d.cfg.Now()
+	d.mu.Lock()
+	d.lastCheck[p.target] = now
+	d.lastSync[p.target] = now
+	d.versions[p.target] = versions
+	d.providerOf[p.target] = provider
+	d.mu.Unlock()
+	d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, files: files, writeStatus: true, sync: true})
+	return provider, len(files), "", nil
+}
+
+// republish refreshes a mounted volume. A failure keeps the old files (the
+// atomic writer swaps only complete generations) and is reported as an
+// event, not as an error: kubelet treats a failed republish of a running
+// pod's volume as a failed mount (kubernetes#121271).
+func (d *Driver) republish(ctx context.Context, p *publication, start time.Time) {
+	spc, err := d.secretProviderClass(ctx, p)
+	if err != nil {
+		d.cfg.Metrics.rotationFailed("", ReasonSPCNotFound)
+		d.event(p, corev1.EventTypeWarning, "MountRotationFailed", "Refreshing secrets from SecretProviderClass %s/%s failed; the old files stay: %v", p.podNS, p.spcName, err)
+		return
+	}
+	provider := string(spc.Spec.Provider)
+	d.mu.Lock()
+	current, known := d.versions[p.target]
+	d.mu.Unlock()
+	if !known { // the driver restarted since the first publish
+		var err error
+		if current, err = d.currentVersions(ctx, p); err != nil {
+			d.cfg.Log.Warn("no recorded object versions; the provider will compare against none", "target", p.target, "err", err)
+		}
+	}
+	files, versions, reason, err := d.fill(ctx, p, spc, current)
+	if err != nil {
+		d.cfg.Metrics.rotationFailed(provider, reason)
+		d.event(p, corev1.EventTypeWarning, "MountRotationFailed", "Refreshing secrets from SecretProviderClass %s/%s failed; the old files stay: %v", p.podNS, p.spcName, err)
+		return
+	}
+	changed := !sameVersions(current, versions)
+	now := d.cfg.Now()
+	d.mu.Lock()
+	d.versions[p.target] = versions
+	d.providerOf[p.target] = provider
+	// Synced Secrets are rewritten when the objects changed, and otherwise
+	// checked every resyncInterval (so one deleted by hand comes back)
+	// rather than on every republish, which would cost apiserver reads for
+	// nothing.
+	sync := changed || !known || now.Sub(d.lastSync[p.target]) >= resyncInterval
+	if sync {
+		d.lastSync[p.target] = now
+	}
+	d.mu.Unlock()
+	if changed {
+		d.event(p, corev1.EventTypeNormal, "MountRotationComplete", "Rotated the mounted contents of SecretProviderClass %s/%s", p.podNS, p.spcName)
+	}
+	if changed || !known || sync {
+		d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, files: files, writeStatus: changed || !known, sync: sync, rotation: true})
+	}
+	d.cfg.Metrics.rotated(provider, changed, time.Since(start).Seconds())
+}
+
+func sameVersions(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// secretProviderClass reads the pod's SPC from the pod's own namespace: a
+// pod can never use another namespace's class.
+func (d *Driver) secretProviderClass(ctx context.Context, p *publication) (*secretsstorev1.SecretProviderClass, error) {
+	if d.cfg.Kube == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the driver has no Kubernetes client, so it cannot read SecretProviderClasses")
+	}
+	spc := &secretsstorev1.SecretProviderClass{}
+	key := types.NamespacedName{Namespace: p.podNS, Name: p.spcName}
+	if d.cfg.Reader == nil || d.cfg.Reader.Get(ctx, key, spc) != nil {
+		if err := d.cfg.Kube.Get(ctx, key, spc); err != nil {
+			return nil, fmt.Errorf("failed to get SecretProviderClass %s/%s (it must be in the pod's namespace): %w", p.podNS, p.spcName, err)
+		}
+	}
+	if string(spc.Spec.Provider) == "" {
+		return nil, fmt.Errorf("SecretProviderClass %s/%s has no spec.provider", p.podNS, p.spcName)
+	}
+	if len(spc.Spec.Parameters) == 0 {
+		return nil, fmt.Errorf("SecretProviderClass %s/%s has no spec.parameters", p.podNS, p.spcName)
+	}
+	return spc, nil
+}
+
+// attributes are what the provider receives: the SPC's parameters, every
+// volume attribute kubelet sent over them, and the service-account tokens
+// (from the request's secrets when kubelet puts them there, else from the
+// volume context).
+func attributes(spc *secretsstorev1.SecretProviderClass, req *csi.NodePublishVolumeRequest) map[string]string {
+	out := make(map[string]string, len(spc.Spec.Parameters)+len(req.GetVolumeContext())+1)
+	for k, v := range spc.Spec.Parameters {
+		out[k] = v
+	}
+	for k, v := range req.GetVolumeContext() {
+		out[k] = v
+	}
+	if t, ok := req.GetSecrets()[ctxSATokens]; ok {
+		out[ctxSATokens] = t
+	}
+	return out
+}
+
+// publishSecrets are the nodePublishSecretRef data passed on to the
+// provider, without the tokens kubelet may carry in the same map.
+func publishSecrets(req *csi.NodePublishVolumeRequest) map[string]string {
+	var out map[string]string
+	for k, v := range req.GetSecrets() {
+		if k == ctxSATokens {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// fill asks the provider for the volume's files and writes them. It
+// returns the files, the object versions, and on failure the upstream
+// error_type.
+func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.SecretProviderClass, current map[string]string) ([]atomicdir.File, map[string]string, string, error) {
+	attrs, _ := json.Marshal(attributes(spc, p.req))
+	secrets, _ := json.Marshal(publishSecrets(p.req))
+	perm, _ := json.Marshal(filePermission)
+	req := &v1alpha1.MountRequest{Attributes: string(attrs), Secrets: string(secrets), TargetPath: p.target, Permission: string(perm)}
+	for id, v := range current {
+		req.CurrentObjectVersion = append(req.CurrentObjectVersion, &v1alpha1.ObjectVersion{Id: id, Version: v})
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.cfg.ProviderTimeout)
+	defer cancel()
+	resp, err := d.providers.mount(cctx, string(spc.Spec.Provider), req)
+	if err != nil {
+		var pe *ProviderError
+		switch {
+		case errors.As(err, &pe):
+			return nil, nil, providerCode(pe.Code), err
+		case errors.Is(err, ErrProviderNotFound):
+			return nil, nil, ReasonProviderLookup, err
+		case status.Code(err) == codes.ResourceExhausted:
+			return nil, nil, ReasonGRPCProviderError, fmt.Errorf("%w (the response exceeds --max-call-recv-msg-size=%d bytes: mount fewer or smaller objects, or raise the limit)", err, d.cfg.MaxCallRecvMsgSize)
+		}
+		return nil, nil, ReasonGRPCProviderError, err
+	}
+	files := make([]atomicdir.File, len(resp.GetFiles()))
+	for i, f := range resp.GetFiles() {
+		if f.GetMode() < 0 || f.GetMode() > 0o777 {
+			return nil, nil, ReasonFileWriteError, fmt.Errorf("provider %s returned file %q with mode %d, outside 0-511", string(spc.Spec.Provider), f.GetPath(), f.GetMode())
+		}
+		files[i] = atomicdir.File{Path: f.GetPath(), Mode: fs.FileMode(f.GetMode()), Contents: f.GetContents()}
+	}
+	if len(files) > 0 {
+		if _, err := atomicdir.Write(p.target, files); err != nil {
+			return nil, nil, ReasonFileWriteError, fmt.Errorf("writing the files at %s: %w", p.target, err)
+		}
+	}
+	versions := make(map[string]string, len(resp.GetObjectVersion()))
+	for _, ov := range resp.GetObjectVersion() {
+		versions[ov.GetId()] = ov.GetVersion()
+	}
+	return files, versions, "", nil
+}
+
+// NodeUnpublishVolume removes a pod's files and unmounts its tmpfs.
+func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (resp *csi.NodeUnpublishVolumeResponse, err error) {
+	d := n.d
+	defer func() { d.cfg.Metrics.unpublished(err) }()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, invalid("Volume ID missing in request")
+	case req.GetTargetPath() == "":
+		return nil, invalid("Target path missing in request")
+	}
+	target := req.GetTargetPath()
+	defer d.volumeLock(target)()
+	// Remove the files first, so nothing is left readable if the unmount
+	// fails and kubelet retries later.
+	entries, _ := filepath.Glob(filepath.Join(target, "*"))
+	dotted, _ := filepath.Glob(filepath.Join(target, "..*"))
+	for _, e := range append(entries, dotted...) {
+		if rerr := os.RemoveAll(e); rerr != nil {
+			d.cfg.Log.Warn("remove a file before unmount", "path", e, "err", rerr)
+		}
+	}
+	if err := mount.CleanupMountPoint(target, d.cfg.Mounter, false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	}
+	d.mu.Lock()
+	delete(d.lastCheck, target)
+	delete(d.lastSync, target)
+	delete(d.versions, target)
+	delete(d.requests, target)
+	delete(d.providerOf, target)
+	d.mu.Unlock()
+	d.recorder.forget(target)
+	d.forget(target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (n node) NodeStageVolume(context.Context, *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "NodeStageVolume is not used: secrets-store volumes are ephemeral and published directly")
+}
+
+func (n node) NodeUnstageVolume(context.Context, *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "NodeUnstageVolume is not used: secrets-store volumes are ephemeral and published directly")
+}
+
+func (n node) NodeGetVolumeStats(context.Context, *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "NodeGetVolumeStats is not implemented")
+}
+
+func (n node) NodeExpandVolume(context.Context, *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "NodeExpandVolume is not implemented")
+}
+
+// NodeGetCapabilities answers one UNKNOWN capability: the driver stages
+// nothing and reports no stats, and an empty list reads as no answer.
+func (n node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: []*csi.NodeServiceCapability{{
+		Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: csi.NodeServiceCapability_RPC_UNKNOWN}},
+	}}}, nil
+}
+
+func (n node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: n.d.cfg.NodeID}, nil
+}

@@ -1,0 +1,161 @@
+package csidriver
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cofferhq/coffer/internal/node/push"
+)
+
+// pushReady bounds how long a provider's first call waits for its Push
+// stream, so that the first mount is already watched.
+const pushReady = 2 * time.Second
+
+// subscribe listens to a newly dialed provider's pushes (Coffer's
+// provider reports volumes whose objects changed in the vault). The
+// channel it returns closes once the provider listens, or once it is
+// clear it will not; calls to the provider wait for it, briefly.
+func (d *Driver) subscribe(name string, c *grpc.ClientConn) <-chan struct{} {
+	ready := make(chan struct{})
+	d.pushWG.Add(1)
+	go func() {
+		defer d.pushWG.Done()
+		d.listen(name, c, ready)
+	}()
+	return ready
+}
+
+// unimplementedRetry is how often a provider without the Push service is
+// asked again: it may have been upgraded in place.
+const unimplementedRetry = 5 * time.Minute
+
+// listen keeps one provider's Push stream open until the driver stops,
+// closing ready once the provider listens or the first attempt fails. A
+// provider without the service (the upstream ones) is asked again every
+// few minutes; meanwhile its volumes rotate on their interval.
+func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
+	var once sync.Once
+	signal := func() { once.Do(func() { close(ready) }) }
+	defer signal()
+	backoff := time.Second
+	for attempt := 0; d.pushCtx.Err() == nil; attempt++ {
+		start := time.Now()
+		err := push.Watch(d.pushCtx, c, func() {
+			if attempt > 0 {
+				// While the stream was down, changes went unreported and
+				// a restarted provider forgot every volume: check them all
+				// on the next tick, which registers them again.
+				d.recheckAll()
+			}
+			signal()
+		}, func(target string) { d.pushed(name, target) })
+		signal()
+		if d.pushCtx.Err() != nil {
+			return
+		}
+		wait := backoff
+		if status.Code(err) == codes.Unimplemented {
+			if attempt == 0 {
+				d.cfg.Log.Info("the provider does not push changes; its volumes rotate every rotation interval", "provider", name)
+			}
+			wait = unimplementedRetry
+		} else {
+			if time.Since(start) > time.Minute {
+				backoff, wait = time.Second, time.Second
+			}
+			d.cfg.Log.Warn("the provider's push stream ended; reconnecting", "provider", name, "err", err, "retry", wait)
+			backoff = min(2*backoff, 30*time.Second)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-d.pushCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// recheckAll makes every published volume due, or, with no tick to find
+// them due, queues them as pushed.
+func (d *Driver) recheckAll() {
+	d.mu.Lock()
+	owners := make(map[string]string, len(d.requests))
+	for target := range d.requests {
+		delete(d.lastCheck, target)
+		owners[target] = d.providerOf[target]
+	}
+	d.mu.Unlock()
+	if d.cfg.RotationTick <= 0 {
+		for target, provider := range owners {
+			d.pushed(provider, target)
+		}
+	}
+}
+
+// pushed queues a volume that provider reported changed, for the rotation
+// loop. A published volume that another provider mounts is not that
+// provider's to push: it is ignored. A full queue drops the push: the
+// volume still rotates on its interval.
+func (d *Driver) pushed(provider, target string) {
+	d.mu.Lock()
+	if _, published := d.requests[target]; published && d.providerOf[target] != provider {
+		d.mu.Unlock()
+		d.cfg.Log.Debug("a provider pushed a volume it does not mount; ignored", "provider", provider, "target", target)
+		return
+	}
+	if d.pending[target] {
+		d.mu.Unlock()
+		return // already queued: one refresh serves both pushes
+	}
+	d.pending[target] = true
+	d.mu.Unlock()
+	select {
+	case d.pushes <- target:
+	default:
+		d.mu.Lock()
+		delete(d.pending, target)
+		d.mu.Unlock()
+		d.cfg.Log.Warn("push rotation queue full; the volume waits for its rotation interval", "target", target)
+	}
+}
+
+// rotatePushed refreshes a volume a provider reported changed, at once,
+// whatever its interval; a volume no longer published is forgotten by the
+// providers.
+func (d *Driver) rotatePushed(ctx context.Context, target string) {
+	d.mu.Lock()
+	delete(d.pending, target)
+	_, known := d.requests[target]
+	d.mu.Unlock()
+	if !known {
+		d.forget(target)
+		return
+	}
+	d.cfg.Metrics.pushed()
+	d.rotateOne(ctx, target, true)
+}
+
+// forget tells every provider, in the background, that a volume is gone,
+// so none keeps watching its objects.
+func (d *Driver) forget(target string) {
+	if d.providers.dialed == nil {
+		return
+	}
+	d.pushWG.Add(1)
+	go func() {
+		defer d.pushWG.Done()
+		d.providers.each(func(name string, c *grpc.ClientConn) {
+			ctx, cancel := context.WithTimeout(d.pushCtx, 5*time.Second)
+			defer cancel()
+			if err := push.Forget(ctx, c, target); err != nil && status.Code(err) != codes.Unimplemented && d.pushCtx.Err() == nil {
+				d.cfg.Log.Debug("the provider did not take a forgotten volume", "provider", name, "err", err)
+			}
+		})
+	}()
+}

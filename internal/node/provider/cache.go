@@ -1,0 +1,123 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/node/azparams"
+	"github.com/cofferhq/coffer/internal/node/kvclient"
+)
+
+// cache keeps the objects last read, with their ETags, so a read of an
+// unchanged object is a conditional request answered 304: the vault still
+// authorizes every read, but no value crosses the network again. It is
+// keyed by vault, type, name and requested version, not by identity: the
+// vault decides per request whether the caller may have it. Bounded by
+// bytes, least recently used first out.
+type cache struct{ l *lru[cached] }
+
+type cached struct {
+	etag string
+	obj  *fetched
+}
+
+func newCache(max int) *cache { return &cache{l: newLRU[cached](max)} }
+
+func (c *cache) get(key string) (string, *fetched) {
+	it, _ := c.l.get(key)
+	return it.etag, it.obj
+}
+
+func (c *cache) put(key, etag string, obj *fetched) {
+	if etag == "" {
+		return // nothing to revalidate with
+	}
+	c.l.put(key, cached{etag: etag, obj: obj}, obj.size())
+}
+
+// Throttling: a throttled read is tried again, at most throttleRetries
+// times, after the vault's Retry-After (or an exponential backoff from
+// throttleBackoff), with jitter so a node's mounts do not retry in step,
+// while the mount's deadline leaves room; then the mount fails Throttled.
+const (
+	throttleRetries = 3
+	throttleBackoff = 250 * time.Millisecond
+	maxRetryAfter   = 10 * time.Second
+)
+
+// fetchPatiently is fetch, retrying throttled reads.
+func (s *Server) fetchPatiently(ctx context.Context, base, token, objType, name, version string) (*fetched, error) {
+	backoff := throttleBackoff
+	for attempt := 0; ; attempt++ {
+		f, err := s.fetch(ctx, base, token, objType, name, version)
+		if err == nil || attempt == throttleRetries || kvclient.Classify(err) != kvclient.Throttled {
+			return f, err
+		}
+		wait := backoff
+		var ke *kvclient.Error
+		if errors.As(err, &ke) && ke.RetryAfter > 0 {
+			wait = ke.RetryAfter
+		}
+		if wait > maxRetryAfter {
+			return f, err // longer than a mount should wait: the kubelet retries later
+		}
+		wait += rand.N(wait/4 + 1)
+		// Room for the wait and the read after it; otherwise the 429 is
+		// the honest answer, not the deadline the retry would hit.
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait+time.Second {
+			return f, err
+		}
+		s.requests.WithLabelValues(objType, "throttled_retry").Inc()
+		if !sleep(ctx, wait) {
+			return f, err
+		}
+		backoff *= 2
+	}
+}
+
+// fetch reads one object version, conditionally when it is cached.
+func (s *Server) fetch(ctx context.Context, base, token, objType, name, version string) (*fetched, error) {
+	key := base + "\x00" + objType + "\x00" + name + "\x00" + version
+	etag, prev := s.cache.get(key)
+	var (
+		f       *fetched
+		newTag  string
+		notMod  bool
+		err     error
+		coll    = collection(objType)
+		secret  kvclient.Secret
+		key2    kvclient.Key
+		certRes kvclient.Certificate
+	)
+	switch objType {
+	case azparams.TypeKey:
+		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &key2)
+		f = &fetched{Version: kvclient.VersionOf(key2.Key.Kid), Key: &key2.Key}
+	case azparams.TypeCert:
+		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &certRes)
+		f = &fetched{Version: kvclient.VersionOf(certRes.ID), CER: certRes.CER}
+	default:
+		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &secret)
+		f = &fetched{Version: kvclient.VersionOf(secret.ID), Value: secret.Value, ContentType: secret.ContentType, CertBacked: secret.KID != ""}
+	}
+	switch {
+	case err != nil:
+		s.requests.WithLabelValues(objType, "error").Inc()
+		return nil, err
+	case notMod && prev != nil:
+		s.requests.WithLabelValues(objType, "not_modified").Inc()
+		return prev, nil
+	case notMod:
+		s.requests.WithLabelValues(objType, "error").Inc()
+		return nil, errors.New("the vault answered 304 to an unconditional read")
+	}
+	s.requests.WithLabelValues(objType, "fetched").Inc()
+	f.ETag = newTag
+	if f.Version == "" {
+		return nil, errors.New("the vault's answer has no object id")
+	}
+	s.cache.put(key, newTag, f)
+	return f, nil
+}

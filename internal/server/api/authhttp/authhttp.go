@@ -1,0 +1,198 @@
+// Package authhttp serves the authority's OAuth2 and OpenID endpoints in
+// Entra ID's shapes: /{tenant}/oauth2/v2.0/token, OpenID discovery, JWKS and
+// instance discovery.
+package authhttp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/server/api/httpjson"
+	"github.com/cofferhq/coffer/internal/server/audit"
+	"github.com/cofferhq/coffer/internal/server/identity/authority"
+)
+
+// maxFormBytes bounds a token request; a certificate-signed client assertion
+// is a few kilobytes.
+const maxFormBytes = 64 << 10
+
+// Handler serves the authority's endpoints on the apex host.
+type Handler struct {
+	a   *authority.Authority
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New returns the authority handler.
+func New(a *authority.Authority, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &Handler{a: a, log: log, mux: http.NewServeMux()}
+	h.mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", h.token)
+	h.mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", h.openidConfig)
+	h.mux.HandleFunc("GET /{tenant}/discovery/v2.0/keys", h.jwks)
+	h.mux.HandleFunc("GET /common/discovery/instance", h.instance)
+	h.mux.HandleFunc("GET /{tenant}/oauth2/v2.0/authorize", func(w http.ResponseWriter, r *http.Request) {
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusBadRequest, Code: "unsupported_response_type", AADSTS: 70003,
+			Description: "Coffer issues application tokens only; interactive sign-in is not supported."})
+	})
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// Handles reports whether the handler has a route for r, so the server can
+// send other apex paths elsewhere.
+func (h *Handler) Handles(r *http.Request) bool {
+	_, pattern := h.mux.Handler(r)
+	return pattern != ""
+}
+
+type oauthErrorBody struct {
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+	ErrorCodes       []int  `json:"error_codes"`
+	Timestamp        string `json:"timestamp"`
+	TraceID          string `json:"trace_id"`
+	CorrelationID    string `json:"correlation_id"`
+}
+
+func (h *Handler) oauthError(w http.ResponseWriter, e *authority.OAuthError) {
+	trace := authority.NewGUID()
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", fmt.Sprint(e.RetryAfter))
+	}
+	now := time.Now().UTC().Format("2006-01-02 15:04:05Z")
+	w.Header().Set("Cache-Control", "no-store")
+	httpjson.Write(w, e.Status, oauthErrorBody{
+		Error:            e.Code,
+		ErrorDescription: fmt.Sprintf("AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s", e.AADSTS, e.Description, trace, trace, now),
+		ErrorCodes:       []int{e.AADSTS},
+		Timestamp:        now,
+		TraceID:          trace,
+		CorrelationID:    trace,
+	})
+}
+
+func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusBadRequest, Code: "invalid_request", AADSTS: 900144,
+			Description: "The token request must be a form post (Content-Type: application/x-www-form-urlencoded)."})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		var mbe *http.MaxBytesError
+		msg := "The request body is not a valid form."
+		status := http.StatusBadRequest
+		if errors.As(err, &mbe) {
+			msg = fmt.Sprintf("The request body is over the %d-byte limit.", maxFormBytes)
+			status = http.StatusRequestEntityTooLarge
+		}
+		h.oauthError(w, &authority.OAuthError{Status: status, Code: "invalid_request", AADSTS: 900144, Description: msg})
+		return
+	}
+	f := r.PostForm
+	info := audit.From(r.Context())
+	info.Operation, info.Tenant, info.AppID = "oauth2/token", r.PathValue("tenant"), f.Get("client_id")
+	resp, err := h.a.Token(r.Context(), authority.TokenRequest{
+		Tenant:              r.PathValue("tenant"),
+		GrantType:           f.Get("grant_type"),
+		ClientID:            f.Get("client_id"),
+		ClientSecret:        f.Get("client_secret"),
+		ClientAssertionType: f.Get("client_assertion_type"),
+		ClientAssertion:     f.Get("client_assertion"),
+		Scope:               f.Get("scope"),
+		ActFor:              authority.Selector{ClientID: f.Get("mi_client_id"), ObjectID: f.Get("mi_object_id"), ResourceID: f.Get("mi_res_id")},
+	})
+	var oe *authority.OAuthError
+	switch {
+	case errors.As(err, &oe):
+		info.Decision = "deny"
+		h.oauthError(w, oe)
+		return
+	case err != nil:
+		h.log.ErrorContext(r.Context(), "token grant failed", "err", err)
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusInternalServerError, Code: "temporarily_unavailable", AADSTS: 50000,
+			Description: "There was an error issuing a token; see the server log."})
+		return
+	}
+	info.Decision, info.Principal, info.Object = "allow", resp.Subject.ObjectID, resp.Resource
+	if resp.Subject.ResourceID != "" {
+		info.Object = resp.Subject.ResourceID + " -> " + resp.Resource
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	httpjson.Write(w, http.StatusOK, map[string]any{
+		"token_type":     "Bearer",
+		"expires_in":     resp.ExpiresIn,
+		"ext_expires_in": resp.ExpiresIn,
+		"access_token":   resp.AccessToken,
+	})
+}
+
+func (h *Handler) tenantOK(w http.ResponseWriter, r *http.Request) (string, bool) {
+	tenant := strings.ToLower(r.PathValue("tenant"))
+	if _, err := h.a.Tenant(r.Context(), tenant); err != nil || !authority.IsGUID(tenant) {
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusBadRequest, Code: "invalid_tenant", AADSTS: 90002,
+			Description: fmt.Sprintf("Tenant '%s' not found.", r.PathValue("tenant"))})
+		return "", false
+	}
+	return tenant, true
+}
+
+func (h *Handler) openidConfig(w http.ResponseWriter, r *http.Request) {
+	tenant, ok := h.tenantOK(w, r)
+	if !ok {
+		return
+	}
+	base := h.a.Host() + "/" + tenant
+	httpjson.Write(w, http.StatusOK, map[string]any{
+		"issuer":                                h.a.Issuer(tenant),
+		"token_endpoint":                        base + "/oauth2/v2.0/token",
+		"authorization_endpoint":                base + "/oauth2/v2.0/authorize",
+		"jwks_uri":                              base + "/discovery/v2.0/keys",
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt"},
+		"response_types_supported":              []string{"token"},
+		"subject_types_supported":               []string{"pairwise"},
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+		"grant_types_supported":                 []string{"client_credentials"},
+		"tenant_region_scope":                   nil,
+		"cloud_instance_name":                   strings.TrimPrefix(h.a.Host(), "https://"),
+	})
+}
+
+func (h *Handler) jwks(w http.ResponseWriter, r *http.Request) {
+	if _, ok := h.tenantOK(w, r); !ok {
+		return
+	}
+	w.Header().Set("Cache-Control", "max-age=300")
+	httpjson.Write(w, http.StatusOK, h.a.JWKS())
+}
+
+// instance answers MSAL's instance discovery for this authority, for clients
+// that cannot turn it off.
+func (h *Handler) instance(w http.ResponseWriter, r *http.Request) {
+	host := strings.TrimPrefix(h.a.Host(), "https://")
+	ae := r.URL.Query().Get("authorization_endpoint")
+	tenant := "common"
+	if parts := strings.Split(strings.TrimPrefix(ae, "https://"), "/"); len(parts) > 1 && parts[1] != "" {
+		tenant = parts[1]
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{
+		"tenant_discovery_endpoint": h.a.Host() + "/" + tenant + "/v2.0/.well-known/openid-configuration",
+		"api-version":               "1.1",
+		"metadata": []map[string]any{{
+			"preferred_network": host,
+			"preferred_cache":   host,
+			"aliases":           []string{host},
+		}},
+	})
+}

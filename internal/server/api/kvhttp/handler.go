@@ -1,0 +1,194 @@
+// Package kvhttp serves the Azure Key Vault REST dialect for every vault,
+// addressed by Host as https://{vault}.{suffix}:{port}/.
+package kvhttp
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+
+	"github.com/cofferhq/coffer/internal/server/audit"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/identity/token"
+	"github.com/cofferhq/coffer/internal/server/keyvault/access"
+	"github.com/cofferhq/coffer/internal/server/keyvault/cert"
+	"github.com/cofferhq/coffer/internal/server/keyvault/key"
+	"github.com/cofferhq/coffer/internal/server/keyvault/object"
+	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/storage/changes"
+)
+
+// Body limits, applied before any byte of a body is parsed.
+const (
+	maxSecretBody  = 256 << 10 // a 25 KiB value can grow six-fold when JSON-escaped
+	maxRestoreBody = object.MaxBackupBytes*4/3 + 4<<10
+	maxKeyBody     = 64 << 10 // an imported RSA-4096 JWK is about 4 KiB
+	maxCertBody    = 256 << 10
+	maxEmptyBody   = 4 << 10
+)
+
+// Handler serves the vault data plane.
+type Handler struct {
+	ep       endpoint.Endpoints
+	access   *access.Authorizer
+	vaults   *vault.Registry
+	secrets  *secret.Service
+	keys     *key.Service
+	certs    *cert.Service
+	verifier *token.Verifier
+	issuer   func(tenant string) string
+	feed     *changes.Feed
+	held     atomic.Int64 // reads being held
+	log      *slog.Logger
+	mux      http.Handler
+}
+
+// Deps are the domain services the handler calls.
+type Deps struct {
+	Endpoints endpoint.Endpoints
+	Access    *access.Authorizer
+	Vaults    *vault.Registry
+	Secrets   *secret.Service
+	Keys      *key.Service
+	Certs     *cert.Service
+	Verifier  *token.Verifier
+	// Issuer returns the token issuer of a tenant.
+	Issuer func(tenant string) string
+	// Changes wakes held conditional reads (Prefer: wait) when their
+	// object changes; nil: reads are never held.
+	Changes *changes.Feed
+	Log     *slog.Logger
+}
+
+// New returns the data-plane handler.
+func New(d Deps) *Handler {
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, log: d.Log}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	m := http.NewServeMux()
+	secretRoutes{base{h, access.Secrets}}.register(m)
+	if h.keys != nil {
+		keyRoutes{base{h, access.Keys}}.register(m)
+	}
+	if h.certs != nil {
+		certRoutes{base{h, access.Certificates}}.register(m)
+	}
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
+	})
+	h.mux = collapseSlashes(m)
+	return h
+}
+
+// call is what the middleware established about a request.
+type call struct {
+	vault      *vault.Vault
+	principal  access.Principal
+	apiVersion string
+	audit      *audit.Info
+}
+
+type callKey struct{}
+
+func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call) }
+
+// ServeHTTP resolves the vault from the Host header, authenticates the
+// caller, checks the api-version, and dispatches. The 401 challenge is sent
+// before any body is read, since the SDK's first request has its body
+// stripped.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, name := h.ep.Parse(r.Host)
+	info := audit.From(r.Context())
+	info.Vault = name
+	v, err := h.vaults.Get(name)
+	if err != nil {
+		h.fail(w, r, access.Secrets, err)
+		return
+	}
+	p, err := h.authenticate(r, v)
+	if err != nil {
+		info.Decision = "unauthenticated"
+		drain(r)
+		h.fail(w, r, access.Secrets, err)
+		return
+	}
+	info.Tenant, info.Principal, info.AppID = p.TenantID, p.ObjectID, p.AppID
+	ver := r.URL.Query().Get("api-version")
+	switch {
+	case ver == "":
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The 'api-version' query parameter is missing. Coffer supports 2015-06-01, 2016-10-01, 7.0 to 7.6, their previews, 2025-07-01 and "+Latest+".")
+		return
+	case !supportedVersion(ver):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The specified version ("+ver+") is not recognized. Consider using the latest supported version ("+Latest+").")
+		return
+	}
+	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
+	h.mux.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// recheck authenticates a held request again, against the vault as it is
+// now: its token may have expired, and the vault's policies, its
+// permission model, or the vault itself may have changed meanwhile.
+func (h *Handler) recheck(r *http.Request) error {
+	c := callOf(r)
+	v, err := h.vaults.Get(c.vault.Name)
+	if err != nil {
+		return err
+	}
+	p, err := h.authenticate(r, v)
+	if err != nil {
+		c.audit.Decision = "unauthenticated"
+		return err
+	}
+	c.vault, c.principal = v, p
+	return nil
+}
+
+// holdSlot takes one of the maxHeld places for a held read.
+func (h *Handler) holdSlot() bool {
+	if h.held.Add(1) > maxHeld {
+		h.held.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (h *Handler) releaseSlot() { h.held.Add(-1) }
+
+func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {
+	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	resource := h.ep.Resource()
+	c, err := h.verifier.Verify(strings.TrimSpace(raw), token.Expect{
+		Issuer:    h.issuer(v.TenantID),
+		Audiences: []string{resource, resource + "/"},
+		TenantID:  v.TenantID,
+	})
+	if err != nil {
+		return access.Principal{}, err
+	}
+	return access.Principal{TenantID: c.TenantID, ObjectID: c.ObjectID, AppID: c.AppID}, nil
+}
+
+// challenge sets the Bearer challenge the Azure SDKs parse: the authority
+// with the vault's tenant, and the resource that is the parent of the
+// vault's host.
+func (h *Handler) challenge(w http.ResponseWriter, r *http.Request) {
+	tenant := ""
+	if _, name := h.ep.Parse(r.Host); name != "" {
+		if v, err := h.vaults.Get(name); err == nil {
+			tenant = v.TenantID
+		}
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer authorization="`+h.ep.AuthorityURL()+"/"+tenant+`", resource="`+h.ep.Resource()+`"`)
+}
+
+// drain discards a small unread body so the connection can be reused, and
+// gives up on large ones rather than read them for an unauthenticated caller.
+func drain(r *http.Request) {
+	io.Copy(io.Discard, io.LimitReader(r.Body, maxEmptyBody))
+}

@@ -1,0 +1,120 @@
+package federation
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/testing/oidctest"
+)
+
+const sub = "system:serviceaccount:default:workload"
+
+func setup(t *testing.T) (*oidctest.Issuer, *Verifier, []Credential) {
+	iss := oidctest.New(t)
+	v := New(Config{Client: iss.Client()})
+	creds := []Credential{{Name: "k8s", Issuer: iss.URL, Subject: sub, Audiences: []string{DefaultAudience}}}
+	return iss, v, creds
+}
+
+func TestAccepts(t *testing.T) {
+	iss, v, creds := setup(t)
+	got, c, err := v.Verify(context.Background(), iss.Token(t, sub, []string{DefaultAudience}, time.Time{}, time.Time{}), creds)
+	if err != nil || got.Name != "k8s" || c.Subject != sub {
+		t.Fatalf("Verify = %+v %+v %v", got, c, err)
+	}
+	// A second assertion is served from the cached key set.
+	v.Verify(context.Background(), iss.Token(t, sub, []string{DefaultAudience}, time.Time{}, time.Time{}), creds)
+	if hits := iss.JWKSHits.Load(); hits != 1 {
+		t.Fatalf("JWKS fetched %d times, want 1 (cached)", hits)
+	}
+}
+
+func TestRejections(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	aud := []string{DefaultAudience}
+	cases := map[string]struct {
+		token func(*oidctest.Issuer) string
+		want  []string
+	}{
+		"wrong issuer": {func(i *oidctest.Issuer) string {
+			return i.TokenAs(t, "https://elsewhere.example", sub, aud, now, time.Time{})
+		},
+			[]string{"issuer", `"https://elsewhere.example"`}},
+		"issuer with trailing slash": {func(i *oidctest.Issuer) string { return i.TokenAs(t, i.URL+"/", sub, aud, now, time.Time{}) },
+			[]string{"issuer", "/\""}},
+		"wrong subject": {func(i *oidctest.Issuer) string {
+			return i.Token(t, "system:serviceaccount:default:other", aud, now, time.Time{})
+		},
+			[]string{"subject", "default:other", sub}},
+		"wrong audience": {func(i *oidctest.Issuer) string { return i.Token(t, sub, []string{"api://other"}, now, time.Time{}) },
+			[]string{"audience", "api://other", DefaultAudience}},
+		"expired": {func(i *oidctest.Issuer) string {
+			return i.Token(t, sub, aud, now.Add(-2*time.Hour), now.Add(-time.Hour))
+		},
+			[]string{"expired"}},
+		"not yet valid": {func(i *oidctest.Issuer) string { return i.Token(t, sub, aud, now.Add(time.Hour), now.Add(2*time.Hour)) },
+			[]string{"not valid before"}},
+		"lifetime too long": {func(i *oidctest.Issuer) string { return i.Token(t, sub, aud, now, now.Add(48*time.Hour)) },
+			[]string{"lifetime", "limit"}},
+		"unknown kid": {func(i *oidctest.Issuer) string {
+			i.SignWithUnpublishedKey(t)
+			return i.Token(t, sub, aud, now, time.Time{})
+		},
+			[]string{`"unpublished"`, "does not contain"}},
+		"jwks unreachable": {func(i *oidctest.Issuer) string { i.SetJWKS("down"); return i.Token(t, sub, aud, now, time.Time{}) },
+			[]string{"HTTP 503"}},
+		"jwks oversized": {func(i *oidctest.Issuer) string { i.SetJWKS("huge"); return i.Token(t, sub, aud, now, time.Time{}) },
+			[]string{"more than"}},
+		"not a jwt": {func(*oidctest.Issuer) string { return "abc.def" }, []string{"not a signed JWT"}},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			iss, v, creds := setup(t)
+			raw := c.token(iss)
+			_, _, err := v.Verify(ctx, raw, creds)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if len(raw) > 20 && strings.Contains(err.Error(), raw[len(raw)-20:]) {
+				t.Error("error echoes the assertion")
+			}
+		})
+	}
+}
+
+func TestUnknownKidRefreshesOnce(t *testing.T) {
+	iss, _, creds := setup(t)
+	now := time.Now()
+	v := New(Config{Client: iss.Client(), Now: func() time.Time { return now }})
+	ctx := context.Background()
+	aud := []string{DefaultAudience}
+	if _, _, err := v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds); err != nil {
+		t.Fatal(err)
+	}
+	// The issuer rotates its key: once the refetch spacing has passed, the
+	// new kid triggers one refetch.
+	iss.Rotate(t)
+	now = now.Add(31 * time.Second)
+	if _, _, err := v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds); err != nil {
+		t.Fatalf("rotated key not picked up: %v", err)
+	}
+	if hits := iss.JWKSHits.Load(); hits != 2 {
+		t.Fatalf("JWKS fetched %d times, want 2", hits)
+	}
+	// Unknown kids do not hammer the issuer: refetches are spaced out.
+	iss.SignWithUnpublishedKey(t)
+	for range 5 {
+		v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds)
+	}
+	if hits := iss.JWKSHits.Load(); hits != 2 {
+		t.Fatalf("JWKS fetched %d times after unknown kids, want 2 (rate-limited)", hits)
+	}
+}

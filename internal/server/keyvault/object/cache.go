@@ -1,0 +1,97 @@
+package object
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+)
+
+// maxCacheBytes bounds the sealed bytes the read cache accounts for.
+const maxCacheBytes = 64 << 20
+
+// headEntry is the read cache's view of one object: the sealed head blob
+// last read, its decoding, and the versions decoded under that head.
+//
+// Every write to an object rewrites its head with a fresh nonce, so while a
+// read finds the same head blob in the store, nothing in the object changed,
+// whoever writes (this process or another replica). A read therefore costs
+// one store lookup and no decryption or decoding when the object is hot.
+//
+// The cache holds decrypted values in memory. That exposes nothing new: the
+// same process holds the data keys that decrypt everything.
+type headEntry[T any] struct {
+	raw      []byte
+	head     Head
+	versions sync.Map // version id -> Version[T]
+	count    atomic.Int32
+}
+
+func (c *Collection[T]) account(n int) {
+	if c.cacheBytes.Add(int64(n)) > maxCacheBytes {
+		// Rare: start over rather than track recency on every read.
+		c.cache.Clear()
+		c.cacheBytes.Store(int64(n))
+	}
+}
+
+func (c *Collection[T]) cachedHead(ctx context.Context, key string) (*headEntry[T], error) {
+	raw, err := c.st.GetRaw(ctx, key)
+	if errors.Is(err, barrier.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if v, ok := c.cache.Load(key); ok {
+		if e := v.(*headEntry[T]); bytes.Equal(e.raw, raw) {
+			return e, nil
+		}
+	}
+	e := &headEntry[T]{raw: raw}
+	if err := c.decode(key, raw, &e.head); err != nil {
+		return nil, err
+	}
+	c.account(len(raw))
+	c.cache.Store(key, e)
+	return e, nil
+}
+
+func (c *Collection[T]) cachedVersion(ctx context.Context, e *headEntry[T], key, id string) (Version[T], error) {
+	if v, ok := e.versions.Load(id); ok {
+		return v.(Version[T]), nil
+	}
+	var v Version[T]
+	raw, err := c.st.GetRaw(ctx, key)
+	if errors.Is(err, barrier.ErrNotFound) {
+		return Version[T]{}, ErrNotFound
+	}
+	if err != nil {
+		return Version[T]{}, err
+	}
+	if err := c.decode(key, raw, &v); err != nil {
+		return Version[T]{}, err
+	}
+	if e.count.Add(1) <= 64 {
+		e.versions.Store(id, v)
+	}
+	c.account(len(raw))
+	return v, nil
+}
+
+func (c *Collection[T]) decode(key string, raw []byte, v any) error {
+	plain, err := c.st.Unseal(key, raw)
+	if err != nil {
+		return err
+	}
+	defer clear(plain)
+	if err := json.Unmarshal(plain, v); err != nil {
+		return fmt.Errorf("decode %s: %w", key, err)
+	}
+	return nil
+}

@@ -1,0 +1,353 @@
+// Package object stores Key Vault objects (secrets, keys, certificates): named
+// objects with immutable versions, a current version, soft delete with
+// scheduled purge, key-ordered paging, and whole-object export for backups.
+//
+// Layout under the barrier, for vault V and kind K (names are lowercased,
+// since Key Vault names are case-insensitive):
+//
+//	o/V/K/h/{name}            head: display name, current and previous version
+//	o/V/K/v/{name}/{version}  one version, with its kind-specific data
+//	o/V/K/d/{name}            head of a soft-deleted object
+//
+// Versions stay in place while an object is deleted, so recovering it is one
+// small write. Every change is a single atomic batch guarded by revisions.
+package object
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+)
+
+const maxRetries = 32
+
+// Store is the slice of the barrier that collections use.
+type Store interface {
+	Get(ctx context.Context, key string) (barrier.Record, error)
+	GetRaw(ctx context.Context, key string) ([]byte, error)
+	Unseal(key string, raw []byte) ([]byte, error)
+	Scan(ctx context.Context, prefix, after string, limit int) ([]barrier.Record, error)
+	Apply(ctx context.Context, conds []barrier.Cond, ops []barrier.Op) error
+}
+
+// Attributes are the lifecycle attributes every object version carries. Times
+// are Unix seconds; NotBefore and Expires are nil when unset.
+type Attributes struct {
+	Enabled   bool   `json:"enabled"`
+	NotBefore *int64 `json:"nbf,omitempty"`
+	Expires   *int64 `json:"exp,omitempty"`
+	Created   int64  `json:"created"`
+	Updated   int64  `json:"updated"`
+}
+
+// Patch is a change to a version's attributes and tags, as a PATCH gives
+// it: nil members are left alone, and empty tags remove them all.
+type Patch struct {
+	Enabled   *bool
+	NotBefore *int64
+	Expires   *int64
+	Tags      map[string]string
+}
+
+// Apply lays p over a version's attributes and tags, and checks that nbf
+// stays before exp.
+func (p Patch) Apply(a *Attributes, tags *map[string]string) error {
+	if p.Enabled != nil {
+		a.Enabled = *p.Enabled
+	}
+	if p.NotBefore != nil {
+		a.NotBefore = p.NotBefore
+	}
+	if p.Expires != nil {
+		a.Expires = p.Expires
+	}
+	if a.NotBefore != nil && a.Expires != nil && *a.Expires <= *a.NotBefore {
+		return Invalidf("attributes.exp (%d) must be later than attributes.nbf (%d).", *a.Expires, *a.NotBefore)
+	}
+	if p.Tags != nil {
+		*tags = p.Tags
+		if len(p.Tags) == 0 {
+			*tags = nil
+		}
+	}
+	return nil
+}
+
+// Version is one immutable version of an object. Only its attributes, tags
+// and content type change after creation.
+type Version[T any] struct {
+	Name        string            `json:"name"`
+	ID          string            `json:"version"`
+	Attributes  Attributes        `json:"attributes"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	ContentType string            `json:"contentType,omitempty"`
+	Managed     bool              `json:"managed,omitempty"`
+	Data        T                 `json:"data"`
+}
+
+// Head tracks an object's current version. For a deleted object it also
+// holds when it was deleted and when it will be purged.
+type Head struct {
+	// Seq counts the writes to the object. Every change to any of its
+	// versions rewrites the head, so an unchanged head means an unchanged
+	// object; the read cache relies on that.
+	Seq            uint64 `json:"seq"`
+	Name           string `json:"name"`
+	Current        string `json:"current"`
+	Previous       string `json:"previous,omitempty"`
+	DeletedDate    int64  `json:"deletedDate,omitempty"`
+	ScheduledPurge int64  `json:"scheduledPurgeDate,omitempty"`
+	// Meta is object-level data of the kind (a certificate's policy).
+	Meta json.RawMessage `json:"meta,omitempty"`
+}
+
+// Item is one listed object: its head and its current version.
+type Item[T any] struct {
+	Head    Head
+	Current Version[T]
+}
+
+// Export is a whole object, every version included, for a backup.
+type Export[T any] struct {
+	Kind     string       `json:"kind"`
+	Head     Head         `json:"head"`
+	Versions []Version[T] `json:"versions"`
+}
+
+// Collection holds the objects of one kind across all vaults.
+type Collection[T any] struct {
+	st   Store
+	kind string
+	now  func() time.Time
+	// Writers to one object in this process queue on a striped lock, so
+	// revision conflicts (and their retries) only happen between replicas.
+	seed  maphash.Seed
+	locks [64]sync.Mutex
+	// cache holds decoded heads and versions for reads; see cache.go.
+	cache      sync.Map // head key -> *headEntry[T]
+	cacheBytes atomic.Int64
+}
+
+func (c *Collection[T]) lock(vault, name string) func() {
+	m := &c.locks[maphash.String(c.seed, vault+"/"+strings.ToLower(name))%uint64(len(c.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// New returns a collection of kind ("secrets", "keys", ...) over st.
+func New[T any](st Store, kind string, now func() time.Time) *Collection[T] {
+	if now == nil {
+		now = time.Now
+	}
+	return &Collection[T]{st: st, kind: kind, now: now, seed: maphash.MakeSeed()}
+}
+
+// Kind returns the collection's kind.
+func (c *Collection[T]) Kind() string { return c.kind }
+
+func (c *Collection[T]) base(vault string) string { return "o/" + vault + "/" + c.kind + "/" }
+func (c *Collection[T]) headKey(vault, name string) string {
+	return c.base(vault) + "h/" + strings.ToLower(name)
+}
+func (c *Collection[T]) deletedKey(vault, name string) string {
+	return c.base(vault) + "d/" + strings.ToLower(name)
+}
+func (c *Collection[T]) versionPrefix(vault, name string) string {
+	return c.base(vault) + "v/" + strings.ToLower(name) + "/"
+}
+func (c *Collection[T]) versionKey(vault, name, version string) string {
+	return c.versionPrefix(vault, name) + strings.ToLower(version)
+}
+
+// Named returns the vault, kind and name of the object that a store key
+// belongs to (its head, a version or its deleted record); ok is false
+// for keys that are not an object's.
+func Named(key string) (vault, kind, name string, ok bool) {
+	rest, found := strings.CutPrefix(key, "o/")
+	if !found {
+		return "", "", "", false
+	}
+	parts := strings.SplitN(rest, "/", 5)
+	if len(parts) < 4 || parts[0] == "" || parts[1] == "" || parts[3] == "" {
+		return "", "", "", false
+	}
+	switch parts[2] {
+	case "h", "v", "d":
+		return parts[0], parts[1], parts[3], true
+	}
+	return "", "", "", false
+}
+
+// NewVersionID returns a random 32-hex-digit version identifier.
+func NewVersionID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("object: crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func getJSON[V any](ctx context.Context, st Store, key string) (V, barrier.Rev, error) {
+	var v V
+	rec, err := st.Get(ctx, key)
+	if errors.Is(err, barrier.ErrNotFound) {
+		return v, nil, ErrNotFound
+	}
+	if err != nil {
+		return v, nil, err
+	}
+	if err := json.Unmarshal(rec.Value, &v); err != nil {
+		return v, nil, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return v, rec.Rev, nil
+}
+
+func put(key string, v any) (barrier.Op, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return barrier.Op{}, err
+	}
+	return barrier.Op{Key: key, Value: b}, nil
+}
+
+// exists reports whether key holds a value, returning its revision.
+func (c *Collection[T]) exists(ctx context.Context, key string) (barrier.Rev, bool, error) {
+	rec, err := c.st.Get(ctx, key)
+	if errors.Is(err, barrier.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return rec.Rev, true, nil
+}
+
+// Retry runs attempt until it stops failing with a revision conflict, for
+// callers that apply staged changes themselves.
+func Retry(attempt func() error) error { return retry(attempt) }
+
+// retry runs attempt until it stops failing with a revision conflict.
+func retry(attempt func() error) error {
+	for range maxRetries {
+		err := attempt()
+		if !errors.Is(err, barrier.ErrConflict) {
+			return err
+		}
+	}
+	return ErrBusy
+}
+
+// Get returns a version of a live object; an empty version means the
+// current one. The result may be shared with other readers: callers must not
+// modify it (its Tags in particular).
+func (c *Collection[T]) Get(ctx context.Context, vault, name, version string) (Version[T], Head, error) {
+	e, err := c.cachedHead(ctx, c.headKey(vault, name))
+	if err != nil {
+		return Version[T]{}, Head{}, err
+	}
+	if version == "" {
+		version = e.head.Current
+	}
+	v, err := c.cachedVersion(ctx, e, c.versionKey(vault, name, version), strings.ToLower(version))
+	return v, e.head, err
+}
+
+// GetDeleted returns a soft-deleted object's head and current version.
+func (c *Collection[T]) GetDeleted(ctx context.Context, vault, name string) (Head, Version[T], error) {
+	h, _, err := getJSON[Head](ctx, c.st, c.deletedKey(vault, name))
+	if err != nil {
+		return Head{}, Version[T]{}, err
+	}
+	v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
+	return h, v, err
+}
+
+// List returns up to limit live objects whose lowercased names sort after
+// after, and the cursor for the next page ("" at the end).
+func (c *Collection[T]) List(ctx context.Context, vault, after string, limit int) ([]Item[T], string, error) {
+	return c.list(ctx, vault, "h/", after, limit)
+}
+
+// ListDeleted is List for soft-deleted objects.
+func (c *Collection[T]) ListDeleted(ctx context.Context, vault, after string, limit int) ([]Item[T], string, error) {
+	return c.list(ctx, vault, "d/", after, limit)
+}
+
+func (c *Collection[T]) list(ctx context.Context, vault, sub, after string, limit int) ([]Item[T], string, error) {
+	recs, next, err := c.scanPage(ctx, c.base(vault)+sub, after, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	items := make([]Item[T], 0, len(recs))
+	for _, rec := range recs {
+		var h Head
+		if err := json.Unmarshal(rec.Value, &h); err != nil {
+			return nil, "", fmt.Errorf("decode %s: %w", rec.Key, err)
+		}
+		v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, h.Name, h.Current))
+		if err != nil {
+			return nil, "", fmt.Errorf("read current version of %s: %w", h.Name, err)
+		}
+		items = append(items, Item[T]{Head: h, Current: v})
+	}
+	return items, next, nil
+}
+
+// scanPage reads up to limit records under prefix after the cursor after
+// (a key relative to prefix), and the cursor of the next page ("" at the end).
+func (c *Collection[T]) scanPage(ctx context.Context, prefix, after string, limit int) ([]barrier.Record, string, error) {
+	recs, err := c.st.Scan(ctx, prefix, prefix+after, limit+1)
+	if err != nil || len(recs) <= limit {
+		return recs, "", err
+	}
+	recs = recs[:limit]
+	return recs, strings.TrimPrefix(recs[limit-1].Key, prefix), nil
+}
+
+// ListVersions returns up to limit versions of a live object after version
+// after, and the cursor for the next page ("" at the end).
+func (c *Collection[T]) ListVersions(ctx context.Context, vault, name, after string, limit int) ([]Version[T], string, error) {
+	if _, _, err := getJSON[Head](ctx, c.st, c.headKey(vault, name)); err != nil {
+		return nil, "", err
+	}
+	recs, next, err := c.scanPage(ctx, c.versionPrefix(vault, name), after, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]Version[T], len(recs))
+	for i, rec := range recs {
+		if err := json.Unmarshal(rec.Value, &out[i]); err != nil {
+			return nil, "", fmt.Errorf("decode %s: %w", rec.Key, err)
+		}
+	}
+	return out, next, nil
+}
+
+// Export returns a live object with all its versions.
+func (c *Collection[T]) Export(ctx context.Context, vault, name string) (Export[T], error) {
+	h, _, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
+	if err != nil {
+		return Export[T]{}, err
+	}
+	recs, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", 0)
+	if err != nil {
+		return Export[T]{}, err
+	}
+	e := Export[T]{Kind: c.kind, Head: h, Versions: make([]Version[T], len(recs))}
+	for i, rec := range recs {
+		if err := json.Unmarshal(rec.Value, &e.Versions[i]); err != nil {
+			return Export[T]{}, fmt.Errorf("decode %s: %w", rec.Key, err)
+		}
+	}
+	return e, nil
+}

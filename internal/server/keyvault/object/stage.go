@@ -1,0 +1,388 @@
+package object
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+)
+
+// Change is a set of writes and the conditions they rest on. A change is
+// staged from what was read, and applied in one atomic batch, possibly with
+// changes to other collections (a certificate and its managed key and
+// secret move together). If any condition fails, nothing is written and the
+// caller stages again.
+type Change struct {
+	Conds []barrier.Cond
+	Ops   []barrier.Op
+}
+
+// Apply commits changes as one atomic, durable batch.
+func Apply(ctx context.Context, st Store, changes ...Change) error {
+	var all Change
+	for _, c := range changes {
+		all.Conds = append(all.Conds, c.Conds...)
+		all.Ops = append(all.Ops, c.Ops...)
+	}
+	if len(all.Ops) == 0 {
+		return nil
+	}
+	return st.Apply(ctx, all.Conds, all.Ops)
+}
+
+// Lock serializes this process's writers to one object; multi-collection
+// callers take it on the object that owns the others.
+func (c *Collection[T]) Lock(vault, name string) func() { return c.lock(vault, name) }
+
+// StageCreate stages a new current version with the given id (a new random
+// id if empty). build gets the current version, nil for a new object. A
+// non-nil meta replaces the object's metadata.
+func (c *Collection[T]) StageCreate(ctx context.Context, vault, name, id string, meta json.RawMessage, build func(cur *Version[T]) (Version[T], error)) (Change, Version[T], Head, error) {
+	if _, deleted, err := c.exists(ctx, c.deletedKey(vault, name)); err != nil {
+		return Change{}, Version[T]{}, Head{}, err
+	} else if deleted {
+		return Change{}, Version[T]{}, Head{}, ErrDeleted
+	}
+	h, hrev, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
+	var cur *Version[T]
+	switch {
+	case errors.Is(err, ErrNotFound):
+		h = Head{Name: name}
+	case err != nil:
+		return Change{}, Version[T]{}, Head{}, err
+	default:
+		v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
+		if err != nil {
+			return Change{}, Version[T]{}, Head{}, fmt.Errorf("read current version of %s: %w", name, err)
+		}
+		cur = &v
+	}
+	v, err := build(cur)
+	if err != nil {
+		return Change{}, Version[T]{}, Head{}, err
+	}
+	if id == "" {
+		id = NewVersionID()
+	}
+	now := c.now().Unix()
+	v.Name, v.ID = h.Name, strings.ToLower(id)
+	v.Attributes.Created, v.Attributes.Updated = now, now
+	h.Previous, h.Current = h.Current, v.ID
+	h.Seq++
+	if meta != nil {
+		h.Meta = meta
+	}
+	vop, err := put(c.versionKey(vault, name, v.ID), v)
+	if err != nil {
+		return Change{}, Version[T]{}, Head{}, err
+	}
+	hop, err := put(c.headKey(vault, name), h)
+	if err != nil {
+		return Change{}, Version[T]{}, Head{}, err
+	}
+	ch := Change{
+		Conds: []barrier.Cond{{Key: c.headKey(vault, name), Rev: hrev}, {Key: c.deletedKey(vault, name)}, {Key: c.versionKey(vault, name, v.ID)}},
+		Ops:   []barrier.Op{vop, hop},
+	}
+	return ch, v, h, nil
+}
+
+// Create adds a new version and makes it current. build gets the current
+// version (nil for a new object) and returns the new version's content; the
+// collection fills in its name, ID and timestamps. A soft-deleted name gives
+// ErrDeleted.
+func (c *Collection[T]) Create(ctx context.Context, vault, name string, build func(cur *Version[T]) (Version[T], error)) (Version[T], Head, error) {
+	defer c.lock(vault, name)()
+	var out Version[T]
+	var head Head
+	err := retry(func() error {
+		ch, v, h, err := c.StageCreate(ctx, vault, name, "", nil, build)
+		if err != nil {
+			return err
+		}
+		out, head = v, h
+		return Apply(ctx, c.st, ch)
+	})
+	return out, head, err
+}
+
+// StageUpdate stages a change to one version of a live object ("" means the
+// current one). The head is rewritten too, which keeps the read cache exact.
+func (c *Collection[T]) StageUpdate(ctx context.Context, vault, name, version string, fn func(*Version[T]) error) (Change, Version[T], error) {
+	h, hrev, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
+	if err != nil {
+		return Change{}, Version[T]{}, err
+	}
+	if version == "" {
+		version = h.Current
+	}
+	key := c.versionKey(vault, name, version)
+	v, vrev, err := getJSON[Version[T]](ctx, c.st, key)
+	if err != nil {
+		return Change{}, Version[T]{}, err
+	}
+	if err := fn(&v); err != nil {
+		return Change{}, Version[T]{}, err
+	}
+	v.Attributes.Updated = c.now().Unix()
+	h.Seq++
+	op, err := put(key, v)
+	if err != nil {
+		return Change{}, Version[T]{}, err
+	}
+	hop, err := put(c.headKey(vault, name), h)
+	if err != nil {
+		return Change{}, Version[T]{}, err
+	}
+	return Change{Conds: []barrier.Cond{{Key: c.headKey(vault, name), Rev: hrev}, {Key: key, Rev: vrev}}, Ops: []barrier.Op{op, hop}}, v, nil
+}
+
+// Update changes one version of a live object in place (an empty version
+// means the current one). fn may change attributes, tags and content type.
+func (c *Collection[T]) Update(ctx context.Context, vault, name, version string, fn func(*Version[T]) error) (Version[T], error) {
+	defer c.lock(vault, name)()
+	var out Version[T]
+	err := retry(func() error {
+		ch, v, err := c.StageUpdate(ctx, vault, name, version, fn)
+		if err != nil {
+			return err
+		}
+		out = v
+		return Apply(ctx, c.st, ch)
+	})
+	return out, err
+}
+
+// StageHeadMeta stages a change to the object-level metadata kept in the head (a
+// certificate's policy, for one), under compare-and-swap.
+func (c *Collection[T]) StageHeadMeta(ctx context.Context, vault, name string, fn func(meta json.RawMessage) (json.RawMessage, error)) (Change, error) {
+	h, hrev, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
+	if err != nil {
+		return Change{}, err
+	}
+	meta, err := fn(h.Meta)
+	if err != nil {
+		return Change{}, err
+	}
+	h.Meta = meta
+	h.Seq++
+	hop, err := put(c.headKey(vault, name), h)
+	if err != nil {
+		return Change{}, err
+	}
+	return Change{Conds: []barrier.Cond{{Key: c.headKey(vault, name), Rev: hrev}}, Ops: []barrier.Op{hop}}, nil
+}
+
+// stageMove moves an object's head between the live and deleted keys,
+// changed by edit. The versions stay where they are.
+func (c *Collection[T]) stageMove(ctx context.Context, vault, name string, toDeleted bool, edit func(*Head)) (Change, Head, Version[T], error) {
+	from, to := c.headKey(vault, name), c.deletedKey(vault, name)
+	if !toDeleted {
+		from, to = to, from
+	}
+	h, rev, err := getJSON[Head](ctx, c.st, from)
+	if err != nil {
+		return Change{}, Head{}, Version[T]{}, err
+	}
+	v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
+	if err != nil {
+		return Change{}, Head{}, Version[T]{}, err
+	}
+	edit(&h)
+	op, err := put(to, h)
+	if err != nil {
+		return Change{}, Head{}, Version[T]{}, err
+	}
+	ch := Change{Conds: []barrier.Cond{{Key: from, Rev: rev}, {Key: to}}, Ops: []barrier.Op{{Key: from, Delete: true}, op}}
+	return ch, h, v, nil
+}
+
+// StageDelete stages a soft delete, recoverable until purgeAfter has passed.
+func (c *Collection[T]) StageDelete(ctx context.Context, vault, name string, purgeAfter time.Duration) (Change, Head, Version[T], error) {
+	return c.stageMove(ctx, vault, name, true, func(h *Head) {
+		now := c.now()
+		h.DeletedDate, h.ScheduledPurge = now.Unix(), now.Add(purgeAfter).Unix()
+	})
+}
+
+// StageRecover stages bringing a soft-deleted object back.
+func (c *Collection[T]) StageRecover(ctx context.Context, vault, name string) (Change, Head, Version[T], error) {
+	return c.stageMove(ctx, vault, name, false, func(h *Head) {
+		h.DeletedDate, h.ScheduledPurge = 0, 0
+		h.Seq++
+	})
+}
+
+// Delete soft-deletes an object: it disappears from reads and lists and can
+// be recovered until purgeAfter has passed.
+func (c *Collection[T]) Delete(ctx context.Context, vault, name string, purgeAfter time.Duration) (Head, Version[T], error) {
+	return c.applyMove(vault, name, func() (Change, Head, Version[T], error) { return c.StageDelete(ctx, vault, name, purgeAfter) }, ctx)
+}
+
+// Recover brings a soft-deleted object back, with all its versions.
+func (c *Collection[T]) Recover(ctx context.Context, vault, name string) (Head, Version[T], error) {
+	return c.applyMove(vault, name, func() (Change, Head, Version[T], error) { return c.StageRecover(ctx, vault, name) }, ctx)
+}
+
+func (c *Collection[T]) applyMove(vault, name string, stage func() (Change, Head, Version[T], error), ctx context.Context) (Head, Version[T], error) {
+	defer c.lock(vault, name)()
+	var head Head
+	var cur Version[T]
+	err := retry(func() error {
+		ch, h, v, err := stage()
+		if err != nil {
+			return err
+		}
+		head, cur = h, v
+		return Apply(ctx, c.st, ch)
+	})
+	return head, cur, err
+}
+
+// StagePurge stages the permanent removal of a soft-deleted object and all
+// its versions.
+func (c *Collection[T]) StagePurge(ctx context.Context, vault, name string) (Change, error) {
+	rec, err := c.st.Get(ctx, c.deletedKey(vault, name))
+	if errors.Is(err, barrier.ErrNotFound) {
+		return Change{}, ErrNotFound
+	}
+	if err != nil {
+		return Change{}, err
+	}
+	vers, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", 0)
+	if err != nil {
+		return Change{}, err
+	}
+	ch := Change{Conds: []barrier.Cond{{Key: c.deletedKey(vault, name), Rev: rec.Rev}}, Ops: []barrier.Op{{Key: c.deletedKey(vault, name), Delete: true}}}
+	for _, v := range vers {
+		ch.Ops = append(ch.Ops, barrier.Op{Key: v.Key, Delete: true})
+	}
+	return ch, nil
+}
+
+// Purge permanently removes a soft-deleted object and all its versions.
+func (c *Collection[T]) Purge(ctx context.Context, vault, name string) error {
+	defer c.lock(vault, name)()
+	return retry(func() error {
+		ch, err := c.StagePurge(ctx, vault, name)
+		if err != nil {
+			return err
+		}
+		return Apply(ctx, c.st, ch)
+	})
+}
+
+// DueForPurge returns the soft-deleted objects of vault whose scheduled
+// purge date is not after now, with their current versions.
+func (c *Collection[T]) DueForPurge(ctx context.Context, vault string, now time.Time) ([]Item[T], error) {
+	var due []Item[T]
+	after := ""
+	for {
+		recs, err := c.st.Scan(ctx, c.base(vault)+"d/", after, 100)
+		if err != nil || len(recs) == 0 {
+			return due, err
+		}
+		for _, rec := range recs {
+			after = rec.Key
+			var h Head
+			if err := json.Unmarshal(rec.Value, &h); err != nil {
+				return due, fmt.Errorf("decode %s: %w", rec.Key, err)
+			}
+			if h.ScheduledPurge > now.Unix() {
+				continue
+			}
+			v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, h.Name, h.Current))
+			if err != nil {
+				return due, err
+			}
+			due = append(due, Item[T]{Head: h, Current: v})
+		}
+	}
+}
+
+// PurgeDue purges every soft-deleted object in vault whose scheduled purge
+// date is not after now, except those skip returns true for (a
+// certificate's managed key and secret, which go with the certificate).
+// PurgeDueUnmanaged is PurgeDue for the objects no certificate manages:
+// a certificate's key and secret are purged with the certificate.
+func (c *Collection[T]) PurgeDueUnmanaged(ctx context.Context, vault string, now time.Time) (int, error) {
+	return c.PurgeDue(ctx, vault, now, func(it Item[T]) bool { return it.Current.Managed })
+}
+
+func (c *Collection[T]) PurgeDue(ctx context.Context, vault string, now time.Time, skip func(Item[T]) bool) (int, error) {
+	due, err := c.DueForPurge(ctx, vault, now)
+	n := 0
+	for _, it := range due {
+		if skip != nil && skip(it) {
+			continue
+		}
+		err := c.Purge(ctx, vault, it.Head.Name)
+		if errors.Is(err, ErrNotFound) {
+			continue // recovered or purged meanwhile
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, err
+}
+
+// StageImport stages writing an exported object into vault. The name must
+// be unused, live or deleted, or it returns ErrExists.
+func (c *Collection[T]) StageImport(ctx context.Context, vault string, e Export[T]) (Change, Head, Version[T], error) {
+	name := e.Head.Name
+	h := Head{Seq: e.Head.Seq + 1, Name: name, Current: e.Head.Current, Previous: e.Head.Previous, Meta: e.Head.Meta}
+	hop, err := put(c.headKey(vault, name), h)
+	if err != nil {
+		return Change{}, Head{}, Version[T]{}, err
+	}
+	ch := Change{Conds: []barrier.Cond{{Key: c.headKey(vault, name)}, {Key: c.deletedKey(vault, name)}}, Ops: []barrier.Op{hop}}
+	var cur *Version[T]
+	for i := range e.Versions {
+		v := e.Versions[i]
+		if v.ID == h.Current {
+			cur = &e.Versions[i]
+		}
+		op, err := put(c.versionKey(vault, name, v.ID), v)
+		if err != nil {
+			return Change{}, Head{}, Version[T]{}, err
+		}
+		ch.Conds = append(ch.Conds, barrier.Cond{Key: op.Key})
+		ch.Ops = append(ch.Ops, op)
+	}
+	if cur == nil {
+		return Change{}, Head{}, Version[T]{}, fmt.Errorf("export of %s lacks its current version", name)
+	}
+	if _, live, err := c.exists(ctx, c.headKey(vault, name)); err != nil {
+		return Change{}, Head{}, Version[T]{}, err
+	} else if live {
+		return Change{}, Head{}, Version[T]{}, ErrExists
+	}
+	if _, deleted, err := c.exists(ctx, c.deletedKey(vault, name)); err != nil {
+		return Change{}, Head{}, Version[T]{}, err
+	} else if deleted {
+		return Change{}, Head{}, Version[T]{}, ErrExists
+	}
+	return ch, h, *cur, nil
+}
+
+// Import writes an exported object into vault. The name must be unused,
+// live or deleted; otherwise it returns ErrExists.
+func (c *Collection[T]) Import(ctx context.Context, vault string, e Export[T]) (Head, Version[T], error) {
+	defer c.lock(vault, e.Head.Name)()
+	ch, h, v, err := c.StageImport(ctx, vault, e)
+	if err != nil {
+		return Head{}, Version[T]{}, err
+	}
+	if err := Apply(ctx, c.st, ch); errors.Is(err, barrier.ErrConflict) {
+		return Head{}, Version[T]{}, ErrExists
+	} else if err != nil {
+		return Head{}, Version[T]{}, err
+	}
+	return h, v, nil
+}
