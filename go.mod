@@ -2,6 +2,11 @@ module github.com/cofferhq/coffer
 
 go 1.26.0
 
+// The patched toolchain fixes reachable net/http and crypto/tls
+// vulnerabilities of Go 1.26.8; the go line keeps the module buildable
+// with any Go 1.26, and GOTOOLCHAIN=auto (the default) switches to this.
+toolchain go1.27.3
+
 require (
 	github.com/Azure/azure-sdk-for-go/sdk/azcore v1.24.0
 	github.com/Azure/azure-sdk-for-go/sdk/azidentity v1.15.0

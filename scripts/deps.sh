@@ -2,6 +2,8 @@
 # Installs the system tools the tests use, from Debian packages, when they
 # are missing. The tests fail (never skip) without them.
 set -euo pipefail
+# Build with the patched toolchain go.mod names, whatever the environment says.
+export GOTOOLCHAIN="$(awk '$1 == "toolchain" { print $2 }' "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/go.mod")"
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 # The node agent's tests: a network namespace (ip) and the DNAT redirect.

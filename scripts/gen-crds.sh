@@ -7,6 +7,8 @@
 #    DeepCopy methods it also writes.
 # The tests install these files.
 set -euo pipefail
+# Build with the patched toolchain go.mod names, whatever the environment says.
+export GOTOOLCHAIN="$(awk '$1 == "toolchain" { print $2 }' "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/go.mod")"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 gen="go run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.20.0"

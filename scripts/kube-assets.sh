@@ -13,6 +13,8 @@
 #   KUBEBUILDER_ASSETS="$(./scripts/kube-assets.sh)"
 # Everything else goes to stderr.
 set -euo pipefail
+# Build with the patched toolchain go.mod names, whatever the environment says.
+export GOTOOLCHAIN="$(awk '$1 == "toolchain" { print $2 }' "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/go.mod")"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/tools/kube"
