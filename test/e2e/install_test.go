@@ -20,9 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	coffclient "github.com/cofferhq/coffer/internal/cli/client"
-	"github.com/cofferhq/coffer/internal/cli/devenv"
 	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/cofferhq/coffer/internal/testing/chartrender"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 )
 
 func TestDevBootstrapAndReuse(t *testing.T) {

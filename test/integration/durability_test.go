@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/cli/client"
-	"github.com/cofferhq/coffer/internal/cli/devenv"
 	"github.com/cofferhq/coffer/internal/server"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 )
 
 // vaultClient returns an HTTP client and a token for the dev server's vault.

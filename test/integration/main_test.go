@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 )
 
 var binary string

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
-	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 )
 
 // `coffer provider`, as a node runs it, serves a mount from `coffer dev`

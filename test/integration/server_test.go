@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"software.sslmate.com/src/go-pkcs12"
 )

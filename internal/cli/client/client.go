@@ -27,7 +27,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
-	"github.com/cofferhq/coffer/internal/cli/devenv"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 )
 

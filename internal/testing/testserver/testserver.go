@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/cli/client"
-	"github.com/cofferhq/coffer/internal/cli/devenv"
 	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server"
+	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
