@@ -9,10 +9,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/cli/bench"
-	"github.com/cofferhq/coffer/internal/cli/client"
-	"github.com/cofferhq/coffer/internal/server"
 	"github.com/spf13/cobra"
+
+	"github.com/cofferhq/coffer/internal/cli/bench"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
+	"github.com/cofferhq/coffer/internal/server"
 )
 
 type benchOptions struct {
@@ -71,13 +72,13 @@ func (a *app) runBench(ctx context.Context, o benchOptions, write bool) error {
 	body, _ := json.Marshal(map[string]string{"value": value})
 	name := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	path := func(n string) string { return "/secrets/" + n + "?api-version=7.6" }
-	roots, err := client.RootPool(cl.Env.CAFile)
+	roots, err := httpclient.RootPool(cl.Env.CAFile)
 	if err != nil {
 		return err
 	}
 	conns := make([]*bench.Conn, o.workers)
 	for i := range conns {
-		if conns[i], err = bench.Dial(ctx, base, roots, client.LoopbackLocalhost); err != nil {
+		if conns[i], err = bench.Dial(ctx, base, roots, httpclient.LoopbackLocalhost); err != nil {
 			return err
 		}
 		defer conns[i].Close()

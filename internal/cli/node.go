@@ -28,12 +28,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/csidriver"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 	"github.com/cofferhq/coffer/internal/node/provider"
-
-	coffclient "github.com/cofferhq/coffer/internal/cli/client"
 )
 
 // serveHTTP serves /metrics and /healthz on addr until ctx ends.
@@ -216,7 +215,7 @@ to serve existing SecretProviderClasses with provider: azure, or coffer.sock.`,
 				return err
 			}
 			log := a.logger(true).With("component", "provider")
-			hc, err := coffclient.HTTPClient(caFile)
+			hc, err := httpclient.New(caFile)
 			if err != nil {
 				return err
 			}

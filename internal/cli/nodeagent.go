@@ -17,7 +17,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	coffclient "github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/nodeagent"
 	"github.com/cofferhq/coffer/internal/node/podidentity"
@@ -81,7 +81,7 @@ addresses get the node's identities (--system-identity, --vm-identity).`,
 				}
 			}
 			log := a.logger(true).With("component", "node-agent")
-			hc, err := coffclient.HTTPClient(caFile)
+			hc, err := httpclient.New(caFile)
 			if err != nil {
 				return err
 			}
@@ -225,6 +225,6 @@ func markConnections(hc *http.Client) {
 		return serr
 	}}
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return d.DialContext(ctx, network, coffclient.LoopbackLocalhost(addr))
+		return d.DialContext(ctx, network, httpclient.LoopbackLocalhost(addr))
 	}
 }

@@ -13,15 +13,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/spf13/cobra"
+
 	"github.com/cofferhq/coffer/internal/crypto/pki"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
-	"github.com/spf13/cobra"
 )
 
 func (a *app) serverCmd() *cobra.Command {
@@ -109,7 +110,7 @@ func (o *commonServe) bind(c *cobra.Command, metricsDefault string) {
 func (o *commonServe) apply(cfg *server.Config) error {
 	cfg.TokenRateLimit, cfg.TokenRateBurst, cfg.AuditLog = o.rateLimit, o.rateBurst, o.auditLog
 	if o.fedCAFile != "" {
-		roots, err := client.RootPool(o.fedCAFile)
+		roots, err := httpclient.RootPool(o.fedCAFile)
 		if err != nil {
 			return fmt.Errorf("--federation-ca-file: %w", err)
 		}

@@ -28,8 +28,8 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/cli/bench"
-	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/crypto/pki"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
@@ -40,13 +40,13 @@ import (
 const workers = 32
 
 func dialAll(b *testing.B, url, caFile string) []*bench.Conn {
-	roots, err := client.RootPool(caFile)
+	roots, err := httpclient.RootPool(caFile)
 	if err != nil {
 		b.Fatal(err)
 	}
 	conns := make([]*bench.Conn, workers)
 	for i := range conns {
-		c, err := bench.Dial(context.Background(), url, roots, client.LoopbackLocalhost)
+		c, err := bench.Dial(context.Background(), url, roots, httpclient.LoopbackLocalhost)
 		if err != nil {
 			b.Fatal(err)
 		}

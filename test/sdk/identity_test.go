@@ -23,12 +23,14 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"github.com/go-jose/go-jose/v4/jwt"
+
 	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/testing/oidctest"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
-	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 func manage(t *testing.T, env *testserver.Env, method, path string, in, out any) {
@@ -44,7 +46,7 @@ func grantSecrets(t *testing.T, env *testserver.Env, objectID string, perms ...s
 }
 
 func clientOptions(t *testing.T, env *testserver.Env) azcore.ClientOptions {
-	hc, err := client.HTTPClient(env.Admin.CAFile)
+	hc, err := httpclient.New(env.Admin.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}

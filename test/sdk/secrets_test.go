@@ -20,7 +20,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+
 	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
@@ -28,7 +30,7 @@ import (
 // ClientOptions a private endpoint needs.
 func sdkClient(t *testing.T, env *testserver.Env, tenant, clientID, secret string) *azsecrets.Client {
 	t.Helper()
-	hc, err := client.HTTPClient(env.Admin.CAFile)
+	hc, err := httpclient.New(env.Admin.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}

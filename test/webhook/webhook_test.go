@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
@@ -202,7 +203,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 
 		// The test server's CA and its *.localhost names: what a
 		// private Coffer deployment's clients configure.
-		hc, err := client.HTTPClient(env.Admin.CAFile)
+		hc, err := httpclient.New(env.Admin.CAFile)
 		if err != nil {
 			t.Fatal(err)
 		}
