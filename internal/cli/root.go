@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/spf13/cobra"
 )
 
@@ -143,4 +144,26 @@ func requireFlags(c *cobra.Command, names ...string) error {
 		return usagef("%s: missing required flag(s) %s", c.CommandPath(), strings.Join(missing, ", "))
 	}
 	return nil
+}
+
+// optionError turns a daemon's option error into a usage error that names
+// the command's flags instead of the library's option fields; other errors
+// pass unchanged.
+func optionError(err error, flags map[string]string) error {
+	if msg, ok := daemon.Rename(err, flags); ok {
+		return usagef("%s", msg)
+	}
+	return err
+}
+
+// mergeFlags returns base with more's entries added or replaced.
+func mergeFlags(base, more map[string]string) map[string]string {
+	m := make(map[string]string, len(base)+len(more))
+	for k, v := range base {
+		m[k] = v
+	}
+	for k, v := range more {
+		m[k] = v
+	}
+	return m
 }

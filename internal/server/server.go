@@ -20,12 +20,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/daemon"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server/api/authhttp"
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/audit"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
+	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
@@ -37,43 +40,90 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/changes"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Config configures a server.
-type Config struct {
-	DataDir     string
-	RootKeyFile string // empty: COFFER_ROOT_KEY
-	Endpoints   endpoint.Endpoints
+// Options configure a server: what `coffer server`'s flags set. Errors
+// about them are *daemon.OptionError values naming these fields.
+type Options struct {
+	// DataDir holds the embedded store and, by default, the audit log.
+	DataDir string
+	// RootKeyFile holds the root key; empty reads COFFER_ROOT_KEY.
+	RootKeyFile string
+	// Listen is the address to serve HTTPS on, such as ":8443" or
+	// "127.0.0.1:0" (a free port; see Addr).
+	Listen string
+	// DNSSuffix is the suffix of vault hosts, such as vault.example.com.
+	DNSSuffix string
+	// PublicPort is the HTTPS port clients use, when a proxy or a port
+	// mapping changes it; 0 is the bound port.
+	PublicPort int
 
 	TLSCertFile, TLSKeyFile string
 	// InsecureHTTP serves plain HTTP, for use behind a TLS-terminating proxy.
 	InsecureHTTP bool
 
+	// TokenLifetime is the lifetime of issued access tokens (5m to 24h; 0
+	// is the authority's default).
 	TokenLifetime time.Duration
 	// TokenRateLimit and TokenRateBurst limit token requests per client
 	// (see authority.Config); a negative limit turns limiting off.
 	TokenRateLimit float64
 	TokenRateBurst int
-	// FederationRoots are the CAs trusted for federated issuers' HTTPS
-	// endpoints; nil means the system roots.
-	FederationRoots *x509.CertPool
+	// FederationCAFile holds PEM CAs trusted, besides the system roots,
+	// for federated issuers' HTTPS endpoints. FederationRoots, when set,
+	// is the whole pool instead (tests pass their issuer's CA).
+	FederationCAFile string
+	FederationRoots  *x509.CertPool
 	// PurgeInterval is how often soft-deleted objects past their retention
-	// are purged.
+	// are purged (default a minute).
 	PurgeInterval time.Duration
 	// AuditLog is the audit log file; empty means {DataDir}/audit.log.
 	AuditLog string
+	// MetricsAddr serves /metrics and /healthz over plain HTTP; empty is off.
+	MetricsAddr string
 
 	Log *slog.Logger
 	Now func() time.Time
 }
 
-// Server is a running control plane.
+// Validate checks the options that need no I/O.
+func (o *Options) Validate() error {
+	if o.DataDir == "" {
+		return daemon.Invalid("DataDir", "is required: the directory of the embedded store")
+	}
+	if o.DNSSuffix == "" {
+		return daemon.Invalid("DNSSuffix", "is required: vaults are served at https://{vault}.{suffix}/")
+	}
+	if _, err := endpoint.New(o.DNSSuffix, 443); err != nil {
+		return daemon.Invalid("DNSSuffix", "%v", err)
+	}
+	if o.PublicPort < 0 || o.PublicPort > 65535 {
+		return daemon.Invalid("PublicPort", "%d is out of range 1-65535", o.PublicPort)
+	}
+	if !o.InsecureHTTP && o.TLSCertFile == "" {
+		return daemon.Invalid("TLSCertFile", "is required, with TLSKeyFile: TLS is mandatory (InsecureHTTP serves plain HTTP, only behind a TLS-terminating proxy)")
+	}
+	if !o.InsecureHTTP && o.TLSKeyFile == "" {
+		return daemon.Invalid("TLSKeyFile", "is required: the private key of TLSCertFile")
+	}
+	if o.TokenLifetime != 0 && (o.TokenLifetime < 5*time.Minute || o.TokenLifetime > 24*time.Hour) {
+		return daemon.Invalid("TokenLifetime", "%v is out of range: use 5m to 24h", o.TokenLifetime)
+	}
+	if o.PurgeInterval < 0 {
+		return daemon.Invalid("PurgeInterval", "%v must be positive", o.PurgeInterval)
+	}
+	return nil
+}
+
+// Server is a control plane: built by New, serving from Run.
 type Server struct {
-	cfg   Config
+	cfg   Options
 	log   *slog.Logger
 	store *Store
+	ln    net.Listener
+	ep    endpoint.Endpoints
+	stat  *daemon.StatusServer
 
 	Vaults    *vault.Registry
 	Authority *authority.Authority
@@ -93,34 +143,74 @@ type Server struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 
-	rotMu sync.Mutex
+	rotMu     sync.Mutex
+	closeOnce sync.Once
 }
 
-// Open opens the store and builds every service.
-func Open(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.PurgeInterval == 0 {
-		cfg.PurgeInterval = time.Minute
-	}
-	if !cfg.InsecureHTTP && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
-		return nil, errors.New("TLS is required: pass --tls-cert-file and --tls-key-file (or --insecure-http behind a TLS-terminating proxy)")
-	}
-	st, err := OpenStore(ctx, cfg.DataDir, cfg.RootKeyFile)
-	if err != nil {
+// New validates o, binds the listeners, opens the store and builds every
+// service. The server serves once Run is called; a server that is never run
+// must be closed.
+func New(ctx context.Context, o Options) (*Server, error) {
+	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, store: st}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.PurgeInterval == 0 {
+		o.PurgeInterval = time.Minute
+	}
+	if o.Listen == "" {
+		o.Listen = ":8443"
+	}
+	if o.FederationRoots == nil && o.FederationCAFile != "" {
+		roots, err := httpclient.RootPool(o.FederationCAFile)
+		if err != nil {
+			return nil, daemon.Invalid("FederationCAFile", "%v", err)
+		}
+		o.FederationRoots = roots
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return nil, daemon.Invalid("Listen", "%s: %v", o.Listen, err)
+	}
+	port := o.PublicPort
+	if port == 0 {
+		port = ln.Addr().(*net.TCPAddr).Port
+	}
+	ep, err := endpoint.New(o.DNSSuffix, port)
+	if err != nil {
+		ln.Close()
+		return nil, daemon.Invalid("DNSSuffix", "%v", err)
+	}
+	st, err := OpenStore(ctx, o.DataDir, o.RootKeyFile)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &Server{cfg: o, log: o.Log, store: st, ln: ln, ep: ep}
 	if err := s.build(ctx); err != nil {
-		st.Close()
+		s.Close()
+		return nil, err
+	}
+	if s.stat, err = daemon.ListenStatus("MetricsAddr", o.MetricsAddr, s.Metrics, nil); err != nil {
+		s.Close()
 		return nil, err
 	}
 	return s, nil
 }
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Endpoints are the server's public URLs.
+func (s *Server) Endpoints() endpoint.Endpoints { return s.ep }
+
+// MetricsAddr is the bound address of /metrics, or "" when it is off.
+func (s *Server) MetricsAddr() string { return s.stat.Addr() }
 
 func (s *Server) build(ctx context.Context) error {
 	b := s.store.Barrier
@@ -132,7 +222,7 @@ func (s *Server) build(ctx context.Context) error {
 		return err
 	}
 	s.Access = access.New(s.Roles)
-	ep := s.cfg.Endpoints
+	ep := s.ep
 	fedClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: s.cfg.FederationRoots, MinVersion: tls.VersionTLS12}, TLSHandshakeTimeout: 5 * time.Second,
 		ResponseHeaderTimeout: 5 * time.Second, MaxIdleConnsPerHost: 2,
@@ -148,8 +238,7 @@ func (s *Server) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.Metrics = prometheus.NewRegistry()
-	s.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.Metrics = daemon.NewRegistry()
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_http_requests_total", Help: "HTTP requests by API and status code."}, []string{"api", "code"})
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "coffer_http_request_duration_seconds", Help: "HTTP request latency by API.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5}}, []string{"api"})
@@ -202,15 +291,24 @@ func (s *Server) MetricsHandler() http.Handler {
 func (s *Server) Store() *Store { return s.store }
 
 // Close stops certificate issuance, flushes the audit log and closes the
-// store.
+// store and the listeners. Run closes the server when it returns; Close is
+// for a server that is never run, and is safe to call again.
 func (s *Server) Close() error {
-	if s.Certs != nil {
-		s.Certs.Close()
-	}
-	if s.Audit != nil {
-		s.Audit.Close()
-	}
-	return s.store.Close()
+	var err error
+	s.closeOnce.Do(func() {
+		s.ln.Close()
+		if s.stat != nil {
+			s.stat.Close()
+		}
+		if s.Certs != nil {
+			s.Certs.Close()
+		}
+		if s.Audit != nil {
+			s.Audit.Close()
+		}
+		err = s.store.Close()
+	})
+	return err
 }
 
 // RotateRootKey implements mgmthttp.Operator.
@@ -243,7 +341,7 @@ func (s *Server) Handler() http.Handler {
 }
 
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
-	ep := s.cfg.Endpoints
+	ep := s.ep
 	switch route, _ := ep.Parse(r.Host); route {
 	case endpoint.RouteVault:
 		s.kv.ServeHTTP(w, r)
@@ -282,7 +380,7 @@ func sanitize(s string) string {
 
 // api names the API a request is for, for metrics.
 func (s *Server) api(r *http.Request) string {
-	switch route, _ := s.cfg.Endpoints.Parse(r.Host); {
+	switch route, _ := s.ep.Parse(r.Host); {
 	case route == endpoint.RouteVault && kvhttp.WaitPreference(r) > 0:
 		return "vault-held" // held reads last up to their wait: kept out of the vault's latency
 	case route == endpoint.RouteVault:
@@ -379,8 +477,13 @@ func (s *Server) record(r *http.Request, id string, info *audit.Info, status int
 	})
 }
 
-// Serve serves on ln until ctx is cancelled, then shuts down gracefully.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+// Run serves until ctx is cancelled, then shuts down gracefully and closes
+// the server.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.Close()
+	if _, ok, err := bootstrap.Load(ctx, s.store.Barrier); err == nil && !ok {
+		s.log.Warn("this installation has no administrator yet: stop the server and run `coffer operator init --data-dir " + s.cfg.DataDir + "`")
+	}
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -397,18 +500,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cr.get}
 	} else {
-		s.log.Warn("SERVING PLAIN HTTP (--insecure-http): tokens and secrets cross the network unencrypted; use this only behind a TLS-terminating proxy on a trusted network")
+		s.log.Warn("SERVING PLAIN HTTP (InsecureHTTP): tokens and secrets cross the network unencrypted; use this only behind a TLS-terminating proxy on a trusted network")
 	}
-	sweepCtx, stopSweep := context.WithCancel(ctx)
-	defer stopSweep()
-	go s.sweep(sweepCtx)
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	defer stopBackground()
+	go s.sweep(bgCtx)
+	go s.stat.Serve(bgCtx, s.log)
 
+	s.log.Info("coffer server listening", "addr", s.ln.Addr().String(), "authority", s.ep.AuthorityURL(), "vaults", "https://{vault}."+s.ep.Apex()+"/", "rootKeyId", s.store.Barrier.RootKeyID())
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.InsecureHTTP {
-			errc <- hs.Serve(ln)
+			errc <- hs.Serve(s.ln)
 		} else {
-			errc <- hs.ServeTLS(ln, "", "")
+			errc <- hs.ServeTLS(s.ln, "", "")
 		}
 	}()
 	select {

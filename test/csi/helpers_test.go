@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,41 +19,39 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc"
 
-	"github.com/cofferhq/coffer/internal/node/authclient"
-	"github.com/cofferhq/coffer/internal/node/kvclient"
 	"github.com/cofferhq/coffer/internal/node/provider"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
-// runningProvider is Coffer's provider on a unix socket in a temp dir.
+// runningProvider is Coffer's provider on a unix socket in a temp dir,
+// built by the provider daemon's own entry point.
 type runningProvider struct {
 	Dir    string // holds {name}.sock
 	Name   string
 	Server *provider.Server
 	Reg    *prometheus.Registry
 
-	grpc  *grpc.Server
+	stop  func() // stops it, as a killed process would stop
 	start func() // starts it again, as a new process would
 }
 
 func startProvider(t testing.TB, env *testserver.Env, name string) *runningProvider {
 	t.Helper()
-	return startProviderWith(t, env, name, env.Endpoints.Apex(), nil)
+	return startProviderWith(t, env, name, env.Endpoints.Apex(), "")
 }
 
 // startProviderAt starts a provider that looks for vaults and the
 // authority at suffix (host:port).
 func startProviderAt(t testing.TB, env *testserver.Env, name, suffix string) *runningProvider {
 	t.Helper()
-	return startProviderWith(t, env, name, suffix, nil)
+	return startProviderWith(t, env, name, suffix, "")
 }
 
 // startProviderWith starts a provider that gets pod and VM identity tokens
-// from agent (nil: no node agent).
-func startProviderWith(t testing.TB, env *testserver.Env, name, suffix string, agent *authclient.NodeAgent) *runningProvider {
+// from the node agent on agentSocket (a path; empty: no node agent).
+func startProviderWith(t testing.TB, env *testserver.Env, name, suffix, agentSocket string) *runningProvider {
 	t.Helper()
 	// A short path: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "prov")
@@ -60,24 +59,32 @@ func startProviderWith(t testing.TB, env *testserver.Env, name, suffix string, a
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	if agentSocket != "" {
+		agentSocket = "unix://" + agentSocket
+	}
 	rp := &runningProvider{Dir: dir, Name: name}
 	rp.start = func() {
-		reg := prometheus.NewRegistry()
-		p, err := provider.New(provider.Config{Name: name, VaultSuffix: suffix,
-			Vault: &kvclient.Client{HTTP: env.Client.HTTP}, Auth: &authclient.Client{HTTP: env.Client.HTTP}, NodeAgent: agent, Registry: reg,
-			Log: slog.New(slog.DiscardHandler)})
+		d, err := provider.NewDaemon(provider.Options{
+			Endpoint: "unix://" + filepath.Join(dir, name+".sock"), Name: name, VaultSuffix: suffix,
+			CAFile: env.Admin.CAFile, NodeAgentSocket: agentSocket, Log: slog.New(slog.DiscardHandler),
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := provider.Listen("unix://" + filepath.Join(dir, name+".sock"))
-		if err != nil {
-			t.Fatal(err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- d.Run(ctx) }()
+		var once sync.Once
+		rp.stop = func() {
+			once.Do(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("provider: %v", err)
+				}
+			})
 		}
-		g := grpc.NewServer()
-		p.Register(g)
-		go g.Serve(ln)
-		t.Cleanup(g.Stop)
-		rp.Server, rp.Reg, rp.grpc = p, reg, g
+		t.Cleanup(rp.stop)
+		rp.Server, rp.Reg = d.Provider, d.Registry
 	}
 	rp.start()
 	return rp
@@ -85,7 +92,7 @@ func startProviderWith(t testing.TB, env *testserver.Env, name, suffix string, a
 
 // restart stops the provider and starts a new one on the same socket.
 func (p *runningProvider) restart() {
-	p.grpc.Stop()
+	p.stop()
 	p.start()
 }
 

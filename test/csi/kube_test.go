@@ -19,14 +19,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/mount-utils"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/csidriver"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/testing/agenttest"
@@ -85,50 +81,31 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	}
 	var agent *agenttest.Agent
 	var node agenttest.Node
-	var agentClient *authclient.NodeAgent
+	var agentSocket string
 	if o.nodeAgent {
 		node = agenttest.SetupNode(t, env)
 		agent = agenttest.Start(t, env, kube, node, agenttest.Options{})
-		agentClient = authclient.NewNodeAgent(agent.Socket)
+		agentSocket = agent.Socket
 	}
-	p := startProviderWith(t, env, o.providerName, env.Endpoints.Apex(), agentClient)
+	p := startProviderWith(t, env, o.providerName, env.Endpoints.Apex(), agentSocket)
 
-	// SecretProviderClasses come from a watch cache, as in the csi-driver
-	// command.
-	informers, err := cache.New(kube.Config, cache.Options{Scheme: kube.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cacheCtx, stopCache := context.WithCancel(context.Background())
-	t.Cleanup(stopCache)
-	go informers.Start(cacheCtx)
-	if !informers.WaitForCacheSync(cacheCtx) {
-		t.Fatal("the informer cache did not sync")
-	}
-	bc := record.NewBroadcaster()
-	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.Clientset.CoreV1().Events("")})
-	t.Cleanup(bc.Shutdown)
-	d, err := csidriver.New(csidriver.Config{
-		NodeID: "node-1", ProviderDirs: append(o.moreProviders, p.Dir), Kube: kube.Client, Reader: informers, MaxCallRecvMsgSize: o.maxRecv,
-		Recorder:        bc.NewRecorder(kube.Scheme, corev1.EventSource{Component: "csi-secrets-store", Host: "node-1"}),
-		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Push: o.push, Mounter: csidriver.NewMounter(),
-		Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sockDir, err := os.MkdirTemp("", "csi")
 	if err != nil {
 		t.Fatal(err)
 	}
 	endpoint := "unix://" + filepath.Join(sockDir, "csi.sock")
-	ln, err := csidriver.Listen(endpoint)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := csidriver.NewDaemon(ctx, csidriver.Options{
+		NodeID: "node-1", Endpoint: endpoint, ProviderDirs: append(o.moreProviders, p.Dir), MaxCallRecvMsgSize: o.maxRecv,
+		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Push: o.push,
+		Kube: kube.Config, Log: slog.New(slog.DiscardHandler),
+	})
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, ln) }()
+	go func() { done <- d.Run(ctx) }()
 	conn, err := grpc.NewClient(strings.Replace(endpoint, "unix://", "unix:", 1), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +118,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		os.RemoveAll(sockDir)
 		unmountAll(t, root) // even when the test failed half-way
 	})
-	return &stack{env: env, kube: kube, provider: p, driver: d, node: csi.NewNodeClient(conn), root: root, agent: agent, ids: node}
+	return &stack{env: env, kube: kube, provider: p, driver: d.Driver, node: csi.NewNodeClient(conn), root: root, agent: agent, ids: node}
 }
 
 // unmountAll unmounts every mount under root.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cofferhq/coffer/internal/node/csidriver"
+	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
@@ -38,17 +39,19 @@ func TestCSISanity(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	endpoint := "unix://" + filepath.Join(sockDir, "csi.sock")
-	d, err := csidriver.New(csidriver.Config{NodeID: "sanity-node", ProviderDirs: []string{p.Dir}, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := csidriver.Listen(endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The daemon as the csi-driver command builds it, on a real apiserver
+	// with no SecretProviderClass: every publish the suite attempts fails
+	// on its arguments or on the missing class.
+	kube := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{repoFile(t, "deploy/crds")}})
 	ctx, cancel := context.WithCancel(context.Background())
+	d, err := csidriver.NewDaemon(ctx, csidriver.Options{NodeID: "sanity-node", Endpoint: endpoint, ProviderDirs: []string{p.Dir},
+		Kube: kube.Config, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, ln) }()
+	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done

@@ -38,7 +38,8 @@ func run(t *testing.T, timeout time.Duration, env []string, args ...string) (str
 func TestServerRequiresTLSAndRootKey(t *testing.T) {
 	dir := t.TempDir()
 	out, code := run(t, 30*time.Second, []string{rootkey.EnvVar + "="}, "server", "--data-dir", dir, "--dns-suffix", "kv.test", "--listen", "127.0.0.1:0")
-	if code != 1 || !strings.Contains(out, "TLS is required") {
+	// A missing flag is a usage error that names it.
+	if code != 2 || !strings.Contains(out, "--tls-cert-file is required") || !strings.Contains(out, "TLS is mandatory") {
 		t.Fatalf("server without a certificate: %d %s", code, out)
 	}
 	out, code = run(t, 30*time.Second, []string{rootkey.EnvVar + "="}, "server", "--data-dir", dir, "--dns-suffix", "kv.test", "--listen", "127.0.0.1:0", "--insecure-http")

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -122,6 +123,13 @@ func vaultResource(w *world) string { return "https://" + w.env.Endpoints.Apex()
 func TestPodIdentity(t *testing.T) {
 	w := start(t)
 	agent := agenttest.Start(t, w.env, w.kube, w.node, agenttest.Options{})
+	// The provider's socket hands out pods' tokens: root-only, as the
+	// daemon that the CLI and this test share makes it.
+	if fi, err := os.Stat(agent.Socket); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != nodeagent.LocalSocketMode {
+		t.Fatalf("provider socket %s has mode %v, want %o", agent.Socket, fi.Mode(), nodeagent.LocalSocketMode)
+	}
 	for _, ns := range []string{"team-a", "team-b"} {
 		agenttest.Namespace(t, w.kube, ns)
 	}

@@ -116,16 +116,9 @@ func imdsChild(t *testing.T) {
 	}
 
 	t.Run("link-local", func(t *testing.T) {
-		undo, err := nodeagent.LinkLocal("lo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if err := undo(); err != nil {
-				t.Errorf("removing the address: %v", err)
-			}
-		}()
-		agent := agenttest.Start(t, w.env, w.kube, w.node, agenttest.Options{Listen: nodeagent.IMDSAddress + ":80"})
+		// The agent adds the address itself, as in a DaemonSet, and
+		// removes it when it stops.
+		agent := agenttest.Start(t, w.env, w.kube, w.node, agenttest.Options{Redirect: nodeagent.RedirectLinkLocal, LinkLocalInterface: "lo"})
 		if agent.URL != imds+":80" {
 			t.Fatalf("agent at %s", agent.URL)
 		}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/webhook"
@@ -38,56 +36,33 @@ type runningWebhook struct {
 // startWebhook registers a MutatingWebhookConfiguration for labelled pods
 // that points at https://127.0.0.1:{port}/mutate with an empty caBundle,
 // as an installer would before the webhook has a certificate, then starts
-// the webhook the way `coffer webhook` does (a service-account cache with
-// a live fallback, a Rotator, Serve) and waits until the apiserver calls
-// it successfully.
+// the webhook through the daemon entry point that `coffer webhook` uses,
+// and waits until the apiserver calls it successfully.
 func startWebhook(t *testing.T, kube *kubetest.Env, cfg webhook.Config) *runningWebhook {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := fmt.Sprintf("https://%s/mutate", ln.Addr())
-	createWebhookConfig(t, kube, url)
 	createNamespace(t, kube, "coffer-system")
-
-	informers, err := cache.New(kube.Config, cache.Options{Scheme: kube.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := informers.GetInformer(ctx, &corev1.ServiceAccount{}); err != nil {
-		t.Fatal(err)
-	}
-	go informers.Start(ctx)
-	if !informers.WaitForCacheSync(ctx) {
-		t.Fatal("the service account cache did not sync")
-	}
-	log := slog.New(slog.DiscardHandler)
-	rot, err := webhook.NewRotator(webhook.RotatorConfig{
-		Kube: kube.Client, SecretNamespace: "coffer-system", SecretName: "coffer-webhook-cert",
-		WebhookConfigName: webhookConfigName, Hosts: []string{"127.0.0.1"}, Log: log,
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := webhook.NewDaemon(ctx, webhook.Options{
+		Listen: "127.0.0.1:0", TenantID: cfg.TenantID, AuthorityHost: cfg.AuthorityHost,
+		SecretNamespace: "coffer-system", SecretName: "coffer-webhook-cert", CertHosts: []string{"127.0.0.1"},
+		WebhookConfigName: webhookConfigName, Kube: kube.Config, Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	if err := rot.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	h, err := webhook.NewHandler(webhook.HandlerConfig{Config: cfg, ServiceAccounts: informers, Live: kube.Client, Ready: rot.Ready, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := fmt.Sprintf("https://%s/mutate", d.Addr())
+	createWebhookConfig(t, kube, url)
 	done := make(chan error, 1)
-	go func() { done <- webhook.Serve(ctx, ln, h, rot, log) }()
+	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("webhook.Serve: %v", err)
+			t.Errorf("webhook: %v", err)
 		}
 	})
 	waitAdmission(t, kube)
-	return &runningWebhook{rotator: rot, url: url}
+	return &runningWebhook{rotator: d.Rotator, url: url}
 }
 
 // createWebhookConfig registers the webhook as its documentation says.

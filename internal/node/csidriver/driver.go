@@ -7,13 +7,12 @@ package csidriver
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/node/unixsock"
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -112,10 +111,10 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Name = Name
 	}
 	if cfg.NodeID == "" {
-		return nil, errors.New("--nodeid is required: it names this node in statuses and NodeGetInfo")
+		return nil, daemon.Invalid("NodeID", "is required: it names this node in statuses and NodeGetInfo")
 	}
 	if len(cfg.ProviderDirs) == 0 {
-		return nil, errors.New("--provider-volume is required: the directory holding provider sockets")
+		return nil, daemon.Invalid("ProviderDirs", "is required: the directories holding provider sockets")
 	}
 	if cfg.MaxCallRecvMsgSize <= 0 {
 		cfg.MaxCallRecvMsgSize = 4 << 20
@@ -150,9 +149,6 @@ func New(cfg Config) (*Driver, error) {
 	}
 	return d, nil
 }
-
-// Listen opens the CSI endpoint's unix socket.
-func Listen(endpoint string) (net.Listener, error) { return unixsock.Listen(endpoint) }
 
 // Serve serves the CSI services on ln until ctx ends.
 func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {

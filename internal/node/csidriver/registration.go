@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/cofferhq/coffer/internal/daemon"
+	"github.com/cofferhq/coffer/internal/node/unixsock"
 	"google.golang.org/grpc"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
@@ -82,7 +84,7 @@ func RegistrationSocket(dir, name string) string {
 // driver.
 func (r *Registration) ServeRegistration(ctx context.Context, socket string) error {
 	if r.Name == "" || !filepath.IsAbs(r.Endpoint) {
-		return errors.New("the registration needs the driver's name and its socket's absolute host path (--kubelet-registration-path)")
+		return daemon.Invalid("RegistrationPath", "%q must be the CSI socket's absolute path on the host, as the kubelet sees it", r.Endpoint)
 	}
 	if r.Log == nil {
 		r.Log = slog.Default()
@@ -90,7 +92,7 @@ func (r *Registration) ServeRegistration(ctx context.Context, socket string) err
 	if !strings.HasPrefix(socket, "unix://") {
 		socket = "unix://" + socket
 	}
-	ln, err := Listen(socket)
+	ln, err := unixsock.Listen(socket, 0)
 	if err != nil {
 		return fmt.Errorf("registration socket: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/podidentity"
 )
@@ -132,21 +133,17 @@ type Agent struct {
 
 // New checks cfg and returns an agent.
 func New(cfg Config) (*Agent, error) {
-	var missing []string
-	for name, v := range map[string]string{"--node-name": cfg.NodeName, "--tenant-id": cfg.Tenant, "--client-id": cfg.AgentClientID, "the node credential's secret (--client-secret-file)": cfg.AgentSecret} {
+	for option, v := range map[string]string{"NodeName": cfg.NodeName, "Tenant": cfg.Tenant, "AgentClientID": cfg.AgentClientID, "AgentSecret": cfg.AgentSecret} {
 		if v == "" {
-			missing = append(missing, name)
+			return nil, daemon.Invalid(option, "is required: the node agent signs in to the authority as the node")
 		}
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("the node agent needs %s", strings.Join(missing, ", "))
 	}
 	switch cfg.Lookup {
 	case "":
 		cfg.Lookup = LookupToken
 	case LookupToken, LookupSourceIP:
 	default:
-		return nil, fmt.Errorf("--pod-lookup %q: use token (the default: pods prove who they are) or source-ip (compatibility for clients that cannot send a token)", cfg.Lookup)
+		return nil, daemon.Invalid("Lookup", "%q: use token (the default: pods prove who they are) or source-ip (compatibility for clients that cannot send a token)", cfg.Lookup)
 	}
 	if cfg.Cluster == nil || cfg.Auth == nil {
 		return nil, errors.New("nodeagent: a cluster and an authority client are required")

@@ -26,11 +26,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/azparams"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 	"github.com/cofferhq/coffer/internal/node/push"
-	"github.com/cofferhq/coffer/internal/node/unixsock"
 )
 
 // Version is reported by the Version RPC.
@@ -87,13 +87,13 @@ func New(cfg Config) (*Server, error) {
 		cfg.Name = "coffer"
 	}
 	if cfg.VaultSuffix == "" {
-		return nil, errors.New("--vault-dns-suffix is required: vaults are https://{name}.{suffix}/")
+		return nil, daemon.Invalid("VaultSuffix", "is required: vaults are https://{name}.{suffix}/")
 	}
 	if cfg.AuthorityHost == "" {
 		cfg.AuthorityHost = "https://" + cfg.VaultSuffix
 	}
 	if u, err := url.Parse(cfg.AuthorityHost); err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("--authority-host %q must be an https URL", cfg.AuthorityHost)
+		return nil, daemon.Invalid("AuthorityHost", "%q must be an https URL", cfg.AuthorityHost)
 	}
 	if cfg.Vault == nil || cfg.Auth == nil {
 		return nil, errors.New("provider: vault and authority clients are required")
@@ -527,7 +527,3 @@ func objectError(err error, o azparams.Object, who string) error {
 	}
 	return fail(class, "reading %s: %v", what, err)
 }
-
-// Listen opens the provider's unix socket from an endpoint such as
-// unix:///var/run/secrets-store-csi-providers/coffer.sock.
-func Listen(endpoint string) (net.Listener, error) { return unixsock.Listen(endpoint) }

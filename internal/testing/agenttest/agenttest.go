@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,11 +20,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/nodeagent"
 	"github.com/cofferhq/coffer/internal/node/podidentity"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
@@ -76,6 +71,10 @@ type Options struct {
 	Policy   podidentity.Policy
 	// Listen is the IMDS address; 127.0.0.1:0 by default.
 	Listen string
+	// Redirect is the agent's redirect; none by default. With link-local,
+	// LinkLocalInterface gets the address.
+	Redirect           nodeagent.Redirect
+	LinkLocalInterface string
 	// Quiet logs at info, as the agent runs by default, not debug.
 	Quiet bool
 	// NodeIdentityNamespaces is the agent's --vm-identity-namespaces.
@@ -92,62 +91,50 @@ type Agent struct {
 }
 
 // Start runs a node agent for node, reading kube, getting tokens from env,
-// and stops it when the test ends.
+// and stops it when the test ends. It is built by the node agent daemon's
+// own entry point, as `coffer node-agent` builds it.
 func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o Options) *Agent {
 	t.Helper()
 	if o.NodeName == "" {
 		o.NodeName = "node-1"
 	}
-	if o.Listen == "" {
+	if o.Redirect == "" {
+		o.Redirect = nodeagent.RedirectNone
+	}
+	if o.Listen == "" && o.Redirect == nodeagent.RedirectNone {
 		o.Listen = "127.0.0.1:0"
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	log := &SyncBuffer{}
 	level := slog.LevelDebug
 	if o.Quiet {
 		level = slog.LevelInfo
 	}
-	logger := slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: level}))
-	// A scheme of its own: kube.Scheme is shared with the test.
-	scheme := runtime.NewScheme()
-	if err := errors.Join(clientgoscheme.AddToScheme(scheme), podidentity.AddToScheme(scheme)); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := client.New(kube.Config, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sw := nodeagent.NewStatusWriter(o.NodeName, kc, logger, o.Policy)
-	cluster, err := nodeagent.NewKubeCluster(ctx, kube.Config, o.NodeName, logger, sw.Kick)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sw.Cluster = cluster
-	a, err := nodeagent.New(nodeagent.Config{
-		NodeName: o.NodeName, Tenant: env.State.TenantID, AgentClientID: node.Pool.AgentClientID, AgentSecret: node.Pool.AgentSecret,
-		SystemIdentity: node.Pool.SystemAssigned.ClientID, VMIdentities: []string{node.Attached.ClientID},
-		Lookup: o.Lookup, NodeCallers: true, Policy: o.Policy, Cluster: cluster, NodeIdentityNamespaces: o.NodeIdentityNamespaces,
-		Auth: &authclient.Client{HTTP: env.Client.HTTP, Authority: env.Admin.AuthorityHost}, Log: logger,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go sw.Run(ctx)
-	ln, err := net.Listen("tcp", o.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A short path: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "agent")
 	if err != nil {
 		t.Fatal(err)
 	}
+	secretFile := filepath.Join(dir, "client-secret")
+	if err := os.WriteFile(secretFile, []byte(node.Pool.AgentSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "agent.sock")
-	local, err := net.Listen("unix", sock)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := nodeagent.NewDaemon(ctx, nodeagent.Options{
+		NodeName: o.NodeName, Tenant: env.State.TenantID, AgentClientID: node.Pool.AgentClientID, AgentSecretFile: secretFile,
+		AuthorityHost: env.Admin.AuthorityHost, CAFile: env.Admin.CAFile,
+		SystemIdentity: node.Pool.SystemAssigned.ClientID, VMIdentities: []string{node.Attached.ClientID},
+		NodeIdentityNamespaces: o.NodeIdentityNamespaces, Lookup: o.Lookup, NodeCallers: true, Policy: o.Policy,
+		Listen: o.Listen, Redirect: o.Redirect, LinkLocalInterface: o.LinkLocalInterface, LocalSocket: "unix://" + sock,
+		WriteStatus: true, Kube: kube.Config, Log: slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: level})),
+	})
 	if err != nil {
+		cancel()
+		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln, local) }()
+	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -156,13 +143,13 @@ func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o O
 		os.RemoveAll(dir)
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for !cluster.Synced() {
+	for !d.Cluster.Synced() {
 		if time.Now().After(deadline) {
 			t.Fatal("the node agent's caches did not sync")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &Agent{URL: "http://" + ln.Addr().String(), Socket: sock, Agent: a, Cluster: cluster, Log: log}
+	return &Agent{URL: "http://" + d.Addr().String(), Socket: sock, Agent: d.Agent, Cluster: d.Cluster, Log: log}
 }
 
 // RunningPod creates a pod on node with labels, and gives it the status a

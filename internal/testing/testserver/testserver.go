@@ -1,6 +1,7 @@
 // Package testserver starts a real Coffer server in-process for tests: TLS
 // with a generated CA, the bbolt store in a temporary directory, a bootstrap
-// tenant and administrator, and a vault named demo. It binds to loopback only.
+// tenant and administrator, and a vault named demo, all made by the dev
+// server's assembly (internal/server/dev). It binds to loopback only.
 package testserver
 
 import (
@@ -8,7 +9,6 @@ import (
 	"crypto/x509"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,13 +16,11 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/cli/client"
-	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server"
+	"github.com/cofferhq/coffer/internal/server/dev"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
-	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
-	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
 // Options tune a test server.
@@ -54,53 +52,28 @@ type Env struct {
 	stop func()
 }
 
-// Start starts a server and stops it when the test ends.
+// Start starts a server through the dev server's own entry point, as
+// `coffer dev` does, and stops it when the test ends.
 func Start(t testing.TB, opt Options) *Env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "root.key")
-	if err := rootkey.WriteFile(keyFile, rootkey.Generate()); err != nil {
-		t.Fatal(err)
-	}
-	files, err := pki.EnsureDev(filepath.Join(dir, "tls"), endpoint.DefaultSuffix, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep, err := endpoint.New(endpoint.DefaultSuffix, ln.Addr().(*net.TCPAddr).Port)
-	if err != nil {
-		t.Fatal(err)
-	}
 	w, level := opt.Log, slog.LevelDebug
 	if w == nil {
 		w, level = io.Discard, slog.LevelInfo
 	}
-	srv, err := server.Open(ctx, server.Config{
-		DataDir: dir, RootKeyFile: keyFile, Endpoints: ep,
-		TLSCertFile: files.Cert, TLSKeyFile: files.Key,
-		TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
-		Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+	d, err := dev.New(ctx, dev.Options{
+		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
+		Server: server.Options{
+			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
+			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+		},
 	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	st, secret, err := bootstrap.Ensure(ctx, srv.Store().Barrier, srv.Authority, srv.Roles)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tenant, err := srv.Authority.Tenant(ctx, st.TenantID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := srv.Vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: st.TenantID, SubscriptionID: tenant.SubscriptionID, CreatedBy: st.AdminObjectID}); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
+	go func() { done <- d.Run(ctx) }()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
@@ -108,19 +81,14 @@ func Start(t testing.TB, opt Options) *Env {
 			if err := <-done; err != nil {
 				t.Errorf("server: %v", err)
 			}
-			srv.Close()
 		})
 	}
 	t.Cleanup(stop)
-	admin := devenv.Env{
-		VaultURL: ep.VaultURL("demo"), TenantID: st.TenantID, ClientID: st.AdminAppID, ClientSecret: secret,
-		AuthorityHost: ep.AuthorityURL() + "/", CAFile: files.CACert, DataDir: dir,
-	}
-	c, err := client.New(admin)
+	c, err := client.New(d.Env)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{Server: srv, Endpoints: ep, DataDir: dir, Admin: admin, State: st, Subscription: tenant.SubscriptionID, Client: c, stop: stop}
+	return &Env{Server: d.Server, Endpoints: d.Endpoints(), DataDir: d.Env.DataDir, Admin: d.Env, State: d.State, Subscription: d.Subscription, Client: c, stop: stop}
 }
 
 // Stop stops the server before the test ends: its port refuses
