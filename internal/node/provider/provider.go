@@ -6,7 +6,6 @@
 package provider
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -239,6 +238,7 @@ type entry struct {
 	version string // "" for the latest
 	path    string
 	id      string
+	got     *fetched // already read (a history's current version), or nil
 }
 
 func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alpha1.MountResponse, error) {
@@ -310,7 +310,10 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			f, err := s.fetchPatiently(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
+			f, err := e.got, error(nil)
+			if f == nil {
+				f, err = s.fetchPatiently(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
+			}
 			if err != nil && e.obj.Optional && objectMissing(err) {
 				s.cfg.Log.Info("an optional object is missing; the volume goes without it", "object", e.obj.Type+"/"+e.obj.Name, "version", e.version)
 				return // no file, no version: as if it were not listed
@@ -446,8 +449,11 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 }
 
 // expand turns the objects into the entries to fetch: one per object, or,
-// with objectVersionHistory N > 1, its N newest enabled versions from the
-// given one (or the latest), as {file}/0 (that version), {file}/1, ...
+// with objectVersionHistory N > 1, N versions as {file}/0, {file}/1, ...:
+// the given version (or the current one) and the enabled versions before
+// it, newest first (see historyOf for how ties within a second are
+// decided). The current version is read here, after the listing, and its
+// entry keeps what was read.
 func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token string) ([]entry, error) {
 	var out []entry
 	for _, o := range m.Objects {
@@ -462,21 +468,34 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 		if err != nil {
 			return nil, objectError(err, o, describe(m))
 		}
-		items = slices.DeleteFunc(items, func(it kvclient.Item) bool { return !it.Attributes.Enabled })
-		slices.SortStableFunc(items, func(a, b kvclient.Item) int { return cmp.Compare(b.Attributes.Created, a.Attributes.Created) })
-		from := 0
-		if o.Version != "" {
-			from = slices.IndexFunc(items, func(it kvclient.Item) bool { return strings.EqualFold(it.Version(), o.Version) })
-			if from < 0 && o.Optional {
-				continue
-			}
-			if from < 0 {
-				return nil, fail(kvclient.NotFound, "%s %s has no enabled version %s to start objectVersionHistory from", o.Type, o.Name, o.Version)
-			}
+		// Read after the listing, so that every listed version but this
+		// one is older than it.
+		cur, err := s.fetchPatiently(ctx, base, token, o.Type, o.Name, "")
+		current := ""
+		switch {
+		case err == nil:
+			current = cur.Version
+		case currentDisabled(err):
+			cur = nil
+		case o.Optional && objectMissing(err):
+			continue
+		default:
+			return nil, objectError(err, o, describe(m))
 		}
-		for i, it := range items[from:min(len(items), from+int(o.History))] {
+		versions, ok := historyOf(items, current, o.Version, int(o.History))
+		if !ok && o.Optional {
+			continue
+		}
+		if !ok {
+			return nil, fail(kvclient.NotFound, "%s %s has no enabled version %s to start objectVersionHistory from", o.Type, o.Name, o.Version)
+		}
+		for i, v := range versions {
 			idx := strconv.Itoa(i)
-			out = append(out, entry{obj: o, version: it.Version(), path: o.FileName() + "/" + idx, id: o.Type + "/" + o.Name + "/" + idx})
+			e := entry{obj: o, version: v, path: o.FileName() + "/" + idx, id: o.Type + "/" + o.Name + "/" + idx}
+			if cur != nil && strings.EqualFold(v, cur.Version) {
+				e.got = cur
+			}
+			out = append(out, e)
 		}
 	}
 	return out, nil

@@ -5,7 +5,7 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/server/identity/token"
@@ -46,12 +46,29 @@ func (a *Authority) loadKeys(ctx context.Context) error {
 		}
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].Created.Before(keys[j].Created) })
+	slices.SortStableFunc(keys, signingOrder)
 	a.mu.Lock()
 	a.keys = keys
 	a.mu.Unlock()
 	a.gen.Add(1)
 	return nil
+}
+
+// signingOrder sorts retired keys first, by when they were retired, then
+// created, and the active key (never retired) last, where signer takes it.
+// Created is whole seconds, so keys from rotations within one second tie
+// on it: only Retired tells which one signs.
+func signingOrder(x, y *token.SigningKey) int {
+	if xActive, yActive := x.Retired.IsZero(), y.Retired.IsZero(); xActive != yActive {
+		if xActive {
+			return 1
+		}
+		return -1
+	}
+	if c := x.Retired.Compare(y.Retired); c != 0 {
+		return c
+	}
+	return x.Created.Compare(y.Created)
 }
 
 // RotateSigningKey makes a new key the signing key. Older keys stay in the

@@ -1,6 +1,7 @@
 // Package object stores Key Vault objects (secrets, keys, certificates): named
 // objects with immutable versions, a current version, soft delete with
-// scheduled purge, key-ordered paging, and whole-object export for backups.
+// scheduled purge, paging (objects by name, versions newest first), and
+// whole-object export for backups.
 //
 // Layout under the barrier, for vault V and kind K (names are lowercased,
 // since Key Vault names are case-insensitive):
@@ -14,6 +15,7 @@
 package object
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -21,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,7 +95,13 @@ type Version[T any] struct {
 	Tags        map[string]string `json:"tags,omitempty"`
 	ContentType string            `json:"contentType,omitempty"`
 	Managed     bool              `json:"managed,omitempty"`
-	Data        T                 `json:"data"`
+	// Order is the object's head Seq when this version was created. Seq
+	// grows with every write to the object, so Order ranks its versions
+	// in creation order exactly, where attributes.created (whole seconds)
+	// ties. It is 0 for versions stored before Order existed; newestFirst
+	// ranks those.
+	Order uint64 `json:"order,omitempty"`
+	Data  T      `json:"data"`
 }
 
 // Head tracks an object's current version. For a deleted object it also
@@ -314,23 +323,78 @@ func (c *Collection[T]) scanPage(ctx context.Context, prefix, after string, limi
 	return recs, strings.TrimPrefix(recs[limit-1].Key, prefix), nil
 }
 
-// ListVersions returns up to limit versions of a live object after version
-// after, and the cursor for the next page ("" at the end).
+// ListVersions returns up to limit versions of a live object (all of them
+// if limit <= 0) that come after version after, newest first in creation
+// order, and the cursor for the next page ("" at the end). Versions are
+// stored by id, which is random, so each page reads all of the object's
+// versions to order them; an object has few.
 func (c *Collection[T]) ListVersions(ctx context.Context, vault, name, after string, limit int) ([]Version[T], string, error) {
-	if _, _, err := getJSON[Head](ctx, c.st, c.headKey(vault, name)); err != nil {
-		return nil, "", err
-	}
-	recs, next, err := c.scanPage(ctx, c.versionPrefix(vault, name), after, limit)
+	h, _, err := getJSON[Head](ctx, c.st, c.headKey(vault, name))
 	if err != nil {
 		return nil, "", err
 	}
-	out := make([]Version[T], len(recs))
+	recs, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", 0)
+	if err != nil {
+		return nil, "", err
+	}
+	all := make([]Version[T], len(recs))
 	for i, rec := range recs {
-		if err := json.Unmarshal(rec.Value, &out[i]); err != nil {
+		if err := json.Unmarshal(rec.Value, &all[i]); err != nil {
 			return nil, "", fmt.Errorf("decode %s: %w", rec.Key, err)
 		}
 	}
-	return out, next, nil
+	slices.SortFunc(all, newestFirst[T](h))
+	start := 0
+	if after != "" {
+		// Versions are never removed one by one, so the cursor's stays;
+		// one created since ranks before it and is not listed. (Only
+		// versions stored before Order existed can move, when a newer
+		// version takes the head's current or previous place.)
+		i := slices.IndexFunc(all, func(v Version[T]) bool { return v.ID == strings.ToLower(after) })
+		if i < 0 {
+			return nil, "", Invalidf("The $skiptoken does not continue a listing of the versions of %s.", name)
+		}
+		start = i + 1
+	}
+	end := len(all)
+	if limit > 0 {
+		end = min(end, start+limit)
+	}
+	next := ""
+	if end < len(all) {
+		next = all[end-1].ID
+	}
+	return all[start:end], next, nil
+}
+
+// newestFirst compares versions of the object whose head is h, newest
+// first. Order decides when the versions differ in it: every version
+// with an Order was created after every version without one. Among those
+// without (stored before Order existed), the head's current version is
+// the newest and its previous one the next; then created, then the id,
+// which at least keeps the order the same from page to page.
+func newestFirst[T any](h Head) func(a, b Version[T]) int {
+	rank := func(v Version[T]) int {
+		switch v.ID {
+		case h.Current:
+			return 2
+		case h.Previous:
+			return 1
+		}
+		return 0
+	}
+	return func(a, b Version[T]) int {
+		if c := cmp.Compare(b.Order, a.Order); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(rank(b), rank(a)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Attributes.Created, a.Attributes.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	}
 }
 
 // Export returns a live object with all its versions.

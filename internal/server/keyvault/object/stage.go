@@ -73,6 +73,7 @@ func (c *Collection[T]) StageCreate(ctx context.Context, vault, name, id string,
 	v.Attributes.Created, v.Attributes.Updated = now, now
 	h.Previous, h.Current = h.Current, v.ID
 	h.Seq++
+	v.Order = h.Seq
 	if meta != nil {
 		h.Meta = meta
 	}
