@@ -16,8 +16,7 @@ func TestPushesOnlyFromTheVolumesProvider(t *testing.T) {
 		t.Fatal(err)
 	}
 	const target = "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/secrets/mount"
-	d.requests[target] = &publication{target: target}
-	d.providerOf[target] = "coffer"
+	d.volumes[target] = &volume{req: &publication{target: target}, provider: "coffer"}
 	d.pushed("rogue", target)
 	if len(d.pushes) != 0 {
 		t.Fatal("another provider's push was queued")
