@@ -113,14 +113,10 @@ func (d *Driver) pushed(provider, target string) {
 }
 
 // rotatePushed refreshes a volume a provider reported changed, at once,
-// whatever its interval; a volume no longer published is forgotten by the
+// whatever its interval; a volume not published is forgotten by the
 // providers.
 func (d *Driver) rotatePushed(ctx context.Context, target string) {
-	if known := d.unqueued(target); !known {
-		d.forget(target)
-		return
-	}
-	d.cfg.Metrics.pushed()
+	d.unqueued(target)
 	d.rotateOne(ctx, target, true)
 }
 

@@ -56,12 +56,25 @@ func (d *Driver) rotate(ctx context.Context) {
 // rotateOne refreshes one volume if it is still published, due (or
 // pushed), and its tokens are good for a while yet; with tokens about to
 // expire it waits for the kubelet's next republish, which brings fresh
-// ones.
+// ones. A pushed volume that is not published is forgotten by the
+// providers.
 func (d *Driver) rotateOne(ctx context.Context, target string, pushed bool) {
 	v, unlock := d.volumeLock(target)
 	defer unlock()
+	// Decided under v.mu: a push that comes while the first publish still
+	// writes the files (the provider watches the volume from its Mount on)
+	// waits for it, then refreshes the volume rather than forgetting it.
 	p := d.request(v)
-	if p == nil || tokensExpire(p, d.cfg.Now().Add(tokenMargin)) {
+	if p == nil {
+		if pushed {
+			d.forget(target)
+		}
+		return
+	}
+	if pushed {
+		d.cfg.Metrics.pushed()
+	}
+	if tokensExpire(p, d.cfg.Now().Add(tokenMargin)) {
 		return
 	}
 	if pushed {

@@ -253,8 +253,8 @@ const (
 
 // claimPush marks target queued for a push by provider, unless provider
 // does not fill it or it is queued already. A volume the driver does not
-// publish is queued too: the rotation loop tells the providers to forget
-// it.
+// publish is queued too: unless its first publish is under way and
+// succeeds, the rotation loop tells the providers to forget it.
 func (d *Driver) claimPush(provider, target string) pushOutcome {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -273,16 +273,12 @@ func (d *Driver) claimPush(provider, target string) pushOutcome {
 }
 
 // unqueued clears target's push mark: the rotation loop took it from
-// Driver.pushes, or it could not be put there. It reports whether target
-// is published.
-func (d *Driver) unqueued(target string) bool {
+// Driver.pushes, or it could not be put there.
+func (d *Driver) unqueued(target string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	v := d.volumes[target]
-	if v == nil {
-		return false
+	if v := d.volumes[target]; v != nil {
+		v.pending = false
+		d.dropIfIdleLocked(target, v)
 	}
-	v.pending = false
-	d.dropIfIdleLocked(target, v)
-	return v.req != nil
 }
