@@ -83,26 +83,15 @@ type Driver struct {
 
 	recorder *recorder
 
-	mu        sync.Mutex
-	lastCheck map[string]time.Time         // target path -> last provider call
-	versions  map[string]map[string]string // target path -> object versions mounted
-	lastSync  map[string]time.Time         // target path -> last Secret sync
-	requests  map[string]*publication      // target path -> the kubelet's last request
-	volumes   map[string]*volume
+	// mu guards volumes and the state of every volume in it; see volume
+	// for what each lock guards and the lock order.
+	mu      sync.Mutex
+	volumes map[string]*volume // by target path
 
-	pushes     chan string       // volumes pushed by providers, for the rotation loop
-	pending    map[string]bool   // volumes in pushes
-	providerOf map[string]string // target path -> the provider that mounts it
+	pushes     chan string // volumes pushed by providers, for the rotation loop
 	pushCtx    context.Context
 	pushCancel context.CancelFunc
 	pushWG     sync.WaitGroup
-}
-
-// volume serializes the calls for one target path; refs counts the calls
-// holding or waiting for it, so it is dropped when the last one ends.
-type volume struct {
-	mu   sync.Mutex
-	refs int
 }
 
 // New validates cfg and returns a driver.
@@ -141,8 +130,7 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	d := &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
-		recorder: newRecorder(), lastCheck: map[string]time.Time{}, versions: map[string]map[string]string{}, lastSync: map[string]time.Time{},
-		requests: map[string]*publication{}, volumes: map[string]*volume{}, pushes: make(chan string, 1024), pending: map[string]bool{}, providerOf: map[string]string{}}
+		recorder: newRecorder(), volumes: map[string]*volume{}, pushes: make(chan string, 1024)}
 	d.pushCtx, d.pushCancel = context.WithCancel(context.Background())
 	if cfg.Push && cfg.RotationEnabled {
 		d.providers.dialed, d.providers.readyWait = d.subscribe, pushReady
@@ -238,28 +226,6 @@ func (controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetC
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: []*csi.ControllerServiceCapability{{
 		Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: csi.ControllerServiceCapability_RPC_UNKNOWN}},
 	}}}, nil
-}
-
-// volumeLock serializes the calls for one target path: kubelet may
-// republish while a previous call still runs.
-func (d *Driver) volumeLock(target string) func() {
-	d.mu.Lock()
-	v, ok := d.volumes[target]
-	if !ok {
-		v = &volume{}
-		d.volumes[target] = v
-	}
-	v.refs++
-	d.mu.Unlock()
-	v.mu.Lock()
-	return func() {
-		v.mu.Unlock()
-		d.mu.Lock()
-		if v.refs--; v.refs == 0 {
-			delete(d.volumes, target)
-		}
-		d.mu.Unlock()
-	}
 }
 
 func invalid(format string, args ...any) error {

@@ -93,7 +93,8 @@ func (n node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeR
 		d.cfg.Metrics.publishFailed("", ReasonInvalidArgument, time.Since(start).Seconds())
 		return nil, err
 	}
-	defer d.volumeLock(p.target)()
+	v, unlock := d.volumeLock(p.target)
+	defer unlock()
 	mounted, err := d.ensureMountPoint(p.target)
 	if err != nil {
 		d.cfg.Metrics.publishFailed("", ReasonEnsureMountPoint, time.Since(start).Seconds())
@@ -102,14 +103,14 @@ func (n node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeR
 	if mounted {
 		// The newest request carries the freshest tokens, for rotations
 		// between the kubelet's republishes.
-		d.remember(p)
-		if !d.cfg.RotationEnabled || !d.due(p.target) {
+		d.remember(v, p)
+		if !d.cfg.RotationEnabled || !d.due(v) {
 			return &csi.NodePublishVolumeResponse{}, nil
 		}
-		d.republish(ctx, p, start)
+		d.republish(ctx, v, p, start)
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
-	provider, files, reason, err := d.firstPublish(ctx, p)
+	provider, files, reason, err := d.firstPublish(ctx, v, p)
 	if err != nil {
 		d.cfg.Metrics.publishFailed(provider, reason, time.Since(start).Seconds())
 		d.event(p, corev1.EventTypeWarning, reason, "Mounting secrets from SecretProviderClass %s/%s failed: %v", p.podNS, p.spcName, err)
@@ -118,7 +119,6 @@ func (n node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeR
 		}
 		return nil, status.Errorf(codes.Internal, "failed to mount secrets store objects for pod %s/%s: %v", p.podNS, p.podName, err)
 	}
-	d.remember(p)
 	d.cfg.Metrics.published(provider, time.Since(start).Seconds(), files)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -146,25 +146,10 @@ func (d *Driver) ensureMountPoint(target string) (bool, error) {
 	return true, nil
 }
 
-// due reports whether a mounted volume's rotation interval has passed
-// since the driver last asked its provider, and claims the slot if so. It
-// tracks the last check, not the files' mtime: an unchanged object writes
-// nothing, so the mtime says nothing about when it was checked.
-func (d *Driver) due(target string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	now := d.cfg.Now()
-	if last, ok := d.lastCheck[target]; ok && now.Sub(last) < d.cfg.RotationInterval {
-		return false
-	}
-	d.lastCheck[target] = now
-	return true
-}
-
 // firstPublish mounts a tmpfs at the target and fills it. On any failure
 // it unmounts, so kubelet's retry starts from scratch and no empty mount
-// is left behind.
-func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider string, written int, reason string, err error) {
+// is left behind. On success the volume is published.
+func (d *Driver) firstPublish(ctx context.Context, v *volume, p *publication) (provider string, written int, reason string, err error) {
 	spc, err := d.secretProviderClass(ctx, p)
 	if err != nil {
 		return "", 0, ReasonSPCNotFound, err
@@ -180,13 +165,7 @@ func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider str
 		}
 		return provider, 0, reason, err
 	}
-	now := d.cfg.Now()
-	d.mu.Lock()
-	d.lastCheck[p.target] = now
-	d.lastSync[p.target] = now
-	d.versions[p.target] = versions
-	d.providerOf[p.target] = provider
-	d.mu.Unlock()
+	d.filledFirst(v, p, provider, versions)
 	d.recorder.enqueue(&bookkeeping{p: p, spc: spc, versions: versions, files: files, writeStatus: true, sync: true})
 	return provider, len(files), "", nil
 }
@@ -195,7 +174,7 @@ func (d *Driver) firstPublish(ctx context.Context, p *publication) (provider str
 // atomic writer swaps only complete generations) and is reported as an
 // event, not as an error: kubelet treats a failed republish of a running
 // pod's volume as a failed mount (kubernetes#121271).
-func (d *Driver) republish(ctx context.Context, p *publication, start time.Time) {
+func (d *Driver) republish(ctx context.Context, v *volume, p *publication, start time.Time) {
 	spc, err := d.secretProviderClass(ctx, p)
 	if err != nil {
 		d.cfg.Metrics.rotationFailed("", ReasonSPCNotFound)
@@ -203,9 +182,7 @@ func (d *Driver) republish(ctx context.Context, p *publication, start time.Time)
 		return
 	}
 	provider := string(spc.Spec.Provider)
-	d.mu.Lock()
-	current, known := d.versions[p.target]
-	d.mu.Unlock()
+	current, known := d.mountedVersions(v)
 	if !known { // the driver restarted since the first publish
 		var err error
 		if current, err = d.currentVersions(ctx, p); err != nil {
@@ -219,19 +196,7 @@ func (d *Driver) republish(ctx context.Context, p *publication, start time.Time)
 		return
 	}
 	changed := !sameVersions(current, versions)
-	now := d.cfg.Now()
-	d.mu.Lock()
-	d.versions[p.target] = versions
-	d.providerOf[p.target] = provider
-	// Synced Secrets are rewritten when the objects changed, and otherwise
-	// checked every resyncInterval (so one deleted by hand comes back)
-	// rather than on every republish, which would cost apiserver reads for
-	// nothing.
-	sync := changed || !known || now.Sub(d.lastSync[p.target]) >= resyncInterval
-	if sync {
-		d.lastSync[p.target] = now
-	}
-	d.mu.Unlock()
+	sync := d.refilled(v, provider, versions, changed || !known)
 	if changed {
 		d.event(p, corev1.EventTypeNormal, "MountRotationComplete", "Rotated the mounted contents of SecretProviderClass %s/%s", p.podNS, p.spcName)
 	}
@@ -365,7 +330,8 @@ func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVol
 		return nil, invalid("Target path missing in request")
 	}
 	target := req.GetTargetPath()
-	defer d.volumeLock(target)()
+	v, unlock := d.volumeLock(target)
+	defer unlock()
 	// Remove the files first, so nothing is left readable if the unmount
 	// fails and kubelet retries later.
 	entries, _ := filepath.Glob(filepath.Join(target, "*"))
@@ -378,13 +344,7 @@ func (n node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVol
 	if err := mount.CleanupMountPoint(target, d.cfg.Mounter, false); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
 	}
-	d.mu.Lock()
-	delete(d.lastCheck, target)
-	delete(d.lastSync, target)
-	delete(d.versions, target)
-	delete(d.requests, target)
-	delete(d.providerOf, target)
-	d.mu.Unlock()
+	d.unpublished(v)
 	d.recorder.forget(target)
 	d.forget(target)
 	return &csi.NodeUnpublishVolumeResponse{}, nil

@@ -84,13 +84,7 @@ func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
 // recheckAll makes every published volume due, or, with no tick to find
 // them due, queues them as pushed.
 func (d *Driver) recheckAll() {
-	d.mu.Lock()
-	owners := make(map[string]string, len(d.requests))
-	for target := range d.requests {
-		delete(d.lastCheck, target)
-		owners[target] = d.providerOf[target]
-	}
-	d.mu.Unlock()
+	owners := d.allDue()
 	if d.cfg.RotationTick <= 0 {
 		for target, provider := range owners {
 			d.pushed(provider, target)
@@ -103,41 +97,26 @@ func (d *Driver) recheckAll() {
 // provider's to push: it is ignored. A full queue drops the push: the
 // volume still rotates on its interval.
 func (d *Driver) pushed(provider, target string) {
-	d.mu.Lock()
-	if _, published := d.requests[target]; published && d.providerOf[target] != provider {
-		d.mu.Unlock()
+	switch d.claimPush(provider, target) {
+	case pushRefused:
 		d.cfg.Log.Debug("a provider pushed a volume it does not mount; ignored", "provider", provider, "target", target)
 		return
-	}
-	if d.pending[target] {
-		d.mu.Unlock()
+	case pushMerged:
 		return // already queued: one refresh serves both pushes
 	}
-	d.pending[target] = true
-	d.mu.Unlock()
 	select {
 	case d.pushes <- target:
 	default:
-		d.mu.Lock()
-		delete(d.pending, target)
-		d.mu.Unlock()
+		d.unqueued(target)
 		d.cfg.Log.Warn("push rotation queue full; the volume waits for its rotation interval", "target", target)
 	}
 }
 
 // rotatePushed refreshes a volume a provider reported changed, at once,
-// whatever its interval; a volume no longer published is forgotten by the
+// whatever its interval; a volume not published is forgotten by the
 // providers.
 func (d *Driver) rotatePushed(ctx context.Context, target string) {
-	d.mu.Lock()
-	delete(d.pending, target)
-	_, known := d.requests[target]
-	d.mu.Unlock()
-	if !known {
-		d.forget(target)
-		return
-	}
-	d.cfg.Metrics.pushed()
+	d.unqueued(target)
 	d.rotateOne(ctx, target, true)
 }
 

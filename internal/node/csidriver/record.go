@@ -79,14 +79,6 @@ func (r *recorder) Wait() {
 
 const maxBookkeepingAttempts = 8
 
-// published reports whether target is still a published volume.
-func (d *Driver) published(target string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_, ok := d.versions[target]
-	return ok
-}
-
 // run processes jobs until ctx ends.
 func (d *Driver) runRecorder(ctx context.Context) {
 	r := d.recorder

@@ -3,7 +3,6 @@ package csidriver
 import (
 	"context"
 	"encoding/json"
-	"slices"
 	"time"
 )
 
@@ -11,16 +10,6 @@ import (
 // longer used for a rotation between republishes: the provider, the
 // authority and the node agent all need it valid a little longer.
 const tokenMargin = 30 * time.Second
-
-// remember keeps a volume's newest publish request, for rotations between
-// the kubelet's republishes. It holds the request's secrets (tokens,
-// nodePublishSecretRef data) in memory, as the call did, until the volume
-// is unpublished.
-func (d *Driver) remember(p *publication) {
-	d.mu.Lock()
-	d.requests[p.target] = p
-	d.mu.Unlock()
-}
 
 // rotate refreshes, every tick until ctx ends, each mounted volume whose
 // rotation interval has passed since it was last checked, one volume at a
@@ -46,14 +35,7 @@ func (d *Driver) rotate(ctx context.Context) {
 			continue
 		case <-tick:
 		}
-		d.mu.Lock()
-		targets := make([]string, 0, len(d.requests))
-		for target := range d.requests {
-			targets = append(targets, target)
-		}
-		d.mu.Unlock()
-		slices.Sort(targets)
-		for _, target := range targets {
+		for _, target := range d.publishedTargets() {
 			if ctx.Err() != nil {
 				return
 			}
@@ -74,23 +56,33 @@ func (d *Driver) rotate(ctx context.Context) {
 // rotateOne refreshes one volume if it is still published, due (or
 // pushed), and its tokens are good for a while yet; with tokens about to
 // expire it waits for the kubelet's next republish, which brings fresh
-// ones.
+// ones. A pushed volume that is not published is forgotten by the
+// providers.
 func (d *Driver) rotateOne(ctx context.Context, target string, pushed bool) {
-	defer d.volumeLock(target)()
-	d.mu.Lock()
-	p := d.requests[target]
-	d.mu.Unlock()
-	if p == nil || tokensExpire(p, d.cfg.Now().Add(tokenMargin)) {
+	v, unlock := d.volumeLock(target)
+	defer unlock()
+	// Decided under v.mu: a push that comes while the first publish still
+	// writes the files (the provider watches the volume from its Mount on)
+	// waits for it, then refreshes the volume rather than forgetting it.
+	p := d.request(v)
+	if p == nil {
+		if pushed {
+			d.forget(target)
+		}
 		return
 	}
 	if pushed {
-		d.mu.Lock()
-		d.lastCheck[target] = d.cfg.Now()
-		d.mu.Unlock()
-	} else if !d.due(target) {
+		d.cfg.Metrics.pushed()
+	}
+	if tokensExpire(p, d.cfg.Now().Add(tokenMargin)) {
 		return
 	}
-	d.republish(ctx, p, time.Now())
+	if pushed {
+		d.checked(v)
+	} else if !d.due(v) {
+		return
+	}
+	d.republish(ctx, v, p, time.Now())
 }
 
 // tokensExpire reports whether a service-account token of the request
