@@ -22,6 +22,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
+	"github.com/cofferhq/coffer/internal/protocol/azerror"
 	"github.com/cofferhq/coffer/internal/server/api/authhttp"
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
@@ -355,13 +356,11 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		case s.auth.Handles(r):
 			s.auth.ServeHTTP(w, r)
 		default:
-			http.Error(w, `{"error":{"code":"NotFound","message":"no such endpoint"}}`, http.StatusNotFound)
+			azerror.Write(w, http.StatusNotFound, "NotFound", "", "No endpoint is served at "+r.URL.Path+" on this host.")
 		}
 	default:
-		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		w.WriteHeader(http.StatusMisdirectedRequest)
-		fmt.Fprintf(w, `{"error":{"code":"BadParameter","message":"host %q is not served here: vaults are https://{vault}.%s/ and the authority is https://%s/"}}`,
-			sanitize(r.Host), ep.Apex(), ep.Apex())
+		azerror.Write(w, http.StatusMisdirectedRequest, "BadParameter", "", fmt.Sprintf("host %q is not served here: vaults are https://{vault}.%s/ and the authority is https://%s/",
+			sanitize(r.Host), ep.Apex(), ep.Apex()))
 	}
 }
 
@@ -441,7 +440,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				}
 				s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panicType", fmt.Sprintf("%T", p), "stack", string(debug.Stack()))
 				if sw.status == 0 {
-					http.Error(sw, `{"error":{"code":"InternalServerError","message":"internal error"}}`, http.StatusInternalServerError)
+					azerror.Write(sw, http.StatusInternalServerError, "InternalServerError", "", "internal error")
 				}
 			}
 			elapsed := time.Since(start)

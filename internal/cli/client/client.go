@@ -25,6 +25,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
+	"github.com/cofferhq/coffer/internal/protocol/azerror"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 )
@@ -169,10 +170,8 @@ func (c *Client) Manage(ctx context.Context, method, path string, in, out any) e
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var eb struct {
-			Error struct{ Code, Message string } `json:"error"`
-		}
-		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
+		eb, ok := azerror.Parse(data)
+		if !ok || eb.Error.Code == "" {
 			return &ManagementError{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: strings.TrimSpace(string(data))}
 		}
 		return &ManagementError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
@@ -192,18 +191,14 @@ func Describe(err error) string {
 	case errors.As(err, &re):
 		msg := re.ErrorCode
 		if re.RawResponse != nil && re.RawResponse.Body != nil {
-			var eb struct {
-				Error struct {
-					Code, Message string
-					Inner         *struct{ Code string } `json:"innererror"`
-				} `json:"error"`
-			}
-			if b, rerr := io.ReadAll(io.LimitReader(re.RawResponse.Body, 1<<20)); rerr == nil && json.Unmarshal(b, &eb) == nil && eb.Error.Message != "" {
-				code := eb.Error.Code
-				if in := eb.Error.Inner; in != nil && in.Code != "" {
-					code += "/" + in.Code
+			if b, rerr := io.ReadAll(io.LimitReader(re.RawResponse.Body, 1<<20)); rerr == nil {
+				if eb, ok := azerror.Parse(b); ok && eb.Error.Message != "" {
+					code := eb.Error.Code
+					if in := eb.Inner(); in != "" {
+						code += "/" + in
+					}
+					return fmt.Sprintf("(%s) %s", code, eb.Error.Message)
 				}
-				return fmt.Sprintf("(%s) %s", code, eb.Error.Message)
 			}
 		}
 		if msg == "" {

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"strconv"
 
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,11 +23,11 @@ type Metrics struct {
 
 // Upstream error_type values.
 const (
-	ReasonFailedToMount          = "FailedToMount"
+	ReasonFailedToMount          = string(mounterr.FailedToMount)
 	ReasonEnsureMountPoint       = "FailedToEnsureMountPoint"
 	ReasonSPCNotFound            = "SecretProviderClassNotFound"
 	ReasonProviderLookup         = "FailedToLookupProviderGRPCClient"
-	ReasonGRPCProviderError      = "GRPCProviderError"
+	ReasonGRPCProviderError      = string(mounterr.GRPCProviderError)
 	ReasonFileWriteError         = "FileWriteError"
 	ReasonFailedToCreateSPCPS    = "FailedToCreateSPCPodStatus"
 	ReasonFailedToSyncSecret     = "FailedToCreateSecret"
@@ -71,19 +72,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) pushed() { m.pushes.Inc() }
 
 var osType = runtime.GOOS
-
-// knownCodes are the provider error codes reported as themselves; any
-// other code a provider sends is ProviderError, so a provider cannot grow
-// the metric's label set (or event reasons) without bound.
-var knownCodes = map[string]bool{"NotFound": true, "Forbidden": true, "Throttled": true, "Unreachable": true,
-	"InvalidParameter": true, "Internal": true, "FailedToMount": true, "GRPCProviderError": true}
-
-func providerCode(code string) string {
-	if knownCodes[code] {
-		return code
-	}
-	return "ProviderError"
-}
 
 // label bounds a provider name used as a label: names that are not
 // provider names (which are only ever refused) share one value.

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
 	"github.com/cofferhq/coffer/internal/node/atomicdir"
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
 // Volume-context keys kubelet sets (podInfoOnMount, tokenRequests) and the
@@ -292,7 +293,7 @@ func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.S
 		var pe *ProviderError
 		switch {
 		case errors.As(err, &pe):
-			return nil, nil, providerCode(pe.Code), err
+			return nil, nil, string(mounterr.Known(pe.Code)), err
 		case errors.Is(err, ErrProviderNotFound):
 			return nil, nil, ReasonProviderLookup, err
 		case status.Code(err) == codes.ResourceExhausted:

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -23,10 +24,6 @@ var providerNameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,30}$`)
 
 // ErrProviderNotFound means no provider socket of that name exists.
 var ErrProviderNotFound = errors.New("provider not found")
-
-// ErrorTrailer is the gRPC trailer in which Coffer's provider explains an
-// error code; the upstream driver ignores it.
-const ErrorTrailer = "coffer-error"
 
 // providerClients keeps one gRPC connection per provider.
 type providerClients struct {
@@ -146,7 +143,7 @@ func (p *providerClients) mount(ctx context.Context, name string, req *v1alpha1.
 	}
 	if code := resp.GetError().GetCode(); code != "" {
 		pe := &ProviderError{Provider: name, Code: code}
-		if v := trailer.Get(ErrorTrailer); len(v) > 0 {
+		if v := trailer.Get(mounterr.Trailer); len(v) > 0 {
 			pe.Detail = v[0]
 		}
 		return nil, pe

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
+	"github.com/cofferhq/coffer/internal/protocol/azerror"
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
 // APIVersion is the api-version the client speaks.
@@ -56,43 +58,30 @@ func (e *Error) Error() string {
 	}
 }
 
-// Class is an error's category, as the CSI provider protocol reports it.
-type Class string
-
-// Classes.
-const (
-	NotFound         Class = "NotFound"
-	Forbidden        Class = "Forbidden"
-	Throttled        Class = "Throttled"
-	Unreachable      Class = "Unreachable"
-	InvalidParameter Class = "InvalidParameter"
-	Internal         Class = "Internal"
-)
-
-// Classify returns err's class: by status for vault answers, Unreachable
-// for transport failures.
-func Classify(err error) Class {
+// Classify returns err's mount error code: by status for vault answers,
+// Unreachable for transport failures.
+func Classify(err error) mounterr.Code {
 	var e *Error
 	if !errors.As(err, &e) {
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) {
-			return Unreachable
+			return mounterr.Unreachable
 		}
-		return Internal
+		return mounterr.Internal
 	}
 	switch {
 	case e.Status == 0 || e.Status >= 500:
-		return Unreachable
+		return mounterr.Unreachable
 	case e.Status == http.StatusNotFound:
-		return NotFound
+		return mounterr.NotFound
 	case e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden:
-		return Forbidden
+		return mounterr.Forbidden
 	case e.Status == http.StatusTooManyRequests:
-		return Throttled
+		return mounterr.Throttled
 	case e.Status == http.StatusBadRequest:
-		return InvalidParameter
+		return mounterr.InvalidParameter
 	}
-	return Internal
+	return mounterr.Internal
 }
 
 // Attributes are an object version's lifecycle attributes.
@@ -263,17 +252,8 @@ func decode(resp *http.Response, out any) error {
 	}
 	if resp.StatusCode != http.StatusOK {
 		e := &Error{Status: resp.StatusCode}
-		var eb struct {
-			Error struct {
-				Code, Message string
-				Inner         *struct{ Code string } `json:"innererror"`
-			} `json:"error"`
-		}
-		if json.Unmarshal(body, &eb) == nil {
-			e.Code, e.Message = eb.Error.Code, eb.Error.Message
-			if eb.Error.Inner != nil {
-				e.Inner = eb.Error.Inner.Code
-			}
+		if eb, ok := azerror.Parse(body); ok {
+			e.Code, e.Message, e.Inner = eb.Error.Code, eb.Error.Message, eb.Inner()
 		}
 		if e.Message == "" {
 			e.Message = http.StatusText(resp.StatusCode)

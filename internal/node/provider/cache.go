@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
+
 	"github.com/cofferhq/coffer/internal/node/azparams"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 )
@@ -52,7 +54,7 @@ func (s *Server) fetchPatiently(ctx context.Context, base, token, objType, name,
 	backoff := throttleBackoff
 	for attempt := 0; ; attempt++ {
 		f, err := s.fetch(ctx, base, token, objType, name, version)
-		if err == nil || attempt == throttleRetries || kvclient.Classify(err) != kvclient.Throttled {
+		if err == nil || attempt == throttleRetries || kvclient.Classify(err) != mounterr.Throttled {
 			return f, err
 		}
 		wait := backoff

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -34,10 +36,6 @@ import (
 
 // Version is reported by the Version RPC.
 var Version = "0.1.0"
-
-// ErrorTrailer carries the explanation of an error code; the upstream
-// driver only sees the code, Coffer's driver shows both.
-const ErrorTrailer = "coffer-error"
 
 // Config configures a provider.
 type Config struct {
@@ -149,20 +147,20 @@ func (s *Server) Version(context.Context, *v1alpha1.VersionRequest) (*v1alpha1.V
 
 // mountError is a failed mount with its protocol code.
 type mountError struct {
-	code kvclient.Class
+	code mounterr.Code
 	msg  string
 	down bool // the vault or the authority could not be reached at all (see down)
 }
 
 func (e *mountError) Error() string { return string(e.code) + ": " + e.msg }
 
-func fail(code kvclient.Class, format string, args ...any) error {
+func fail(code mounterr.Code, format string, args ...any) error {
 	return &mountError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
 // failFrom is fail for an error caused by err, remembering whether err
 // means the other side was down.
-func failFrom(err error, code kvclient.Class, format string, args ...any) error {
+func failFrom(err error, code mounterr.Code, format string, args ...any) error {
 	return &mountError{code: code, msg: fmt.Sprintf(format, args...), down: down(err)}
 }
 
@@ -197,7 +195,7 @@ func down(err error) bool {
 
 // Mount returns a volume's files. Failures come back as MountResponse.error
 // codes (NotFound, Forbidden, Throttled, Unreachable, InvalidParameter,
-// Internal) with the explanation in the ErrorTrailer trailer; the
+// Internal) with the explanation in the mounterr.Trailer trailer; the
 // explanation names the objects and the identity, never a value.
 func (s *Server) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alpha1.MountResponse, error) {
 	start := time.Now()
@@ -208,11 +206,11 @@ func (s *Server) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 	if err != nil {
 		var me *mountError
 		if !errors.As(err, &me) {
-			me = &mountError{code: kvclient.Internal, msg: err.Error()}
+			me = &mountError{code: mounterr.Internal, msg: err.Error()}
 		}
 		s.mounts.WithLabelValues(string(me.code)).Inc()
 		s.cfg.Log.Warn("mount failed", "code", me.code, "err", me.msg)
-		grpc.SetTrailer(ctx, metadata.Pairs(ErrorTrailer, printable(me.msg)))
+		grpc.SetTrailer(ctx, metadata.Pairs(mounterr.Trailer, printable(me.msg)))
 		return &v1alpha1.MountResponse{Error: &v1alpha1.Error{Code: string(me.code)}}, nil
 	}
 	s.mounts.WithLabelValues("ok").Inc()
@@ -244,7 +242,7 @@ type entry struct {
 func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alpha1.MountResponse, error) {
 	m, err := azparams.Parse(req.GetAttributes(), req.GetSecrets(), req.GetPermission())
 	if err != nil {
-		return nil, fail(kvclient.InvalidParameter, "%v", err)
+		return nil, fail(mounterr.InvalidParameter, "%v", err)
 	}
 	base, resource, err := s.vault(m)
 	if err != nil {
@@ -266,7 +264,7 @@ func (s *Server) mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1alph
 			s.cfg.Log.Warn("the vault is unreachable: mounting the last-known-good files (lastKnownGood)", "mounted", at, "for", describe(m), "err", me.msg)
 			return good, nil
 		}
-	case me != nil && (me.code == kvclient.Forbidden || me.code == kvclient.NotFound || me.code == kvclient.InvalidParameter):
+	case me != nil && (me.code == mounterr.Forbidden || me.code == mounterr.NotFound || me.code == mounterr.InvalidParameter):
 		// A definite refusal: what was stored must not outlive it.
 		s.good.drop(key)
 	}
@@ -324,7 +322,7 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 			}
 			b, err := content(e.obj, f)
 			if err != nil {
-				errs[i] = fail(kvclient.InvalidParameter, "%s %s: %v", e.obj.Type, e.obj.Name, err)
+				errs[i] = fail(mounterr.InvalidParameter, "%s %s: %v", e.obj.Type, e.obj.Name, err)
 				return
 			}
 			results[i] = &v1alpha1.File{Path: e.path, Mode: int32(e.obj.Mode), Contents: b}
@@ -343,16 +341,16 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 	versions = slices.DeleteFunc(versions, func(v *v1alpha1.ObjectVersion) bool { return v == nil })
 	if len(versions) == 0 {
 		if slices.ContainsFunc(m.Objects, func(o azparams.Object) bool { return !o.Optional }) {
-			return nil, fail(kvclient.NotFound, "the volume's objects have no enabled versions to mount")
+			return nil, fail(mounterr.NotFound, "the volume's objects have no enabled versions to mount")
 		}
-		return nil, fail(kvclient.NotFound, "every object of the volume is optional and none exists in the vault: there is nothing to mount")
+		return nil, fail(mounterr.NotFound, "every object of the volume is optional and none exists in the vault: there is nothing to mount")
 	}
 	total := 0
 	for _, f := range results {
 		total += len(f.Contents)
 	}
 	if total > s.cfg.MaxResponseBytes {
-		return nil, fail(kvclient.InvalidParameter, "the volume's %d files total %d bytes, over the provider's %d-byte limit: mount fewer or smaller objects", len(results), total, s.cfg.MaxResponseBytes)
+		return nil, fail(mounterr.InvalidParameter, "the volume's %d files total %d bytes, over the provider's %d-byte limit: mount fewer or smaller objects", len(results), total, s.cfg.MaxResponseBytes)
 	}
 	s.watch.register(req.GetTargetPath(), token, tok.Expires, slices.DeleteFunc(watched, func(it watchItem) bool { return it.name == "" }))
 	return &v1alpha1.MountResponse{ObjectVersion: versions, Files: results}, nil
@@ -367,7 +365,7 @@ func firstError(errs []error) error {
 			continue
 		}
 		var me *mountError
-		if errors.As(err, &me) && me.code != kvclient.Unreachable {
+		if errors.As(err, &me) && me.code != mounterr.Unreachable {
 			return err
 		}
 		if first == nil {
@@ -383,11 +381,11 @@ func (s *Server) vault(m *azparams.Mount) (base, resource string, err error) {
 	if m.VaultURL != "" {
 		u, err := url.Parse(m.VaultURL)
 		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-			return "", "", fail(kvclient.InvalidParameter, "vaultURL %q must be a vault's https base URL, such as https://myvault.vault.example.com:8443/", m.VaultURL)
+			return "", "", fail(mounterr.InvalidParameter, "vaultURL %q must be a vault's https base URL, such as https://myvault.vault.example.com:8443/", m.VaultURL)
 		}
 		_, parent, ok := strings.Cut(u.Host, ".")
 		if !ok {
-			return "", "", fail(kvclient.InvalidParameter, "vaultURL %q must name a vault on a subdomain", m.VaultURL)
+			return "", "", fail(mounterr.InvalidParameter, "vaultURL %q must name a vault on a subdomain", m.VaultURL)
 		}
 		return "https://" + u.Host, "https://" + parent, nil
 	}
@@ -412,10 +410,10 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 	switch m.Auth.Mode {
 	case azparams.PodIdentity, azparams.VMManagedIdentity:
 		if s.cfg.NodeAgent == nil {
-			return authclient.Token{}, fail(kvclient.Unreachable, "%s needs Coffer's node agent: start the provider with --node-agent-socket (the agent's --local-socket), or use workload identity (clientID) or a nodePublishSecretRef service principal", m.Auth.Mode)
+			return authclient.Token{}, fail(mounterr.Unreachable, "%s needs Coffer's node agent: start the provider with --node-agent-socket (the agent's --local-socket), or use workload identity (clientID) or a nodePublishSecretRef service principal", m.Auth.Mode)
 		}
 		if m.PodNS == "" || m.PodName == "" || m.PodUID == "" {
-			return authclient.Token{}, fail(kvclient.InvalidParameter, "%s needs the pod's name, namespace and uid: the CSIDriver must have podInfoOnMount: true", m.Auth.Mode)
+			return authclient.Token{}, fail(mounterr.InvalidParameter, "%s needs the pod's name, namespace and uid: the CSIDriver must have podInfoOnMount: true", m.Auth.Mode)
 		}
 		tok, err = s.cfg.NodeAgent.Token(ctx, authclient.PodRequest{
 			VM: m.Auth.Mode == azparams.VMManagedIdentity, Namespace: m.PodNS, Name: m.PodName, UID: m.PodUID,
@@ -426,21 +424,21 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 	case azparams.ServicePrincipal:
 		tok, err = s.cfg.Auth.Token(ctx, authclient.Credential{TenantID: m.TenantID, ClientID: m.Auth.ClientID, Secret: m.Auth.Secret}, resource+"/.default")
 	default:
-		return authclient.Token{}, fail(kvclient.InvalidParameter, "no identity is configured for the mount")
+		return authclient.Token{}, fail(mounterr.InvalidParameter, "no identity is configured for the mount")
 	}
 	if err != nil {
 		var ae *authclient.Error
-		code := kvclient.Unreachable
+		code := mounterr.Unreachable
 		if errors.As(err, &ae) {
 			agent := m.Auth.Mode == azparams.PodIdentity || m.Auth.Mode == azparams.VMManagedIdentity
 			switch {
 			case ae.Status == 429:
-				code = kvclient.Throttled
+				code = mounterr.Throttled
 			case ae.Status == 404 && agent: // the node agent has not seen the pod yet
 			case ae.Status >= 400 && ae.Status < 500:
-				code = kvclient.Forbidden
+				code = mounterr.Forbidden
 			case ae.Status >= 200 && ae.Status < 300: // an answer without a usable token
-				code = kvclient.Internal
+				code = mounterr.Internal
 			}
 		}
 		return authclient.Token{}, failFrom(err, code, "signing in as %s (tenant %s) failed: %v", describe(m), m.TenantID, err)
@@ -487,7 +485,7 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 			continue
 		}
 		if !ok {
-			return nil, fail(kvclient.NotFound, "%s %s has no enabled version %s to start objectVersionHistory from", o.Type, o.Name, o.Version)
+			return nil, fail(mounterr.NotFound, "%s %s has no enabled version %s to start objectVersionHistory from", o.Type, o.Name, o.Version)
 		}
 		for i, v := range versions {
 			idx := strconv.Itoa(i)
@@ -535,13 +533,13 @@ func objectError(err error, o azparams.Object, who string) error {
 		what += " version " + o.Version
 	}
 	switch class {
-	case kvclient.NotFound:
+	case mounterr.NotFound:
 		return fail(class, "%s was not found in the vault: %v", what, err)
-	case kvclient.Forbidden:
+	case mounterr.Forbidden:
 		return fail(class, "%s is not readable by %s: %v", what, who, err)
-	case kvclient.Throttled:
+	case mounterr.Throttled:
 		return fail(class, "reading %s was throttled by the vault: %v", what, err)
-	case kvclient.Unreachable:
+	case mounterr.Unreachable:
 		return failFrom(err, class, "reading %s: %v", what, err)
 	}
 	return fail(class, "reading %s: %v", what, err)

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
+
 	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 )
@@ -49,7 +51,7 @@ func TestThrottledReadsHonourRetryAfter(t *testing.T) {
 
 	calls.Store(0)
 	retryAfter = "60"
-	if _, err := s.fetchPatiently(ctx, vault.URL, "token", "secret", "other", ""); kvclient.Classify(err) != kvclient.Throttled || calls.Load() != 1 {
+	if _, err := s.fetchPatiently(ctx, vault.URL, "token", "secret", "other", ""); kvclient.Classify(err) != mounterr.Throttled || calls.Load() != 1 {
 		t.Fatalf("a Retry-After of a minute: %v after %d calls, want Throttled after 1", err, calls.Load())
 	}
 }

@@ -6,13 +6,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/cofferhq/coffer/internal/protocol/azerror"
 )
 
 // Write sends v as a JSON response with the given status.
 func Write(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
-		http.Error(w, `{"error":{"code":"InternalServerError","message":"response encoding failed"}}`, http.StatusInternalServerError)
+		azerror.Write(w, http.StatusInternalServerError, "InternalServerError", "", "response encoding failed")
 		return
 	}
 	h := w.Header()

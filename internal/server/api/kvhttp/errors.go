@@ -7,8 +7,7 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/cofferhq/coffer/internal/server/api/httpjson"
-
+	"github.com/cofferhq/coffer/internal/protocol/azerror"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/token"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
@@ -16,24 +15,9 @@ import (
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 )
 
-// errBody is Key Vault's error shape.
-type errBody struct {
-	Error errDetail `json:"error"`
-}
-
-type errDetail struct {
-	Code       string     `json:"code"`
-	Message    string     `json:"message"`
-	InnerError *errDetail `json:"innererror,omitempty"`
-}
-
 // writeErr sends a Key Vault error response.
 func writeErr(w http.ResponseWriter, status int, code, inner, msg string) {
-	b := errBody{Error: errDetail{Code: code, Message: msg}}
-	if inner != "" {
-		b.Error.InnerError = &errDetail{Code: inner}
-	}
-	httpjson.Write(w, status, b)
+	azerror.Write(w, status, code, inner, msg)
 }
 
 // notFoundCode is the Azure code for a missing object of each kind.

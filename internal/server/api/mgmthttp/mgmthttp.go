@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cofferhq/coffer/internal/protocol/azerror"
 	"github.com/cofferhq/coffer/internal/server/api/httpjson"
 	"github.com/cofferhq/coffer/internal/server/audit"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
@@ -110,17 +111,9 @@ func New(d Deps) *Handler {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-type errBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
+// writeErr sends an error in Azure's shape, as ARM answers.
 func writeErr(w http.ResponseWriter, status int, code, msg string) {
-	var b errBody
-	b.Error.Code, b.Error.Message = code, msg
-	httpjson.Write(w, status, b)
+	azerror.Write(w, status, code, "", msg)
 }
 
 // badRequest is a client error with a message that says what to fix.
