@@ -12,6 +12,9 @@ PKGS := ./cmd/... ./internal/... ./test/...
 # starve them on a 2-core machine. E2E=0 leaves them out of `make test`, for
 # a quicker local loop; CI runs them.
 E2E ?= 1
+# The release version every component reports (internal/version).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
 .PHONY: test deps kube-assets lint unit e2e build bench dev clean
@@ -52,7 +55,7 @@ e2e: deps kube-assets
 	$(GO) test -race -count=1 -timeout 45m -v ./test/e2e/...
 
 build:
-	$(GO) build -o bin/coffer ./cmd/coffer
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/coffer ./cmd/coffer
 
 # Performance figures: secret GET and durable PUT over HTTPS keep-alive with
 # 32 clients, and the machine's HTTPS ceiling for comparison; key signing

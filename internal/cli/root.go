@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cofferhq/coffer/internal/version"
+
 	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/spf13/cobra"
@@ -63,6 +65,7 @@ func (a *app) root() *cobra.Command {
 		Short:         "Coffer delivers secrets to workloads: a Key Vault-compatible vault, an identity authority, and Kubernetes node components",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Version + " (compatible with the Secrets Store CSI driver " + version.CompatibleDriver + ")",
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{err.Error() + " (see `" + c.CommandPath() + " --help`)"}

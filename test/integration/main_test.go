@@ -22,6 +22,9 @@ import (
 
 var binary string
 
+// testVersion is the version the test binary is built with.
+const testVersion = "v0.0.0-integration"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "coffer-bin-")
 	if err != nil {
@@ -29,7 +32,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "coffer")
-	build := exec.Command("go", "build", "-race", "-o", binary, "../../cmd/coffer")
+	// Built as a release is: the version set in one place, by -ldflags.
+	build := exec.Command("go", "build", "-race", "-ldflags", "-X github.com/cofferhq/coffer/internal/version.Version="+testVersion, "-o", binary, "../../cmd/coffer")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build coffer:", err)

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/version"
+
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -24,9 +26,6 @@ import (
 
 // Name is the CSI driver name the upstream driver registers.
 const Name = "secrets-store.csi.k8s.io"
-
-// Version is reported by GetPluginInfo.
-var Version = "v1.6.1-coffer"
 
 // Config configures a driver.
 type Config struct {
@@ -200,7 +199,7 @@ type identity struct {
 }
 
 func (i identity) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
-	return &csi.GetPluginInfoResponse{Name: i.d.cfg.Name, VendorVersion: Version}, nil
+	return &csi.GetPluginInfoResponse{Name: i.d.cfg.Name, VendorVersion: version.Version}, nil
 }
 
 // GetPluginCapabilities advertises nothing: the driver has no Controller

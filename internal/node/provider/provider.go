@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/version"
+
 	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,9 +35,6 @@ import (
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 	"github.com/cofferhq/coffer/internal/node/push"
 )
-
-// Version is reported by the Version RPC.
-var Version = "0.1.0"
 
 // Config configures a provider.
 type Config struct {
@@ -142,7 +141,7 @@ func (s *Server) Close() { s.watch.close() }
 
 // Version answers with the provider's name and version.
 func (s *Server) Version(context.Context, *v1alpha1.VersionRequest) (*v1alpha1.VersionResponse, error) {
-	return &v1alpha1.VersionResponse{Version: "v1alpha1", RuntimeName: s.cfg.Name, RuntimeVersion: Version}, nil
+	return &v1alpha1.VersionResponse{Version: "v1alpha1", RuntimeName: s.cfg.Name, RuntimeVersion: version.Version}, nil
 }
 
 // mountError is a failed mount with its protocol code.

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -38,13 +39,25 @@ type Image struct {
 	Links []string
 }
 
+// Version is the version the images report, as `make build` sets it: git
+// describe of root, or "dev".
+func Version(root string) string {
+	cmd := exec.Command("git", "describe", "--tags", "--always", "--dirty")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if v := strings.TrimSpace(string(out)); err == nil && v != "" {
+		return v
+	}
+	return "dev"
+}
+
 // Build compiles each image's binary statically (from the module at root)
 // and writes {dir}/{binary}.tar, returning the tarballs' paths.
 func Build(root, dir string, imgs ...Image) ([]string, error) {
 	var out []string
 	for _, im := range imgs {
 		bin := filepath.Join(dir, im.Binary)
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, im.Package)
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/cofferhq/coffer/internal/version.Version="+Version(root), "-o", bin, im.Package)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
