@@ -1,0 +1,134 @@
+// Package internal_test keeps the layout's one-way rules: code is grouped
+// by the process that runs it, and a group may import only the groups
+// below it. A package that breaks a rule fails here, naming the import.
+package internal_test
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/cofferhq/coffer/"
+
+// forbidden maps a group to the groups its code must never depend on,
+// directly or through other packages. The groups with no entry (cli, the
+// assembly of everything, and testing) may import any group.
+var forbidden = map[string][]string{
+	// The node side runs on every node with node credentials; server
+	// code (and with it the store and its keys) must not be linked in.
+	"internal/node":    {"internal/server", "internal/cli", "internal/webhook"},
+	"internal/webhook": {"internal/server", "internal/node", "internal/cli"},
+	"internal/server":  {"internal/node", "internal/cli", "internal/webhook"},
+	// Shared groups are leaves: they serve every process, so they may
+	// not pull in any one process's code.
+	"internal/crypto":   {"internal/server", "internal/node", "internal/cli", "internal/webhook"},
+	"internal/protocol": {"internal/server", "internal/node", "internal/cli", "internal/webhook", "internal/daemon"},
+	"internal/daemon":   {"internal/server", "internal/node", "internal/cli", "internal/webhook"},
+	"internal/version":  {"internal/"},
+}
+
+// pkg is what go list says of a package.
+type pkg struct {
+	path    string   // relative to the module
+	imports []string // direct, of its non-test files
+	deps    []string // transitive, of its non-test files
+	all     []string // every transitive dependency, by full path
+}
+
+func list(t *testing.T, patterns ...string) []pkg {
+	t.Helper()
+	args := append([]string{"list", "-f", "{{.ImportPath}}|{{join .Imports \" \"}}|{{join .Deps \" \"}}"}, patterns...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = ".."
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
+	}
+	var pkgs []pkg
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), "|")
+		if len(f) != 3 {
+			t.Fatalf("go list line %q", sc.Text())
+		}
+		pkgs = append(pkgs, pkg{path: strings.TrimPrefix(f[0], module), imports: local(f[1]), deps: local(f[2]), all: strings.Fields(f[2])})
+	}
+	return pkgs
+}
+
+// local keeps the module's own packages of a space-separated list,
+// relative to the module (the standard library has internal/ packages too).
+func local(s string) []string {
+	var out []string
+	for _, p := range strings.Fields(s) {
+		if rel, ok := strings.CutPrefix(p, module); ok {
+			out = append(out, rel)
+		}
+	}
+	return out
+}
+
+func within(path, group string) bool {
+	return path == group || strings.HasPrefix(path, strings.TrimSuffix(group, "/")+"/")
+}
+
+// testOnly reports whether a package exists for tests alone: the testing
+// group, the test tree, and suites named *test (physicaltest).
+func testOnly(path string) bool {
+	last := path[strings.LastIndexByte(path, '/')+1:]
+	return within(path, "internal/testing") || within(path, "test") || strings.HasSuffix(last, "test")
+}
+
+func TestLayoutRules(t *testing.T) {
+	pkgs := list(t, "./...")
+	if len(pkgs) < 40 {
+		t.Fatalf("go list found %d packages; the test is not looking at the module", len(pkgs))
+	}
+	for _, p := range pkgs {
+		for group, banned := range forbidden {
+			if !within(p.path, group) {
+				continue
+			}
+			for _, d := range p.deps {
+				for _, b := range banned {
+					if within(d, b) {
+						t.Errorf("%s (group %s) depends on %s: %s must not use %s; move the shared code to internal/crypto, internal/protocol or internal/daemon", p.path, group, d, group, b)
+					}
+				}
+			}
+		}
+		if testOnly(p.path) {
+			continue
+		}
+		for _, d := range p.imports {
+			if testOnly(d) {
+				t.Errorf("%s imports the test-only package %s from non-test code", p.path, d)
+			}
+		}
+	}
+}
+
+// TestShippedBinaryDeps checks what the coffer binary links: no test-only
+// package, and not Helm, which only the chart tests use.
+func TestShippedBinaryDeps(t *testing.T) {
+	bin := list(t, "./cmd/coffer")
+	if len(bin) != 1 || len(bin[0].deps) == 0 {
+		t.Fatalf("go list ./cmd/coffer: %+v", bin)
+	}
+	for _, d := range bin[0].deps {
+		if testOnly(d) {
+			t.Errorf("the coffer binary links the test-only package %s", d)
+		}
+	}
+	for _, d := range bin[0].all {
+		if strings.HasPrefix(d, "helm.sh/") {
+			t.Errorf("the coffer binary links %s", d)
+		}
+	}
+}
