@@ -14,7 +14,7 @@ PKGS := ./cmd/... ./internal/... ./test/...
 E2E ?= 1
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: test deps kube-assets lint unit e2e build bench dev clean
+.PHONY: test deps kube-assets lint unit e2e build bench dev clean proto proto-check
 
 ifeq ($(E2E),0)
 test: deps kube-assets lint unit
@@ -69,6 +69,18 @@ bench:
 
 dev:
 	$(GO) run ./cmd/coffer dev
+
+# The Go code of proto/ (the Push service), generated with buf and the
+# protoc-gen-go and protoc-gen-go-grpc plugins built from the Go module
+# proxy. proto-check regenerates into a temporary directory and fails if the
+# committed code differs; internal/node/push's fast test checks the digests
+# the script records. The first run builds buf, which takes a few minutes.
+proto:
+	@GO="$(GO)" ./scripts/gen-proto.sh
+
+proto-check:
+	@echo "== proto-check"
+	@GO="$(GO)" ./scripts/gen-proto.sh --check
 
 clean:
 	rm -rf bin
