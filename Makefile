@@ -17,7 +17,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: test deps kube-assets lint unit e2e build bench dev clean
+.PHONY: test deps kube-assets lint unit e2e build bench dev clean proto proto-check
 
 ifeq ($(E2E),0)
 test: deps kube-assets lint unit
@@ -72,6 +72,18 @@ bench:
 
 dev:
 	$(GO) run ./cmd/coffer dev
+
+# The Go code of proto/ (the Push service), generated with buf and the
+# protoc-gen-go and protoc-gen-go-grpc plugins built from the Go module
+# proxy. proto-check regenerates into a temporary directory and fails if the
+# committed code differs; internal/node/push's fast test checks the digests
+# the script records. The first run builds buf, which takes a few minutes.
+proto:
+	@GO="$(GO)" ./scripts/gen-proto.sh
+
+proto-check:
+	@echo "== proto-check"
+	@GO="$(GO)" ./scripts/gen-proto.sh --check
 
 clean:
 	rm -rf bin

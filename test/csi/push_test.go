@@ -1,8 +1,12 @@
 package csi
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,6 +15,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // waitFile waits until path holds want (it may not exist yet), or fails
@@ -160,4 +166,97 @@ func TestPushAfterProviderRestartWithoutTicks(t *testing.T) {
 	setSecret(t, s.env, "pushed", "while restarting")
 	waitFile(t, filepath.Join(req.TargetPath, "pushed"), "while restarting", 30*time.Second, "the volume was not refreshed after the provider restarted")
 	s.waitWatched(t, 1, "after the refresh")
+}
+
+// Push rotation moves a changed value over the network once: the vault's
+// answer to the provider's held read carries it, and the driver's
+// follow-up mount is a conditional read, which the vault still
+// authenticates and authorizes for the volume's identity, answered 304.
+// Counted on the vault's side, in its audit log: before the held read's
+// answer was kept, each change cost two answers with the value.
+func TestPushRotationTransfersEachValueOnce(t *testing.T) {
+	s := pushStack(t, "once")
+	req := s.publishRequest(t, s.pod(t, "default", "once"), "secrets")
+	if _, err := s.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	s.waitWatched(t, 1, "after the mount")
+	file := filepath.Join(req.TargetPath, "pushed")
+	prev := auditedReads(t, s.env, "secrets/pushed")
+	for i := range 3 {
+		value := fmt.Sprintf("v%d", i+1)
+		setSecret(t, s.env, "pushed", value)
+		waitFile(t, file, value, 20*time.Second, "change "+value+" did not arrive")
+		// Every read of this change ended before the file was written.
+		now := auditedReads(t, s.env, "secrets/pushed")
+		transfers, conditional := now.transfers-prev.transfers, now.conditional-prev.conditional
+		prev = now
+		if transfers != 1 || conditional < 1 {
+			t.Fatalf("change %s: the vault sent the value %d times and answered %d conditional reads 304; want once, and the mount's read answered 304", value, transfers, conditional)
+		}
+		t.Logf("change %s: %d value transfer, %d conditional read answered 304", value, transfers, conditional)
+	}
+}
+
+// reads counts the vault's answers to reads of an object.
+type reads struct {
+	transfers   int // 200s: each carried the value
+	conditional int // 304s: authorized, without the value
+}
+
+// auditedReads counts, in the vault's audit log, the reads of object
+// ("secrets/name") at its latest version answered so far. The log is
+// written asynchronously, in the order requests end: a read of another
+// object, made now, marks how far it must have been written.
+func auditedReads(t testing.TB, env *testserver.Env, object string) reads {
+	t.Helper()
+	sc, err := env.Client.Secrets("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := fmt.Sprintf("audit-marker-%d", time.Now().UnixNano())
+	if _, err := sc.GetSecret(context.Background(), marker, "", nil); err == nil {
+		t.Fatalf("secret %s exists", marker)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if c, ok := readsBefore(t, env, object, "secrets/"+marker); ok {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the audit log does not record a read made 20 s ago")
+		}
+	}
+}
+
+// readsBefore counts the reads of object in the audit log before the
+// line of marker, and reports whether that line is there.
+func readsBefore(t testing.TB, env *testserver.Env, object, marker string) (reads, bool) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(env.DataDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c reads
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Vault, Object, Version, Method, Decision string
+			Status                                   int
+		}
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			continue // a line being written
+		}
+		switch {
+		case e.Vault != "demo" || e.Version != "" || e.Method != http.MethodGet:
+		case e.Object == marker:
+			return c, true
+		case e.Object != object || e.Decision != "allow":
+		case e.Status == http.StatusOK:
+			c.transfers++
+		case e.Status == http.StatusNotModified:
+			c.conditional++
+		}
+	}
+	return c, false
 }

@@ -137,7 +137,7 @@ func (c *Client) Get(ctx context.Context, base, token, collection, name, version
 	if version != "" {
 		u += "/" + url.PathEscape(version)
 	}
-	resp, err := c.do(ctx, u+"?api-version="+APIVersion, token, etag)
+	resp, err := c.do(ctx, u+"?api-version="+APIVersion, token, etag, "")
 	if err != nil {
 		return "", false, err
 	}
@@ -156,37 +156,49 @@ func (c *Client) Get(ctx context.Context, base, token, collection, name, version
 // so asking again would only spin.
 var ErrNotHeld = errors.New("the vault does not hold conditional reads (Prefer: wait)")
 
+// Held is how a held read ended.
+type Held struct {
+	// ETag is the object's tag now: the new one after a change, else the
+	// one waited on.
+	ETag string
+	// Changed reports that the object no longer matches the tag waited on.
+	Changed bool
+	// Undecoded, after a change, is why out does not hold the new state:
+	// the body was over MaxBody or not the expected JSON. The change
+	// stands; the caller reads the object through its own path, which
+	// reports the problem where it belongs.
+	Undecoded error
+}
+
 // Wait asks the vault to hold a conditional read of the latest version of
 // {collection}/{name} until it no longer matches etag, for at most wait.
-// It returns the new ETag and changed true when the object changed (its
-// body is read and dropped: the caller reads it again through its own
-// path), or changed false when the wait ended first. The client's own
-// timeout must be longer than wait.
-func (c *Client) Wait(ctx context.Context, base, token, collection, name, etag string, wait time.Duration) (newTag string, changed bool, err error) {
+// When the object changed, the answer carries its new state, which Wait
+// decodes into out as Get would (out nil: the body is dropped), so the
+// caller need not transfer the value again. The client's own timeout must
+// be longer than wait.
+func (c *Client) Wait(ctx context.Context, base, token, collection, name, etag string, wait time.Duration, out any) (Held, error) {
 	u := strings.TrimSuffix(base, "/") + "/" + collection + "/" + url.PathEscape(name) + "?api-version=" + APIVersion
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := c.do(ctx, u, token, etag, "wait="+strconv.Itoa(max(1, int(wait/time.Second))))
 	if err != nil {
-		return "", false, err
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("If-None-Match", etag)
-	req.Header.Set("Prefer", "wait="+strconv.Itoa(max(1, int(wait/time.Second))))
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return "", false, &Error{Message: err.Error(), Err: err}
+		return Held{}, err
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusNotModified:
 		if resp.Header.Get("Preference-Applied") == "" {
-			return "", false, ErrNotHeld
+			return Held{}, ErrNotHeld
 		}
-		return etag, false, nil
+		return Held{ETag: etag}, nil
 	case http.StatusOK:
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxBody))
-		return resp.Header.Get("ETag"), true, nil
+		h := Held{ETag: resp.Header.Get("ETag"), Changed: true}
+		if out == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxBody))
+			return h, nil
+		}
+		h.Undecoded = decode(resp, out)
+		return h, nil
 	}
-	return "", false, decode(resp, nil)
+	return Held{}, decode(resp, nil)
 }
 
 // Versions lists every version of {collection}/{name}, following nextLink
@@ -202,7 +214,7 @@ func (c *Client) Versions(ctx context.Context, base, token, collection, name str
 		if !strings.HasPrefix(next, base+"/") {
 			return nil, fmt.Errorf("listing versions of %s: the vault's nextLink %q leaves the vault", name, next)
 		}
-		resp, err := c.do(ctx, next, token, "")
+		resp, err := c.do(ctx, next, token, "", "")
 		if err != nil {
 			return nil, err
 		}
@@ -224,7 +236,9 @@ func (c *Client) Versions(ctx context.Context, base, token, collection, name str
 	return all, nil
 }
 
-func (c *Client) do(ctx context.Context, u, token, etag string) (*http.Response, error) {
+// do sends a GET of u with token, conditional on etag and with an RFC 7240
+// preference when they are set.
+func (c *Client) do(ctx context.Context, u, token, etag, prefer string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
@@ -232,6 +246,9 @@ func (c *Client) do(ctx context.Context, u, token, etag string) (*http.Response,
 	req.Header.Set("Authorization", "Bearer "+token)
 	if etag != "" {
 		req.Header.Set("If-None-Match", etag)
+	}
+	if prefer != "" {
+		req.Header.Set("Prefer", prefer)
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {

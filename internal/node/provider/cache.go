@@ -79,31 +79,41 @@ func (s *Server) fetchPatiently(ctx context.Context, base, token, objType, name,
 	}
 }
 
-// fetch reads one object version, conditionally when it is cached.
-func (s *Server) fetch(ctx context.Context, base, token, objType, name, version string) (*fetched, error) {
-	key := base + "\x00" + objType + "\x00" + name + "\x00" + version
-	etag, prev := s.cache.get(key)
-	var (
-		f       *fetched
-		newTag  string
-		notMod  bool
-		err     error
-		coll    = collection(objType)
-		secret  kvclient.Secret
-		key2    kvclient.Key
-		certRes kvclient.Certificate
-	)
+// cacheKey names one object version in the cache: "" is the latest.
+func cacheKey(base, objType, name, version string) string {
+	return base + "\x00" + objType + "\x00" + name + "\x00" + version
+}
+
+// decoding is where a read of one object type decodes to, and how what
+// it decoded becomes a fetched. A mount's reads and the held reads of
+// push rotation share it, so a value a held read brought is cached
+// exactly as the mount's own read would have cached it.
+type decoding struct {
+	out any
+	get func() *fetched
+}
+
+func decodingFor(objType string) decoding {
 	switch objType {
 	case azparams.TypeKey:
-		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &key2)
-		f = &fetched{Version: kvclient.VersionOf(key2.Key.Kid), Key: &key2.Key}
+		var k kvclient.Key
+		return decoding{&k, func() *fetched { return &fetched{Version: kvclient.VersionOf(k.Key.Kid), Key: &k.Key} }}
 	case azparams.TypeCert:
-		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &certRes)
-		f = &fetched{Version: kvclient.VersionOf(certRes.ID), CER: certRes.CER}
-	default:
-		newTag, notMod, err = s.cfg.Vault.Get(ctx, base, token, coll, name, version, etag, &secret)
-		f = &fetched{Version: kvclient.VersionOf(secret.ID), Value: secret.Value, ContentType: secret.ContentType, CertBacked: secret.KID != ""}
+		var c kvclient.Certificate
+		return decoding{&c, func() *fetched { return &fetched{Version: kvclient.VersionOf(c.ID), CER: c.CER} }}
 	}
+	var sec kvclient.Secret
+	return decoding{&sec, func() *fetched {
+		return &fetched{Version: kvclient.VersionOf(sec.ID), Value: sec.Value, ContentType: sec.ContentType, CertBacked: sec.KID != ""}
+	}}
+}
+
+// fetch reads one object version, conditionally when it is cached.
+func (s *Server) fetch(ctx context.Context, base, token, objType, name, version string) (*fetched, error) {
+	key := cacheKey(base, objType, name, version)
+	etag, prev := s.cache.get(key)
+	d := decodingFor(objType)
+	newTag, notMod, err := s.cfg.Vault.Get(ctx, base, token, collection(objType), name, version, etag, d.out)
 	switch {
 	case err != nil:
 		s.requests.WithLabelValues(objType, "error").Inc()
@@ -116,6 +126,7 @@ func (s *Server) fetch(ctx context.Context, base, token, objType, name, version 
 		return nil, errors.New("the vault answered 304 to an unconditional read")
 	}
 	s.requests.WithLabelValues(objType, "fetched").Inc()
+	f := d.get()
 	f.ETag = newTag
 	if f.Version == "" {
 		return nil, errors.New("the vault's answer has no object id")

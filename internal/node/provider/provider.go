@@ -124,7 +124,7 @@ func New(cfg Config) (*Server, error) {
 			Help: "Mounts answered with last-known-good files because the vault or the authority was unreachable (lastKnownGood)."}),
 	}
 	cfg.Registry.MustRegister(s.requests, s.mounts, s.latency, s.stale)
-	s.watch = newWatcher(cfg.Vault, cfg.Registry, cfg.Log)
+	s.watch = newWatcher(cfg.Vault, s.cache, cfg.Registry, cfg.Log)
 	return s, nil
 }
 
@@ -327,7 +327,7 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 			results[i] = &v1alpha1.File{Path: e.path, Mode: int32(e.obj.Mode), Contents: b}
 			versions[i] = &v1alpha1.ObjectVersion{Id: e.id, Version: f.Version}
 			if e.version == "" && f.ETag != "" {
-				watched[i] = watchItem{base: base, coll: collection(e.obj.Type), name: e.obj.Name, etag: f.ETag}
+				watched[i] = watchItem{base: base, objType: e.obj.Type, name: e.obj.Name, etag: f.ETag}
 			}
 		}()
 	}

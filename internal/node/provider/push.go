@@ -23,6 +23,13 @@ import (
 // them through an ordinary Mount. One held read per object serves every
 // volume on the node that holds it. Nothing is watched while no driver
 // listens (the upstream driver never does).
+//
+// The held read's answer to a change carries the new value: it goes into
+// the object cache under its new ETag before the volumes are reported, so
+// each follow-up Mount's conditional read is answered 304 and the value
+// crosses the network once per change. Each Mount still asks the vault,
+// with its own volume's token: the vault authorizes every volume's read,
+// and a 304 is only the answer to an authorized one.
 const (
 	// holdFor is the wait asked of the vault per held read: under its
 	// 30-second cap, so the vault, not a timeout, ends each one.
@@ -39,14 +46,15 @@ const (
 
 // watchItem is one object a mount read at its latest version.
 type watchItem struct {
-	base, coll, name, etag string
+	base, objType, name, etag string
 }
 
-func (i watchItem) key() string { return i.base + "\x00" + i.coll + "\x00" + i.name }
+func (i watchItem) key() string { return cacheKey(i.base, i.objType, i.name, "") }
 
 // watcher holds the vault reads that watch mounted objects.
 type watcher struct {
 	vault *kvclient.Client // with a timeout longer than holdFor
+	cache *cache           // the mounts' object cache, which held reads' answers seed
 	log   *slog.Logger
 	now   func() time.Time
 
@@ -77,12 +85,12 @@ type subscriber struct {
 	expires time.Time
 }
 
-func newWatcher(vault *kvclient.Client, reg prometheus.Registerer, log *slog.Logger) *watcher {
+func newWatcher(vault *kvclient.Client, c *cache, reg prometheus.Registerer, log *slog.Logger) *watcher {
 	hc := &http.Client{Timeout: holdFor + 15*time.Second}
 	if vault.HTTP != nil {
 		hc.Transport = vault.HTTP.Transport
 	}
-	w := &watcher{vault: &kvclient.Client{HTTP: hc}, log: log, now: time.Now, done: make(chan struct{}),
+	w := &watcher{vault: &kvclient.Client{HTTP: hc}, cache: c, log: log, now: time.Now, done: make(chan struct{}),
 		watched: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_provider_watched_objects",
 			Help: "Vault objects watched for push rotation (one held read each)."}),
 		pushes: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_provider_pushes_total",
@@ -249,8 +257,9 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 		}
 		w.mu.Unlock()
 		start := time.Now()
-		etag, changed, err := w.vault.Wait(ctx, item.base, token, item.coll, item.name, item.etag, holdFor)
-		if changed && (etag == "" || etag == item.etag) {
+		d := decodingFor(item.objType)
+		held, err := w.vault.Wait(ctx, item.base, token, collection(item.objType), item.name, item.etag, holdFor, d.out)
+		if held.Changed && (held.ETag == "" || held.ETag == item.etag) {
 			// A 200 that is not a change (a proxy that ignores
 			// If-None-Match, say) would make this loop spin.
 			err = kvclient.ErrNotHeld
@@ -282,7 +291,7 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 		case err != nil:
 			// Gone or unreachable: interval rotation reports it on the
 			// volume; here, only try again later.
-			w.log.Debug("push rotation: a held read failed", "vault", item.base, "object", item.coll+"/"+item.name, "class", kvclient.Classify(err), "retry", backoff)
+			w.log.Debug("push rotation: a held read failed", "vault", item.base, "object", item.objType+"/"+item.name, "class", kvclient.Classify(err), "retry", backoff)
 			if !sleep(ctx, backoff+rand.N(backoff/2)) {
 				return
 			}
@@ -290,8 +299,9 @@ func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
 			continue
 		}
 		backoff = time.Second
-		if changed {
-			w.changed(o, etag)
+		if held.Changed {
+			w.seed(item, held, d)
+			w.changed(o, held.ETag)
 		} else if time.Since(start) < time.Second && !sleep(ctx, time.Second) {
 			return // answered at once (a vault at its cap, or stopping): not faster than once a second
 		}
@@ -335,6 +345,28 @@ func (w *watcher) tokenLocked(o *watchedObject) (target, token string) {
 		}
 	}
 	return target, token
+}
+
+// seed caches the new state a held read brought, under its ETag, for the
+// follow-up mounts' conditional reads. An answer that did not decode, or
+// names no version, is left out: those mounts read it themselves, and
+// report what is wrong with it.
+func (w *watcher) seed(item watchItem, held kvclient.Held, d decoding) {
+	if held.Undecoded != nil {
+		// Its code only: a JSON syntax error quotes the body.
+		code := "unknown"
+		if ke := (*kvclient.Error)(nil); errors.As(held.Undecoded, &ke) {
+			code = ke.Code
+		}
+		w.log.Debug("push rotation: a held read's answer did not decode; the mounts read it again", "vault", item.base, "object", item.objType+"/"+item.name, "code", code)
+		return
+	}
+	f := d.get()
+	if f.Version == "" {
+		return
+	}
+	f.ETag = held.ETag
+	w.cache.put(item.key(), held.ETag, f)
 }
 
 // changed records an object's new state and reports each volume that

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cofferhq/coffer/internal/node/azparams"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 )
 
@@ -20,12 +21,12 @@ import (
 // one registered with such a token is not watched at all (no loop).
 func TestWatchRenewsExpiringTokens(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	w := newWatcher(&kvclient.Client{}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	w := newWatcher(&kvclient.Client{}, newCache(1<<20), prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	w.now = func() time.Time { return now }
 	driver := make(chan string, 10)
 	w.listeners[driver] = struct{}{}
 	// Its held reads go to a closed loopback port and only back off.
-	item := watchItem{base: "https://127.0.0.1:1", coll: "secrets", name: "db", etag: `"v1"`}
+	item := watchItem{base: "https://127.0.0.1:1", objType: azparams.TypeSecret, name: "db", etag: `"v1"`}
 
 	w.register("/pods/a/vol", "token-a", now.Add(tokenSlack-time.Second), []watchItem{item})
 	if len(w.objects) != 0 {
@@ -39,7 +40,7 @@ func TestWatchRenewsExpiringTokens(t *testing.T) {
 	}
 	defer w.Forget("/pods/b/vol")
 	// A remount of the same objects keeps the held read.
-	w.register("/pods/a/vol", "token-a", now.Add(time.Hour), []watchItem{{base: item.base, coll: item.coll, name: item.name, etag: `"v2"`}})
+	w.register("/pods/a/vol", "token-a", now.Add(time.Hour), []watchItem{{base: item.base, objType: item.objType, name: item.name, etag: `"v2"`}})
 	if w.objects[item.key()] != o || o.item.etag != `"v2"` {
 		t.Fatal("a remount restarted the object's held read, or did not record the newer state")
 	}
@@ -89,11 +90,11 @@ func TestWatchSurvivesARefusedToken(t *testing.T) {
 	}))
 	defer vault.Close()
 	now := time.Now()
-	w := newWatcher(&kvclient.Client{HTTP: vault.Client()}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	w := newWatcher(&kvclient.Client{HTTP: vault.Client()}, newCache(1<<20), prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	defer w.close()
 	driver := make(chan string, 10)
 	w.listeners[driver] = struct{}{}
-	item := watchItem{base: vault.URL, coll: "secrets", name: "db", etag: `"v1"`}
+	item := watchItem{base: vault.URL, objType: azparams.TypeSecret, name: "db", etag: `"v1"`}
 	// a's token lasts longer, so it is tried first.
 	w.mu.Lock()
 	w.objects[item.key()] = &watchedObject{item: item, cancel: func() {}, subs: map[string]subscriber{
@@ -126,7 +127,7 @@ func TestWatchSurvivesARefusedToken(t *testing.T) {
 // close ends the driver's Watch stream, so a graceful stop of the
 // provider's gRPC server does not wait on it.
 func TestCloseEndsWatch(t *testing.T) {
-	w := newWatcher(&kvclient.Client{}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	w := newWatcher(&kvclient.Client{}, newCache(1<<20), prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	ended := make(chan error, 1)
 	go func() { ended <- w.Watch(context.Background(), func(string) error { return nil }) }()
 	w.close()

@@ -6,10 +6,11 @@
 // driver never calls it, and a provider without it answers Unimplemented,
 // so either side falls back to interval rotation alone.
 //
-// The messages are protobuf's well-known wrapper types, so the service
-// needs no generated code: Watch takes an Empty and streams StringValues,
-// each a volume's target path (the first one empty: the provider is
-// listening); Forget takes a target path and returns an Empty.
+// The service is defined in proto/coffer/provider/v1/push.proto and
+// specified in docs/push-protocol.md; push.pb.go and push_grpc.pb.go are
+// generated from it by scripts/gen-proto.sh. This file adapts the
+// generated service to the two sides' Go API: Register for a provider,
+// Watch and Forget for a driver.
 package push
 
 import (
@@ -18,17 +19,15 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/emptypb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // ServiceName is the gRPC service's full name.
 const ServiceName = "coffer.provider.v1.Push"
 
-const (
-	watchMethod  = "/" + ServiceName + "/Watch"
-	forgetMethod = "/" + ServiceName + "/Forget"
-)
+// ErrNoTarget is a Forget without a target path.
+var ErrNoTarget = errors.New("push: Forget needs a target path")
 
 // Handler is the provider's side.
 type Handler interface {
@@ -40,40 +39,28 @@ type Handler interface {
 }
 
 // Register adds h as the Push service of g.
-func Register(g *grpc.Server, h Handler) {
-	g.RegisterService(&grpc.ServiceDesc{
-		ServiceName: ServiceName,
-		HandlerType: (*Handler)(nil),
-		Methods: []grpc.MethodDesc{{
-			MethodName: "Forget",
-			Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-				in := &wrapperspb.StringValue{}
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				forget := func(_ context.Context, req any) (any, error) {
-					srv.(Handler).Forget(req.(*wrapperspb.StringValue).GetValue())
-					return &emptypb.Empty{}, nil
-				}
-				if interceptor == nil {
-					return forget(ctx, in)
-				}
-				return interceptor(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: forgetMethod}, forget)
-			},
-		}},
-		Streams: []grpc.StreamDesc{{
-			StreamName:    "Watch",
-			ServerStreams: true,
-			Handler: func(srv any, stream grpc.ServerStream) error {
-				if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
-					return err
-				}
-				return srv.(Handler).Watch(stream.Context(), func(target string) error {
-					return stream.SendMsg(wrapperspb.String(target))
-				})
-			},
-		}},
-	}, h)
+func Register(g grpc.ServiceRegistrar, h Handler) {
+	RegisterPushServer(g, server{h: h})
+}
+
+// server serves the generated service with a Handler.
+type server struct {
+	UnimplementedPushServer
+	h Handler
+}
+
+func (s server) Watch(_ *WatchRequest, stream grpc.ServerStreamingServer[WatchResponse]) error {
+	return s.h.Watch(stream.Context(), func(target string) error {
+		return stream.Send(&WatchResponse{TargetPath: target})
+	})
+}
+
+func (s server) Forget(_ context.Context, req *ForgetRequest) (*ForgetResponse, error) {
+	if req.GetTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, ErrNoTarget.Error())
+	}
+	s.h.Forget(req.GetTargetPath())
+	return &ForgetResponse{}, nil
 }
 
 // Watch subscribes to the provider behind conn: it calls listening once
@@ -81,25 +68,19 @@ func Register(g *grpc.Server, h Handler) {
 // volume it reports, until ctx ends or the stream breaks. A provider
 // without the service fails it with codes.Unimplemented.
 func Watch(ctx context.Context, conn grpc.ClientConnInterface, listening func(), changed func(target string)) error {
-	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{StreamName: "Watch", ServerStreams: true}, watchMethod)
+	stream, err := NewPushClient(conn).Watch(ctx, &WatchRequest{})
 	if err != nil {
-		return err
-	}
-	if err := stream.SendMsg(&emptypb.Empty{}); err != nil {
-		return err
-	}
-	if err := stream.CloseSend(); err != nil {
 		return err
 	}
 	heard := false
 	for {
-		msg := &wrapperspb.StringValue{}
-		if err := stream.RecvMsg(msg); err != nil {
+		msg, err := stream.Recv()
+		if err != nil {
 			return err
 		}
 		switch {
-		case msg.GetValue() != "":
-			changed(msg.GetValue())
+		case msg.GetTargetPath() != "":
+			changed(msg.GetTargetPath())
 		case !heard:
 			heard = true
 			listening()
@@ -110,9 +91,9 @@ func Watch(ctx context.Context, conn grpc.ClientConnInterface, listening func(),
 // Forget tells the provider behind conn that a volume is gone.
 func Forget(ctx context.Context, conn grpc.ClientConnInterface, target string) error {
 	if target == "" {
-		return errors.New("push: Forget needs a target path")
+		return ErrNoTarget
 	}
-	if err := conn.Invoke(ctx, forgetMethod, wrapperspb.String(target), &emptypb.Empty{}); err != nil {
+	if _, err := NewPushClient(conn).Forget(ctx, &ForgetRequest{TargetPath: target}); err != nil {
 		return fmt.Errorf("push: forget %s: %w", target, err)
 	}
 	return nil
