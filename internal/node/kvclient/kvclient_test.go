@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
 // answer is what a stand-in vault replies.
@@ -61,32 +63,32 @@ func errorBody(code, inner string) string {
 func TestErrorsAreClassified(t *testing.T) {
 	tests := map[string]struct {
 		answer    answer
-		wantClass Class
+		wantClass mounterr.Code
 		want      Error
 	}{
-		"401": {answer: answer{status: 401, body: errorBody("Unauthorized", "")}, wantClass: Forbidden,
+		"401": {answer: answer{status: 401, body: errorBody("Unauthorized", "")}, wantClass: mounterr.Forbidden,
 			want: Error{Status: 401, Code: "Unauthorized", Message: "it says no"}},
-		"403 with an inner code": {answer: answer{status: 403, body: errorBody("Forbidden", "AccessDenied")}, wantClass: Forbidden,
+		"403 with an inner code": {answer: answer{status: 403, body: errorBody("Forbidden", "AccessDenied")}, wantClass: mounterr.Forbidden,
 			want: Error{Status: 403, Code: "Forbidden", Inner: "AccessDenied", Message: "it says no"}},
-		"404": {answer: answer{status: 404, body: errorBody("SecretNotFound", "")}, wantClass: NotFound,
+		"404": {answer: answer{status: 404, body: errorBody("SecretNotFound", "")}, wantClass: mounterr.NotFound,
 			want: Error{Status: 404, Code: "SecretNotFound", Message: "it says no"}},
-		"429 with Retry-After": {answer: answer{status: 429, header: map[string]string{"Retry-After": "7"}, body: errorBody("Throttled", "")}, wantClass: Throttled,
+		"429 with Retry-After": {answer: answer{status: 429, header: map[string]string{"Retry-After": "7"}, body: errorBody("Throttled", "")}, wantClass: mounterr.Throttled,
 			want: Error{Status: 429, Code: "Throttled", Message: "it says no", RetryAfter: 7 * time.Second}},
-		"429 with a huge Retry-After": {answer: answer{status: 429, header: map[string]string{"Retry-After": "99999999999"}}, wantClass: Throttled,
+		"429 with a huge Retry-After": {answer: answer{status: 429, header: map[string]string{"Retry-After": "99999999999"}}, wantClass: mounterr.Throttled,
 			want: Error{Status: 429, Message: "Too Many Requests", RetryAfter: 24 * time.Hour}},
-		"429 with a date for Retry-After": {answer: answer{status: 429, header: map[string]string{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}}, wantClass: Throttled,
+		"429 with a date for Retry-After": {answer: answer{status: 429, header: map[string]string{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}}, wantClass: mounterr.Throttled,
 			want: Error{Status: 429, Message: "Too Many Requests"}},
-		"400": {answer: answer{status: 400, body: errorBody("BadParameter", "")}, wantClass: InvalidParameter,
+		"400": {answer: answer{status: 400, body: errorBody("BadParameter", "")}, wantClass: mounterr.InvalidParameter,
 			want: Error{Status: 400, Code: "BadParameter", Message: "it says no"}},
-		"500 without a body": {answer: answer{status: 500}, wantClass: Unreachable,
+		"500 without a body": {answer: answer{status: 500}, wantClass: mounterr.Unreachable,
 			want: Error{Status: 500, Message: "Internal Server Error"}},
-		"503 from a proxy": {answer: answer{status: 503, body: "<html>down</html>"}, wantClass: Unreachable,
+		"503 from a proxy": {answer: answer{status: 503, body: "<html>down</html>"}, wantClass: mounterr.Unreachable,
 			want: Error{Status: 503, Message: "Service Unavailable"}},
-		"an unexpected status": {answer: answer{status: 418}, wantClass: Internal,
+		"an unexpected status": {answer: answer{status: 418}, wantClass: mounterr.Internal,
 			want: Error{Status: 418, Message: "I'm a teapot"}},
-		"a 200 that is not JSON": {answer: answer{body: "<html>"}, wantClass: Internal,
+		"a 200 that is not JSON": {answer: answer{body: "<html>"}, wantClass: mounterr.Internal,
 			want: Error{Status: 200, Code: "BadResponse"}},
-		"a 200 over the bound": {answer: answer{body: `{"value":"` + strings.Repeat("x", MaxBody) + `"}`}, wantClass: Internal,
+		"a 200 over the bound": {answer: answer{body: `{"value":"` + strings.Repeat("x", MaxBody) + `"}`}, wantClass: mounterr.Internal,
 			want: Error{Status: 200, Code: "ResponseTooLarge", Message: fmt.Sprintf("the response is over %d bytes", MaxBody)}},
 	}
 	for name, test := range tests {
@@ -114,7 +116,7 @@ func TestErrorsAreClassified(t *testing.T) {
 	}
 }
 
-// A vault that cannot be reached is Unreachable, with the transport's
+// A vault that cannot be reached is mounterr.Unreachable, with the transport's
 // error kept; an error that is neither the vault's nor the network's is
 // Internal.
 func TestTransportErrors(t *testing.T) {
@@ -124,16 +126,16 @@ func TestTransportErrors(t *testing.T) {
 	c := &Client{HTTP: &http.Client{}}
 	_, _, err := c.Get(context.Background(), base, "tok", "secrets", "db", "", "", &Secret{})
 	var e *Error
-	if !errors.As(err, &e) || e.Status != 0 || e.Err == nil || Classify(err) != Unreachable {
+	if !errors.As(err, &e) || e.Status != 0 || e.Err == nil || Classify(err) != mounterr.Unreachable {
 		t.Fatalf("a refused connection: %v, class %s", err, Classify(err))
 	}
 	if !strings.HasPrefix(err.Error(), "vault unreachable: ") {
 		t.Errorf("message %q", err)
 	}
-	if got := Classify(context.DeadlineExceeded); got != Unreachable {
+	if got := Classify(context.DeadlineExceeded); got != mounterr.Unreachable {
 		t.Errorf("a deadline: %s", got)
 	}
-	if got := Classify(errors.New("something else")); got != Internal {
+	if got := Classify(errors.New("something else")); got != mounterr.Internal {
 		t.Errorf("another error: %s", got)
 	}
 }
@@ -214,7 +216,7 @@ func TestWait(t *testing.T) {
 		wantValue     string
 		wantErr       error
 		wantUndecoded string // the code of Held.Undecoded
-		wantErrClass  Class
+		wantErrClass  mounterr.Code
 	}{
 		"changed": {
 			wait:       25 * time.Second,
@@ -254,7 +256,7 @@ func TestWait(t *testing.T) {
 		"refused": {
 			wait:       25 * time.Second,
 			answer:     answer{status: 403, body: errorBody("Forbidden", "AccessDenied")},
-			wantPrefer: "wait=25", wantErrClass: Forbidden, wantValue: "untouched",
+			wantPrefer: "wait=25", wantErrClass: mounterr.Forbidden, wantValue: "untouched",
 		},
 	}
 	for name, test := range tests {
@@ -339,7 +341,7 @@ func TestVersions(t *testing.T) {
 	}
 
 	setPage("", `{"value":[],"nextLink":"BASE/secrets/db/versions?page=gone"}`)
-	if _, err := c.Versions(ctx, srv.URL, "tok", "secrets", "db"); Classify(err) != NotFound {
+	if _, err := c.Versions(ctx, srv.URL, "tok", "secrets", "db"); Classify(err) != mounterr.NotFound {
 		t.Fatalf("a page that fails: %v", err)
 	}
 }

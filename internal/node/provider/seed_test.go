@@ -15,6 +15,7 @@ import (
 	"github.com/cofferhq/coffer/internal/node/authclient"
 	"github.com/cofferhq/coffer/internal/node/azparams"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
 // standIn is a vault of one object on loopback that holds conditional
@@ -165,7 +166,7 @@ func TestHeldReadSeedsTheCache(t *testing.T) {
 			// The follow-up mount, as another volume's identity would.
 			f, err := s.fetch(ctx, srv.URL, "token-b", test.objType, "db", "")
 			switch {
-			case test.big && kvclient.Classify(err) != kvclient.Internal:
+			case test.big && kvclient.Classify(err) != mounterr.Internal:
 				t.Fatalf("the follow-up read of an oversized object: %v", err)
 			case !test.big && (err != nil || f.Version != "v2" || f.ETag != `"v2"`):
 				t.Fatalf("the follow-up read: %v, %+v; want version v2 under its ETag", err, f)
