@@ -96,8 +96,10 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	endpoint := "unix://" + filepath.Join(sockDir, "csi.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := csidriver.NewDaemon(ctx, csidriver.Options{
-		NodeID: "node-1", Endpoint: endpoint, ProviderDirs: append(o.moreProviders, p.Dir), MaxCallRecvMsgSize: o.maxRecv,
-		RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Push: o.push,
+		Settings: csidriver.Settings{
+			NodeID: "node-1", Endpoint: endpoint, ProviderDirs: append(o.moreProviders, p.Dir), MaxCallRecvMsgSize: o.maxRecv,
+			RotationEnabled: o.rotation > 0, RotationInterval: o.rotation, RotationTick: o.rotationTick, Push: o.push,
+		},
 		Kube: kube.Config, Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

@@ -44,7 +44,7 @@ func TestCSISanity(t *testing.T) {
 	// on its arguments or on the missing class.
 	kube := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{repoFile(t, "deploy/crds")}})
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := csidriver.NewDaemon(ctx, csidriver.Options{NodeID: "sanity-node", Endpoint: endpoint, ProviderDirs: []string{p.Dir},
+	d, err := csidriver.NewDaemon(ctx, csidriver.Options{Settings: csidriver.Settings{NodeID: "sanity-node", Endpoint: endpoint, ProviderDirs: []string{p.Dir}},
 		Kube: kube.Config, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		cancel()

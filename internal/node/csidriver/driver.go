@@ -27,8 +27,9 @@ import (
 // Name is the CSI driver name the upstream driver registers.
 const Name = "secrets-store.csi.k8s.io"
 
-// Config configures a driver.
-type Config struct {
+// Settings are how a driver behaves. Config (the driver's core) and
+// Options (the daemon around it) both hold them.
+type Settings struct {
 	// Name is the CSI driver name (default Name).
 	Name string
 	// NodeID names this node (NodeGetInfo, the SPCPS node label).
@@ -56,6 +57,11 @@ type Config struct {
 	Push bool
 	// ProviderTimeout bounds one provider call.
 	ProviderTimeout time.Duration
+}
+
+// Config configures a driver's core.
+type Config struct {
+	Settings
 
 	// Kube reads SecretProviderClasses and writes statuses and Secrets; a
 	// driver without it refuses to publish (as in csi-sanity).

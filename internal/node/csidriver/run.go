@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -30,22 +29,8 @@ import (
 // set. Errors about them are *daemon.OptionError values naming these
 // fields.
 type Options struct {
-	// Name is the CSI driver name (default Name).
-	Name string
-	// NodeID names this node.
-	NodeID string
-	// Endpoint is the CSI socket, such as unix:///csi/csi.sock.
-	Endpoint string
-	// ProviderDirs hold provider sockets, searched in order.
-	ProviderDirs []string
-	// MaxCallRecvMsgSize bounds a provider's response, in bytes.
-	MaxCallRecvMsgSize int
-	// RotationEnabled, RotationInterval, RotationTick and Push are as in
-	// Config.
-	RotationEnabled  bool
-	RotationInterval time.Duration
-	RotationTick     time.Duration
-	Push             bool
+	Settings
+
 	// MetricsAddr serves /metrics and /healthz; empty is off.
 	MetricsAddr string
 	// RegistrationDir, when set, is the kubelet's plugin watcher directory
@@ -141,10 +126,10 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	if name == "" {
 		name = Name
 	}
+	settings := o.Settings
+	settings.Name = name
 	d.Driver, err = New(Config{
-		Name: name, NodeID: o.NodeID, Endpoint: o.Endpoint, ProviderDirs: o.ProviderDirs, MaxCallRecvMsgSize: o.MaxCallRecvMsgSize,
-		RotationEnabled: o.RotationEnabled, RotationInterval: o.RotationInterval, RotationTick: o.RotationTick, Push: o.Push,
-		Kube: kc, Reader: informers, Mounter: o.Mounter, Metrics: NewMetrics(reg), Log: o.Log,
+		Settings: settings, Kube: kc, Reader: informers, Mounter: o.Mounter, Metrics: NewMetrics(reg), Log: o.Log,
 		Recorder: d.events.NewRecorder(scheme, corev1.EventSource{Component: "csi-secrets-store", Host: o.NodeID}),
 	})
 	if err != nil {

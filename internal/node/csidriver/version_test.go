@@ -13,7 +13,7 @@ import (
 func TestPluginInfoIsTheRelease(t *testing.T) {
 	defer func(v string) { version.Version = v }(version.Version)
 	version.Version = "v9.8.7-test"
-	d, err := New(Config{NodeID: "n", ProviderDirs: []string{t.TempDir()}})
+	d, err := New(Config{Settings: Settings{NodeID: "n", ProviderDirs: []string{t.TempDir()}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -137,7 +137,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	spc := &secretsstorev1.SecretProviderClass{ObjectMeta: metav1.ObjectMeta{Name: "spc", Namespace: "default"},
 		Spec: secretsstorev1.SecretProviderClassSpec{Provider: testProvider, Parameters: map[string]string{"objects": "a"}}}
-	h.cfg = Config{NodeID: "node", ProviderDirs: []string{sockets}, RotationEnabled: true, RotationInterval: time.Minute, Push: true,
+	h.cfg = Config{Settings: Settings{NodeID: "node", ProviderDirs: []string{sockets}, RotationEnabled: true, RotationInterval: time.Minute, Push: true},
 		Kube: fake.NewClientBuilder().WithScheme(scheme).WithObjects(spc).Build(), Mounter: mount.NewFakeMounter(nil),
 		Log: slog.New(slog.DiscardHandler), Now: h.clock}
 	h.start()
