@@ -19,6 +19,24 @@ var ErrConflict = errors.New("physical: condition failed")
 // ErrClosed is returned by every method once the backend is closed.
 var ErrClosed = errors.New("physical: backend closed")
 
+// ErrUnavailable means the engine could not be reached, or not in time: a
+// write's outcome is then unknown, and a read was not served, so that no
+// stale data is ever returned. Callers answer 503 and clients retry.
+var ErrUnavailable = errors.New("physical: storage unavailable")
+
+// TooLargeError is a batch over an engine's limit for one atomic commit.
+type TooLargeError struct {
+	Bytes, Ops       int // the batch's size and number of writes
+	MaxBytes, MaxOps int // the engine's limits
+}
+
+func (e *TooLargeError) Error() string {
+	if e.Ops > e.MaxOps {
+		return fmt.Sprintf("the change writes %d keys in one atomic batch, over the storage engine's limit of %d", e.Ops, e.MaxOps)
+	}
+	return fmt.Sprintf("the change is %d bytes in one atomic batch, over the storage engine's limit of %d bytes", e.Bytes, e.MaxBytes)
+}
+
 // ConflictError names the key whose condition failed. It matches ErrConflict
 // with errors.Is.
 type ConflictError struct{ Key string }
@@ -65,6 +83,51 @@ type Backend interface {
 	Apply(ctx context.Context, conds []Cond, ops []Op) error
 	// Close releases the backend. Later calls return ErrClosed.
 	Close() error
+}
+
+// Change is one committed batch, as a Shared engine reports it.
+type Change struct {
+	// Keys are the keys the batch wrote or deleted.
+	Keys []string
+	// Reset means changes may have been missed (a watch restarted after a
+	// compaction, say): whoever keeps state from the store reloads it all.
+	Reset bool
+}
+
+// Shared is implemented by engines that several server processes use at
+// once (etcd). Each process keeps a local view of the store that the
+// engine's watch keeps current; Sync makes reads from it linearizable.
+type Shared interface {
+	Backend
+	// Subscribe adds fn, called for every batch any process commits, in
+	// commit order, from one goroutine. fn may read the store with a
+	// context from Synced, and must not call Sync.
+	Subscribe(fn func(Change))
+	// Sync returns once every batch committed before Sync was called has
+	// been seen by every subscriber. A request that calls it first, and
+	// reads with the context it returns, sees every write acknowledged
+	// before it began, on any process.
+	Sync(ctx context.Context) (context.Context, error)
+}
+
+// syncedKey marks a context whose reads may be served from the local view.
+type syncedKey struct{}
+
+// Synced returns ctx marked as synced: a Shared engine serves its reads from
+// the local view without a round trip to the cluster. Only Sync and a
+// subscriber may use it.
+func Synced(ctx context.Context) context.Context { return context.WithValue(ctx, syncedKey{}, true) }
+
+// IsSynced reports whether ctx came from Synced.
+func IsSynced(ctx context.Context) bool { v, _ := ctx.Value(syncedKey{}).(bool); return v }
+
+// Leader elects one process, among those sharing an engine, to run a
+// singleton job (purge, renewal, rotation, delivery).
+type Leader interface {
+	// Lead blocks until this process leads job, or ctx ends. The context it
+	// returns ends when the leadership is lost, and fences the writes made
+	// with it: once another process leads, they fail with ErrConflict.
+	Lead(ctx context.Context, job string) (context.Context, error)
 }
 
 // ValidateKey reports whether key is acceptable to every engine.

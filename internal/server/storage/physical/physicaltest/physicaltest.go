@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 )
@@ -139,6 +142,9 @@ func Exercise(t *testing.T, newBackend func(t *testing.T) physical.Backend) {
 			t.Fatalf("counter = %s, want %d", got, workers*each)
 		}
 	})
+	t.Run("LinearizableCompareAndSwap", func(t *testing.T) {
+		linearizableCAS(t, newBackend(t))
+	})
 	t.Run("Closed", func(t *testing.T) {
 		b := newBackend(t)
 		b.Close()
@@ -161,4 +167,101 @@ func keys(es []physical.Entry) []string {
 		out[i] = e.Key
 	}
 	return out
+}
+
+// casInput is one operation on a register: a read, or a compare-and-swap
+// from old to new.
+type casInput struct {
+	cas      bool
+	old, new string
+}
+
+// casOutput is what it returned: the value read, or whether the swap took.
+type casOutput struct {
+	value string
+	ok    bool
+}
+
+// casModel is a register read and written by compare-and-swap.
+var casModel = porcupine.Model{
+	Init: func() any { return "0" },
+	Step: func(state, in, out any) (bool, any) {
+		st, i, o := state.(string), in.(casInput), out.(casOutput)
+		if !i.cas {
+			return o.value == st, st
+		}
+		if st == i.old {
+			return o.ok, i.new
+		}
+		return !o.ok, st
+	},
+	DescribeOperation: func(in, out any) string {
+		i, o := in.(casInput), out.(casOutput)
+		if !i.cas {
+			return "read() -> " + o.value
+		}
+		return fmt.Sprintf("cas(%s, %s) -> %v", i.old, i.new, o.ok)
+	},
+}
+
+// linearizableCAS has several clients read a register and swap it from
+// what they read, concurrently, records every call and return, and checks
+// the history with porcupine, the checker etcd's robustness tests use.
+func linearizableCAS(t *testing.T, b physical.Backend) {
+	ctx := context.Background()
+	mustApply(t, b, nil, []physical.Op{{Key: "reg", Value: []byte("0")}})
+	const clients, each = 6, 40
+	start := time.Now()
+	now := func() int64 { return int64(time.Since(start)) }
+	var mu sync.Mutex
+	var history []porcupine.Operation
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			last := "0"
+			for i := range each {
+				var op porcupine.Operation
+				op.ClientId = c
+				if i%2 == 0 {
+					op.Input, op.Call = casInput{}, now()
+					v, err := b.Get(ctx, "reg")
+					op.Return = now()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					last = string(v)
+					op.Output = casOutput{value: last}
+				} else {
+					next := fmt.Sprintf("%d.%d", c, i)
+					op.Input, op.Call = casInput{cas: true, old: last, new: next}, now()
+					err := b.Apply(ctx, []physical.Cond{{Key: "reg", Value: []byte(last)}}, []physical.Op{{Key: "reg", Value: []byte(next)}})
+					op.Return = now()
+					if err != nil && !errors.Is(err, physical.ErrConflict) {
+						t.Error(err)
+						return
+					}
+					op.Output = casOutput{ok: err == nil}
+				}
+				mu.Lock()
+				history = append(history, op)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	swaps := 0
+	for _, op := range history {
+		if op.Output.(casOutput).ok {
+			swaps++
+		}
+	}
+	if swaps == 0 {
+		t.Fatal("no swap succeeded: the history tests nothing")
+	}
+	if res := porcupine.CheckOperationsTimeout(casModel, history, time.Minute); res != porcupine.Ok {
+		t.Fatalf("the history of %d operations (%d swaps) is %s, not linearizable", len(history), swaps, res)
+	}
 }

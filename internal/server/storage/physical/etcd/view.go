@@ -1,0 +1,327 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/btree"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
+)
+
+// listPage bounds one page of the list that fills the view.
+const listPage = 1000
+
+// relist reads the whole prefix at one revision into a new view, reports
+// the keys that differ from the old view as one Reset change, and returns
+// the revision.
+func (b *Backend) relist(ctx context.Context) (int64, error) {
+	next := btree.NewG(32, less)
+	var rev int64
+	from := b.prefix
+	end := clientv3.GetPrefixRangeEnd(b.prefix)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev)) // every page at the first page's revision
+		}
+		cctx, cancel := b.call(ctx)
+		resp, err := b.cli.Get(cctx, from, opts...)
+		cancel()
+		if err != nil {
+			return 0, b.unavailable("list", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			next.ReplaceOrInsert(entry{key: b.keyOf(kv), value: kv.Value})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	b.mu.Lock()
+	old := b.view
+	changed := diff(old, next)
+	b.view = next
+	b.advanceLocked(rev)
+	first := old.Len() == 0 && b.seen == 0
+	if !first {
+		b.enqueueLocked(batch{rev: rev, change: physical.Change{Keys: changed, Reset: true}})
+	}
+	b.mu.Unlock()
+	return rev, nil
+}
+
+// diff lists the keys whose value differs between two views.
+func diff(a, b *btree.BTreeG[entry]) []string {
+	var out []string
+	a.Ascend(func(e entry) bool {
+		if o, ok := b.Get(e); !ok || string(o.value) != string(e.value) {
+			out = append(out, e.key)
+		}
+		return true
+	})
+	b.Ascend(func(e entry) bool {
+		if _, ok := a.Get(e); !ok {
+			out = append(out, e.key)
+		}
+		return true
+	})
+	sort.Strings(out)
+	return out
+}
+
+// advanceLocked moves the view's revision forward and wakes its waiters.
+func (b *Backend) advanceLocked(rev int64) {
+	if rev <= b.viewRev {
+		return
+	}
+	b.viewRev = rev
+	close(b.viewCh)
+	b.viewCh = make(chan struct{})
+}
+
+func (b *Backend) enqueueLocked(bt batch) {
+	b.queue = append(b.queue, bt)
+	select {
+	case b.queueCh <- struct{}{}:
+	default:
+	}
+}
+
+// watchLoop applies the watch's events to the view, from revision from+1.
+// After a compaction or a broken stream it lists the prefix again, which
+// reports a Reset: a missed change then still wakes whoever waits for it.
+func (b *Backend) watchLoop(from int64) {
+	backoff := 100 * time.Millisecond
+	for b.ctx.Err() == nil {
+		err := b.watch(from)
+		if b.ctx.Err() != nil {
+			return
+		}
+		b.setWatch(false, err)
+		b.log.Warn("etcd watch ended; listing again", "error", err, "retryIn", backoff)
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+		rev, lerr := b.relist(b.ctx)
+		if lerr != nil {
+			b.setWatch(false, lerr)
+			continue
+		}
+		from, backoff = rev, 100*time.Millisecond
+	}
+}
+
+func (b *Backend) setWatch(ok bool, err error) {
+	b.mu.Lock()
+	b.watchOK, b.lastErr = ok, err
+	b.mu.Unlock()
+	b.metrics.setWatching(ok)
+}
+
+// watch follows the prefix from revision from+1 until the stream fails.
+func (b *Backend) watch(from int64) error {
+	// WithRequireLeader ends the stream when the member loses its leader,
+	// so that a partitioned member never feeds a stale view.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(b.ctx))
+	defer cancel()
+	wch := b.cli.Watch(wctx, b.prefix, clientv3.WithPrefix(), clientv3.WithRev(from+1), clientv3.WithProgressNotify())
+	b.setWatch(true, nil)
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		if resp.CompactRevision != 0 {
+			return fmt.Errorf("the watch's revision %d was compacted (now %d)", from+1, resp.CompactRevision)
+		}
+		b.mu.Lock()
+		if resp.IsProgressNotify() {
+			b.enqueueLocked(batch{rev: resp.Header.Revision})
+			b.advanceLocked(resp.Header.Revision)
+			b.mu.Unlock()
+			continue
+		}
+		// A response may hold several revisions; each is one batch.
+		var cur *batch
+		for _, ev := range resp.Events {
+			rev := ev.Kv.ModRevision
+			if cur != nil && cur.rev != rev {
+				b.enqueueLocked(*cur)
+				cur = nil
+			}
+			if cur == nil {
+				cur = &batch{rev: rev}
+			}
+			k := b.keyOf(ev.Kv)
+			cur.change.Keys = append(cur.change.Keys, k)
+			if ev.Type == clientv3.EventTypeDelete {
+				b.view.Delete(entry{key: k})
+			} else {
+				b.view.ReplaceOrInsert(entry{key: k, value: ev.Kv.Value})
+			}
+			from = rev
+		}
+		if cur != nil {
+			b.enqueueLocked(*cur)
+			b.advanceLocked(cur.rev)
+			b.metrics.lag(resp.Header.Revision, cur.rev)
+		}
+		b.mu.Unlock()
+	}
+	return errors.New("the watch stream closed")
+}
+
+// dispatchLoop hands committed batches to the subscribers, in order, apart
+// from the watch: a subscriber that waits on a lock held by a writer (who
+// waits for the view) cannot stall the view.
+func (b *Backend) dispatchLoop() {
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-b.queueCh:
+		}
+		for {
+			b.mu.Lock()
+			if len(b.queue) == 0 {
+				b.mu.Unlock()
+				break
+			}
+			bt := b.queue[0]
+			b.queue = b.queue[1:]
+			subs := b.subs
+			b.mu.Unlock()
+			if len(bt.change.Keys) > 0 || bt.change.Reset {
+				for _, fn := range subs {
+					fn(bt.change)
+				}
+			}
+			b.mu.Lock()
+			if bt.rev > b.seen {
+				b.seen = bt.rev
+				close(b.seenCh)
+				b.seenCh = make(chan struct{})
+			}
+			b.mu.Unlock()
+		}
+	}
+}
+
+// Subscribe implements physical.Shared.
+func (b *Backend) Subscribe(fn func(physical.Change)) {
+	b.mu.Lock()
+	b.subs = append(b.subs, fn)
+	b.mu.Unlock()
+}
+
+// waitView waits until the local view holds revision rev.
+func (b *Backend) waitView(ctx context.Context, rev int64) error {
+	for {
+		b.mu.Lock()
+		ok, ch := b.viewRev >= rev, b.viewCh
+		b.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the local view did not reach revision %d in time: %v", physical.ErrUnavailable, rev, ctx.Err())
+		case <-b.ctx.Done():
+			return physical.ErrClosed
+		}
+	}
+}
+
+// Sync implements physical.Shared.
+func (b *Backend) Sync(ctx context.Context) (context.Context, error) {
+	if b.isClosed() {
+		return ctx, physical.ErrClosed
+	}
+	start := time.Now()
+	rev, err := b.revs.fetch(ctx)
+	if err != nil {
+		return ctx, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.o.RequestTimeout)
+	defer cancel()
+	for {
+		b.mu.Lock()
+		seen, viewRev, ch := b.seen, b.viewRev, b.seenCh
+		b.mu.Unlock()
+		if seen >= rev {
+			b.metrics.observe("sync", start)
+			return physical.Synced(ctx), nil
+		}
+		if viewRev < rev {
+			// No event of this prefix may come for a while: other
+			// installations' writes move the revision too. A progress
+			// notification says the watch has seen everything up to now.
+			b.requestProgress(sctx, rev)
+		}
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond): // a lost progress request is asked again
+		case <-sctx.Done():
+			return ctx, fmt.Errorf("%w: this replica has not caught up with the cluster (at revision %d of %d): %v", physical.ErrUnavailable, seen, rev, sctx.Err())
+		case <-b.ctx.Done():
+			return ctx, physical.ErrClosed
+		}
+	}
+}
+
+// requestProgress asks the watch for a progress notification, once per
+// revision however many requests wait for it.
+func (b *Backend) requestProgress(ctx context.Context, rev int64) {
+	b.progress.Lock()
+	defer b.progress.Unlock()
+	b.mu.Lock()
+	ok := b.watchOK
+	b.mu.Unlock()
+	if b.asked >= rev || !ok {
+		return
+	}
+	if err := b.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err == nil {
+		b.asked = rev
+	}
+}
+
+// currentRevision is a quorum read of the cluster's revision.
+func (b *Backend) currentRevision(ctx context.Context) (int64, error) {
+	cctx, cancel := b.call(ctx)
+	defer cancel()
+	start := time.Now()
+	resp, err := b.cli.Get(cctx, b.prefix, clientv3.WithCountOnly(), clientv3.WithLimit(1))
+	b.metrics.observe("revision", start)
+	if err != nil {
+		return 0, b.unavailable("read the current revision", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Ready reports whether the engine follows the cluster: its watch is up and
+// a quorum read answers.
+func (b *Backend) Ready(ctx context.Context) error {
+	b.mu.Lock()
+	ok, err := b.watchOK, b.lastErr
+	b.mu.Unlock()
+	if !ok {
+		if err == nil {
+			err = errors.New("not watching yet")
+		}
+		return fmt.Errorf("%w: the etcd watch is down: %v", physical.ErrUnavailable, err)
+	}
+	_, err = b.Sync(ctx)
+	return err
+}
