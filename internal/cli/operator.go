@@ -30,7 +30,8 @@ func (a *app) operatorCmd() *cobra.Command {
 }
 
 func (a *app) operatorInit() *cobra.Command {
-	var dataDir, keyFile, suffix, out, outSecret, caFile string
+	var so server.StoreOptions
+	var suffix, out, outSecret, caFile string
 	var skipInitialised bool
 	var port int
 	c := &cobra.Command{
@@ -38,8 +39,15 @@ func (a *app) operatorInit() *cobra.Command {
 		Short: "Create the first tenant and administrator in a new data directory (server stopped)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireFlags(c, "data-dir", "dns-suffix"); err != nil {
+			if err := requireFlags(c, "dns-suffix"); err != nil {
 				return err
+			}
+			if err := so.Validate(); err != nil {
+				return optionError(err, storeFlags)
+			}
+			dataDir := so.DataDir
+			if so.Storage == server.StorageEtcd {
+				dataDir = "the store at " + strings.Join(so.Etcd.Endpoints, ",")
 			}
 			if (out == "") == (outSecret == "") {
 				return usagef("give one of --out (a file) and --out-secret (namespace/name of a Kubernetes Secret) for the administrator's credentials")
@@ -52,9 +60,9 @@ func (a *app) operatorInit() *cobra.Command {
 			if err != nil {
 				return usagef("%v", err)
 			}
-			st, err := server.OpenStore(c.Context(), dataDir, keyFile)
+			st, err := server.OpenStore(c.Context(), so, nil, a.logger(false))
 			if err != nil {
-				return err
+				return optionError(err, storeFlags)
 			}
 			defer st.Close()
 			roles, err := rbac.Open(c.Context(), st.Barrier, nil)
@@ -119,8 +127,7 @@ func (a *app) operatorInit() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&dataDir, "data-dir", "", "data directory of the store")
-	c.Flags().StringVar(&keyFile, "root-key-file", "", "root key file (default: $"+rootkey.EnvVar+")")
+	bindStoreFlags(c, &so)
 	c.Flags().StringVar(&suffix, "dns-suffix", "", "DNS suffix the server will use")
 	c.Flags().IntVar(&port, "public-port", 443, "HTTPS port clients will use")
 	c.Flags().StringVar(&out, "out", "", "file to write the administrator's credentials to")
@@ -128,6 +135,25 @@ func (a *app) operatorInit() *cobra.Command {
 	c.Flags().BoolVar(&skipInitialised, "skip-if-initialised", false, "succeed without changes when the data directory is already initialised (for init containers)")
 	c.Flags().StringVar(&caFile, "ca-file", "", "CA certificate clients should trust, recorded in the credentials file")
 	return c
+}
+
+// storeFlags names the flag of each store option, for its errors.
+var storeFlags = map[string]string{
+	"Storage": "--storage", "DataDir": "--data-dir", "RootKeyFile": "--root-key-file", "EtcdEndpoints": "--etcd-endpoints",
+}
+
+// bindStoreFlags binds the flags that say which store to open, shared by
+// `coffer server` and the operator's offline commands.
+func bindStoreFlags(c *cobra.Command, o *server.StoreOptions) {
+	f := c.Flags()
+	f.StringVar(&o.Storage, "storage", server.StorageBolt, "storage engine: bolt (embedded, one replica) or etcd (shared by any number of replicas)")
+	f.StringVar(&o.DataDir, "data-dir", "", "directory of the embedded store (bolt), and of the audit log by default")
+	f.StringVar(&o.RootKeyFile, "root-key-file", "", "file holding the root key (default: $"+rootkey.EnvVar+")")
+	f.StringSliceVar(&o.Etcd.Endpoints, "etcd-endpoints", nil, "etcd client URLs, comma-separated, such as https://etcd-0.etcd:2379 (with --storage etcd)")
+	f.StringVar(&o.Etcd.CAFile, "etcd-ca-file", "", "PEM CA that signs the etcd members' certificates")
+	f.StringVar(&o.Etcd.CertFile, "etcd-cert-file", "", "PEM client certificate for etcd")
+	f.StringVar(&o.Etcd.KeyFile, "etcd-key-file", "", "PEM private key of the etcd client certificate")
+	f.StringVar(&o.Etcd.Prefix, "etcd-prefix", "/coffer/", "key prefix of this installation in etcd, so several can share a cluster")
 }
 
 func (a *app) generateRootKey() *cobra.Command {
@@ -175,7 +201,7 @@ Offline (--data-dir): the server must be stopped.`,
 				provided = &k
 			}
 			if dataDir != "" {
-				st, err := server.OpenStore(c.Context(), dataDir, keyFile)
+				st, err := server.OpenStore(c.Context(), server.StoreOptions{DataDir: dataDir, RootKeyFile: keyFile}, nil, a.logger(false))
 				if err != nil {
 					return err
 				}

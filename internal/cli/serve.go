@@ -13,12 +13,11 @@ import (
 	"github.com/cofferhq/coffer/internal/server/dev"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
-	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
 // serverFlags names the flag of each server option, for its errors.
 var serverFlags = map[string]string{
-	"DataDir": "--data-dir", "RootKeyFile": "--root-key-file", "Listen": "--listen", "DNSSuffix": "--dns-suffix",
+	"Storage": "--storage", "EtcdEndpoints": "--etcd-endpoints", "DataDir": "--data-dir", "RootKeyFile": "--root-key-file", "Listen": "--listen", "DNSSuffix": "--dns-suffix",
 	"PublicPort": "--public-port", "TLSCertFile": "--tls-cert-file", "TLSKeyFile": "--tls-key-file",
 	"InsecureHTTP": "--insecure-http", "TokenLifetime": "--token-lifetime", "TokenRateLimit": "--token-rate-limit",
 	"TokenRateBurst": "--token-rate-burst", "FederationCAFile": "--federation-ca-file", "PurgeInterval": "--purge-interval",
@@ -50,8 +49,7 @@ COFFER_ROOT_KEY. Initialise a new data directory first with
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&o.DataDir, "data-dir", "", "directory of the embedded store")
-	f.StringVar(&o.RootKeyFile, "root-key-file", "", "file holding the root key (default: $"+rootkey.EnvVar+")")
+	bindStoreFlags(c, &o.StoreOptions)
 	f.StringVar(&o.Listen, "listen", ":8443", "address to listen on")
 	f.StringVar(&o.DNSSuffix, "dns-suffix", "", "DNS suffix of vault hosts, such as vault.example.com")
 	f.IntVar(&o.PublicPort, "public-port", 0, "HTTPS port clients use, if a proxy or port mapping changes it (default: the listen port)")

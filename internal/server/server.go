@@ -39,6 +39,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/changes"
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -47,10 +48,10 @@ import (
 // Options configure a server: what `coffer server`'s flags set. Errors
 // about them are *daemon.OptionError values naming these fields.
 type Options struct {
-	// DataDir holds the embedded store and, by default, the audit log.
-	DataDir string
-	// RootKeyFile holds the root key; empty reads COFFER_ROOT_KEY.
-	RootKeyFile string
+	// StoreOptions say which store to open: StorageBolt (the default, in
+	// DataDir, one replica) or StorageEtcd (any number of replicas). The
+	// audit log is in DataDir by default either way.
+	StoreOptions
 	// Listen is the address to serve HTTPS on, such as ":8443" or
 	// "127.0.0.1:0" (a free port; see Addr).
 	Listen string
@@ -90,8 +91,11 @@ type Options struct {
 
 // Validate checks the options that need no I/O.
 func (o *Options) Validate() error {
-	if o.DataDir == "" {
-		return daemon.Invalid("DataDir", "is required: the directory of the embedded store")
+	if err := o.StoreOptions.Validate(); err != nil {
+		return err
+	}
+	if o.DataDir == "" && o.AuditLog == "" {
+		return daemon.Invalid("DataDir", "is required: the directory of the embedded store, or of the audit log with Storage etcd (or set AuditLog)")
 	}
 	if o.DNSSuffix == "" {
 		return daemon.Invalid("DNSSuffix", "is required: vaults are served at https://{vault}.{suffix}/")
@@ -144,6 +148,8 @@ type Server struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 
+	leader prometheus.Gauge
+
 	rotMu     sync.Mutex
 	closeOnce sync.Once
 }
@@ -187,17 +193,18 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		ln.Close()
 		return nil, daemon.Invalid("DNSSuffix", "%v", err)
 	}
-	st, err := OpenStore(ctx, o.DataDir, o.RootKeyFile)
+	metrics := daemon.NewRegistry()
+	st, err := OpenStore(ctx, o.StoreOptions, metrics, o.Log)
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{cfg: o, log: o.Log, store: st, ln: ln, ep: ep}
+	s := &Server{cfg: o, log: o.Log, store: st, ln: ln, ep: ep, Metrics: metrics}
 	if err := s.build(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
-	if s.stat, err = daemon.ListenStatus("MetricsAddr", o.MetricsAddr, s.Metrics, nil); err != nil {
+	if s.stat, err = daemon.ListenStatus("MetricsAddr", o.MetricsAddr, s.Metrics, func() error { return s.Ready(context.Background()) }); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -239,7 +246,9 @@ func (s *Server) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.Metrics = daemon.NewRegistry()
+	s.leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_leader",
+		Help: "1 while this replica runs the singleton jobs (purge, renewal, resumed issuance), 0 otherwise."})
+	s.Metrics.MustRegister(s.leader)
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_http_requests_total", Help: "HTTP requests by API and status code."}, []string{"api", "code"})
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "coffer_http_request_duration_seconds", Help: "HTTP request latency by API.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5}}, []string{"api"})
@@ -254,16 +263,14 @@ func (s *Server) build(ctx context.Context) error {
 	s.Secrets = secret.New(b, b, s.cfg.Now)
 	s.Keys = key.New(b, b, s.cfg.Now)
 	s.Certs = cert.New(b, b, s.Keys, s.Secrets, s.cfg.Now, s.log)
-	for _, v := range s.Vaults.List("") {
-		if n, err := s.Certs.Resume(ctx, &v); err != nil {
-			return fmt.Errorf("resume certificate operations of vault %s: %w", v.Name, err)
-		} else if n > 0 {
-			s.log.Info("resumed certificate operations interrupted by a stop", "vault", v.Name, "count", n)
-		}
-	}
 	s.changes = changes.New()
-	b.OnCommit(func(keys []string) {
-		for _, k := range keys {
+	// Held reads wake on any replica's write: a shared store reports every
+	// replica's batches, and after a gap in its watch, a Reset wakes all.
+	b.Subscribe(func(c physical.Change) {
+		if c.Reset {
+			s.changes.PublishAll()
+		}
+		for _, k := range c.Keys {
 			if vault, kind, name, ok := object.Named(k); ok {
 				s.changes.Publish(changes.Subject(vault, kind, name))
 			}
@@ -343,14 +350,37 @@ func (s *Server) Handler() http.Handler {
 
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	ep := s.ep
-	switch route, _ := ep.Parse(r.Host); route {
+	route, _ := ep.Parse(r.Host)
+	if route == endpoint.RouteApex {
+		switch r.URL.Path {
+		case "/healthz":
+			w.Header().Set("Content-Type", "text/plain")
+			w.Write([]byte("ok\n"))
+			return
+		case "/readyz":
+			s.serveReady(w, r)
+			return
+		}
+	}
+	if route == endpoint.RouteVault || route == endpoint.RouteApex {
+		// Every request first catches up with the store: on a shared
+		// store, what any replica acknowledged before it arrived (a write,
+		// a revoked policy) holds for it. A replica that cannot reach the
+		// store answers 503 rather than serve what may be stale.
+		ctx, err := s.store.Barrier.Sync(r.Context())
+		if err != nil {
+			s.log.Warn("request refused: the store is unavailable", "error", err)
+			w.Header().Set("Retry-After", "1")
+			azerror.Write(w, http.StatusServiceUnavailable, "ServiceUnavailable", "", "This replica cannot reach its store; retry, and another replica may answer.")
+			return
+		}
+		r = r.WithContext(ctx)
+	}
+	switch route {
 	case endpoint.RouteVault:
 		s.kv.ServeHTTP(w, r)
 	case endpoint.RouteApex:
 		switch {
-		case r.URL.Path == "/healthz":
-			w.Header().Set("Content-Type", "text/plain")
-			w.Write([]byte("ok\n"))
 		case strings.HasPrefix(r.URL.Path, mgmthttp.Prefix):
 			s.mgmt.ServeHTTP(w, r)
 		case s.auth.Handles(r):
@@ -362,6 +392,30 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		azerror.Write(w, http.StatusMisdirectedRequest, "BadParameter", "", fmt.Sprintf("host %q is not served here: vaults are https://{vault}.%s/ and the authority is https://%s/",
 			sanitize(r.Host), ep.Apex(), ep.Apex()))
 	}
+}
+
+// Ready reports whether this replica can serve: its store answers and it
+// follows the store's keyring.
+func (s *Server) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := s.store.Barrier.Healthy(); err != nil {
+		return err
+	}
+	if r, ok := s.store.Phys.(interface{ Ready(context.Context) error }); ok {
+		return r.Ready(ctx)
+	}
+	return nil
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := s.Ready(r.Context()); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready: "+err.Error())
+		return
+	}
+	fmt.Fprintln(w, "ok")
 }
 
 // sanitize keeps a Host header printable and short for an error message.
@@ -533,12 +587,55 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// sweep purges soft-deleted objects whose retention has passed.
+// sweep runs the singleton jobs (the purge of deleted objects past their
+// retention, certificate renewal, and the issuance a stop interrupted) on
+// the one replica that leads. Its writes are fenced by the leadership: a
+// replica that lost it, paused or partitioned, cannot write after another
+// took over.
 func (s *Server) sweep(ctx context.Context) {
+	for ctx.Err() == nil {
+		lctx, err := s.store.Leader.Lead(ctx, "scheduler")
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("cannot campaign for the scheduler's leadership; retrying", "error", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		s.leader.Set(1)
+		if s.store.Barrier.Shared() {
+			s.log.Info("this replica leads the scheduled jobs")
+		}
+		s.lead(lctx)
+		s.leader.Set(0)
+		if ctx.Err() == nil {
+			s.log.Warn("this replica lost the scheduler's leadership", "cause", context.Cause(lctx))
+		}
+	}
+}
+
+// lead runs the jobs until the leadership ends.
+func (s *Server) lead(ctx context.Context) {
+	if sctx, err := s.store.Barrier.Sync(ctx); err == nil {
+		for _, v := range s.Vaults.List("") {
+			if n, err := s.Certs.Resume(sctx, &v); err != nil {
+				s.log.Error("resuming certificate operations failed", "vault", v.Name, "err", err)
+			} else if n > 0 {
+				s.log.Info("resumed certificate operations interrupted by a stop", "vault", v.Name, "count", n)
+			}
+		}
+	}
 	t := time.NewTicker(s.cfg.PurgeInterval)
 	defer t.Stop()
 	for {
-		s.PurgeDue(ctx)
+		if sctx, err := s.store.Barrier.Sync(ctx); err == nil {
+			s.PurgeDue(sctx)
+		} else if ctx.Err() == nil {
+			s.log.Warn("scheduled jobs skipped: the store is unavailable", "error", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -550,6 +647,11 @@ func (s *Server) sweep(ctx context.Context) {
 // PurgeDue purges, in every vault, the deleted objects whose retention has
 // passed, and starts the certificate renewals that are due.
 func (s *Server) PurgeDue(ctx context.Context) {
+	if n, err := s.Authority.PurgeReplays(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("scheduled task failed", "task", "purge used assertion ids", "err", err)
+	} else if n > 0 {
+		s.log.Debug("scheduled task done", "task", "purge used assertion ids", "count", n)
+	}
 	for _, v := range s.Vaults.List("") {
 		for _, task := range []struct {
 			what string

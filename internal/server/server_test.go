@@ -20,7 +20,7 @@ func TestRoutingErrorsAreAzureJSON(t *testing.T) {
 	if err := rootkey.WriteFile(keyFile, rootkey.Generate()); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(context.Background(), Options{DataDir: dir, RootKeyFile: keyFile, Listen: "127.0.0.1:0", DNSSuffix: "vault.test", InsecureHTTP: true})
+	srv, err := New(context.Background(), Options{StoreOptions: StoreOptions{DataDir: dir, RootKeyFile: keyFile}, Listen: "127.0.0.1:0", DNSSuffix: "vault.test", InsecureHTTP: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,12 +54,12 @@ func TestOptionsValidate(t *testing.T) {
 		want string
 	}{
 		"no data dir":     {Options{DNSSuffix: "vault.test", InsecureHTTP: true}, "DataDir is required"},
-		"no suffix":       {Options{DataDir: "d", InsecureHTTP: true}, "DNSSuffix is required"},
-		"one label":       {Options{DataDir: "d", DNSSuffix: "localhost", InsecureHTTP: true}, "DNSSuffix DNS suffix"},
-		"no tls":          {Options{DataDir: "d", DNSSuffix: "vault.test"}, "TLSCertFile is required"},
-		"no key":          {Options{DataDir: "d", DNSSuffix: "vault.test", TLSCertFile: "c"}, "TLSKeyFile is required"},
-		"short tokens":    {Options{DataDir: "d", DNSSuffix: "vault.test", InsecureHTTP: true, TokenLifetime: 1}, "TokenLifetime 1ns is out of range"},
-		"bad public port": {Options{DataDir: "d", DNSSuffix: "vault.test", InsecureHTTP: true, PublicPort: 70000}, "PublicPort 70000"},
+		"no suffix":       {Options{StoreOptions: StoreOptions{DataDir: "d"}, InsecureHTTP: true}, "DNSSuffix is required"},
+		"one label":       {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "localhost", InsecureHTTP: true}, "DNSSuffix DNS suffix"},
+		"no tls":          {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test"}, "TLSCertFile is required"},
+		"no key":          {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", TLSCertFile: "c"}, "TLSKeyFile is required"},
+		"short tokens":    {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, TokenLifetime: 1}, "TokenLifetime 1ns is out of range"},
+		"bad public port": {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, PublicPort: 70000}, "PublicPort 70000"},
 	} {
 		err := tc.o.Validate()
 		if err == nil || len(err.Error()) < len(tc.want) || err.Error()[:len(tc.want)] != tc.want {

@@ -3,42 +3,115 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/server/storage/physical/bolt"
+	"github.com/cofferhq/coffer/internal/server/storage/physical/etcd"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
 // StoreFile is the name of the embedded store inside a data directory.
 const StoreFile = "coffer.db"
 
-// Store is an opened, unsealed embedded store.
+// The storage engines.
+const (
+	StorageBolt = "bolt" // the embedded store: one file, one process
+	StorageEtcd = "etcd" // a shared etcd cluster: several replicas
+)
+
+// EtcdOptions locate the etcd cluster of the etcd engine.
+type EtcdOptions struct {
+	// Endpoints are the members' client URLs.
+	Endpoints []string
+	// CAFile, CertFile and KeyFile are the client TLS.
+	CAFile, CertFile, KeyFile string
+	// Prefix holds the installation's keys (default /coffer/).
+	Prefix string
+}
+
+// StoreOptions say which store to open.
+type StoreOptions struct {
+	// Storage is the engine, StorageBolt (the default) or StorageEtcd.
+	Storage string
+	// DataDir holds the bolt engine's file.
+	DataDir string
+	Etcd    EtcdOptions
+	// RootKeyFile holds the root key; empty reads COFFER_ROOT_KEY.
+	RootKeyFile string
+}
+
+// Validate checks the options that need no I/O.
+func (o *StoreOptions) Validate() error {
+	switch o.Storage {
+	case "", StorageBolt:
+		if o.DataDir == "" {
+			return daemon.Invalid("DataDir", "is required: the directory of the embedded store")
+		}
+		if len(o.Etcd.Endpoints) > 0 {
+			return daemon.Invalid("EtcdEndpoints", "are only for Storage etcd")
+		}
+	case StorageEtcd:
+		if len(o.Etcd.Endpoints) == 0 {
+			return daemon.Invalid("EtcdEndpoints", "are required with Storage etcd: the cluster's client URLs, such as https://etcd-0.etcd:2379")
+		}
+	default:
+		return daemon.Invalid("Storage", "%q is not an engine: use bolt (one replica, embedded) or etcd (several replicas)", o.Storage)
+	}
+	return nil
+}
+
+// Store is an opened, unsealed store.
 type Store struct {
-	Phys    *bolt.Backend
+	Phys    physical.Backend
 	Barrier *barrier.Barrier
 	// KeySource says where the root key came from, so rotation can persist
 	// the next one.
 	KeySource rootkey.Source
+	// Leader elects the replica that runs singleton jobs.
+	Leader physical.Leader
 }
 
-// OpenStore opens dataDir's store and unseals it with the root key from
-// rootKeyFile, or from COFFER_ROOT_KEY when rootKeyFile is empty.
-func OpenStore(ctx context.Context, dataDir, rootKeyFile string) (*Store, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
-	}
-	phys, err := bolt.Open(filepath.Join(dataDir, StoreFile))
-	if err != nil {
+// OpenStore opens the store o names and unseals it with the root key. reg
+// (if not nil) receives the engine's metrics.
+func OpenStore(ctx context.Context, o StoreOptions, reg prometheus.Registerer, log *slog.Logger) (*Store, error) {
+	if err := o.Validate(); err != nil {
 		return nil, err
+	}
+	var phys interface {
+		physical.Backend
+		physical.Leader
+	}
+	switch o.Storage {
+	case StorageEtcd:
+		e, err := etcd.New(ctx, etcd.Options{Endpoints: o.Etcd.Endpoints, CAFile: o.Etcd.CAFile, CertFile: o.Etcd.CertFile,
+			KeyFile: o.Etcd.KeyFile, Prefix: o.Etcd.Prefix, Registerer: reg, Log: log})
+		if err != nil {
+			return nil, err
+		}
+		phys = e
+	default:
+		if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+		b, err := bolt.Open(filepath.Join(o.DataDir, StoreFile))
+		if err != nil {
+			return nil, err
+		}
+		phys = b
 	}
 	sealedBy, err := barrier.StoreRootKeyID(ctx, phys)
 	if err != nil {
 		phys.Close()
 		return nil, err
 	}
-	key, src, err := rootkey.Load(rootKeyFile, sealedBy)
+	key, src, err := rootkey.Load(o.RootKeyFile, sealedBy)
 	if err != nil {
 		phys.Close()
 		return nil, err
@@ -48,10 +121,10 @@ func OpenStore(ctx context.Context, dataDir, rootKeyFile string) (*Store, error)
 		phys.Close()
 		return nil, err
 	}
-	return &Store{Phys: phys, Barrier: b, KeySource: src}, nil
+	return &Store{Phys: phys, Barrier: b, KeySource: src, Leader: phys}, nil
 }
 
-// Close closes the store file.
+// Close closes the store.
 func (s *Store) Close() error { return s.Phys.Close() }
 
 // RotateRootKey re-wraps the data keys with a new root key. With a key file,

@@ -108,7 +108,6 @@ type Authority struct {
 
 	verifier *token.Verifier
 	limiter  *limiter
-	replay   *replayCache
 }
 
 // Open loads the authority's signing keys from st, creating the first one if
@@ -133,7 +132,7 @@ func Open(ctx context.Context, st Store, cfg Config, now func() time.Time) (*Aut
 		cfg.Federation = federation.New(federation.Config{Now: now})
 	}
 	cfg.Host = strings.TrimSuffix(cfg.Host, "/")
-	a := &Authority{st: st, cfg: cfg, now: now, limiter: newLimiter(cfg.RateLimit, cfg.RateBurst, now), replay: newReplayCache(now)}
+	a := &Authority{st: st, cfg: cfg, now: now, limiter: newLimiter(cfg.RateLimit, cfg.RateBurst, now)}
 	a.verifier = token.NewVerifier(a, now)
 	if err := a.loadKeys(ctx); err != nil {
 		return nil, err

@@ -9,13 +9,16 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 )
@@ -154,7 +157,7 @@ const maxAssertionLifetime = time.Hour
 // verifyCertAssertion checks a client assertion signed with one of p's
 // certificates, as MSAL builds it: iss and sub are the client id, aud is the
 // token endpoint, and the header names the certificate by thumbprint.
-func (a *Authority) verifyCertAssertion(p Principal, tok *jwt.JSONWebToken) error {
+func (a *Authority) verifyCertAssertion(ctx context.Context, p Principal, tok *jwt.JSONWebToken) error {
 	hdr := tok.Headers[0]
 	var candidates []CertCredential
 	thumb := thumbprint(hdr)
@@ -215,7 +218,11 @@ func (a *Authority) verifyCertAssertion(p Principal, tok *jwt.JSONWebToken) erro
 	if claims.ID == "" {
 		return invalidClient(700027, "The client assertion has no jti claim; it is needed to detect replays.")
 	}
-	if !a.replay.first(p.TenantID+"/"+p.AppID+"/"+claims.ID, exp.Add(time.Minute)) {
+	first, err := a.firstUse(ctx, p.TenantID+"/"+p.AppID+"/"+claims.ID, exp.Add(time.Minute))
+	if err != nil {
+		return err
+	}
+	if !first {
 		return invalidClient(700027, "The client assertion with jti %q was already used; assertions are single-use.", claims.ID)
 	}
 	return nil
@@ -239,37 +246,80 @@ func thumbprint(h jose.Header) string {
 	return ""
 }
 
-// replayCache remembers assertion ids until they expire.
-type replayCache struct {
-	now   func() time.Time
-	mu    sync.Mutex
-	seen  map[string]time.Time
-	sweep time.Time
+// replayPrefix holds the ids of used assertions, by digest, until they
+// expire. They are in the store, not in memory, so that an assertion used
+// on one replica is refused on every other.
+const replayPrefix = "authority/replay/"
+
+// firstUse records id as used until expires, and reports whether no one
+// used it before: a compare-and-swap, so two replicas that see the same
+// assertion at once cannot both accept it.
+func (a *Authority) firstUse(ctx context.Context, id string, expires time.Time) (bool, error) {
+	sum := sha256.Sum256([]byte(id))
+	k := replayPrefix + hex.EncodeToString(sum[:])
+	cond := barrier.Cond{Key: k}
+	rec, err := a.st.Get(ctx, k)
+	switch {
+	case errors.Is(err, barrier.ErrNotFound):
+	case err != nil:
+		return false, err
+	default:
+		var prev replayRecord
+		if json.Unmarshal(rec.Value, &prev) == nil && a.now().Unix() <= prev.Expires {
+			return false, nil
+		}
+		cond.Rev = rec.Rev // expired: the id may be used again
+	}
+	b, _ := json.Marshal(replayRecord{Expires: expires.Unix()})
+	err = a.st.Apply(ctx, []barrier.Cond{cond}, []barrier.Op{{Key: k, Value: b}})
+	if errors.Is(err, barrier.ErrConflict) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
-func newReplayCache(now func() time.Time) *replayCache {
-	return &replayCache{now: now, seen: map[string]time.Time{}}
+type replayRecord struct {
+	Expires int64 `json:"exp"`
 }
 
-// first reports whether id is seen for the first time, and remembers it
-// until expires.
-func (r *replayCache) first(id string, expires time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.now()
-	if now.Sub(r.sweep) > time.Minute {
-		for k, exp := range r.seen {
-			if now.After(exp) {
-				delete(r.seen, k)
+// PurgeReplays deletes the records of assertions that have expired, and
+// returns how many. The scheduler runs it.
+func (a *Authority) PurgeReplays(ctx context.Context) (int, error) {
+	now, n, after := a.now().Unix(), 0, ""
+	for {
+		recs, err := a.st.Scan(ctx, replayPrefix, after, 500)
+		if err != nil {
+			return n, err
+		}
+		var ops []barrier.Op
+		var conds []barrier.Cond
+		for _, rec := range recs {
+			var r replayRecord
+			if json.Unmarshal(rec.Value, &r) == nil && r.Expires < now {
+				ops = append(ops, barrier.Op{Key: rec.Key, Delete: true})
+				conds = append(conds, barrier.Cond{Key: rec.Key, Rev: rec.Rev})
+			}
+			if len(ops) == 100 {
+				if err := a.st.Apply(ctx, conds, ops); err != nil && !errors.Is(err, barrier.ErrConflict) {
+					return n, err
+				} else if err == nil {
+					n += len(ops)
+				}
+				ops, conds = nil, nil
 			}
 		}
-		r.sweep = now
+		if len(ops) > 0 {
+			if err := a.st.Apply(ctx, conds, ops); err != nil && !errors.Is(err, barrier.ErrConflict) {
+				return n, err
+			} else if err == nil {
+				n += len(ops)
+			}
+		}
+		if len(recs) < 500 {
+			return n, nil
+		}
+		after = recs[len(recs)-1].Key
 	}
-	if exp, ok := r.seen[id]; ok && now.Before(exp) {
-		return false
-	}
-	r.seen[id] = expires
-	return true
 }
 
 // limiter is a token bucket per client.

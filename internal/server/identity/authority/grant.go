@@ -166,7 +166,7 @@ func (a *Authority) verifyAssertion(ctx context.Context, p Principal, raw string
 		if len(p.Certificates) == 0 {
 			return invalidClient(700027, "Application %s has no certificate credentials; register one with `coffer sp credential reset --id %s --cert-file FILE`.", p.AppID, p.AppID)
 		}
-		return a.verifyCertAssertion(p, tok)
+		return a.verifyCertAssertion(ctx, p, tok)
 	}
 	if len(p.Federated) == 0 {
 		return invalidClient(70021, "No matching federated identity record found for presented assertion: %s has no federated credentials (assertion issuer %q, subject %q).", p.DisplayName, unverified.Issuer, unverified.Subject)

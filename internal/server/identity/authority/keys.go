@@ -23,23 +23,49 @@ type storedKey struct {
 }
 
 func (a *Authority) loadKeys(ctx context.Context) error {
+	keys, err := a.readKeys(ctx)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.keys = keys
+	a.mu.Unlock()
+	a.gen.Add(1)
+	if f, ok := a.st.(barrier.Follower); ok {
+		// A key another replica rotated in signs and validates here too.
+		// The lock is held while reading, as RotateSigningKey holds it
+		// across its write, so an older set never replaces a newer one.
+		f.Follow(signingPrefix, func(ctx context.Context, _ []string, _ bool) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if keys, err := a.readKeys(ctx); err == nil {
+				a.keys = keys
+				a.gen.Add(1)
+			}
+		})
+	}
+	return nil
+}
+
+// readKeys reads the stored signing keys, in signing order.
+func (a *Authority) readKeys(ctx context.Context) ([]*token.SigningKey, error) {
 	recs, err := a.st.Scan(ctx, signingPrefix, "", 0)
 	if err != nil {
-		return fmt.Errorf("load signing keys: %w", err)
+		return nil, fmt.Errorf("load signing keys: %w", err)
 	}
 	var keys []*token.SigningKey
 	for _, rec := range recs {
 		var sk storedKey
 		if err := json.Unmarshal(rec.Value, &sk); err != nil {
-			return fmt.Errorf("decode %s: %w", rec.Key, err)
+			return nil, fmt.Errorf("decode %s: %w", rec.Key, err)
 		}
 		priv, err := token.ParsePrivate(sk.DER)
 		if err != nil {
-			return fmt.Errorf("signing key %s: %w", sk.ID, err)
+			return nil, fmt.Errorf("signing key %s: %w", sk.ID, err)
 		}
 		k, err := token.KeyFromPrivate(priv, time.Unix(sk.Created, 0))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if sk.Retired != 0 {
 			k.Retired = time.Unix(sk.Retired, 0)
@@ -47,11 +73,7 @@ func (a *Authority) loadKeys(ctx context.Context) error {
 		keys = append(keys, k)
 	}
 	slices.SortStableFunc(keys, signingOrder)
-	a.mu.Lock()
-	a.keys = keys
-	a.mu.Unlock()
-	a.gen.Add(1)
-	return nil
+	return keys, nil
 }
 
 // signingOrder sorts retired keys first, by when they were retired, then

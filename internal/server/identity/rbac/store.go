@@ -150,30 +150,59 @@ func Open(ctx context.Context, st Store, now func() time.Time) (*Assignments, er
 	if now == nil {
 		now = time.Now
 	}
-	s := &Assignments{st: st, now: now, idx: map[string]map[string][]Assignment{}, roles: map[string]map[string]Role{}}
-	roles, err := st.Scan(ctx, rolePrefix, "", 0)
+	s := &Assignments{st: st, now: now}
+	if err := s.load(ctx); err != nil {
+		return nil, err
+	}
+	if f, ok := st.(barrier.Follower); ok {
+		// Another replica's assignment or revocation holds here from the
+		// next request on: a change to either prefix reloads both.
+		reload := func(ctx context.Context, _ []string, _ bool) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.load(ctx) // on failure the old state stays until the next change
+		}
+		f.Follow(prefix, reload)
+		f.Follow(rolePrefix, reload)
+	}
+	return s, nil
+}
+
+// load reads every role definition and assignment into s.
+func (s *Assignments) load(ctx context.Context) error {
+	idx, roles := s.idx, s.roles
+	s.idx, s.roles = map[string]map[string][]Assignment{}, map[string]map[string]Role{}
+	err := s.read(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("load role definitions: %w", err)
+		s.idx, s.roles = idx, roles
+	}
+	return err
+}
+
+func (s *Assignments) read(ctx context.Context) error {
+	roles, err := s.st.Scan(ctx, rolePrefix, "", 0)
+	if err != nil {
+		return fmt.Errorf("load role definitions: %w", err)
 	}
 	for _, rec := range roles {
 		var cr customRole
 		if err := json.Unmarshal(rec.Value, &cr); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", rec.Key, err)
+			return fmt.Errorf("decode %s: %w", rec.Key, err)
 		}
 		s.addRole(cr.TenantID, cr.Role)
 	}
-	recs, err := st.Scan(ctx, prefix, "", 0)
+	recs, err := s.st.Scan(ctx, prefix, "", 0)
 	if err != nil {
-		return nil, fmt.Errorf("load role assignments: %w", err)
+		return fmt.Errorf("load role assignments: %w", err)
 	}
 	for _, rec := range recs {
 		var a Assignment
 		if err := json.Unmarshal(rec.Value, &a); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", rec.Key, err)
+			return fmt.Errorf("decode %s: %w", rec.Key, err)
 		}
 		s.add(a)
 	}
-	return s, nil
+	return nil
 }
 
 func (s *Assignments) add(a Assignment) {

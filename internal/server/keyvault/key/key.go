@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 )
 
 const kind object.Kind = "key"
@@ -87,7 +89,26 @@ func New(st object.Store, seal object.Sealer, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{coll: object.New[Data](st, Collection, now), seal: seal, now: now}
+	s := &Service{coll: object.New[Data](st, Collection, now), seal: seal, now: now}
+	if f, ok := st.(barrier.Follower); ok {
+		// A key another replica deleted or purged leaves no parsed copy
+		// here: any change to a key drops its cached versions (reads reach
+		// them only through the stored version, but memory should not
+		// outlive the key).
+		f.Follow("o/", func(_ context.Context, keys []string, all bool) {
+			if all {
+				s.materials.Clear()
+				s.count.Store(0)
+				return
+			}
+			for _, k := range keys {
+				if v, kind, name, ok := object.Named(k); ok && kind == Collection {
+					s.forget(v + "/" + strings.ToLower(name) + "/")
+				}
+			}
+		})
+	}
+	return s
 }
 
 // Collection returns the underlying collection, for certificates, which
@@ -272,9 +293,19 @@ func (s *Service) Update(ctx context.Context, v *vault.Vault, name, version stri
 	return s.toKey(ver), nil
 }
 
+// forget drops the cached versions whose id starts with prefix.
+func (s *Service) forget(prefix string) {
+	s.materials.Range(func(k, _ any) bool {
+		if strings.HasPrefix(k.(string), prefix) {
+			s.materials.Delete(k)
+		}
+		return true
+	})
+}
+
 // material returns a version's parsed key, from the cache when it can.
 func (s *Service) material(v *vault.Vault, ver object.Version[Data]) (*keyops.Material, error) {
-	id := v.Name + "/" + ver.Name + "/" + ver.ID
+	id := v.Name + "/" + strings.ToLower(ver.Name) + "/" + ver.ID
 	if m, ok := s.materials.Load(id); ok {
 		return m.(*keyops.Material), nil
 	}

@@ -168,7 +168,44 @@ func Open(ctx context.Context, st Store, now func() time.Time) (*Registry, error
 		}
 		r.vaults[v.Name] = &v
 	}
+	if f, ok := st.(barrier.Follower); ok {
+		f.Follow(prefix, r.reload)
+	}
 	return r, nil
+}
+
+// reload takes other replicas' changes to vaults into memory. It holds the
+// registry's lock while it reads, as writers do across their Apply, so a
+// local write is never overwritten by an older value.
+func (r *Registry) reload(ctx context.Context, keys []string, all bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if all {
+		recs, err := r.st.Scan(ctx, prefix, "", 0)
+		if err != nil {
+			return // the next change or Reset reloads again
+		}
+		next := make(map[string]*Vault, len(recs))
+		for _, rec := range recs {
+			var v Vault
+			if json.Unmarshal(rec.Value, &v) == nil {
+				next[v.Name] = &v
+			}
+		}
+		r.vaults = next
+		return
+	}
+	for _, k := range keys {
+		rec, err := r.st.Get(ctx, k)
+		if errors.Is(err, barrier.ErrNotFound) {
+			delete(r.vaults, strings.TrimPrefix(k, prefix))
+			continue
+		}
+		var v Vault
+		if err == nil && json.Unmarshal(rec.Value, &v) == nil {
+			r.vaults[v.Name] = &v
+		}
+	}
 }
 
 // Create stores a new vault. Unless the vault uses RBAC, its creator gets an

@@ -22,9 +22,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
@@ -109,14 +109,52 @@ type Barrier struct {
 	ring    keyring
 	aeads   map[uint32]cipher.AEAD
 	rawRing []byte // the keyring blob as stored, for compare-and-swap
+	// followErr is why the last keyring another replica wrote could not
+	// be installed.
+	followErr error
 
-	onCommit atomic.Pointer[func(keys []string)]
+	subsMu sync.Mutex
+	subs   []func(physical.Change) // of a store only this process writes
 }
 
-// OnCommit sets a function called with the keys of every batch that
-// Apply commits, after it is durable; it must not block. It is how the
-// vault's held reads learn that an object changed.
-func (b *Barrier) OnCommit(fn func(keys []string)) { b.onCommit.Store(&fn) }
+// Shared reports whether other processes write the store too (the etcd
+// engine): then whoever keeps state from it must follow Subscribe, and
+// requests must Sync first.
+func (b *Barrier) Shared() bool {
+	_, ok := b.phys.(physical.Shared)
+	return ok
+}
+
+// Subscribe adds fn, called with the keys of every committed batch: on a
+// shared store, every process's batches in commit order, from one
+// goroutine; otherwise this process's own, after Apply made them durable,
+// from the goroutine that applied them (so fn must not take a lock its
+// writer may hold). fn must not block.
+func (b *Barrier) Subscribe(fn func(physical.Change)) {
+	if sh, ok := b.phys.(physical.Shared); ok {
+		sh.Subscribe(fn)
+		return
+	}
+	b.subsMu.Lock()
+	b.subs = append(b.subs, fn)
+	b.subsMu.Unlock()
+}
+
+// Sync returns a context whose reads see every write acknowledged before
+// Sync was called, on any process; see physical.Shared. On a store only
+// this process writes it returns ctx at once.
+func (b *Barrier) Sync(ctx context.Context) (context.Context, error) {
+	if sh, ok := b.phys.(physical.Shared); ok {
+		return sh.Sync(ctx)
+	}
+	return ctx, nil
+}
+
+// Leader is the store's leader election, for singleton jobs.
+func (b *Barrier) Leader() physical.Leader {
+	l, _ := b.phys.(physical.Leader)
+	return l
+}
 
 // StoreRootKeyID returns the ID of the root key that sealed the store behind
 // phys, or "" if the store has no keyring yet.
@@ -161,7 +199,61 @@ func Open(ctx context.Context, phys physical.Backend, root rootkey.Key) (*Barrie
 	if err != nil {
 		return nil, err
 	}
-	return b, b.install(ring, raw)
+	if err := b.install(ring, raw); err != nil {
+		return nil, err
+	}
+	b.follow()
+	return b, nil
+}
+
+// follow keeps the keyring current on a shared store: another replica that
+// rotates a data key writes the keyring before it seals anything with the
+// new key, and subscribers hear of batches in commit order, so the new key
+// is here before any blob sealed with it.
+func (b *Barrier) follow() {
+	sh, ok := b.phys.(physical.Shared)
+	if !ok {
+		return
+	}
+	sh.Subscribe(func(c physical.Change) {
+		if !c.Reset && !slices.Contains(c.Keys, keyringPath) {
+			return
+		}
+		err := b.reloadKeyring(physical.Synced(context.Background()))
+		b.mu.Lock()
+		b.followErr = err
+		b.mu.Unlock()
+	})
+}
+
+// Healthy reports why this process cannot follow the shared keyring, if
+// it cannot: another replica rotated the root key to one this process was
+// not given, say. Such a replica must not serve.
+func (b *Barrier) Healthy() error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.followErr != nil {
+		return fmt.Errorf("barrier: the keyring another replica wrote cannot be opened here (give every replica the same root key): %w", b.followErr)
+	}
+	return nil
+}
+
+// reloadKeyring reads the keyring again and installs it.
+func (b *Barrier) reloadKeyring(ctx context.Context) error {
+	raw, err := b.phys.Get(ctx, keyringPath)
+	if err != nil {
+		return fmt.Errorf("barrier: read keyring: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if bytes.Equal(raw, b.rawRing) {
+		return nil
+	}
+	ring, err := unwrapKeyring(b.root, raw)
+	if err != nil {
+		return err
+	}
+	return b.install(ring, raw)
 }
 
 func (b *Barrier) install(ring keyring, raw []byte) error {
@@ -265,12 +357,19 @@ func (b *Barrier) Apply(ctx context.Context, conds []Cond, ops []Op) error {
 	if errors.Is(err, physical.ErrConflict) {
 		return fmt.Errorf("%w: %w", ErrConflict, err)
 	}
-	if fn := b.onCommit.Load(); err == nil && fn != nil {
-		keys := make([]string, len(ops))
-		for i, o := range ops {
-			keys[i] = o.Key
+	if err == nil {
+		b.subsMu.Lock()
+		subs := b.subs
+		b.subsMu.Unlock()
+		if len(subs) > 0 {
+			keys := make([]string, len(ops))
+			for i, o := range ops {
+				keys[i] = o.Key
+			}
+			for _, fn := range subs {
+				fn(physical.Change{Keys: keys})
+			}
 		}
-		(*fn)(keys)
 	}
 	return err
 }
@@ -443,3 +542,34 @@ func unwrapKeyring(root rootkey.Key, raw []byte) (keyring, error) {
 
 // Equal reports whether two revisions are the same.
 func (r Rev) Equal(o Rev) bool { return bytes.Equal(r, o) }
+
+// Follower is what a component that keeps state from the store uses to
+// stay current while other replicas write it; a *Barrier is one.
+type Follower interface {
+	Follow(prefix string, reload func(ctx context.Context, keys []string, all bool))
+}
+
+// Follow calls reload, on a shared store, for every committed batch that
+// touches keys under prefix (all is true after a gap: reload everything),
+// with a context for reads from the local view, which holds that batch.
+// reload runs on the store's dispatch goroutine: it must not Sync, and it
+// should take the lock its own writers hold across Apply before it reads,
+// so that a reload never overwrites a newer local write. On a store only
+// this process writes, Follow does nothing: the writers keep their state.
+func (b *Barrier) Follow(prefix string, reload func(ctx context.Context, keys []string, all bool)) {
+	sh, ok := b.phys.(physical.Shared)
+	if !ok {
+		return
+	}
+	sh.Subscribe(func(c physical.Change) {
+		var keys []string
+		for _, k := range c.Keys {
+			if strings.HasPrefix(k, prefix) {
+				keys = append(keys, k)
+			}
+		}
+		if len(keys) > 0 || c.Reset {
+			reload(physical.Synced(context.Background()), keys, c.Reset)
+		}
+	})
+}

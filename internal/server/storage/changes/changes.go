@@ -100,3 +100,14 @@ func (f *Feed) Watching() int {
 	defer f.mu.Unlock()
 	return len(f.topics)
 }
+
+// PublishAll wakes every watcher: after a gap in what the store reported,
+// any object may have changed.
+func (f *Feed) PublishAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for subject, t := range f.topics {
+		close(t.ch)
+		delete(f.topics, subject)
+	}
+}
