@@ -13,11 +13,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/daemon"
@@ -148,7 +150,8 @@ type Server struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 
-	leader prometheus.Gauge
+	leader  prometheus.Gauge
+	leading atomic.Bool
 
 	rotMu     sync.Mutex
 	closeOnce sync.Once
@@ -256,6 +259,9 @@ func (s *Server) build(ctx context.Context) error {
 	auditPath := s.cfg.AuditLog
 	if auditPath == "" {
 		auditPath = filepath.Join(s.cfg.DataDir, "audit.log")
+	}
+	if err := os.MkdirAll(filepath.Dir(auditPath), 0o700); err != nil {
+		return fmt.Errorf("create the audit log's directory: %w", err)
 	}
 	if s.Audit, err = audit.Open(auditPath, audit.Options{Registerer: s.Metrics, Now: s.cfg.Now}); err != nil {
 		return err
@@ -606,16 +612,21 @@ func (s *Server) sweep(ctx context.Context) {
 			continue
 		}
 		s.leader.Set(1)
+		s.leading.Store(true)
 		if s.store.Barrier.Shared() {
 			s.log.Info("this replica leads the scheduled jobs")
 		}
 		s.lead(lctx)
 		s.leader.Set(0)
+		s.leading.Store(false)
 		if ctx.Err() == nil {
 			s.log.Warn("this replica lost the scheduler's leadership", "cause", context.Cause(lctx))
 		}
 	}
 }
+
+// Leading reports whether this replica runs the singleton jobs now.
+func (s *Server) Leading() bool { return s.leading.Load() }
 
 // lead runs the jobs until the leadership ends.
 func (s *Server) lead(ctx context.Context) {

@@ -85,6 +85,16 @@ func New(env devenv.Env) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewWithHTTP(env, hc)
+}
+
+// NewWithHTTP is New with the HTTP client given (tests that pick which
+// server replica to dial use it).
+func NewWithHTTP(env devenv.Env, hc *http.Client) (*Client, error) {
+	u, err := url.Parse(env.AuthorityHost)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("AZURE_AUTHORITY_HOST %q is not an https URL", env.AuthorityHost)
+	}
 	cred, err := azidentity.NewClientSecretCredential(env.TenantID, env.ClientID, env.ClientSecret, &azidentity.ClientSecretCredentialOptions{
 		ClientOptions:            azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: env.AuthorityHost}, Transport: hc},
 		DisableInstanceDiscovery: true,
