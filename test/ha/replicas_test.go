@@ -272,7 +272,7 @@ func assertionFor(t *testing.T, ha *hatest.Cluster, appID string, cert *x509.Cer
 	rand.Read(jti)
 	now := time.Now()
 	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: appID, Subject: appID, ID: base64.RawURLEncoding.EncodeToString(jti),
-		Audience: jwt.Audience{ha.Endpoints.AuthorityURL() + "/" + ha.State.TenantID + "/oauth2/v2.0/token"},
+		Audience:  jwt.Audience{ha.Endpoints.AuthorityURL() + "/" + ha.State.TenantID + "/oauth2/v2.0/token"},
 		NotBefore: jwt.NewNumericDate(now), IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(5 * time.Minute))}).Serialize()
 	if err != nil {
 		t.Fatal(err)

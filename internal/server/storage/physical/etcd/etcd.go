@@ -30,6 +30,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -58,8 +59,10 @@ type Options struct {
 	// Prefix holds the installation's keys (default DefaultPrefix).
 	Prefix string
 	// DialTimeout bounds connecting (default 5 s); RequestTimeout bounds
-	// every call to the cluster (default 5 s).
-	DialTimeout, RequestTimeout time.Duration
+	// every call to the cluster (default 5 s). SyncTimeout bounds a
+	// request's wait to catch up with the cluster (default 2 s): a replica
+	// cut off from etcd answers 503 within it.
+	DialTimeout, RequestTimeout, SyncTimeout time.Duration
 	// MaxRequestBytes and MaxTxnOps are the cluster's limits for one
 	// request (default etcd's defaults).
 	MaxRequestBytes, MaxTxnOps int
@@ -141,6 +144,9 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 5 * time.Second
 	}
+	if o.SyncTimeout <= 0 {
+		o.SyncTimeout = 2 * time.Second
+	}
 	if o.MaxRequestBytes <= 0 {
 		o.MaxRequestBytes = DefaultMaxRequestBytes
 	}
@@ -157,8 +163,9 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: o.Endpoints, DialTimeout: o.DialTimeout, TLS: tlsc,
 		DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 3 * time.Second,
-		// The engine's own logger: etcd's zap logger would print to stderr.
-		Logger: nil, AutoSyncInterval: time.Minute,
+		// The client's own retries are not worth a line each: the engine
+		// reports what fails, once, in its errors and its watch's log.
+		Logger: zap.NewNop(), AutoSyncInterval: time.Minute,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: connect to %s: %w", strings.Join(o.Endpoints, ","), err)

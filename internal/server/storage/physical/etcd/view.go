@@ -250,12 +250,15 @@ func (b *Backend) Sync(ctx context.Context) (context.Context, error) {
 		return ctx, physical.ErrClosed
 	}
 	start := time.Now()
-	rev, err := b.revs.fetch(ctx)
+	sctx, cancel := context.WithTimeout(ctx, b.o.SyncTimeout)
+	defer cancel()
+	rev, err := b.revs.fetch(sctx)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: no quorum read of the cluster's revision within %v", physical.ErrUnavailable, b.o.SyncTimeout)
+		}
 		return ctx, err
 	}
-	sctx, cancel := context.WithTimeout(ctx, b.o.RequestTimeout)
-	defer cancel()
 	for {
 		b.mu.Lock()
 		seen, viewRev, ch := b.seen, b.viewRev, b.seenCh
