@@ -19,6 +19,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
 )
@@ -140,7 +141,7 @@ func (c *Cluster) Leader(ctx context.Context) int {
 			continue
 		default:
 		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Endpoint(i)}, DialTimeout: time.Second})
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Endpoint(i)}, DialTimeout: time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			continue
 		}
@@ -184,7 +185,7 @@ func (c *Cluster) WaitHealthy() {
 }
 
 func (c *Cluster) probe(i int) error {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Endpoint(i)}, DialTimeout: time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.Endpoint(i)}, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}

@@ -165,7 +165,9 @@ func (c *Cluster) HTTP(i int) *http.Client {
 	addr := c.Replicas[i].addr
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	return &http.Client{Timeout: 40 * time.Second, Transport: &http.Transport{
-		DialContext:         func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, addr) },
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		},
 		TLSClientConfig:     &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:   true,
 		TLSHandshakeTimeout: 5 * time.Second,
@@ -181,3 +183,6 @@ func (c *Cluster) Client(i int) *client.Client {
 	}
 	return cl
 }
+
+// Addr is the address replica i listens on.
+func (c *Cluster) Addr(i int) string { return c.Replicas[i].addr }
