@@ -66,6 +66,7 @@ build:
 bench:
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench . -skip 'KeySign|Etcd' -benchtime 100000x ./test/bench/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench 'SecretGetHTTPS$$|Etcd' -benchtime 30000x ./test/bench/
+	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench HeldRead -benchtime 300x ./test/ha/
 	$(GO) test -run '^$$' -bench KeySign -benchtime 20000x ./test/bench/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench NodePublish -benchtime 300x ./test/csi/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench PushRotation -benchtime 200x ./test/csi/
