@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/throttle"
 	"github.com/spf13/cobra"
 )
 
@@ -62,7 +63,42 @@ func (a *app) vaultCmd() *cobra.Command {
 		},
 	}
 	show.Flags().StringVarP(&showName, "name", "n", "", "vault name")
-	cmd.AddCommand(create, list, show, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true))
+	var updateName, limits string
+	update := &cobra.Command{
+		Use: "update", Short: "Change a vault's settings", Args: cobra.NoArgs,
+		Long: `Change a vault's settings. --throttle sets its static limits (429 Throttled
+with Retry-After): keyvault copies Key Vault's published limits (4,000
+transactions and 20 key creations per 10 seconds, larger RSA keys weighted);
+off removes them; requests=N,key-creates=N,per-principal=N sets them (per 10
+seconds), after a preset if given (keyvault,per-principal=500). Overload
+protection applies either way.`,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := requireFlags(c, "name"); err != nil {
+				return err
+			}
+			var in mgmthttp.UpdateVaultIn
+			if c.Flags().Changed("throttle") {
+				if _, err := throttle.Parse(limits); err != nil {
+					return usagef("--throttle: %v", err)
+				}
+				in.Throttle = &limits
+			} else {
+				return usagef("nothing to change: give --throttle")
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			var out mgmthttp.VaultOut
+			if err := cl.Manage(c.Context(), "PATCH", "vaults/"+updateName, in, &out); err != nil {
+				return err
+			}
+			return render(a.stdout, a.output, out, []mgmthttp.VaultOut{out}, vaultCols)
+		},
+	}
+	update.Flags().StringVarP(&updateName, "name", "n", "", "vault name")
+	update.Flags().StringVar(&limits, "throttle", "", "static limits: keyvault, off, or requests=N,key-creates=N,per-principal=N (per 10 seconds)")
+	cmd.AddCommand(create, list, show, update, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true))
 	return cmd
 }
 

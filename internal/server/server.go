@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -43,6 +44,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/changes"
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
+	"github.com/cofferhq/coffer/internal/server/throttle"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -86,6 +88,10 @@ type Options struct {
 	AuditLog string
 	// MetricsAddr serves /metrics and /healthz over plain HTTP; empty is off.
 	MetricsAddr string
+	// OverloadCapacity is how many vault requests may be in flight before
+	// overload protection refuses the principals that send more than
+	// their share (default 4 per CPU; negative turns it off).
+	OverloadCapacity int
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -141,6 +147,8 @@ type Server struct {
 	Access    *access.Authorizer
 	Audit     *audit.Log
 	Metrics   *prometheus.Registry
+	// Limiter answers 429 Throttled (static limits, overload protection).
+	Limiter *throttle.Limiter
 
 	kv      *kvhttp.Handler
 	changes *changes.Feed // wakes held reads when their object changes
@@ -282,9 +290,19 @@ func (s *Server) build(ctx context.Context) error {
 			}
 		}
 	})
+	capacity := s.cfg.OverloadCapacity
+	if capacity == 0 {
+		// Past a few requests per CPU in flight, requests queue for the
+		// CPU rather than run: the server is full.
+		capacity = 4 * runtime.GOMAXPROCS(0)
+	}
+	s.Limiter = throttle.New(throttle.Options{Capacity: capacity, Now: s.cfg.Now})
+	s.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "coffer_overload_shed_total",
+		Help: "Vault requests overload protection refused (429), from principals over their share while the server was full."},
+		func() float64 { return float64(s.Limiter.Shed()) }))
 	s.kv = kvhttp.New(kvhttp.Deps{
 		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets, Keys: s.Keys, Certs: s.Certs,
-		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Changes: s.changes, Log: s.log,
+		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Changes: s.changes, Limiter: s.Limiter, Log: s.log,
 	})
 	s.auth = authhttp.New(s.Authority, s.log)
 	s.mgmt = mgmthttp.New(mgmthttp.Deps{Endpoints: ep, Authority: s.Authority, Vaults: s.Vaults, Roles: s.Roles,
@@ -379,6 +397,11 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Retry-After", "1")
 			azerror.Write(w, http.StatusServiceUnavailable, "ServiceUnavailable", "", "This replica cannot reach its store; retry, and another replica may answer.")
 			return
+		}
+		if route == endpoint.RouteVault && kvhttp.WaitPreference(r) == 0 {
+			f := s.Limiter.Enter()
+			defer f.Done()
+			ctx = throttle.WithFlight(ctx, f)
 		}
 		r = r.WithContext(ctx)
 	}
@@ -564,6 +587,7 @@ func (s *Server) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	go s.sweep(bgCtx)
+	go s.Limiter.Watch(bgCtx)
 	go s.stat.Serve(bgCtx, s.log)
 
 	s.log.Info("coffer server listening", "addr", s.ln.Addr().String(), "authority", s.ep.AuthorityURL(), "vaults", "https://{vault}."+s.ep.Apex()+"/", "rootKeyId", s.store.Barrier.RootKeyID())

@@ -35,6 +35,9 @@ type Options struct {
 	FederationRoots *x509.CertPool
 	// TokenRateLimit overrides the per-client token rate limit.
 	TokenRateLimit float64
+	// OverloadCapacity overrides the server's overload protection
+	// capacity (negative: off).
+	OverloadCapacity int
 }
 
 // Env is a running test server.
@@ -64,7 +67,7 @@ func Start(t testing.TB, opt Options) *Env {
 	d, err := dev.New(ctx, dev.Options{
 		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
 		Server: server.Options{
-			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
+			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit, OverloadCapacity: opt.OverloadCapacity,
 			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})

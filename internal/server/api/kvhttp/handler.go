@@ -4,11 +4,14 @@ package kvhttp
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cofferhq/coffer/internal/server/audit"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
@@ -20,6 +23,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/changes"
+	"github.com/cofferhq/coffer/internal/server/throttle"
 )
 
 // Body limits, applied before any byte of a body is parsed.
@@ -42,6 +46,7 @@ type Handler struct {
 	verifier *token.Verifier
 	issuer   func(tenant string) string
 	feed     *changes.Feed
+	limiter  *throttle.Limiter
 	held     atomic.Int64 // reads being held
 	log      *slog.Logger
 	mux      http.Handler
@@ -61,12 +66,15 @@ type Deps struct {
 	// Changes wakes held conditional reads (Prefer: wait) when their
 	// object changes; nil: reads are never held.
 	Changes *changes.Feed
+	// Limiter answers 429 Throttled for the vaults' static limits and
+	// overload protection; nil throttles nothing.
+	Limiter *throttle.Limiter
 	Log     *slog.Logger
 }
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, log: d.Log}
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, limiter: d.Limiter, log: d.Log}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -127,8 +135,51 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The specified version ("+ver+") is not recognized. Consider using the latest supported version ("+Latest+").")
 		return
 	}
+	if h.limiter != nil {
+		d := h.limiter.Admit(v.Name, v.Throttle, p.ObjectID, classOf(r), WaitPreference(r) > 0)
+		if !d.OK {
+			info.Decision = "throttled"
+			drain(r)
+			h.throttled(w, r, d)
+			return
+		}
+		defer d.Release()
+	}
 	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
 	h.mux.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// classOf is what a request costs the vault's limits (see package
+// throttle): key creations count as such, conditional and held reads as a
+// quarter.
+func classOf(r *http.Request) throttle.Class {
+	p := strings.TrimSuffix(r.URL.Path, "/")
+	switch {
+	case r.Method == http.MethodPost && strings.HasPrefix(p, "/keys/") && (strings.HasSuffix(p, "/create") || strings.HasSuffix(p, "/rotate")),
+		r.Method == http.MethodPut && strings.HasPrefix(p, "/keys/") && strings.Count(p, "/") == 2:
+		return throttle.KeyCreate
+	case r.Method == http.MethodGet && r.Header.Get("If-None-Match") != "":
+		return throttle.Light
+	}
+	return throttle.Full
+}
+
+// throttled answers Key Vault's 429 Throttled, after the decision's
+// tarpit: a flooding client that retries at once is slowed, at no CPU
+// cost.
+func (h *Handler) throttled(w http.ResponseWriter, r *http.Request, d throttle.Decision) {
+	if d.Tarpit > 0 {
+		throttle.FlightFrom(r.Context()).Done() // a waiting refusal takes no place
+		t := time.NewTimer(d.Tarpit)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+		}
+		t.Stop()
+	}
+	secs := throttle.RetryAfterSeconds(d.RetryAfter)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeErr(w, http.StatusTooManyRequests, "Throttled", "", fmt.Sprintf("Request was not processed because too many requests were received: %s. Retry after %d second(s).", d.Reason, secs))
 }
 
 // recheck authenticates a held request again, against the vault as it is

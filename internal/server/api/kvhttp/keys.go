@@ -213,6 +213,11 @@ func (k keyRoutes) op(perm access.Operation, name string) http.HandlerFunc {
 			if err != nil {
 				return nil, err
 			}
+			if k.h.limiter != nil {
+				// Key Vault weighs larger RSA keys' operations: 4 for
+				// RSA-3072, 8 for RSA-4096 (one is already charged).
+				k.h.limiter.Charge(c.vault.Name, c.vault.Throttle, c.principal.ObjectID, opWeight(kk)-1)
+			}
 			if res.Verified != nil {
 				return map[string]bool{"value": *res.Verified}, nil
 			}
@@ -348,4 +353,16 @@ func (k keyRoutes) restore(w http.ResponseWriter, r *http.Request) {
 		out, err := k.h.keys.Restore(r.Context(), c.vault, blob)
 		return k.out(c, out), err
 	})
+}
+
+// opWeight is what Key Vault's limits charge for one operation on kk.
+func opWeight(kk key.Key) float64 {
+	// N is the modulus's bytes, without leading zeros.
+	switch bits := len(kk.Public.N) * 8; {
+	case bits > 3072+64:
+		return 8
+	case bits > 2048+64:
+		return 4
+	}
+	return 1
 }

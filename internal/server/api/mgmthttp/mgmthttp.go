@@ -81,6 +81,7 @@ func New(d Deps) *Handler {
 	route("GET /coffer/v1/vaults", handle(h, http.StatusOK, h.listVaults))
 	route("POST /coffer/v1/vaults", handle(h, http.StatusCreated, h.createVault))
 	route("GET /coffer/v1/vaults/{name}", handle(h, http.StatusOK, h.showVault))
+	route("PATCH /coffer/v1/vaults/{name}", handle(h, http.StatusOK, h.updateVault))
 	route("POST /coffer/v1/vaults/{name}/set-policy", handle(h, http.StatusOK, h.setPolicy))
 	route("POST /coffer/v1/vaults/{name}/delete-policy", handle(h, http.StatusOK, h.deletePolicy))
 	route("GET /coffer/v1/service-principals", handle(h, http.StatusOK, h.listSPs))

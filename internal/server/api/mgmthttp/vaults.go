@@ -7,6 +7,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/throttle"
 )
 
 // VaultOut is a vault as the management API shows it.
@@ -74,6 +75,33 @@ func (h *Handler) showVault(r *http.Request, p access.Principal, _ none) (any, e
 		return nil, err
 	}
 	return h.vaultOut(*v), nil
+}
+
+// UpdateVaultIn changes a vault's settings; a nil field is left as it is.
+type UpdateVaultIn struct {
+	// Throttle is the static limits in the CLI's form: keyvault, off, or
+	// requests=N,key-creates=N,per-principal=N (per 10 seconds).
+	Throttle *string `json:"throttle"`
+}
+
+func (h *Handler) updateVault(r *http.Request, p access.Principal, in UpdateVaultIn) (any, error) {
+	v, err := h.vaultFor(r, p, rbac.ActionVaultWrite)
+	if err != nil {
+		return nil, err
+	}
+	var limits throttle.Limits
+	if in.Throttle != nil {
+		if limits, err = throttle.Parse(*in.Throttle); err != nil {
+			return nil, badRequest(err.Error())
+		}
+	}
+	out, err := h.Vaults.Update(r.Context(), v.Name, func(v *vault.Vault) error {
+		if in.Throttle != nil {
+			v.Throttle = limits
+		}
+		return nil
+	})
+	return h.vaultOut(out), err
 }
 
 // PolicyIn sets or deletes one principal's access policy. The principal is

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+	"github.com/cofferhq/coffer/internal/server/throttle"
 )
 
 // ErrNotFound means no vault has the name.
@@ -78,6 +79,9 @@ type Vault struct {
 	PurgeProtection bool           `json:"enablePurgeProtection"`
 	EnforceValidity bool           `json:"enforceSecretValidity,omitempty"`
 	AccessPolicies  []AccessPolicy `json:"accessPolicies"`
+	// Throttle holds the vault's static limits (429 Throttled); none by
+	// default, where only overload protection applies.
+	Throttle throttle.Limits `json:"throttle,omitzero"`
 }
 
 // MaxAccessPolicies is Azure's limit of access policies per vault.
