@@ -17,12 +17,12 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: test deps kube-assets lint unit e2e build bench dev clean proto proto-check
+.PHONY: test deps kube-assets lint vuln vulndb-update unit e2e build bench dev clean proto proto-check
 
 ifeq ($(E2E),0)
-test: deps kube-assets lint unit
+test: deps kube-assets lint vuln unit
 else
-test: deps kube-assets lint unit e2e
+test: deps kube-assets lint vuln unit e2e
 endif
 
 # System tools the tests need (openssl), installed from Debian packages.
@@ -42,6 +42,18 @@ lint:
 	$(GO) vet $(PKGS)
 	@echo "== staticcheck"
 	$(GO) tool staticcheck $(PKGS)
+
+# Known vulnerabilities, offline: govulncheck on the main module's packages
+# against a database built from the golang.org/x/vulndb module that
+# tools/vuln pins (cached in .cache/vulndb). Fails on any reachable one.
+vuln:
+	@echo "== govulncheck"
+	@GO="$(GO)" ./scripts/vulndb.sh check
+
+# Moves the vulndb pin in tools/vuln to the newest version the Go module
+# proxy serves; commit tools/vuln/go.mod and go.sum afterwards.
+vulndb-update:
+	@GO="$(GO)" ./scripts/vulndb.sh update
 
 unit:
 	@echo "== go test -race"
