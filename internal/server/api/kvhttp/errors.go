@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/cofferhq/coffer/internal/protocol/azerror"
+	"github.com/cofferhq/coffer/internal/server/api/httpjson"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/token"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
@@ -39,6 +40,14 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		se  *json.SyntaxError
 		ute *json.UnmarshalTypeError
 	)
+	if sf, ok := httpjson.Storage(err); ok {
+		if sf.RetryAfter {
+			w.Header().Set("Retry-After", "1")
+		}
+		h.storageFailed(r, err)
+		writeErr(w, sf.Status, sf.Code, "", sf.Message)
+		return
+	}
 	switch {
 	case errors.As(err, &te):
 		h.challenge(w, r)
@@ -95,4 +104,10 @@ func objectStatus(sentinel error, kind access.Kind) (int, string) {
 	}
 	slog.Warn("unmapped object error kind", "kind", sentinel)
 	return http.StatusInternalServerError, "InternalServerError"
+}
+
+// storageFailed logs a store failure once, at warn: an operator must see
+// a full disk or an unreachable etcd.
+func (h *Handler) storageFailed(r *http.Request, err error) {
+	h.log.WarnContext(r.Context(), "request refused: storage", "method", r.Method, "path", r.URL.Path, "err", err)
 }

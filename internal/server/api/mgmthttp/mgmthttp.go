@@ -134,6 +134,14 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ute *json.UnmarshalTypeError
 		br  badRequest
 	)
+	if sf, ok := httpjson.Storage(err); ok {
+		if sf.RetryAfter {
+			w.Header().Set("Retry-After", "1")
+		}
+		h.storageFailed(r, err)
+		writeErr(w, sf.Status, sf.Code, sf.Message)
+		return
+	}
 	switch {
 	case errors.As(err, &de):
 		audit.From(r.Context()).Decision = "deny"
@@ -241,4 +249,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 func (h *Handler) subscription(ctx context.Context, p access.Principal) (string, error) {
 	t, err := h.Authority.Tenant(ctx, p.TenantID)
 	return t.SubscriptionID, err
+}
+
+// storageFailed logs a store failure once, at warn: an operator must see
+// a full disk or an unreachable etcd.
+func (h *Handler) storageFailed(r *http.Request, err error) {
+	h.Log.WarnContext(r.Context(), "request refused: storage", "method", r.Method, "path", r.URL.Path, "err", err)
 }
