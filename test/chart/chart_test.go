@@ -498,3 +498,64 @@ func TestChartServerVariants(t *testing.T) {
 		}
 	})
 }
+
+// The chart README's values table names every value in values.yaml, and
+// nothing else.
+func TestReadmeNamesEveryValue(t *testing.T) {
+	vb, err := os.ReadFile(repoFile(t, "deploy/helm/coffer/values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals map[string]any
+	if err := yaml.Unmarshal(vb, &vals); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+				walk(prefix+k+".", sub)
+				continue
+			}
+			want[prefix+k] = true
+		}
+	}
+	walk("", vals)
+
+	readme, err := os.ReadFile(repoFile(t, "deploy/helm/coffer/README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(readme), "\n## Values\n")
+	if !ok {
+		t.Fatal("the chart README has no Values section")
+	}
+	named := map[string]bool{}
+	for _, line := range strings.Split(table, "\n") {
+		if !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		// A row names full keys, or keys beside the previous one: `a.b.c`, `d`.
+		parent := ""
+		for _, k := range strings.Split(strings.Split(line, "|")[1], ",") {
+			k = strings.Trim(strings.TrimSpace(k), "`")
+			if i := strings.LastIndex(k, "."); i >= 0 {
+				parent = k[:i+1]
+			} else {
+				k = parent + k
+			}
+			named[k] = true
+		}
+	}
+	for k := range want {
+		if !named[k] {
+			t.Errorf("the README's values table lacks %s", k)
+		}
+	}
+	for k := range named {
+		if !want[k] {
+			t.Errorf("the README's values table names %s, which values.yaml has not", k)
+		}
+	}
+}
