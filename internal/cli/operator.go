@@ -65,15 +65,25 @@ func (a *app) operatorInit() *cobra.Command {
 				return optionError(err, storeFlags)
 			}
 			defer st.Close()
-			roles, err := rbac.Open(c.Context(), st.Barrier, nil)
+			// Replicas that start together on a new shared store (their
+			// init containers) take turns: the first bootstraps and stores
+			// the credentials, and the next finds both done. Its writes are
+			// fenced: a run whose turn has ended cannot write any more.
+			turn, endTurn := context.WithCancel(c.Context())
+			defer endTurn()
+			ctx, err := st.Leader.Lead(turn, "bootstrap")
 			if err != nil {
 				return err
 			}
-			auth, err := authority.Open(c.Context(), st.Barrier, authority.Config{Host: ep.AuthorityURL(), Resources: []string{ep.Resource()}, Roles: roles}, nil)
+			roles, err := rbac.Open(ctx, st.Barrier, nil)
 			if err != nil {
 				return err
 			}
-			if prev, ok, err := bootstrap.Load(c.Context(), st.Barrier); err != nil {
+			auth, err := authority.Open(ctx, st.Barrier, authority.Config{Host: ep.AuthorityURL(), Resources: []string{ep.Resource()}, Roles: roles}, nil)
+			if err != nil {
+				return err
+			}
+			if prev, ok, err := bootstrap.Load(ctx, st.Barrier); err != nil {
 				return err
 			} else if ok {
 				if !skipInitialised {
@@ -86,7 +96,7 @@ func (a *app) operatorInit() *cobra.Command {
 				// An earlier run may have initialised the store and then
 				// failed to store the credentials: then they exist nowhere,
 				// and a new administrator secret replaces them.
-				missing, err := credentialsSecretMissing(c.Context(), secretNS, secretName)
+				missing, err := credentialsSecretMissing(ctx, secretNS, secretName)
 				if err != nil {
 					return err
 				}
@@ -94,18 +104,18 @@ func (a *app) operatorInit() *cobra.Command {
 					fmt.Fprintf(a.stdout, "%s is already initialised and Secret %s exists; nothing to do.\n", dataDir, outSecret)
 					return nil
 				}
-				secret, err := auth.AddClientSecret(c.Context(), prev.TenantID, prev.AdminAppID, true)
+				secret, err := auth.AddClientSecret(ctx, prev.TenantID, prev.AdminAppID, true)
 				if err != nil {
 					return err
 				}
 				env := devenv.Env{TenantID: prev.TenantID, ClientID: prev.AdminAppID, ClientSecret: secret, AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile}
-				if err := writeCredentialsSecret(c.Context(), secretNS, secretName, env); err != nil {
+				if err := writeCredentialsSecret(ctx, secretNS, secretName, env); err != nil {
 					return fmt.Errorf("storing the administrator's new credentials in Secret %s: %w", outSecret, err)
 				}
 				fmt.Fprintf(a.stdout, "%s is already initialised, but Secret %s was missing: the administrator's secret was replaced and stored there.\n", dataDir, outSecret)
 				return nil
 			}
-			state, secret, err := bootstrap.Ensure(c.Context(), st.Barrier, auth, roles)
+			state, secret, err := bootstrap.Ensure(ctx, st.Barrier, auth, roles)
 			if err != nil {
 				return err
 			}
@@ -114,7 +124,7 @@ func (a *app) operatorInit() *cobra.Command {
 				AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, DataDir: abs}
 			if outSecret != "" {
 				env.DataDir = ""
-				if err := writeCredentialsSecret(c.Context(), secretNS, secretName, env); err != nil {
+				if err := writeCredentialsSecret(ctx, secretNS, secretName, env); err != nil {
 					return fmt.Errorf("initialised, but the administrator's credentials could not be stored (reset them with `coffer sp credential reset` from inside the server's pod): %w", err)
 				}
 				fmt.Fprintf(a.stdout, "Initialised. Tenant %s, administrator %s; credentials stored in Secret %s (key dev.env).\n", state.TenantID, state.AdminAppID, outSecret)

@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/cofferhq/coffer/internal/testing/chartrender"
+	"github.com/cofferhq/coffer/internal/testing/etcdtest"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/testing/testpath"
 	"github.com/cofferhq/coffer/test/e2e/cluster"
@@ -39,6 +42,9 @@ const (
 	vaultHost  = "vault." + cluster.Domain
 )
 
+// serverReplicas is how many server pods the installation runs, on etcd.
+const serverReplicas = 2
+
 // installation is Coffer installed on the cluster with its Helm chart.
 type installation struct {
 	c      *cluster.Cluster
@@ -47,20 +53,32 @@ type installation struct {
 	pool   mgmthttp.NodePoolOut
 	caPEM  []byte
 	suffix string // vault.e2e.test:8443
+	// proxy is the server Service's stand-in for kube-proxy, on the
+	// node's address and the chart's port.
+	proxy *cluster.ServiceProxy
 }
 
-// install installs Coffer with deploy/helm/coffer the way its README says:
-// secrets and the server first, then a node pool, then everything. The
-// values are the chart's defaults but for what this cluster lacks: Coffer's
-// pods use the host (the node's) network and reach the apiserver at its
-// loopback address (no kube-proxy, so no ClusterIPs); the node agent puts
-// 169.254.169.254 on lo (this kernel has no dummy interfaces); and the
-// directories are the cluster's own.
+// install installs Coffer with deploy/helm/coffer the way its README says
+// (secrets and the server first, then a node pool, then everything), highly
+// available: serverReplicas server pods on a 3-member etcd cluster that the
+// test starts on the node, reached over TCP with client TLS. The values are
+// the chart's defaults but for what this cluster lacks: the node
+// components use the host (the node's) network and reach the apiserver at
+// the node's address (no kube-proxy, so no ClusterIPs), and the server's
+// Service is reached through a proxy of the test's (cluster.ServeService);
+// the node agent puts 169.254.169.254 on lo (this kernel has no dummy
+// interfaces); and the directories are the cluster's own.
 func install(t *testing.T, c *cluster.Cluster) *installation {
 	t.Helper()
 	ctx := context.Background()
 	kc := c.Kube.Client
 	in := &installation{c: c, suffix: fmt.Sprintf("%s:%d", vaultHost, serverPort)}
+
+	start := time.Now()
+	etcd := etcdtest.StartWith(t, etcdtest.Options{Members: 3, ClientHost: cluster.NodeIP, TLS: true})
+	t.Logf("e2e: a 3-member etcd cluster serves on the node's address, with client TLS, after %s: %s",
+		time.Since(start).Round(10*time.Millisecond), strings.Join(etcd.TCPEndpoints(), ","))
+	etcdTLS := etcd.ClientTLS()
 
 	files, err := pki.EnsureDev(filepath.Join(c.Dir, "pki"), vaultHost, time.Now())
 	if err != nil {
@@ -80,6 +98,8 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{"tls.crt": read(files.Cert), "tls.key": read(files.Key)}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coffer-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(in.caPEM)}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-etcd-client", Namespace: ns}, Type: corev1.SecretTypeTLS,
+			Data: map[string][]byte{"ca.crt": etcdTLS.CA, "tls.crt": etcdTLS.Cert, "tls.key": etcdTLS.Key}},
 		// The authority trusts the cluster's service-account issuer.
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(c.Kube.CAData)}},
 	}
@@ -96,7 +116,9 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 	values := map[string]any{
 		"image":     map[string]any{"repository": "coffer.local/coffer", "tag": "e2e", "pullPolicy": "Never"},
 		"apiServer": map[string]any{"host": api.Hostname(), "port": api.Port()},
-		"server": map[string]any{"dnsSuffix": vaultHost, "hostNetwork": true, "persistence": map[string]any{"enabled": false},
+		"server": map[string]any{"dnsSuffix": vaultHost, "replicas": serverReplicas, "persistence": map[string]any{"enabled": false},
+			"storage": map[string]any{"type": "etcd", "etcd": map[string]any{"endpoints": toAny(etcd.TCPEndpoints()),
+				"tls": map[string]any{"secretName": "coffer-etcd-client"}}},
 			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
 		"linux": map[string]any{"enabled": false, "kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
 			"hostNetwork": true},
@@ -112,12 +134,16 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 
 	t.Log("e2e: installing the chart, step 1: the server")
 	apply(t, c, chart, values)
-	servers := c.WaitPodsOf(ns, "app.kubernetes.io/component=server", 1, 2*time.Minute)
+	in.proxy = c.ServeService(ns, "coffer-server", "https", net.JoinHostPort(cluster.NodeIP, strconv.Itoa(serverPort)))
+	// The replicas start together; their init containers take turns.
+	start = time.Now()
+	servers := c.WaitPodsOf(ns, "app.kubernetes.io/component=server", serverReplicas, 2*time.Minute)
+	t.Logf("e2e: %d server replicas ready after %s", serverReplicas, time.Since(start).Round(10*time.Millisecond))
 	var admin corev1.Secret
 	deadline := time.Now().Add(time.Minute)
 	for kc.Get(ctx, client.ObjectKey{Namespace: ns, Name: "coffer-admin"}, &admin) != nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("no administrator's Secret; the init container's first run said:\n%s\nits last:\n%s", c.ContainerRunLog(&servers[0], "init", 0), c.ContainerLog(&servers[0], "init"))
+			t.Fatalf("no administrator's Secret; the init containers' first runs said:\n%s\nCoffer's pods say:\n%s", initLogs(c, servers), c.Logs(ns))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -135,6 +161,26 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 	eventually(t, c, "the server to answer", time.Minute, func() bool {
 		return in.admin.Manage(ctx, "GET", "vaults", nil, nil) == nil
 	})
+	// Exactly one replica bootstrapped; the other found its work done, at
+	// its first try.
+	bootstrapped := 0
+	for i := range servers {
+		log := c.ContainerRunLog(&servers[i], "init", 0)
+		switch {
+		case strings.Contains(log, "Initialised."):
+			bootstrapped++
+		case !strings.Contains(log, "already initialised and Secret coffer-system/coffer-admin exists; nothing to do"):
+			t.Errorf("server pod %s's init container said:\n%s", servers[i].Name, log)
+		}
+		for _, cs := range servers[i].Status.InitContainerStatuses {
+			if cs.RestartCount > 0 {
+				t.Errorf("server pod %s's init container ran %d times:\n%s", servers[i].Name, cs.RestartCount+1, initLogs(c, servers))
+			}
+		}
+	}
+	if bootstrapped != 1 {
+		t.Errorf("%d server replicas bootstrapped the store, want 1:\n%s", bootstrapped, initLogs(c, servers))
+	}
 	manage := func(method, path string, body, out any) {
 		t.Helper()
 		if err := in.admin.Manage(ctx, method, path, body, out); err != nil {
@@ -247,4 +293,22 @@ func waitInstall(t *testing.T, c *cluster.Cluster, what string, cond func() bool
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+// initLogs are the first runs' logs of the server pods' init containers
+// (the API keeps only the latest two runs).
+func initLogs(c *cluster.Cluster, pods []corev1.Pod) string {
+	var b strings.Builder
+	for i := range pods {
+		fmt.Fprintf(&b, "--- %s:\n%s\n", pods[i].Name, c.ContainerRunLog(&pods[i], "init", 0))
+	}
+	return b.String()
 }

@@ -3,14 +3,18 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -136,8 +140,12 @@ func TestSeeds(t *testing.T) {
 
 	// Seed 000: two objects with aliases, mounted with the node's
 	// system-assigned identity (useVMManagedIdentity), read with
-	// `kubectl exec ... ls` and `cat`.
-	t.Run("seed 000: VM managed identity, two objects with aliases", func(t *testing.T) {
+	// `kubectl exec ... ls` and `cat`; all while one of the two server
+	// replicas is deleted, so that the other serves everything: the
+	// secrets and the policy written, the node agent's token, the
+	// provider's reads.
+	t.Run("seed 000: VM managed identity, two objects with aliases, one server replica deleted", func(t *testing.T) {
+		in.withoutOneServer(t)
 		in.setSecret(t, "secret1", "first value")
 		in.setSecret(t, "secret2", "second value")
 		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
@@ -281,6 +289,70 @@ func TestSeeds(t *testing.T) {
 			s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "rotating-secret", metav1.GetOptions{})
 			return err == nil && string(s.Data["value"]) == "rotated value"
 		})
+	})
+}
+
+// holdFinalizer keeps a deleted server pod, and so its name, which its
+// StatefulSet needs for the replacement, until the test lets it go.
+const holdFinalizer = "e2e.coffer.io/hold"
+
+// withoutOneServer deletes one server pod and returns once its containers
+// have stopped and the proxy forwards nothing more to it. It is replaced
+// when the test ends (and the rest of TestSeeds runs on two replicas
+// again): until then a finalizer holds the deleted pod, so no replacement
+// can start. The test then checks that the surviving replica, and only
+// it, received the connections made meanwhile.
+func (in *installation) withoutOneServer(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pods := in.c.Kube.Clientset.CoreV1().Pods(ns)
+	const selector = "app.kubernetes.io/component=server"
+	servers := in.c.WaitPodsOf(ns, selector, serverReplicas, time.Minute)
+	slices.SortFunc(servers, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
+	gone, kept := servers[0], servers[1]
+	release := func() {
+		patch := []byte(`{"metadata":{"finalizers":null}}`)
+		if _, err := pods.Patch(ctx, gone.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("releasing the deleted server pod: %v", err)
+		}
+	}
+	patch := []byte(`{"metadata":{"finalizers":["` + holdFinalizer + `"]}}`)
+	if _, err := pods.Patch(ctx, gone.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	start := time.Now()
+	if err := pods.Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	goneAddr := net.JoinHostPort(gone.Status.PodIP, strconv.Itoa(serverPort))
+	eventually(t, in.c, "the deleted server pod to stop and leave the Service's endpoints", time.Minute, func() bool {
+		p, err := pods.Get(ctx, gone.Name, metav1.GetOptions{})
+		if err != nil || p.UID != gone.UID || slices.Contains(in.proxy.Endpoints(), goneAddr) {
+			return false
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.State.Terminated == nil {
+				return false
+			}
+		}
+		return len(p.Status.ContainerStatuses) > 0
+	})
+	t.Logf("e2e: server pod %s deleted; it stopped and left the endpoints in %s; %s serves alone", gone.Name, time.Since(start).Round(10*time.Millisecond), kept.Name)
+	keptAddr := net.JoinHostPort(kept.Status.PodIP, strconv.Itoa(serverPort))
+	before := in.proxy.Forwarded()
+	t.Cleanup(func() {
+		after := in.proxy.Forwarded()
+		if after[goneAddr] != before[goneAddr] {
+			t.Errorf("the proxy sent %d connections to the deleted server pod", after[goneAddr]-before[goneAddr])
+		}
+		if after[keptAddr] == before[keptAddr] {
+			t.Errorf("the surviving server pod %s received no connection while the other was deleted", kept.Name)
+		}
+		t.Logf("e2e: %d connections went to %s while %s was deleted", after[keptAddr]-before[keptAddr], kept.Name, gone.Name)
+		release()
+		in.c.WaitPodsOf(ns, selector, serverReplicas, 2*time.Minute)
+		t.Logf("e2e: %s replaced; %d server replicas ready again", gone.Name, serverReplicas)
 	})
 }
 

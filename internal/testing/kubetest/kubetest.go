@@ -9,9 +9,10 @@
 // would create, such as each namespace's "default" ServiceAccount, must be
 // created by the test.
 //
-// The control plane listens on 127.0.0.1 only. Service-account tokens are
-// signed with a fresh RSA key (RS256, which is what token federation such as
-// Microsoft Entra workload identity accepts), and the issuer's discovery
+// The control plane listens on 127.0.0.1 only (or on the one address
+// Options.Address names). Service-account tokens are signed with a fresh
+// RSA key (RS256, which is what token federation such as Microsoft Entra
+// workload identity accepts), and the issuer's discovery
 // document and JWKS are readable without credentials, as they are for a
 // cloud cluster's public OIDC issuer. A test that federates those tokens
 // fetches them like a relying party would:
@@ -25,6 +26,7 @@ package kubetest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -82,6 +84,13 @@ type Options struct {
 	// override the harness's own settings; overriding the service-account
 	// or serving flags can break Issuer, CAData and the TokenRequest API.
 	APIServerFlags map[string][]string
+
+	// Address is the one address kube-apiserver listens on, and so the
+	// host of Config and Issuer (default 127.0.0.1). Give another only in
+	// a network namespace of the test's own, such as the e2e node's, where
+	// pods on its bridge must reach the apiserver and the issuer and
+	// cannot reach the namespace's loopback.
+	Address string
 
 	// StartTimeout bounds the start of etcd and of kube-apiserver each.
 	// Zero means 2 minutes: a cold kube-apiserver on a busy 2-core CI machine
@@ -254,6 +263,16 @@ func Start(t testing.TB, opt Options) *Env {
 
 	logs := &tailBuffer{max: 64 << 10}
 	api := &envtest.APIServer{Path: apiserverPath, Out: logs, Err: logs}
+	if opt.Address != "" {
+		// envtest picks a free port on loopback only; on another address
+		// the port is picked here, the same way. The serving certificate
+		// names the address.
+		port, err := freePort(opt.Address)
+		if err != nil {
+			t.Fatalf("kubetest: a port on %s: %v", opt.Address, err)
+		}
+		api.SecureServing.Address, api.SecureServing.Port = opt.Address, port
+	}
 	etcd := &envtest.Etcd{Path: etcdPath, Out: logs, Err: logs}
 
 	// envtest picks the secure port while it starts the process, so flags
@@ -305,8 +324,8 @@ func Start(t testing.TB, opt Options) *Env {
 	if err != nil {
 		t.Fatalf("kubetest: starting kube-apiserver and etcd from %s: %v\nlast control-plane output:\n%s", dir, err, logs.String())
 	}
-	if ip := net.ParseIP(api.SecureServing.Address); ip == nil || !ip.IsLoopback() {
-		t.Fatalf("kubetest: kube-apiserver bound to %q, not a loopback address", api.SecureServing.Address)
+	if ip := net.ParseIP(api.SecureServing.Address); ip == nil || (opt.Address == "" && !ip.IsLoopback()) || (opt.Address != "" && api.SecureServing.Address != opt.Address) {
+		t.Fatalf("kubetest: kube-apiserver bound to %q, not %s", api.SecureServing.Address, cmp.Or(opt.Address, "a loopback address"))
 	}
 	if etcd.URL == nil || net.ParseIP(etcd.URL.Hostname()) == nil || !net.ParseIP(etcd.URL.Hostname()).IsLoopback() {
 		t.Fatalf("kubetest: etcd bound to %v, not a loopback address", etcd.URL)
@@ -458,4 +477,15 @@ func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)
+}
+
+// freePort returns a port on host that nothing listens on now.
+func freePort(host string) (string, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	_, port, err := net.SplitHostPort(ln.Addr().String())
+	return port, err
 }

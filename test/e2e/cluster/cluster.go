@@ -111,7 +111,9 @@ func Start(t testing.TB, o Options) *Cluster {
 	t.Cleanup(c.dns.Close)
 
 	t.Log("e2e: starting etcd and kube-apiserver")
-	c.Kube = kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: o.CRDs, APIServerFlags: map[string][]string{
+	// On the node's address, not loopback: pods reach it there (a server
+	// pod's init container, the issuer's discovery), as on a real node.
+	c.Kube = kubetest.Start(t, kubetest.Options{Address: NodeIP, CRDDirectoryPaths: o.CRDs, APIServerFlags: map[string][]string{
 		// envtest turns the ServiceAccount admission plugin off; a real
 		// node's pods need it for their service-account token volume.
 		"enable-admission-plugins": {"ServiceAccount"}, "disable-admission-plugins": {""},

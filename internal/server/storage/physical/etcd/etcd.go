@@ -125,6 +125,9 @@ type Backend struct {
 	asked    int64 // a progress notification was requested for this revision
 
 	metrics *metrics
+
+	// leads are the held elections (lead.go), guarded by mu.
+	leads map[*leadership]struct{}
 }
 
 // New connects, lists the prefix into the local view, and starts watching.
@@ -424,6 +427,7 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	b.mu.Unlock()
+	b.awaitResignations()
 	b.cancel()
 	<-b.done
 	return b.cli.Close()

@@ -202,3 +202,28 @@ func leaseOf(t *testing.T, a *Backend, job string) clientv3.LeaseID {
 	}
 	return clientv3.LeaseID(resp.Kvs[0].Lease)
 }
+
+// A process that gives up a job and closes at once (operator init, a
+// server shutting down) hands the job over then, not when its lease runs
+// out: Close waits for the resignation.
+func TestCloseHandsOverEndedLeaderships(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	for i := range 3 {
+		a := newBackend(t, c, "/handover/")
+		ctx, cancel := context.WithCancel(context.Background())
+		if _, err := a.Lead(ctx, "bootstrap"); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		a.Close()
+		b := newBackend(t, c, "/handover/")
+		start := time.Now()
+		wctx, wcancel := context.WithTimeout(context.Background(), leaseTTL*time.Second/2)
+		_, err := b.Lead(wctx, "bootstrap")
+		wcancel()
+		if err != nil {
+			t.Fatalf("round %d: the next process did not lead within half a lease (%v): %v", i, time.Since(start), err)
+		}
+		b.Close()
+	}
+}

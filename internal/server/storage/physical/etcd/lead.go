@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -41,7 +42,20 @@ func (b *Backend) Lead(ctx context.Context, job string) (context.Context, error)
 		return nil, b.unavailable("campaign for "+job, err)
 	}
 	lctx, cancel := context.WithCancelCause(context.WithValue(ctx, fenceKey{}, fence{key: e.Key(), rev: e.Rev()}))
+	l := &leadership{ctx: lctx, over: make(chan struct{})}
+	b.mu.Lock()
+	if b.leads == nil {
+		b.leads = map[*leadership]struct{}{}
+	}
+	b.leads[l] = struct{}{}
+	b.mu.Unlock()
 	go func() {
+		defer func() {
+			b.mu.Lock()
+			delete(b.leads, l)
+			b.mu.Unlock()
+			close(l.over)
+		}()
 		select {
 		case <-s.Done():
 			cancel(fmt.Errorf("the lease of the %s leadership expired", job))
@@ -55,4 +69,36 @@ func (b *Backend) Lead(ctx context.Context, job string) (context.Context, error)
 		}
 	}()
 	return lctx, nil
+}
+
+// leadership is one held election; over is closed once it has been given
+// up (resigned, or its lease lost).
+type leadership struct {
+	ctx  context.Context
+	over chan struct{}
+}
+
+// awaitResignations waits (within the request timeout) for the leaderships
+// whose contexts have ended to resign, so that a process that gives up a
+// job and closes at once (operator init, a server shutting down) hands it
+// over now rather than when its lease runs out. Leaderships still held are
+// not waited for: closing ends their leases.
+func (b *Backend) awaitResignations() {
+	b.mu.Lock()
+	var ended []*leadership
+	for l := range b.leads {
+		if l.ctx.Err() != nil {
+			ended = append(ended, l)
+		}
+	}
+	b.mu.Unlock()
+	deadline := time.NewTimer(b.o.RequestTimeout)
+	defer deadline.Stop()
+	for _, l := range ended {
+		select {
+		case <-l.over:
+		case <-deadline.C:
+			return
+		}
+	}
 }
