@@ -81,6 +81,7 @@ type authority struct {
 
 	mu    sync.Mutex
 	forms []map[string]string
+	hold  func() // if set, called before each request is answered
 }
 
 func newAuthority(t testing.TB, cert *x509.Certificate) *authority {
@@ -104,6 +105,12 @@ func oauthError(w http.ResponseWriter, status int, code, desc string) {
 }
 
 func (a *authority) serve(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	hold := a.hold
+	a.mu.Unlock()
+	if hold != nil {
+		hold()
+	}
 	if err := r.ParseForm(); err != nil || r.Method != http.MethodPost || r.URL.Path != "/"+tenant+"/oauth2/v2.0/token" {
 		oauthError(w, http.StatusBadRequest, "invalid_request", "not a token request")
 		return
