@@ -213,6 +213,9 @@ const (
 	// msgAuthorityFailed (503): the authority answered with a server
 	// error; formatted with its status.
 	msgAuthorityFailed = "the authority failed (HTTP %d); retry later"
+	// msgBadAnswer (503): the authority answered 2xx without a usable
+	// token.
+	msgBadAnswer = "the authority's answer holds no usable token; retry later"
 	// msgTimeout (503): the request ran out of time or was cancelled.
 	msgTimeout = "the request timed out; retry"
 	// msgInternal (500): anything else.
@@ -428,8 +431,14 @@ func (a *Agent) issue(ctx context.Context, r Request, cred authclient.Credential
 		return Grant{}, notReady(http.StatusServiceUnavailable, msgUnreachable).because(err)
 	case ae.Status >= 500:
 		return Grant{}, notReady(http.StatusServiceUnavailable, msgAuthorityFailed, ae.Status).because(err)
+	case ae.Status < 300:
+		// A success without a usable token is the authority's fault, not
+		// a refusal of the caller.
+		return Grant{}, notReady(http.StatusServiceUnavailable, msgBadAnswer).because(err)
 	case ae.Code == "invalid_request" || ae.Code == "invalid_resource" || ae.Code == "invalid_scope":
 		return Grant{}, fail(http.StatusBadRequest, ae.Code, "%s", ae.Description)
 	}
-	return Grant{}, fail(http.StatusForbidden, ae.Code, "%s", ae.Description)
+	// A refusal without an OAuth code (a proxy's page) still needs one:
+	// clients branch on it.
+	return Grant{}, fail(http.StatusForbidden, cmp.Or(ae.Code, "unauthorized_client"), "%s", ae.Description)
 }

@@ -48,6 +48,7 @@ const (
 	resBroken    = "https://broken.example"
 	resInvalid   = "https://invalid.example"
 	resGarbled   = "https://garbled.example"
+	resProxied   = "https://proxied.example" // a proxy's page, no OAuth body
 )
 
 func resID(name string) string {
@@ -132,6 +133,9 @@ func (a *authority) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	case resInvalid:
 		oauthError(w, http.StatusBadRequest, "invalid_resource", "AADSTS500011: no such resource")
+		return
+	case resProxied:
+		http.Error(w, "<html>not here</html>", http.StatusNotFound)
 		return
 	case resGarbled:
 		json.NewEncoder(w).Encode(map[string]string{"token_type": "Bearer"})

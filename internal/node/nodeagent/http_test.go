@@ -168,11 +168,13 @@ func TestIMDS(t *testing.T) {
 		"address: bad token never ignored": {cfg: sourceIP, call: call{target: imds(), header: bearerOf("not-a-token"), remote: "10.1.0.5"}, want: want{status: 403, code: "unauthorized_client", desc: "refused by the apiserver"}},
 
 		// The authority's answers, as IMDS clients expect them.
-		"authority: throttled":          {call: call{target: imds("resource", resThrottled), header: metadata}, want: want{status: 429, code: "throttled", desc: "too many requests", retryAfter: 7}},
-		"authority: failing":            {call: call{target: imds("resource", resBroken), header: metadata}, want: want{status: 503, code: "temporarily_unavailable", retryAfter: 2}},
-		"authority: invalid resource":   {call: call{target: imds("resource", resInvalid), header: metadata}, want: want{status: 400, code: "invalid_resource", desc: "AADSTS500011"}},
-		"authority: not an operator":    {cfg: func(c *nodeagent.Config) { c.VMIdentities = append(c.VMIdentities, "stranger-client") }, call: call{target: imds("client_id", "stranger-client"), header: metadata}, want: want{status: 403, code: "unauthorized_client", desc: "Managed Identity Operator"}},
-		"authority: wrong agent secret": {cfg: func(c *nodeagent.Config) { c.AgentSecret = "wrong" }, call: call{target: imds(), header: metadata}, want: want{status: 403, code: "invalid_client", desc: "AADSTS7000215"}},
+		"authority: throttled":                 {call: call{target: imds("resource", resThrottled), header: metadata}, want: want{status: 429, code: "throttled", desc: "too many requests", retryAfter: 7}},
+		"authority: failing":                   {call: call{target: imds("resource", resBroken), header: metadata}, want: want{status: 503, code: "temporarily_unavailable", retryAfter: 2}},
+		"authority: an answer without a token": {call: call{target: imds("resource", resGarbled), header: metadata}, want: want{status: 503, code: "temporarily_unavailable", desc: "no usable token", retryAfter: 2}},
+		"authority: a proxy's refusal":         {call: call{target: imds("resource", resProxied), header: metadata}, want: want{status: 403, code: "unauthorized_client", desc: "Not Found"}},
+		"authority: invalid resource":          {call: call{target: imds("resource", resInvalid), header: metadata}, want: want{status: 400, code: "invalid_resource", desc: "AADSTS500011"}},
+		"authority: not an operator":           {cfg: func(c *nodeagent.Config) { c.VMIdentities = append(c.VMIdentities, "stranger-client") }, call: call{target: imds("client_id", "stranger-client"), header: metadata}, want: want{status: 403, code: "unauthorized_client", desc: "Managed Identity Operator"}},
+		"authority: wrong agent secret":        {cfg: func(c *nodeagent.Config) { c.AgentSecret = "wrong" }, call: call{target: imds(), header: metadata}, want: want{status: 403, code: "invalid_client", desc: "AADSTS7000215"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cl := newCluster()
