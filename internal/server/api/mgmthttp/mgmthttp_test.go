@@ -2,10 +2,17 @@ package mgmthttp_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"strings"
 	"testing"
@@ -333,6 +340,22 @@ func TestWrites(t *testing.T) {
 			t.Fatal("append must keep the earlier secret")
 		}
 	})
+	t.Run("a service principal with a bad certificate", func(t *testing.T) {
+		// Refused whole: no principal is left behind with a secret that
+		// nobody was shown.
+		expired := expiredCertPEM(t)
+		for body, msg := range map[string]string{
+			`{"displayName":"half-made","certificate":"not a PEM"}`:     "no PEM CERTIFICATE block",
+			`{"displayName":"half-made","certificate":` + expired + `}`: "the certificate expired",
+		} {
+			routeCase{method: "POST", path: "/coffer/v1/service-principals", body: body, who: admin, status: 400, code: "BadParameter", msg: msg}.run(t, e)
+		}
+		listed := routeCase{method: "GET", path: "/coffer/v1/service-principals", who: admin, status: 200}.run(t, e)
+		if strings.Contains(listed.raw, "half-made") {
+			t.Fatalf("a refused creation left its principal: %s", listed.raw)
+		}
+		routeCase{method: "POST", path: e.fill("/coffer/v1/service-principals/{nobody}/credentials"), body: `{"certificate":` + expired + `}`, who: admin, status: 400, code: "BadParameter", msg: "the certificate expired"}.run(t, e)
+	})
 	t.Run("federated credentials", func(t *testing.T) {
 		routeCase{method: "POST", path: "/coffer/v1/identities", body: `{"name":"fed","resourceGroup":"apps"}`, who: admin, status: 201}.run(t, e)
 		base := "/coffer/v1/identities/apps/fed/federated-credentials"
@@ -430,4 +453,21 @@ func TestInternalErrors(t *testing.T) {
 	if !strings.Contains(e.log.String(), "no space left on device") {
 		t.Fatalf("the log lacks the error:\n%s", e.log.String())
 	}
+}
+
+// expiredCertPEM is a certificate that expired an hour ago, as a JSON
+// string.
+func expiredCertPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "old"}, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	return string(b)
 }
