@@ -139,6 +139,8 @@ func TestRequests(t *testing.T) {
 		"certificate contacts":         {r: req{path: "/certificates/contacts"}, want: want{400, "BadParameter", "NotSupported", "contacts"}},
 		"certificate issuers":          {r: req{path: "/certificates/issuers/x"}, want: want{400, "BadParameter", "NotSupported", "issuers"}},
 		"certificate import, no value": {r: req{method: "POST", path: "/certificates/c/import", body: `{}`}, want: want{400, "BadParameter", "", "in 'value'"}},
+		"certificate, no such route":   {r: req{method: "DELETE", path: "/certificates/c/policy"}, want: want{404, "NotFound", "", "No Key Vault operation matches DELETE /certificates/c/policy"}},
+		"certificate, wrong method":    {r: req{method: "PUT", path: "/certificates/c/pending"}, want: want{404, "NotFound", "", "No Key Vault operation matches"}},
 		"certificate, a key's name":    {r: req{method: "POST", path: "/certificates/ec/create", body: `{"policy":{"key_props":{"kty":"EC"},"x509_props":{"subject":"CN=x"},"issuer":{"name":"Self"}}}`}, want: want{409, "Conflict", "", "A key named ec already exists"}},
 	} {
 		t.Run(name, func(t *testing.T) {
