@@ -14,6 +14,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 )
 
 // setSecret stores a secret through the API and returns its version.
@@ -504,5 +505,26 @@ func TestCertificates(t *testing.T) {
 	list := e.do(t, req{path: "/certificates"})
 	if vs, _ := list.field("value").([]any); len(vs) != 1 {
 		t.Fatalf("list %s", list.raw)
+	}
+}
+
+// An unexpected failure is a 500 with a fixed message: its text, which
+// names the store's keys, stays in the log.
+func TestInternalErrors(t *testing.T) {
+	e := newEnv(t)
+	// A damaged record: the object layer's decode error wraps a
+	// json.SyntaxError, which is the store's fault, not the request's.
+	if err := e.barrier.Apply(context.Background(), nil, []barrier.Op{{Key: "o/demo/secrets/h/damaged", Value: []byte("not json")}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []req{{path: "/secrets/damaged"}, {path: "/secrets"}} {
+		a := e.do(t, r)
+		check(t, a, want{500, "InternalServerError", "", "The server could not complete the request; see its log for details."})
+		if strings.Contains(a.raw, "o/demo") || strings.Contains(a.raw, "invalid character") {
+			t.Fatalf("the body holds the internal error: %s", a.raw)
+		}
+	}
+	if !strings.Contains(e.log.String(), "o/demo/secrets/h/damaged") {
+		t.Fatalf("the log lacks the detail:\n%s", e.log.String())
 	}
 }
