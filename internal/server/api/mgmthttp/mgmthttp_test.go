@@ -23,6 +23,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
@@ -470,4 +471,20 @@ func expiredCertPEM(t *testing.T) string {
 	}
 	b, _ := json.Marshal(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	return string(b)
+}
+
+// A stored record that does not decode is the server's failure, not the
+// client's bad JSON: 500, with the decoder's text in the log only.
+func TestDamagedRecord(t *testing.T) {
+	e := newEnv(t)
+	if err := e.barrier.Apply(context.Background(), nil, []barrier.Op{{Key: "authority/tenants/" + e.state.TenantID, Value: []byte("not json")}}); err != nil {
+		t.Fatal(err)
+	}
+	a := routeCase{method: "POST", path: "/coffer/v1/vaults", body: `{"name":"after-damage"}`, who: admin, status: http.StatusInternalServerError, code: "InternalServerError", msg: "see its log"}.run(t, e)
+	if strings.Contains(a.raw, "invalid character") {
+		t.Fatalf("the body holds the decoder's error: %s", a.raw)
+	}
+	if !strings.Contains(e.log.String(), "invalid character") {
+		t.Fatalf("the log lacks the detail:\n%s", e.log.String())
+	}
 }
