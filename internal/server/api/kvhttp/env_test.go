@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -79,6 +80,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	e.barrier = b
+	seedSigningKey(t, b)
 	if e.ep, err = endpoint.New(endpoint.DefaultSuffix, 8443); err != nil {
 		t.Fatal(err)
 	}
@@ -282,5 +284,41 @@ func (e *env) waitHeld(t testing.TB, n int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d reads held, want %d", e.feed.Watching(), n)
 		}
+	}
+}
+
+// signingKeys are the records of one authority signing key, made once per
+// package and copied into each env's store before the authority opens:
+// generating an RSA-2048 key per env took most of the package's time
+// under -race. Tests never depend on the key being their own.
+var signingKeys = sync.OnceValues(func() ([]barrier.Op, error) {
+	ctx := context.Background()
+	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := authority.Open(ctx, b, authority.Config{Host: "https://seed.invalid", RateLimit: -1}, nil); err != nil {
+		return nil, err
+	}
+	recs, err := b.Scan(ctx, "authority/signing/", "", 0)
+	if err != nil || len(recs) == 0 {
+		return nil, fmt.Errorf("no signing key to seed (%v)", err)
+	}
+	ops := make([]barrier.Op, len(recs))
+	for i, r := range recs {
+		ops[i] = barrier.Op{Key: r.Key, Value: r.Value}
+	}
+	return ops, nil
+})
+
+// seedSigningKey copies the package's signing key into b.
+func seedSigningKey(t testing.TB, b *barrier.Barrier) {
+	t.Helper()
+	ops, err := signingKeys()
+	if err == nil {
+		err = b.Apply(context.Background(), nil, ops)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
