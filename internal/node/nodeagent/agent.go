@@ -163,19 +163,61 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{cfg: cfg, reviews: newReviewCache(cfg.Now, 10000), metrics: newMetrics()}, nil
 }
 
-// Failure is a refused token request, as the wire shows it.
+// Failure is a refused token request, as the wire shows it. Message is
+// sent to the caller, so it is written for the caller: it says what was
+// wrong with the request, or, for a failure inside the agent or of a
+// system behind it, one of the fixed messages below, never an internal
+// error's text.
 type Failure struct {
 	Status     int
 	Code       string
 	Message    string
 	RetryAfter time.Duration
+
+	// cause is the internal error behind the failure, for the agent's
+	// log only: its text can name internal addresses, files and
+	// configuration.
+	cause error
 }
 
 func (f *Failure) Error() string { return f.Message }
 
+// Unwrap returns the internal cause, if any.
+func (f *Failure) Unwrap() error { return f.cause }
+
+// because records the internal error behind f.
+func (f *Failure) because(err error) *Failure {
+	f.cause = err
+	return f
+}
+
 func fail(status int, code, format string, args ...any) *Failure {
 	return &Failure{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
+
+// The messages of failures whose cause is internal, one per class (also
+// listed in docs/node-agent.md). The cause is logged with the request.
+const (
+	// msgCaches (503): the watch caches could not be read.
+	msgCaches = "the node agent could not read its pod and binding caches; retry later"
+	// msgReview (503): the TokenReview call failed.
+	msgReview = "the node agent could not review the service-account token with the apiserver; retry later"
+	// msgSecret (503): a service principal's Secret could not be read;
+	// formatted with the Secret's namespace and name and the identity.
+	msgSecret = "the node agent could not read Secret %s/%s of AzureIdentity %s; retry later"
+	// msgUnreachable (503): the authority did not answer.
+	msgUnreachable = "the authority is unreachable; retry later"
+	// msgAuthorityFailed (503): the authority answered with a server
+	// error; formatted with its status.
+	msgAuthorityFailed = "the authority failed (HTTP %d); retry later"
+	// msgBadAnswer (503): the authority answered 2xx without a usable
+	// token.
+	msgBadAnswer = "the authority's answer holds no usable token; retry later"
+	// msgTimeout (503): the request ran out of time or was cancelled.
+	msgTimeout = "the request timed out; retry"
+	// msgInternal (500): anything else.
+	msgInternal = "the node agent could not complete the request; its log has the details"
+)
 
 // notReady is a transient failure: the SDKs retry 404, 503 and 429 after
 // Retry-After.
@@ -268,7 +310,7 @@ func compact(s ...string) []string {
 func (a *Agent) podToken(ctx context.Context, c Caller, r Request) (Grant, error) {
 	snap, err := a.cfg.Cluster.Snapshot()
 	if err != nil {
-		return Grant{}, notReady(http.StatusServiceUnavailable, "reading pod identities: %v", err)
+		return Grant{}, notReady(http.StatusServiceUnavailable, msgCaches).because(err)
 	}
 	as := snap.Assignments(c.Pod, a.cfg.Policy)
 	if len(as) == 0 {
@@ -370,19 +412,30 @@ func (a *Agent) issue(ctx context.Context, r Request, cred authclient.Credential
 		}
 		return Grant{Token: tok, ClientID: client, Resource: r.Resource}, nil
 	}
+	// The authority's own refusals (4xx) are relayed as IMDS relays
+	// Entra ID's: their descriptions are written for the client. A
+	// transport error or a server error is not, and is only logged.
 	var ae *authclient.Error
 	if !errors.As(err, &ae) {
-		return Grant{}, fail(http.StatusInternalServerError, "internal_error", "getting a token: %v", err)
+		return Grant{}, asFailure(err)
 	}
 	switch {
 	case ae.Status == http.StatusTooManyRequests:
 		f := fail(http.StatusTooManyRequests, "throttled", "the authority throttled the node agent: %s", ae.Description)
 		f.RetryAfter = max(ae.RetryAfter, time.Second)
 		return Grant{}, f
-	case ae.Status == 0 || ae.Status >= 500:
-		return Grant{}, notReady(http.StatusServiceUnavailable, "the authority is unreachable: %s", ae.Description)
+	case ae.Status == 0:
+		return Grant{}, notReady(http.StatusServiceUnavailable, msgUnreachable).because(err)
+	case ae.Status >= 500:
+		return Grant{}, notReady(http.StatusServiceUnavailable, msgAuthorityFailed, ae.Status).because(err)
+	case ae.Status < 300:
+		// A success without a usable token is the authority's fault, not
+		// a refusal of the caller.
+		return Grant{}, notReady(http.StatusServiceUnavailable, msgBadAnswer).because(err)
 	case ae.Code == "invalid_request" || ae.Code == "invalid_resource" || ae.Code == "invalid_scope":
 		return Grant{}, fail(http.StatusBadRequest, ae.Code, "%s", ae.Description)
 	}
-	return Grant{}, fail(http.StatusForbidden, ae.Code, "%s", ae.Description)
+	// A refusal without an OAuth code (a proxy's page) still needs one:
+	// clients branch on it.
+	return Grant{}, fail(http.StatusForbidden, cmp.Or(ae.Code, "unauthorized_client"), "%s", ae.Description)
 }

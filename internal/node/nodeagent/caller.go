@@ -38,7 +38,7 @@ func (a *Agent) callerFromRequest(ctx context.Context, r *http.Request, token st
 	}
 	pods, err := a.cfg.Cluster.PodsByIP(host)
 	if err != nil {
-		return Caller{}, notReady(http.StatusServiceUnavailable, "looking up pods by address: %v", err)
+		return Caller{}, notReady(http.StatusServiceUnavailable, msgCaches).because(err)
 	}
 	if len(pods) > 1 {
 		return Caller{}, fail(http.StatusForbidden, "unauthorized_client", "%d pods on this node have address %s, so the caller is ambiguous: present the pod's service-account token (Authorization: Bearer)", len(pods), host)
@@ -96,7 +96,7 @@ func (a *Agent) podOnNode(ns, name, uid string) (*corev1.Pod, error) {
 		return nil, notReady(http.StatusNotFound, "pod %s/%s is not on node %s (or not in its cache yet)", ns, name, a.cfg.NodeName)
 	}
 	if err != nil {
-		return nil, notReady(http.StatusServiceUnavailable, "reading pod %s/%s: %v", ns, name, err)
+		return nil, notReady(http.StatusServiceUnavailable, msgCaches).because(err)
 	}
 	if string(p.UID) != uid {
 		return nil, fail(http.StatusForbidden, "unauthorized_client", "pod %s/%s is uid %s, not %s: the caller names an earlier pod of that name", ns, name, p.UID, uid)
@@ -108,7 +108,7 @@ func (a *Agent) podOnNode(ns, name, uid string) (*corev1.Pod, error) {
 func (a *Agent) podCaller(p *corev1.Pod, how string) (Caller, error) {
 	snap, err := a.cfg.Cluster.Snapshot()
 	if err != nil {
-		return Caller{}, notReady(http.StatusServiceUnavailable, "reading pod identities: %v", err)
+		return Caller{}, notReady(http.StatusServiceUnavailable, msgCaches).because(err)
 	}
 	return Caller{Pod: p, How: how, Node: snap.Excepted(p)}, nil
 }
@@ -120,7 +120,7 @@ func (a *Agent) review(ctx context.Context, token string, audiences []string) (R
 	key := sha256.Sum256([]byte(strings.Join(audiences, " ") + "\x00" + token))
 	if rv, ok := a.reviews.get(key); ok {
 		if rv.refused != "" {
-			return Review{}, fail(http.StatusForbidden, "unauthorized_client", "%s", rv.refused)
+			return Review{}, fail(http.StatusForbidden, "unauthorized_client", "%s", rv.refused).because(rv.cause)
 		}
 		return rv.Review, nil
 	}
@@ -128,20 +128,26 @@ func (a *Agent) review(ctx context.Context, token string, audiences []string) (R
 	defer cancel()
 	rv, err := a.cfg.Cluster.Review(rctx, token, audiences)
 	if err != nil {
-		return Review{}, notReady(http.StatusServiceUnavailable, "reviewing the service-account token with the apiserver: %v", err)
+		return Review{}, notReady(http.StatusServiceUnavailable, msgReview).because(err)
 	}
 	var refused string
+	var cause error
 	switch {
 	case !rv.Authenticated:
-		refused = "the service-account token was refused by the apiserver: " + strings.TrimSpace(rv.Error+" (audiences "+audienceList(audiences)+")")
+		// The apiserver's reason is for the agent, not the caller: an
+		// authenticator webhook's error names its internal address.
+		refused = "the service-account token was refused by the apiserver (audiences " + audienceList(audiences) + ")"
+		if rv.Error != "" {
+			cause = errors.New(rv.Error)
+		}
 	case rv.PodName == "" || rv.PodUID == "":
 		refused = fmt.Sprintf("the token of service account %s/%s is not bound to a pod: use the pod's projected token (/var/run/secrets/kubernetes.io/serviceaccount/token)", rv.Namespace, rv.ServiceAccount)
 	}
 	if refused != "" {
 		// Remembered briefly, so a caller repeating a bad token does not
 		// turn each request into an apiserver call.
-		a.reviews.put(key, reviewed{refused: refused}, a.cfg.Now().Add(30*time.Second))
-		return Review{}, fail(http.StatusForbidden, "unauthorized_client", "%s", refused)
+		a.reviews.put(key, reviewed{refused: refused, cause: cause}, a.cfg.Now().Add(30*time.Second))
+		return Review{}, fail(http.StatusForbidden, "unauthorized_client", "%s", refused).because(cause)
 	}
 	if rv.Expires.IsZero() {
 		rv.Expires = expiry(token)
@@ -184,10 +190,12 @@ type cachedReview struct {
 	until time.Time
 }
 
-// reviewed is a review, or the reason a token was refused.
+// reviewed is a review, or the reason a token was refused (and the
+// apiserver's own, for the log).
 type reviewed struct {
 	Review
 	refused string
+	cause   error
 }
 
 func newReviewCache(now func() time.Time, max int) *reviewCache {

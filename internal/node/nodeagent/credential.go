@@ -31,6 +31,8 @@ import (
 // as a user-assigned identity, or a service principal's own secret or
 // certificate read from the Secret its clientPassword names.
 func (a *Agent) credential(ctx context.Context, id podidentity.AzureIdentity) (authclient.Credential, error) {
+	// Validate's messages name only the object's own fields, which the
+	// pod's namespace holds: they are sent as they are.
 	if err := id.Validate(); err != nil {
 		return authclient.Credential{}, fail(http.StatusBadRequest, "invalid_request", "%v", err)
 	}
@@ -59,7 +61,7 @@ func (a *Agent) credential(ctx context.Context, id podidentity.AzureIdentity) (a
 	case apierrors.IsForbidden(err):
 		return authclient.Credential{}, fail(http.StatusForbidden, "unauthorized_client", "the node agent may not read Secret %s/%s of AzureIdentity %s: grant it get on secrets", ns, ref.Name, id.Name)
 	case err != nil:
-		return authclient.Credential{}, notReady(http.StatusServiceUnavailable, "reading Secret %s/%s of AzureIdentity %s: %v", ns, ref.Name, id.Name, err)
+		return authclient.Credential{}, notReady(http.StatusServiceUnavailable, msgSecret, ns, ref.Name, id.Name).because(err)
 	}
 	cred := authclient.Credential{TenantID: id.Spec.TenantID, ClientID: id.Spec.ClientID}
 	if id.Spec.Type == podidentity.ServicePrincipal {
@@ -72,7 +74,11 @@ func (a *Agent) credential(ctx context.Context, id podidentity.AzureIdentity) (a
 	}
 	signer, err := newCertSigner(sec.Data["certificate"], string(sec.Data["password"]), a.cfg.Now)
 	if err != nil {
-		return authclient.Credential{}, fail(http.StatusBadRequest, "invalid_request", "Secret %s/%s of AzureIdentity %s: %v", ns, ref.Name, id.Name, err)
+		var ce *certError
+		if !errors.As(err, &ce) {
+			return authclient.Credential{}, asFailure(err)
+		}
+		return authclient.Credential{}, fail(http.StatusBadRequest, "invalid_request", "Secret %s/%s of AzureIdentity %s: %s", ns, ref.Name, id.Name, ce.msg).because(ce.cause)
 	}
 	cred.SignerID = signer.proof
 	cred.Sign = func() (string, error) {
@@ -96,11 +102,28 @@ type certSigner struct {
 	now        func() time.Time
 }
 
+// certError is a certificate Secret that cannot sign: msg says what is
+// wrong for the caller; cause, if any, is the parser's error, for the log.
+type certError struct {
+	msg   string
+	cause error
+}
+
+func (e *certError) Error() string {
+	if e.cause != nil {
+		return e.msg + ": " + e.cause.Error()
+	}
+	return e.msg
+}
+
+func (e *certError) Unwrap() error { return e.cause }
+
 // newCertSigner reads a PKCS#12 file (with password) or PEM certificate
-// and private key, as AAD Pod Identity's type-2 Secrets hold them.
+// and private key, as AAD Pod Identity's type-2 Secrets hold them. Its
+// errors are *certError.
 func newCertSigner(data []byte, password string, now func() time.Time) (*certSigner, error) {
 	if len(data) == 0 {
-		return nil, errors.New("it has no certificate key: put the PKCS#12 (or PEM certificate and key) there, and its password under password")
+		return nil, &certError{msg: "it has no certificate key: put the PKCS#12 (or PEM certificate and key) there, and its password under password"}
 	}
 	var key any
 	var cert *x509.Certificate
@@ -125,17 +148,17 @@ func newCertSigner(data []byte, password string, now func() time.Time) (*certSig
 			}
 		}
 		if cert == nil || key == nil {
-			return nil, errors.New("its certificate PEM needs a CERTIFICATE and a PRIVATE KEY block")
+			return nil, &certError{msg: "its certificate PEM needs a CERTIFICATE and a PRIVATE KEY block"}
 		}
 	} else {
 		var err error
 		if key, cert, _, err = pkcs12.DecodeChain(data, password); err != nil {
-			return nil, fmt.Errorf("its certificate is not a PKCS#12 file that opens with its password: %v", err)
+			return nil, &certError{msg: "its certificate is not a PKCS#12 file that opens with its password", cause: err}
 		}
 	}
 	s, ok := key.(crypto.Signer)
 	if !ok {
-		return nil, errors.New("its private key cannot sign")
+		return nil, &certError{msg: "its private key cannot sign"}
 	}
 	var alg jose.SignatureAlgorithm
 	switch pub := s.Public().(type) {
@@ -143,18 +166,18 @@ func newCertSigner(data []byte, password string, now func() time.Time) (*certSig
 		alg = jose.RS256
 	case *ecdsa.PublicKey:
 		if pub.Curve != elliptic.P256() {
-			return nil, errors.New("its EC key must be on P-256")
+			return nil, &certError{msg: "its EC key must be on P-256"}
 		}
 		alg = jose.ES256
 	default:
-		return nil, fmt.Errorf("its %T key is not RSA or EC P-256", pub)
+		return nil, &certError{msg: "its key is not RSA or EC P-256", cause: fmt.Errorf("a %T key", pub)}
 	}
 	if !publicKeyEqual(cert.PublicKey, s.Public()) {
-		return nil, errors.New("its private key does not belong to its certificate")
+		return nil, &certError{msg: "its private key does not belong to its certificate"}
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("its private key: %v", err)
+		return nil, &certError{msg: "its private key cannot be encoded", cause: err}
 	}
 	sum := sha256.Sum256(cert.Raw)
 	// The cache names the credential by its private key, which only its

@@ -169,22 +169,28 @@ func (a *Agent) finish(w http.ResponseWriter, endpoint string, c Caller, req Req
 		f := asFailure(err)
 		code = f.Status
 		writeError(w, f)
-		a.cfg.Log.Info("token request refused", "endpoint", endpoint, "caller", c.String(), "resource", req.Resource, "status", code, "reason", f.Message)
+		attrs := []any{"endpoint", endpoint, "caller", c.String(), "resource", req.Resource, "status", code, "reason", f.Message}
+		if f.cause != nil {
+			attrs = append(attrs, "error", f.cause.Error())
+		}
+		a.cfg.Log.Info("token request refused", attrs...)
 	} else {
 		a.cfg.Log.Debug("token issued", "endpoint", endpoint, "caller", c.String(), "resource", req.Resource)
 	}
 	a.metrics.observe(endpoint, code, time.Since(start))
 }
 
+// asFailure is err as the wire shows it: a Failure as it is, anything
+// else as a fixed message, with err kept for the log.
 func asFailure(err error) *Failure {
 	var f *Failure
 	if errors.As(err, &f) {
 		return f
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return notReady(http.StatusServiceUnavailable, "the request timed out: %v", err)
+		return notReady(http.StatusServiceUnavailable, msgTimeout).because(err)
 	}
-	return fail(http.StatusInternalServerError, "internal_error", "%v", err)
+	return fail(http.StatusInternalServerError, "internal_error", msgInternal).because(err)
 }
 
 func bearer(h string) string {

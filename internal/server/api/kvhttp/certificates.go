@@ -86,6 +86,7 @@ func (cr certRoutes) register(m *http.ServeMux) {
 	cm.HandleFunc("POST /certificates/{name}/pending/merge", cr.merge)
 	cm.HandleFunc("POST /certificates/{name}/backup", cr.backup)
 	cm.HandleFunc("POST /certificates/restore", cr.restore)
+	cm.HandleFunc("/", notFound)
 	contacts := cr.unsupported(access.CertManageContacts, "Certificate contacts are not supported: Coffer sends no email. Watch certificate expiry with `coffer certificate list`.")
 	for _, method := range []string{"GET", "PUT", "DELETE"} {
 		cm.HandleFunc(method+" /certificates/contacts", contacts)

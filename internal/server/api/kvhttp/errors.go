@@ -37,6 +37,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		de  *access.DeniedError
 		te  *token.Error
 		mbe *http.MaxBytesError
+		be  *bodyError
 		se  *json.SyntaxError
 		ute *json.UnmarshalTypeError
 	)
@@ -60,9 +61,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		writeErr(w, http.StatusForbidden, "Forbidden", inner, de.Error())
 	case errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "", "The request body is larger than the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit for this operation.")
-	case errors.As(err, &ute):
+	case errors.As(err, &be) && errors.As(be.err, &ute):
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request body's field '"+ute.Field+"' must not be a JSON "+ute.Value+".")
-	case errors.As(err, &se):
+	case errors.As(err, &be) && errors.As(be.err, &se):
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request body is not valid JSON: "+se.Error()+".")
 	case errors.As(err, &oe):
 		status, code := objectStatus(oe.Kind, kind)

@@ -86,11 +86,16 @@ func New(d Deps) *Handler {
 	if h.certs != nil {
 		certRoutes{base{h, access.Certificates}}.register(m)
 	}
-	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
-	})
+	m.HandleFunc("/", notFound)
 	h.mux = collapseSlashes(m)
 	return h
+}
+
+// notFound answers a request no operation matches, by path or by method,
+// in Key Vault's error shape; every mux of the handler ends in it, so
+// ServeMux's plain-text 404 and 405 never reach a client.
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
 }
 
 // call is what the middleware established about a request.

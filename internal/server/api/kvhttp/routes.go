@@ -278,6 +278,14 @@ func listPage[T any](b base, w http.ResponseWriter, r *http.Request, op access.O
 	})
 }
 
+// bodyError is a request body that is not JSON of the operation's shape.
+// It marks the one place a JSON error is the client's: the same errors
+// from decoding a stored record are the server's.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
 // readJSON reads a body of at most limit bytes into v.
 func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
@@ -294,7 +302,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error 
 		// A field's own decoder refused its value, such as bad base64.
 		return object.Invalidf("The request body does not parse: %v.", err)
 	}
-	return err
+	if err != nil {
+		return &bodyError{err}
+	}
+	return nil
 }
 
 // page reads $skiptoken and maxresults.

@@ -1,6 +1,7 @@
 package mgmthttp
 
 import (
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"strings"
@@ -53,18 +54,33 @@ func (h *Handler) createSP(r *http.Request, p access.Principal, in CreateSPIn) (
 	if err := h.authorize(r, p, rbac.ActionDirectoryWrite, rbac.Root); err != nil {
 		return nil, err
 	}
+	// The certificate is checked before the principal exists: a refusal
+	// after it would leave a principal whose secret nobody was shown.
+	var cert *x509.Certificate
+	if in.CertificatePEM != "" {
+		var err error
+		if cert, err = checkedCert(h.Authority, in.CertificatePEM); err != nil {
+			return nil, err
+		}
+	}
 	sp, secret, err := h.Authority.CreateServicePrincipal(r.Context(), p.TenantID, in.DisplayName)
-	if err == nil && in.CertificatePEM != "" {
-		sp, err = h.addCert(r, sp, in.CertificatePEM, true)
+	if err == nil && cert != nil {
+		sp, err = h.addCert(r, sp, cert, true)
 	}
 	return spOut(sp, secret), err
 }
 
-func (h *Handler) addCert(r *http.Request, sp authority.Principal, pemText string, replace bool) (authority.Principal, error) {
+// checkedCert parses a PEM certificate and checks it as AddCertificate
+// will.
+func checkedCert(a *authority.Authority, pemText string) (*x509.Certificate, error) {
 	cert, err := authority.ParseCertificatePEM([]byte(pemText))
 	if err != nil {
-		return sp, err
+		return nil, err
 	}
+	return cert, a.CheckCertificate(cert)
+}
+
+func (h *Handler) addCert(r *http.Request, sp authority.Principal, cert *x509.Certificate, replace bool) (authority.Principal, error) {
 	if _, err := h.Authority.AddCertificate(r.Context(), sp.TenantID, sp.AppID, cert, replace); err != nil {
 		return sp, err
 	}
@@ -88,7 +104,11 @@ func (h *Handler) resetCredentials(r *http.Request, p access.Principal, in Crede
 	}
 	secret := ""
 	if in.CertificatePEM != "" {
-		sp, err = h.addCert(r, sp, in.CertificatePEM, !in.Append)
+		var cert *x509.Certificate
+		if cert, err = checkedCert(h.Authority, in.CertificatePEM); err != nil {
+			return nil, err
+		}
+		sp, err = h.addCert(r, sp, cert, !in.Append)
 	} else if secret, err = h.Authority.AddClientSecret(r.Context(), p.TenantID, sp.AppID, !in.Append); err == nil {
 		sp, err = h.Authority.Principal(r.Context(), p.TenantID, sp.AppID)
 	}

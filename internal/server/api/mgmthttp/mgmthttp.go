@@ -130,6 +130,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var (
 		de  *access.DeniedError
 		mbe *http.MaxBytesError
+		be  *bodyError
 		se  *json.SyntaxError
 		ute *json.UnmarshalTypeError
 		br  badRequest
@@ -156,10 +157,12 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeErr(w, http.StatusNotFound, "NotFound", err.Error())
 	case errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The request body is over the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit.")
-	case errors.As(err, &ute):
+	case errors.As(err, &be) && errors.As(be.err, &ute):
 		writeErr(w, http.StatusBadRequest, "BadParameter", "The request body's field '"+ute.Field+"' must not be a JSON "+ute.Value+".")
-	case errors.As(err, &se):
+	case errors.As(err, &be) && errors.As(be.err, &se):
 		writeErr(w, http.StatusBadRequest, "BadParameter", "The request body is not valid JSON: "+se.Error()+".")
+	case errors.As(err, &be):
+		writeErr(w, http.StatusBadRequest, "BadParameter", "The request body does not parse: "+be.err.Error()+".")
 	default:
 		h.Log.ErrorContext(r.Context(), "management request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeErr(w, http.StatusInternalServerError, "InternalServerError", "The server could not complete the request; see its log for details.")
@@ -234,6 +237,15 @@ func (h *Handler) authorize(r *http.Request, p access.Principal, action, scope s
 	return nil
 }
 
+// bodyError is a request body that is not JSON of the operation's shape.
+// It marks the one place a JSON error is the client's: the services
+// return the same errors for stored records that do not decode, and those
+// are the server's.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
@@ -242,7 +254,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if len(body) == 0 {
 		return nil
 	}
-	return json.Unmarshal(body, v)
+	if err := json.Unmarshal(body, v); err != nil {
+		return &bodyError{err}
+	}
+	return nil
 }
 
 // subscription returns the caller's tenant subscription.

@@ -104,10 +104,10 @@ func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
 // AddCertificate registers a certificate credential; with replace set, it
 // replaces all earlier certificates. Private keys are never accepted here.
 func (a *Authority) AddCertificate(ctx context.Context, tenant, appID string, cert *x509.Certificate, replace bool) (CertCredential, error) {
-	now := a.now()
-	if now.After(cert.NotAfter) {
-		return CertCredential{}, fmt.Errorf("%w: the certificate expired at %s", ErrInvalid, cert.NotAfter.UTC().Format(time.RFC3339))
+	if err := a.CheckCertificate(cert); err != nil {
+		return CertCredential{}, err
 	}
+	now := a.now()
 	s1, s256 := sha1.Sum(cert.Raw), sha256.Sum256(cert.Raw)
 	cred := CertCredential{
 		KeyID: NewGUID(), DER: cert.Raw, SHA1: hex.EncodeToString(s1[:]), SHA256: hex.EncodeToString(s256[:]),
@@ -124,6 +124,15 @@ func (a *Authority) AddCertificate(ctx context.Context, tenant, appID string, ce
 		return nil
 	})
 	return cred, err
+}
+
+// CheckCertificate returns the ErrInvalid that AddCertificate would for
+// cert, so a caller can refuse it before creating anything.
+func (a *Authority) CheckCertificate(cert *x509.Certificate) error {
+	if a.now().After(cert.NotAfter) {
+		return fmt.Errorf("%w: the certificate expired at %s", ErrInvalid, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // VerifyClientSecret reports whether secret is a current client secret of
