@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"io"
 	"log/slog"
 	"net/http"
@@ -111,8 +112,8 @@ func newEnv(t testing.TB) *env {
 	keys := key.New(b, b, nil)
 	certs := cert.New(b, b, keys, e.secrets, nil, log)
 	e.feed = changes.New()
-	b.OnCommit(func(ks []string) {
-		for _, k := range ks {
+	b.Subscribe(func(c physical.Change) {
+		for _, k := range c.Keys {
 			if v, kind, name, ok := object.Named(k); ok {
 				e.feed.Publish(changes.Subject(v, kind, name))
 			}
