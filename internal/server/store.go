@@ -121,6 +121,9 @@ func OpenStore(ctx context.Context, o StoreOptions, reg prometheus.Registerer, l
 		phys.Close()
 		return nil, err
 	}
+	if src.Path != "" {
+		b.RereadRootKey(src.Candidates)
+	}
 	return &Store{Phys: phys, Barrier: b, KeySource: src, Leader: phys}, nil
 }
 

@@ -387,3 +387,32 @@ func TestSingletonJobsRunOnOneReplica(t *testing.T) {
 		t.Fatal("the stopped replica still leads")
 	}
 }
+
+// TestRootKeyRotationAcrossReplicas rotates the root key through one
+// replica: the others, whose key file (one Secret, mounted by all) now
+// holds the new key, follow, stay ready, and can rotate the data key.
+func TestRootKeyRotationAcrossReplicas(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	ha := hatest.Start(t, etcd, 2, hatest.Options{})
+	ctx := context.Background()
+	a, b := ha.Client(0), ha.Client(1)
+	var rot mgmthttp.RootKeyRotation
+	manage(t, a, "POST", "operator/rotate-root-key", mgmthttp.RotateRootKeyIn{}, &rot)
+	deadline := time.Now().Add(30 * time.Second)
+	for ha.Replicas[1].Ready(ctx) != nil || ha.Replicas[1].Store().Barrier.RootKeyID() != rot.RootKeyID {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica b still wraps with root key %s, not %s", ha.Replicas[1].Store().Barrier.RootKeyID(), rot.RootKeyID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := ha.Replicas[1].Ready(ctx); err != nil {
+		t.Fatalf("b after a's root key rotation: %v", err)
+	}
+	manage(t, b, "POST", "operator/rotate-data-key", nil, nil)
+	if _, err := secrets(t, b, "demo").SetSecret(ctx, "after-root", azsecrets.SetSecretParameters{Value: to.Ptr("r")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := secrets(t, a, "demo").GetSecret(ctx, "after-root", "", nil); err != nil || *got.Value != "r" {
+		t.Fatalf("a reads what b sealed after both rotations: %v", err)
+	}
+}

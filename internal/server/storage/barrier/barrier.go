@@ -112,6 +112,10 @@ type Barrier struct {
 	// followErr is why the last keyring another replica wrote could not
 	// be installed.
 	followErr error
+	// reread gives the root key again from its source (a file a
+	// Kubernetes Secret updates), for a keyring another replica wrapped
+	// with a new root key.
+	reread func() []rootkey.Key
 
 	subsMu sync.Mutex
 	subs   []func(physical.Change) // of a store only this process writes
@@ -191,7 +195,11 @@ func Open(ctx context.Context, phys physical.Backend, root rootkey.Key) (*Barrie
 			}
 			return nil, fmt.Errorf("barrier: store new keyring: %w", err)
 		}
-		return b, b.install(ring, blob)
+		if err := b.install(ring, blob); err != nil {
+			return nil, err
+		}
+		b.follow() // the replica that made the keyring follows it too
+		return b, nil
 	case err != nil:
 		return nil, fmt.Errorf("barrier: read keyring: %w", err)
 	}
@@ -231,6 +239,17 @@ func (b *Barrier) follow() {
 // not given, say. Such a replica must not serve.
 func (b *Barrier) Healthy() error {
 	b.mu.RLock()
+	failed := b.followErr != nil
+	b.mu.RUnlock()
+	if failed {
+		// The key source may have the new root key by now (a Secret
+		// updated after the rotation): try again.
+		err := b.reloadKeyring(physical.Synced(context.Background()))
+		b.mu.Lock()
+		b.followErr = err
+		b.mu.Unlock()
+	}
+	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if b.followErr != nil {
 		return fmt.Errorf("barrier: the keyring another replica wrote cannot be opened here (give every replica the same root key): %w", b.followErr)
@@ -250,10 +269,32 @@ func (b *Barrier) reloadKeyring(ctx context.Context) error {
 		return nil
 	}
 	ring, err := unwrapKeyring(b.root, raw)
+	if err != nil && b.reread != nil {
+		// Another replica rotated the root key. If this replica's key
+		// source already has the new key (the Secret was updated
+		// first), it follows.
+		for _, k := range b.reread() {
+			if k.ID() == b.root.ID() {
+				continue
+			}
+			if r2, uerr := unwrapKeyring(k, raw); uerr == nil {
+				b.root, ring, err = k, r2, nil
+				break
+			}
+		}
+	}
 	if err != nil {
 		return err
 	}
 	return b.install(ring, raw)
+}
+
+// RereadRootKey sets where a replica finds a new root key that another
+// replica rotated to: the keys its key source holds now.
+func (b *Barrier) RereadRootKey(fn func() []rootkey.Key) {
+	b.mu.Lock()
+	b.reread = fn
+	b.mu.Unlock()
 }
 
 func (b *Barrier) install(ring keyring, raw []byte) error {

@@ -185,6 +185,22 @@ func Load(path string, storeKeyID string) (Key, Source, error) {
 	return k, Source{Path: path}, nil
 }
 
+// Candidates are the keys the file holds now, read again: the staged next
+// key (a rotation under way, on this replica or, through a shared Secret,
+// on another) and the current one. Unreadable files are left out.
+func (s Source) Candidates() []Key {
+	if s.FromEnv() {
+		return nil
+	}
+	var out []Key
+	for _, p := range []string{pendingPath(s.Path), s.Path} {
+		if k, err := ReadFile(p); err == nil {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Stage durably writes the next key beside the current key file. It is the
 // first step of a rotation; Commit is the last.
 func (s Source) Stage(next Key) error {
