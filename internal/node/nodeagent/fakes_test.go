@@ -1,7 +1,6 @@
 package nodeagent_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -18,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -403,30 +404,14 @@ func (c *clock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// syncBuffer is a log sink a test reads while handlers write to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncbuf.Buffer is a log sink a test reads while handlers write to it.
 
 // world is an agent over the fake cluster and the fake authority.
 type world struct {
 	cluster *cluster
 	auth    *authority
 	clock   *clock
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 	agent   *nodeagent.Agent
 }
 
@@ -435,7 +420,7 @@ type world struct {
 // nodeAddr; tweak changes the config first.
 func newWorld(t testing.TB, c *cluster, tweak func(*nodeagent.Config)) *world {
 	t.Helper()
-	w := &world{cluster: c, clock: &clock{t: time.Unix(1_900_000_000, 0)}, log: &syncBuffer{}}
+	w := &world{cluster: c, clock: &clock{t: time.Unix(1_900_000_000, 0)}, log: &syncbuf.Buffer{}}
 	w.auth = newAuthority(t, nil)
 	w.auth.now = w.clock.Now
 	cfg := nodeagent.Config{

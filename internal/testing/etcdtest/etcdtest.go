@@ -10,7 +10,6 @@
 package etcdtest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -19,10 +18,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -46,7 +46,7 @@ type member struct {
 	port    int // of the TCP client listener, if any
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 }
 
 // Options shape a cluster.
@@ -181,7 +181,7 @@ func (c *Cluster) startMember(i int, state string) {
 	// A restarted member leaves its old socket files behind.
 	os.Remove(filepath.Join(c.dir, fmt.Sprintf("peer%d:1", i)))
 	os.Remove(filepath.Join(c.dir, fmt.Sprintf("client%d:1", i)))
-	m.log = &syncBuffer{}
+	m.log = &syncbuf.Buffer{}
 	listen, advertise := clientURL(i), clientURL(i)
 	var tlsFlags []string
 	if c.o.ClientHost != "" {
@@ -327,21 +327,4 @@ func (c *Cluster) stop() {
 		}
 	}
 	os.RemoveAll(c.dir)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,11 +1,9 @@
 package kvhttp_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
@@ -47,7 +48,7 @@ type env struct {
 	vaults  *vault.Registry
 	feed    *changes.Feed
 	state   bootstrap.State
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 	secrets *secret.Service
 	barrier *barrier.Barrier
 
@@ -55,27 +56,10 @@ type env struct {
 	readerSP                    authority.Principal
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{log: &syncBuffer{}}
+	e := &env{log: &syncbuf.Buffer{}}
 	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package mgmthttp_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
@@ -39,7 +40,7 @@ type env struct {
 	state   bootstrap.State
 	sub     string
 	clock   *clock
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 
 	admin, nobody string // management tokens
 	nobodySP      authority.Principal
@@ -62,23 +63,6 @@ func (c *clock) add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // operator rotates the barrier's keys, as the server does; the server's
 // own Operator also persists a root key file, which needs a data
 // directory and is tested with it.
@@ -99,7 +83,7 @@ func (o operator) RotateDataKey(ctx context.Context) (uint32, error) { return o.
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{clock: &clock{t: time.Now()}, log: &syncBuffer{}}
+	e := &env{clock: &clock{t: time.Now()}, log: &syncbuf.Buffer{}}
 	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
 	if err != nil {
 		t.Fatal(err)
