@@ -44,9 +44,8 @@ type replicaProc struct {
 
 // procLog collects a process's output and the address it says it serves.
 type procLog struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	addr chan string
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
 func (l *procLog) Write(p []byte) (int, error) {
