@@ -42,7 +42,7 @@ type replicaProc struct {
 	exited chan struct{}
 }
 
-// procLog collects a process's output and the address it says it serves.
+// procLog collects a process's output.
 type procLog struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
