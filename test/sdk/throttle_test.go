@@ -131,13 +131,15 @@ func TestOverloadProtectionShedsTheFlooderOnly(t *testing.T) {
 			}
 		}()
 	}
-	// The steady caller: 50 reads a second for as long as it takes the
-	// flood to be refused at least 100 times.
+	// The steady caller: 50 reads a second, at least 100 of them, and for
+	// as long as it takes the flood to be refused at all. How often it is
+	// refused depends on the machine's load (the unit tests pin the
+	// policy down); that the steady caller never is, does not.
 	deadline := time.Now().Add(2 * time.Minute)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	steady := 0
-	for shed.Load() < 100 || steady < 100 {
+	for shed.Load() < 1 || steady < 100 {
 		<-tick.C
 		if time.Now().After(deadline) {
 			t.Fatalf("after 2 minutes the flood was refused %d times and served %d", shed.Load(), served.Load())
@@ -150,7 +152,7 @@ func TestOverloadProtectionShedsTheFlooderOnly(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	if got := env.Server.Limiter.Shed(); got < 100 {
+	if got := env.Server.Limiter.Shed(); got < 1 {
 		t.Fatalf("the limiter counts %d refusals", got)
 	}
 	t.Logf("steady: %d reads, no error; flood: %d served, %d refused", steady, served.Load(), shed.Load())
