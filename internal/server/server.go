@@ -656,7 +656,8 @@ func (s *Server) lead(ctx context.Context) {
 }
 
 // PurgeDue purges, in every vault, the deleted objects whose retention has
-// passed, and starts the certificate renewals that are due.
+// passed, starts the certificate renewals that are due, and rotates the keys
+// whose rotation policy says so.
 func (s *Server) PurgeDue(ctx context.Context) {
 	if n, err := s.Authority.PurgeReplays(ctx); err != nil && ctx.Err() == nil {
 		s.log.Error("scheduled task failed", "task", "purge used assertion ids", "err", err)
@@ -672,6 +673,7 @@ func (s *Server) PurgeDue(ctx context.Context) {
 			{"purge deleted secrets", s.Secrets.PurgeDue},
 			{"purge deleted keys", s.Keys.PurgeDue},
 			{"renew certificates", s.Certs.RenewDue},
+			{"rotate keys", s.Keys.RotateDue},
 		} {
 			n, err := task.run(ctx, &v)
 			if err != nil && ctx.Err() == nil {

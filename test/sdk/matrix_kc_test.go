@@ -143,6 +143,9 @@ func keyOps(s *kcState) []operation {
 		{"wrap", "wrapKey", "keys/wrap/action", nil, "POST", "/keys/aes/wrapkey", body(`{"alg":"A256KW","value":"` + b64(make([]byte, 16)) + `"}`)},
 		{"unwrap", "unwrapKey", "keys/unwrap/action", nil, "POST", "/keys/aes/unwrapkey", body(`{"alg":"A256KW","value":"` + s.wrapped + `"}`)},
 		{"rotate", "rotate", "keys/rotate/action", nil, "POST", "/keys/r/rotate", nil},
+		{"get rotation policy", "getrotationpolicy", "keyrotationpolicies/read", nil, "GET", "/keys/k/rotationpolicy", nil},
+		{"set rotation policy", "setrotationpolicy", "keyrotationpolicies/write", nil, "PUT", "/keys/k/rotationpolicy",
+			body(`{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P1Y"}}`)},
 		{"delete key", "delete", "keys/delete", keyX("live"), "DELETE", "/keys/x", nil},
 		{"get deleted key", "get", "keys/read", keyX("deleted"), "GET", "/deletedkeys/x", nil},
 		{"list deleted keys", "list", "keys/read", nil, "GET", "/deletedkeys", nil},
@@ -233,7 +236,9 @@ func TestKeyAndCertificateRolesRBAC(t *testing.T) {
 	}
 	all := append(keyOps(s), certOps(s)...)
 	for role, allowed := range map[string]func(action string) bool{
-		"Key Vault Crypto Officer": func(a string) bool { return strings.HasPrefix(a, "keys/") },
+		"Key Vault Crypto Officer": func(a string) bool {
+			return strings.HasPrefix(a, "keys/") || strings.HasPrefix(a, "keyrotationpolicies/")
+		},
 		"Key Vault Crypto User": func(a string) bool {
 			return slices.Contains([]string{"keys/read", "keys/update/action", "keys/backup/action", "keys/encrypt/action", "keys/decrypt/action",
 				"keys/wrap/action", "keys/unwrap/action", "keys/sign/action", "keys/verify/action"}, a)
@@ -243,7 +248,7 @@ func TestKeyAndCertificateRolesRBAC(t *testing.T) {
 		},
 		"Key Vault Certificates Officer": func(a string) bool { return strings.HasPrefix(a, "certificates/") },
 		"Key Vault Certificate User":     func(a string) bool { return a == "certificates/read" || a == "keys/read" },
-		"Key Vault Reader":               func(a string) bool { return a == "keys/read" || a == "certificates/read" },
+		"Key Vault Reader":               func(a string) bool { return strings.HasSuffix(a, "/read") },
 		"Key Vault Administrator":        func(string) bool { return true },
 	} {
 		oid, tok := principal(t, env, "role-"+role)

@@ -35,6 +35,9 @@ type Options struct {
 	FederationRoots *x509.CertPool
 	// TokenRateLimit overrides the per-client token rate limit.
 	TokenRateLimit float64
+	// PurgeInterval overrides how often the scheduled jobs run (purge,
+	// renewal, key rotation), for tests that watch them run on their own.
+	PurgeInterval time.Duration
 }
 
 // Env is a running test server.
@@ -65,7 +68,8 @@ func Start(t testing.TB, opt Options) *Env {
 		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
 		Server: server.Options{
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
-			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+			PurgeInterval: opt.PurgeInterval,
+			Log:           slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})
 	if err != nil {
