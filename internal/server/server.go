@@ -29,6 +29,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/audit"
+	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
 	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
@@ -86,6 +87,17 @@ type Options struct {
 	AuditLog string
 	// MetricsAddr serves /metrics and /healthz over plain HTTP; empty is off.
 	MetricsAddr string
+
+	// AllowPrivateEndpoints lets the URLs vault users give the server (event
+	// subscription endpoints, ACME directories and DNS hooks) be loopback,
+	// link-local or private addresses. Off, the server refuses them, so a
+	// vault user cannot reach the server's own network through it.
+	AllowPrivateEndpoints bool
+	// EgressCAFile holds PEM CAs trusted, besides the system roots, for
+	// those endpoints' TLS. EgressRoots, when set, is the whole pool
+	// instead (tests pass their receiver's and ACME server's CAs).
+	EgressCAFile string
+	EgressRoots  *x509.CertPool
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -183,6 +195,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		}
 		o.FederationRoots = roots
 	}
+	if o.EgressRoots == nil && o.EgressCAFile != "" {
+		roots, err := httpclient.RootPool(o.EgressCAFile)
+		if err != nil {
+			return nil, daemon.Invalid("EgressCAFile", "%v", err)
+		}
+		o.EgressRoots = roots
+	}
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return nil, daemon.Invalid("Listen", "%s: %v", o.Listen, err)
@@ -269,6 +288,7 @@ func (s *Server) build(ctx context.Context) error {
 	s.Secrets = secret.New(b, b, s.cfg.Now)
 	s.Keys = key.New(b, b, s.cfg.Now)
 	s.Certs = cert.New(b, b, s.Keys, s.Secrets, s.cfg.Now, s.log)
+	s.Certs.UseEgress(s.egress())
 	s.changes = changes.New()
 	// Held reads wake on any replica's write: a shared store reports every
 	// replica's batches, and after a gap in its watch, a Reset wakes all.
@@ -290,6 +310,11 @@ func (s *Server) build(ctx context.Context) error {
 	s.mgmt = mgmthttp.New(mgmthttp.Deps{Endpoints: ep, Authority: s.Authority, Vaults: s.Vaults, Roles: s.Roles,
 		Access: s.Access, Operator: s, Log: s.log})
 	return nil
+}
+
+// egress is the policy for the server's requests to URLs its users give.
+func (s *Server) egress() egress.Policy {
+	return egress.Policy{AllowPrivate: s.cfg.AllowPrivateEndpoints, Roots: s.cfg.EgressRoots}
 }
 
 // Changes returns the feed that wakes held reads, for tests that need to

@@ -38,6 +38,10 @@ type Options struct {
 	// PurgeInterval overrides how often the scheduled jobs run (purge,
 	// renewal, key rotation), for tests that watch them run on their own.
 	PurgeInterval time.Duration
+	// AllowPrivateEndpoints lets event endpoints and ACME URLs be loopback,
+	// where a test's receivers and CA listen; EgressRoots trust them.
+	AllowPrivateEndpoints bool
+	EgressRoots           *x509.CertPool
 }
 
 // Env is a running test server.
@@ -68,8 +72,8 @@ func Start(t testing.TB, opt Options) *Env {
 		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
 		Server: server.Options{
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
-			PurgeInterval: opt.PurgeInterval,
-			Log:           slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,
+			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})
 	if err != nil {
