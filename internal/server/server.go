@@ -25,6 +25,7 @@ import (
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/protocol/azerror"
+	"github.com/cofferhq/coffer/internal/server/acme"
 	"github.com/cofferhq/coffer/internal/server/api/authhttp"
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
@@ -98,6 +99,10 @@ type Options struct {
 	// instead (tests pass their receiver's and ACME server's CAs).
 	EgressCAFile string
 	EgressRoots  *x509.CertPool
+	// ACMEHTTPListen serves the http-01 challenges of ACME issuers on plain
+	// HTTP, such as ":80" (the port CAs connect to); empty is off, and
+	// ACME issuers then need dns-01.
+	ACMEHTTPListen string
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -141,8 +146,10 @@ type Server struct {
 	log   *slog.Logger
 	store *Store
 	ln    net.Listener
-	ep    endpoint.Endpoints
-	stat  *daemon.StatusServer
+	// acmeLn serves ACME http-01 challenges (ACMEHTTPListen); nil is off.
+	acmeLn net.Listener
+	ep     endpoint.Endpoints
+	stat   *daemon.StatusServer
 
 	Vaults    *vault.Registry
 	Authority *authority.Authority
@@ -222,6 +229,12 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: o, log: o.Log, store: st, ln: ln, ep: ep, Metrics: metrics}
+	if o.ACMEHTTPListen != "" {
+		if s.acmeLn, err = net.Listen("tcp", o.ACMEHTTPListen); err != nil {
+			s.Close()
+			return nil, daemon.Invalid("ACMEHTTPListen", "%s: %v", o.ACMEHTTPListen, err)
+		}
+	}
 	if err := s.build(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -289,6 +302,7 @@ func (s *Server) build(ctx context.Context) error {
 	s.Keys = key.New(b, b, s.cfg.Now)
 	s.Certs = cert.New(b, b, s.Keys, s.Secrets, s.cfg.Now, s.log)
 	s.Certs.UseEgress(s.egress())
+	s.Certs.UseACME(acme.New(s.egress().Client(30*time.Second), acmeTokens{b}, s.log))
 	s.changes = changes.New()
 	// Held reads wake on any replica's write: a shared store reports every
 	// replica's batches, and after a gap in its watch, a Reset wakes all.
@@ -336,6 +350,9 @@ func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.ln.Close()
+		if s.acmeLn != nil {
+			s.acmeLn.Close()
+		}
 		if s.stat != nil {
 			s.stat.Close()
 		}
@@ -590,6 +607,9 @@ func (s *Server) Run(ctx context.Context) error {
 	defer stopBackground()
 	go s.sweep(bgCtx)
 	go s.stat.Serve(bgCtx, s.log)
+	if s.acmeLn != nil {
+		go s.serveACMEHTTP(bgCtx, s.acmeLn)
+	}
 
 	s.log.Info("coffer server listening", "addr", s.ln.Addr().String(), "authority", s.ep.AuthorityURL(), "vaults", "https://{vault}."+s.ep.Apex()+"/", "rootKeyId", s.store.Barrier.RootKeyID())
 	errc := make(chan error, 1)

@@ -42,6 +42,8 @@ type Options struct {
 	// where a test's receivers and CA listen; EgressRoots trust them.
 	AllowPrivateEndpoints bool
 	EgressRoots           *x509.CertPool
+	// ACMEHTTPListen serves ACME http-01 challenges (see server.Options).
+	ACMEHTTPListen string
 }
 
 // Env is a running test server.
@@ -73,7 +75,8 @@ func Start(t testing.TB, opt Options) *Env {
 		Server: server.Options{
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
 			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,
-			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+			ACMEHTTPListen: opt.ACMEHTTPListen,
+			Log:            slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})
 	if err != nil {

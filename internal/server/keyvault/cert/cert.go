@@ -20,6 +20,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/crypto/certfmt"
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
+	"github.com/cofferhq/coffer/internal/server/acme"
 	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/keyvault/key"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
@@ -122,8 +123,9 @@ type Service struct {
 	// inside key generation for as long as it needs.
 	generate func(kty string, size int, crv string) (*keyops.Material, error)
 
-	// egress checks the URLs of ACME issuers.
+	// egress checks the URLs of ACME issuers; acme orders from them.
 	egress egress.Policy
+	acme   *acme.Orderer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -406,8 +408,9 @@ func (s *Service) start(v *vault.Vault, name string) {
 	}()
 }
 
-// issue runs a pending operation: make the key, then either self-sign and
-// commit, or (issuer Unknown) store the key and CSR and wait for a merge.
+// issue runs a pending operation: make the key, then self-sign and commit,
+// or (issuer Unknown) store the key and CSR and wait for a merge, or order
+// from the policy's ACME issuer and commit what it returns.
 func (s *Service) issue(ctx context.Context, v *vault.Vault, name string) error {
 	p, _, err := s.getOp(ctx, v.Name, name)
 	if err != nil || p.Op.Status != InProgress {
@@ -432,7 +435,7 @@ func (s *Service) issue(ctx context.Context, v *vault.Vault, name string) error 
 		})
 	}
 	if p.Policy.Issuer.Name != IssuerSelf {
-		return s.failOp(ctx, v, name, fmt.Errorf("issuer %s: ordering from ACME issuers is not built yet", p.Policy.Issuer.Name))
+		return s.issueACME(ctx, v, name, p, m)
 	}
 	tmpl, err := template(&p.Policy, s.now(), serial())
 	if err != nil {
