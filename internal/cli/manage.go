@@ -62,7 +62,7 @@ func (a *app) vaultCmd() *cobra.Command {
 		},
 	}
 	show.Flags().StringVarP(&showName, "name", "n", "", "vault name")
-	cmd.AddCommand(create, list, show, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true))
+	cmd.AddCommand(create, list, show, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true), a.eventSubCmd())
 	return cmd
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/audit"
 	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/events"
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
 	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
@@ -99,6 +100,11 @@ type Options struct {
 	// instead (tests pass their receiver's and ACME server's CAs).
 	EgressCAFile string
 	EgressRoots  *x509.CertPool
+	// EventInterval is how often events are delivered and retried (default
+	// a second); EventScanInterval how often every subscribed vault is
+	// compared with what was last seen, besides after each write (default
+	// a minute), which bounds how late NearExpiry and Expired fire.
+	EventInterval, EventScanInterval time.Duration
 	// ACMEHTTPListen serves the http-01 challenges of ACME issuers on plain
 	// HTTP, such as ":80" (the port CAs connect to); empty is off, and
 	// ACME issuers then need dns-01.
@@ -134,6 +140,9 @@ func (o *Options) Validate() error {
 	if o.TokenLifetime != 0 && (o.TokenLifetime < 5*time.Minute || o.TokenLifetime > 24*time.Hour) {
 		return daemon.Invalid("TokenLifetime", "%v is out of range: use 5m to 24h", o.TokenLifetime)
 	}
+	if o.EventInterval < 0 || o.EventScanInterval < 0 {
+		return daemon.Invalid("EventInterval", "%v and %v must be positive", o.EventInterval, o.EventScanInterval)
+	}
 	if o.PurgeInterval < 0 {
 		return daemon.Invalid("PurgeInterval", "%v must be positive", o.PurgeInterval)
 	}
@@ -156,6 +165,7 @@ type Server struct {
 	Secrets   *secret.Service
 	Keys      *key.Service
 	Certs     *cert.Service
+	Events    *events.Service
 	Roles     *rbac.Assignments
 	Access    *access.Authorizer
 	Audit     *audit.Log
@@ -194,6 +204,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	if o.Listen == "" {
 		o.Listen = ":8443"
+	}
+	if o.EventInterval == 0 {
+		o.EventInterval = time.Second
 	}
 	if o.FederationRoots == nil && o.FederationCAFile != "" {
 		roots, err := httpclient.RootPool(o.FederationCAFile)
@@ -304,13 +317,19 @@ func (s *Server) build(ctx context.Context) error {
 	s.Certs.UseEgress(s.egress())
 	s.Certs.UseACME(acme.New(s.egress().Client(30*time.Second), acmeTokens{b}, s.log))
 	s.changes = changes.New()
+	s.Events = events.New(events.Options{Store: b, Vaults: s.Vaults, Endpoints: ep, Egress: s.egress(), Now: s.cfg.Now,
+		ScanInterval: s.cfg.EventScanInterval, Registerer: s.Metrics, Log: s.log})
 	// Held reads wake on any replica's write: a shared store reports every
 	// replica's batches, and after a gap in its watch, a Reset wakes all.
+	// The events job learns of the same writes, to compare their vaults
+	// at once rather than at its next full pass.
 	b.Subscribe(func(c physical.Change) {
 		if c.Reset {
 			s.changes.PublishAll()
+			s.Events.TouchAll()
 		}
 		for _, k := range c.Keys {
+			s.Events.Touch(k)
 			if vault, kind, name, ok := object.Named(k); ok {
 				s.changes.Publish(changes.Subject(vault, kind, name))
 			}
@@ -322,7 +341,7 @@ func (s *Server) build(ctx context.Context) error {
 	})
 	s.auth = authhttp.New(s.Authority, s.log)
 	s.mgmt = mgmthttp.New(mgmthttp.Deps{Endpoints: ep, Authority: s.Authority, Vaults: s.Vaults, Roles: s.Roles,
-		Access: s.Access, Operator: s, Log: s.log})
+		Access: s.Access, Operator: s, Events: s.Events, Log: s.log})
 	return nil
 }
 
@@ -606,6 +625,7 @@ func (s *Server) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	go s.sweep(bgCtx)
+	go s.leadEvents(bgCtx)
 	go s.stat.Serve(bgCtx, s.log)
 	if s.acmeLn != nil {
 		go s.serveACMEHTTP(bgCtx, s.acmeLn)

@@ -2,10 +2,7 @@ package sdk
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net"
@@ -21,6 +18,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
 	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/protocol/webhooksig"
 	"github.com/cofferhq/coffer/internal/testing/pebbletest"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
@@ -136,16 +134,9 @@ type dnsHook struct {
 
 func (h *dnsHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	// The scheme receivers verify: t=<seconds>,v1=<hex HMAC-SHA256 of
-	// "<seconds>." and the body>.
-	sig := r.Header.Get("Coffer-Signature")
-	ts, mac, _ := strings.Cut(strings.TrimPrefix(sig, "t="), ",v1=")
-	m := hmac.New(sha256.New, h.secret)
-	m.Write([]byte(ts + "."))
-	m.Write(body)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if got, err := hex.DecodeString(mac); err != nil || !hmac.Equal(got, m.Sum(nil)) {
+	if webhooksig.Verify(h.secret, r.Header.Get(webhooksig.Header), body, time.Now(), 5*time.Minute) != nil {
 		h.bad++
 		http.Error(w, "bad signature", http.StatusUnauthorized)
 		return

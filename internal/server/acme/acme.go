@@ -12,12 +12,9 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,11 +22,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/acme"
+
+	"github.com/cofferhq/coffer/internal/protocol/webhooksig"
 )
 
 // Challenge types.
@@ -37,9 +35,6 @@ const (
 	HTTP01 = "http-01"
 	DNS01  = "dns-01"
 )
-
-// SignatureHeader carries the HMAC of a DNS hook request; see Sign.
-const SignatureHeader = "Coffer-Signature"
 
 // Tokens keeps the http-01 key authorizations where every replica's
 // HTTP-01 listener can read them.
@@ -250,7 +245,7 @@ func (o *Orderer) hook(ctx context.Context, r Request, rec HookRecord) error {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if r.DNSHookSecret != "" {
-		req.Header.Set(SignatureHeader, Sign([]byte(r.DNSHookSecret), time.Now(), body))
+		req.Header.Set(webhooksig.Header, webhooksig.Sign([]byte(r.DNSHookSecret), time.Now(), body))
 	}
 	resp, err := o.client.Do(req)
 	if err != nil {
@@ -262,17 +257,6 @@ func (o *Orderer) hook(ctx context.Context, r Request, rec HookRecord) error {
 		return fmt.Errorf("DNS hook (%s) answered %s", rec.Action, resp.Status)
 	}
 	return nil
-}
-
-// Sign returns the signature header of body: "t=<unix seconds>,v1=<hex
-// HMAC-SHA256 of the seconds, a dot, and the body>". The time in the MAC
-// lets a receiver refuse replays of old requests.
-func Sign(secret []byte, at time.Time, body []byte) string {
-	t := strconv.FormatInt(at.Unix(), 10)
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(t + "."))
-	m.Write(body)
-	return "t=" + t + ",v1=" + hex.EncodeToString(m.Sum(nil))
 }
 
 func accountKey(pkcs8 []byte) (crypto.Signer, error) {

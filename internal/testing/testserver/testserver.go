@@ -44,6 +44,8 @@ type Options struct {
 	EgressRoots           *x509.CertPool
 	// ACMEHTTPListen serves ACME http-01 challenges (see server.Options).
 	ACMEHTTPListen string
+	// EventInterval and EventScanInterval tune the events job.
+	EventInterval, EventScanInterval time.Duration
 }
 
 // Env is a running test server.
@@ -75,8 +77,8 @@ func Start(t testing.TB, opt Options) *Env {
 		Server: server.Options{
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit,
 			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,
-			ACMEHTTPListen: opt.ACMEHTTPListen,
-			Log:            slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+			ACMEHTTPListen: opt.ACMEHTTPListen, EventInterval: opt.EventInterval, EventScanInterval: opt.EventScanInterval,
+			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})
 	if err != nil {
