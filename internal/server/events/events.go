@@ -31,6 +31,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 )
@@ -112,8 +113,10 @@ type Service struct {
 	client *http.Client
 	log    *slog.Logger
 
-	mu       sync.Mutex
-	dirty    map[string]bool // vaults written since their last pass
+	mu sync.Mutex
+	// dirty holds, by vault, the objects ("kind/name", as in their store
+	// keys) written since their last pass.
+	dirty    map[string]map[string]bool
 	lastScan time.Time
 
 	delivered, attempts, deadLettered *prometheus.CounterVec
@@ -137,28 +140,35 @@ func New(o Options) *Service {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	s := &Service{o: o, st: o.Store, client: o.Egress.Client(15 * time.Second), log: o.Log, dirty: map[string]bool{}}
+	s := &Service{o: o, st: o.Store, client: o.Egress.Client(15 * time.Second), log: o.Log, dirty: map[string]map[string]bool{}}
 	s.delivered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_events_delivered_total", Help: "Events a subscription's endpoint acknowledged, by vault."}, []string{"vault"})
 	s.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_events_failed_attempts_total", Help: "Event deliveries that failed and will be retried, by vault."}, []string{"vault"})
 	s.deadLettered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_events_dead_lettered_total", Help: "Events dropped after their last retry (by default 30 attempts or 24 hours), by vault."}, []string{"vault"})
-	s.queued = prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_events_queued", Help: "Events waiting for delivery, as the leading replica last counted them."})
+	s.queued = prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_events_queued", Help: "Events waiting for delivery, as the leading replica last counted them (at most 100 per subscription are counted)."})
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(s.delivered, s.attempts, s.deadLettered, s.queued)
 	}
 	return s
 }
 
-// Touch notes that a key of the store changed, so the vault it belongs to
-// is compared on the next pass rather than at the next interval.
+// Touch notes that a key of the store changed, so that the object it
+// belongs to is compared on the next pass rather than at the next full
+// one.
 func (s *Service) Touch(key string) {
-	rest, ok := strings.CutPrefix(key, "o/")
+	v, kind, name, ok := object.Named(key)
 	if !ok {
 		return
 	}
-	v, _, _ := strings.Cut(rest, "/")
+	s.touch(v, kind+"/"+name)
+}
+
+func (s *Service) touch(vaultName, obj string) {
 	s.mu.Lock()
-	s.dirty[v] = true
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.dirty[vaultName] == nil {
+		s.dirty[vaultName] = map[string]bool{}
+	}
+	s.dirty[vaultName][obj] = true
 }
 
 // TouchAll marks every vault changed (after a gap in the store's watch).
@@ -182,24 +192,40 @@ func (s *Service) Tick(ctx context.Context) {
 	s.mu.Lock()
 	full := time.Since(s.lastScan) >= s.o.ScanInterval
 	dirty := s.dirty
-	s.dirty = map[string]bool{}
+	s.dirty = map[string]map[string]bool{}
 	if full {
 		s.lastScan = time.Now()
 	}
 	s.mu.Unlock()
 	for vaultName, vs := range subs {
-		if !full && !dirty[vaultName] {
+		if !full && len(dirty[vaultName]) == 0 {
 			continue
 		}
 		v, err := s.o.Vaults.Get(vaultName)
 		if err != nil {
-			continue // the vault is gone; its subscriptions go with it below
+			continue // the vault is gone; so is every object of it
 		}
-		if err := s.scan(ctx, v, vs); err != nil && ctx.Err() == nil {
+		if full {
+			err = s.scan(ctx, v, vs)
+		} else {
+			var errs []error
+			for obj := range dirty[vaultName] {
+				kind, name, _ := strings.Cut(obj, "/")
+				if _, ok := objectTypes[kind]; !ok {
+					continue
+				}
+				if err := s.scanObject(ctx, v, kind, name, vs); err != nil {
+					errs = append(errs, err)
+					s.touch(vaultName, obj) // again on the next pass
+				}
+			}
+			err = errors.Join(errs...)
+		}
+		if err != nil && ctx.Err() == nil {
 			s.log.Warn("events: comparing a vault failed; the next pass tries again", "vault", vaultName, "err", err)
-			s.mu.Lock()
-			s.dirty[vaultName] = true
-			s.mu.Unlock()
+			if full {
+				s.TouchAll()
+			}
 		}
 	}
 	s.deliver(ctx, subs)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/server/storage/physical/inmem"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
@@ -63,6 +66,12 @@ type replica struct {
 // open starts a "process" on the store behind phys: everything in memory is
 // new, only the store is shared with earlier ones.
 func open(t *testing.T, phys *inmem.Backend, key rootkey.Key, roots *x509.CertPool, maxAttempts int) *replica {
+	return openScanning(t, phys, key, roots, maxAttempts, time.Nanosecond)
+}
+
+// openScanning is open with the interval of full passes given; writes are
+// reported to the service as the server reports them.
+func openScanning(t *testing.T, phys *inmem.Backend, key rootkey.Key, roots *x509.CertPool, maxAttempts int, scan time.Duration) *replica {
 	t.Helper()
 	ctx := context.Background()
 	b, err := barrier.Open(ctx, phys, key)
@@ -75,10 +84,58 @@ func open(t *testing.T, phys *inmem.Backend, key rootkey.Key, roots *x509.CertPo
 	}
 	ep, _ := endpoint.New("vault.test", 443)
 	reg := prometheus.NewRegistry()
-	return &replica{b: b, vaults: vs, secrets: secret.New(b, b, nil), reg: reg, events: New(Options{
+	r := &replica{b: b, vaults: vs, secrets: secret.New(b, b, nil), reg: reg, events: New(Options{
 		Store: b, Vaults: vs, Endpoints: ep, Egress: egress.Policy{AllowPrivate: true, Roots: roots},
-		ScanInterval: time.Nanosecond, MaxAttempts: maxAttempts, Registerer: reg,
+		ScanInterval: scan, MaxAttempts: maxAttempts, Registerer: reg,
 	})}
+	b.Subscribe(func(c physical.Change) {
+		for _, k := range c.Keys {
+			r.events.Touch(k)
+		}
+	})
+	return r
+}
+
+// Between full passes, a write is compared on its own, from the keys the
+// store reports: its event goes out, and an untouched object makes none.
+func TestWritesSeenBetweenFullPasses(t *testing.T) {
+	phys, key := inmem.New(), rootkey.Generate()
+	stub := &endpointStub{}
+	srv := httptest.NewTLSServer(stub)
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	r := openScanning(t, phys, key, roots, 0, time.Hour)
+	ctx := context.Background()
+	v, err := r.vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: "t", SubscriptionID: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.events.Create(ctx, &v, Subscription{Name: "sub", Endpoint: srv.URL, IncludedEventTypes: []string{"Microsoft.KeyVault.SecretNewVersionCreated", "Coffer.KeyVault.SecretDeleted"}}); err != nil {
+		t.Fatal(err)
+	}
+	r.events.Tick(ctx) // the first pass is full
+	for _, name := range []string{"a", "b"} {
+		if _, err := r.secrets.Set(ctx, &v, name, secret.SetParams{Value: new("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.events.Tick(ctx)
+	if _, err := r.secrets.Delete(ctx, &v, "A"); err != nil {
+		t.Fatal(err)
+	}
+	r.events.Tick(ctx)
+	var got []string
+	for _, e := range stub.events() {
+		got = append(got, e.Type+" "+e.Subject)
+	}
+	if len(got) >= 2 {
+		slices.Sort(got[:2]) // a and b were written in one pass: no order between objects
+	}
+	want := []string{"Microsoft.KeyVault.SecretNewVersionCreated a", "Microsoft.KeyVault.SecretNewVersionCreated b", "Coffer.KeyVault.SecretDeleted a"}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
 }
 
 func setup(t *testing.T, maxAttempts int) (*inmem.Backend, rootkey.Key, *endpointStub, *httptest.Server, *replica) {

@@ -137,27 +137,7 @@ func (s *Service) scanKind(ctx context.Context, v *vault.Vault, kind string, sub
 				continue
 			}
 			prev, had := states[lname]
-			var next state
-			var evs []queued
-			if sub == "h/" {
-				next, evs, err = s.live(ctx, v, kind, base, lname, h, prev.st, had, now)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-			} else {
-				next = prev.st
-				if had && prev.st.Live {
-					next.Live, next.Seq = false, h.Seq
-					if !prev.st.Managed {
-						evs = append(evs, s.event(v, kind, h.Name, prev.st.Version, Deleted, prev.st.NBF, prev.st.EXP, now))
-					}
-				}
-			}
-			if had && same(next, prev.st) && len(evs) == 0 {
-				continue
-			}
-			if err := s.commit(ctx, sprefix+lname, prev.rev, &next, evs, subs); err != nil {
+			if err := s.compare(ctx, v, kind, lname, &h, sub == "d/", prev, had, subs, now); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -165,12 +145,76 @@ func (s *Service) scanKind(ctx context.Context, v *vault.Vault, kind string, sub
 	// What is neither live nor deleted was purged: forget it.
 	for lname, sr := range states {
 		if !seen[lname] {
-			if err := s.commit(ctx, sprefix+lname, sr.rev, nil, nil, subs); err != nil {
+			if err := s.compare(ctx, v, kind, lname, nil, false, sr, true, subs, now); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// scanObject compares one object, named as in its store keys (lowercase),
+// as scanKind would: what a write touched, without reading the others.
+func (s *Service) scanObject(ctx context.Context, v *vault.Vault, kind, lname string, subs []Subscription) error {
+	var prev stateRec
+	had := false
+	rec, err := s.st.Get(ctx, statePrefix+v.Name+"/"+kind+"/"+lname)
+	switch {
+	case err == nil:
+		had = json.Unmarshal(rec.Value, &prev.st) == nil
+		prev.rev = rec.Rev
+	case !errors.Is(err, barrier.ErrNotFound):
+		return err
+	}
+	base := "o/" + v.Name + "/" + kind + "/"
+	for _, sub := range []string{"h/", "d/"} {
+		hr, err := s.st.Get(ctx, base+sub+lname)
+		if errors.Is(err, barrier.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		var h object.Head
+		if err := json.Unmarshal(hr.Value, &h); err != nil {
+			return err
+		}
+		return s.compare(ctx, v, kind, lname, &h, sub == "d/", prev, had, subs, s.o.Now())
+	}
+	if !had {
+		return nil
+	}
+	return s.compare(ctx, v, kind, lname, nil, false, prev, had, subs, s.o.Now())
+}
+
+// compare brings one object's state up to date with its head h (nil:
+// purged; deleted: soft-deleted), queueing the events that yields.
+func (s *Service) compare(ctx context.Context, v *vault.Vault, kind, lname string, h *object.Head, deleted bool, prev stateRec, had bool, subs []Subscription, now time.Time) error {
+	stateKey := statePrefix + v.Name + "/" + kind + "/" + lname
+	if h == nil {
+		return s.commit(ctx, stateKey, prev.rev, nil, nil, subs)
+	}
+	var next state
+	var evs []queued
+	if !deleted {
+		var err error
+		next, evs, err = s.live(ctx, v, kind, "o/"+v.Name+"/"+kind+"/", lname, *h, prev.st, had, now)
+		if err != nil {
+			return err
+		}
+	} else {
+		next = prev.st
+		if had && prev.st.Live {
+			next.Live, next.Seq = false, h.Seq
+			if !prev.st.Managed {
+				evs = append(evs, s.event(v, kind, h.Name, prev.st.Version, Deleted, prev.st.NBF, prev.st.EXP, now))
+			}
+		}
+	}
+	if had && same(next, prev.st) && len(evs) == 0 {
+		return nil
+	}
+	return s.commit(ctx, stateKey, prev.rev, &next, evs, subs)
 }
 
 // live compares a live object with what was seen of it, and returns what
