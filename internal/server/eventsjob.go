@@ -31,6 +31,9 @@ func (s *Server) leadEvents(ctx context.Context) {
 }
 
 func (s *Server) runEvents(ctx context.Context) {
+	// What another leader did meanwhile is in the store; a full first
+	// pass makes sure nothing in between is missed.
+	s.Events.TouchAll()
 	t := time.NewTicker(s.cfg.EventInterval)
 	defer t.Stop()
 	for {

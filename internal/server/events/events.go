@@ -116,8 +116,9 @@ type Service struct {
 	mu sync.Mutex
 	// dirty holds, by vault, the objects ("kind/name", as in their store
 	// keys) written since their last pass.
-	dirty    map[string]map[string]bool
-	lastScan time.Time
+	dirty      map[string]map[string]bool
+	dirtyCount int
+	lastScan   time.Time
 
 	delivered, attempts, deadLettered *prometheus.CounterVec
 	queued                            prometheus.Gauge
@@ -162,16 +163,28 @@ func (s *Service) Touch(key string) {
 	s.touch(v, kind+"/"+name)
 }
 
+// maxDirty bounds the objects remembered between passes. A replica that
+// does not lead never runs a pass, yet hears of every write; past the
+// bound it forgets them all and owes a full pass instead.
+const maxDirty = 10000
+
 func (s *Service) touch(vaultName, obj string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.dirtyCount >= maxDirty {
+		s.dirty, s.dirtyCount, s.lastScan = map[string]map[string]bool{}, 0, time.Time{}
+	}
 	if s.dirty[vaultName] == nil {
 		s.dirty[vaultName] = map[string]bool{}
 	}
-	s.dirty[vaultName][obj] = true
+	if !s.dirty[vaultName][obj] {
+		s.dirty[vaultName][obj] = true
+		s.dirtyCount++
+	}
 }
 
-// TouchAll marks every vault changed (after a gap in the store's watch).
+// TouchAll makes the next pass a full one: after a gap in the store's
+// watch, or when this replica starts to lead.
 func (s *Service) TouchAll() {
 	s.mu.Lock()
 	s.lastScan = time.Time{}
@@ -192,7 +205,7 @@ func (s *Service) Tick(ctx context.Context) {
 	s.mu.Lock()
 	full := time.Since(s.lastScan) >= s.o.ScanInterval
 	dirty := s.dirty
-	s.dirty = map[string]map[string]bool{}
+	s.dirty, s.dirtyCount = map[string]map[string]bool{}, 0
 	if full {
 		s.lastScan = time.Now()
 	}
