@@ -176,7 +176,7 @@ func TestEventsDeliveredAsCloudEvents(t *testing.T) {
 	var sub events.Subscription
 	types := []string{"Microsoft.KeyVault.SecretNewVersionCreated", "Microsoft.KeyVault.SecretNearExpiry", "Microsoft.KeyVault.SecretExpired",
 		"Coffer.KeyVault.SecretUpdated", "Coffer.KeyVault.SecretDeleted", "Microsoft.KeyVault.KeyNewVersionCreated", "Microsoft.KeyVault.CertificateNewVersionCreated",
-		"Microsoft.KeyVault.CertificateNearExpiry"}
+		"Microsoft.KeyVault.CertificateNearExpiry", "Microsoft.KeyVault.KeyNearExpiry"}
 	if err := env.Client.Manage(ctx, "PUT", "vaults/demo/event-subscriptions/all", mgmthttp.EventSubscriptionIn{Endpoint: rcv.url(), IncludedEventTypes: types}, &sub); err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +221,18 @@ func TestEventsDeliveredAsCloudEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	rcv.await("Microsoft.KeyVault.KeyNewVersionCreated", "k")
+	// A key's Notify action sets its NearExpiry: 45 days before an exp 40
+	// days away is now, where the default 30 days would be in 10.
+	if _, err := kc.CreateKey(ctx, "kn", azkeys.CreateKeyParameters{Kty: to.Ptr(azkeys.KeyTypeEC), KeyAttributes: &azkeys.KeyAttributes{Expires: &exp}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kc.UpdateKeyRotationPolicy(ctx, "kn", azkeys.KeyRotationPolicy{LifetimeActions: []*azkeys.LifetimeAction{{
+		Trigger: &azkeys.LifetimeActionTrigger{TimeBeforeExpiry: to.Ptr("P45D")},
+		Action:  &azkeys.LifetimeActionType{Type: to.Ptr(azkeys.KeyRotationPolicyActionNotify)},
+	}}}, nil); err != nil {
+		t.Fatal(client.Describe(err))
+	}
+	rcv.await("Microsoft.KeyVault.KeyNearExpiry", "kn")
 	cc := certsClient(t, env)
 	if _, err := cc.CreateCertificate(ctx, "web", azcertificates.CreateCertificateParameters{CertificatePolicy: &azcertificates.CertificatePolicy{
 		KeyProperties:             &azcertificates.KeyProperties{KeyType: to.Ptr(azcertificates.KeyTypeEC)},
