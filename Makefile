@@ -17,12 +17,12 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: test deps kube-assets lint vuln vulndb-update unit e2e build bench dev clean proto proto-check
+.PHONY: test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench dev clean proto proto-check
 
 ifeq ($(E2E),0)
-test: deps kube-assets lint vuln unit
+test: deps kube-assets pebble lint vuln unit
 else
-test: deps kube-assets lint vuln unit e2e
+test: deps kube-assets pebble lint vuln unit e2e
 endif
 
 # System tools the tests need (openssl), installed from Debian packages.
@@ -34,6 +34,14 @@ deps:
 kube-assets:
 	@echo "== kube-assets"
 	@GO="$(GO)" ./scripts/kube-assets.sh >/dev/null
+
+# Let's Encrypt's ACME test server, pebble, that the ACME issuer tests run
+# (internal/testing/pebbletest), built once from the Go module proxy
+# (tools/pebble) and cached in .cache/pebble. The tests run the same script
+# when the binary is missing, so `go test` alone works too.
+pebble:
+	@echo "== pebble"
+	@GO="$(GO)" ./scripts/pebble.sh >/dev/null
 
 lint:
 	@echo "== gofmt"

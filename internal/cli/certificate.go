@@ -242,7 +242,7 @@ func (a *app) certificateCmd() *cobra.Command {
 		},
 	}
 	cmd.AddCommand(
-		getDefault, a.certCreate(), a.certImport(), a.certDownload(), a.certSetAttributes(), a.certPendingCmd(),
+		getDefault, a.certCreate(), a.certImport(), a.certDownload(), a.certSetAttributes(), a.certPendingCmd(), a.certIssuerCmd(), a.certContactCmd(),
 		one("show", "Show a certificate with its policy", true, certCols, func(ctx context.Context, cc *azcertificates.Client, f *objFlags) (any, error) {
 			r, err := cc.GetCertificate(ctx, f.name, f.version, nil)
 			return r.Certificate, err

@@ -135,7 +135,7 @@ func (a *app) keyCmd() *cobra.Command {
 		})
 	}
 	cmd.AddCommand(
-		a.keyCreate(), a.keyImport(), a.keySetAttributes(), a.keyDownload(),
+		a.keyCreate(), a.keyImport(), a.keySetAttributes(), a.keyDownload(), a.keyRotationPolicyCmd(),
 		one("show", "Show a key's public part and attributes", true, keyCols, func(ctx context.Context, kc *azkeys.Client, f *objFlags) (any, error) {
 			r, err := kc.GetKey(ctx, f.name, f.version, nil)
 			return r.KeyBundle, err

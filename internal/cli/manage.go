@@ -98,7 +98,7 @@ protection applies either way.`,
 	}
 	update.Flags().StringVarP(&updateName, "name", "n", "", "vault name")
 	update.Flags().StringVar(&limits, "throttle", "", "static limits: keyvault, off, or requests=N,key-creates=N,per-principal=N (per 10 seconds)")
-	cmd.AddCommand(create, list, show, update, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true))
+	cmd.AddCommand(create, list, show, update, a.policyCmd("set-policy", false), a.policyCmd("delete-policy", true), a.eventSubCmd())
 	return cmd
 }
 

@@ -26,11 +26,14 @@ import (
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/protocol/azerror"
+	"github.com/cofferhq/coffer/internal/server/acme"
 	"github.com/cofferhq/coffer/internal/server/api/authhttp"
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/audit"
+	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/events"
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
 	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
@@ -93,6 +96,26 @@ type Options struct {
 	// their share (default 4 per CPU; negative turns it off).
 	OverloadCapacity int
 
+	// AllowPrivateEndpoints lets the URLs vault users give the server (event
+	// subscription endpoints, ACME directories and DNS hooks) be loopback,
+	// link-local or private addresses. Off, the server refuses them, so a
+	// vault user cannot reach the server's own network through it.
+	AllowPrivateEndpoints bool
+	// EgressCAFile holds PEM CAs trusted, besides the system roots, for
+	// those endpoints' TLS. EgressRoots, when set, is the whole pool
+	// instead (tests pass their receiver's and ACME server's CAs).
+	EgressCAFile string
+	EgressRoots  *x509.CertPool
+	// EventInterval is how often events are delivered and retried (default
+	// a second); EventScanInterval how often every subscribed vault is
+	// compared with what was last seen, besides after each write (default
+	// a minute), which bounds how late NearExpiry and Expired fire.
+	EventInterval, EventScanInterval time.Duration
+	// ACMEHTTPListen serves the http-01 challenges of ACME issuers on plain
+	// HTTP, such as ":80" (the port CAs connect to); empty is off, and
+	// ACME issuers then need dns-01.
+	ACMEHTTPListen string
+
 	Log *slog.Logger
 	Now func() time.Time
 }
@@ -123,6 +146,9 @@ func (o *Options) Validate() error {
 	if o.TokenLifetime != 0 && (o.TokenLifetime < 5*time.Minute || o.TokenLifetime > 24*time.Hour) {
 		return daemon.Invalid("TokenLifetime", "%v is out of range: use 5m to 24h", o.TokenLifetime)
 	}
+	if o.EventInterval < 0 || o.EventScanInterval < 0 {
+		return daemon.Invalid("EventInterval", "%v and %v must be positive", o.EventInterval, o.EventScanInterval)
+	}
 	if o.PurgeInterval < 0 {
 		return daemon.Invalid("PurgeInterval", "%v must be positive", o.PurgeInterval)
 	}
@@ -135,14 +161,17 @@ type Server struct {
 	log   *slog.Logger
 	store *Store
 	ln    net.Listener
-	ep    endpoint.Endpoints
-	stat  *daemon.StatusServer
+	// acmeLn serves ACME http-01 challenges (ACMEHTTPListen); nil is off.
+	acmeLn net.Listener
+	ep     endpoint.Endpoints
+	stat   *daemon.StatusServer
 
 	Vaults    *vault.Registry
 	Authority *authority.Authority
 	Secrets   *secret.Service
 	Keys      *key.Service
 	Certs     *cert.Service
+	Events    *events.Service
 	Roles     *rbac.Assignments
 	Access    *access.Authorizer
 	Audit     *audit.Log
@@ -184,12 +213,22 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if o.Listen == "" {
 		o.Listen = ":8443"
 	}
+	if o.EventInterval == 0 {
+		o.EventInterval = time.Second
+	}
 	if o.FederationRoots == nil && o.FederationCAFile != "" {
 		roots, err := httpclient.RootPool(o.FederationCAFile)
 		if err != nil {
 			return nil, daemon.Invalid("FederationCAFile", "%v", err)
 		}
 		o.FederationRoots = roots
+	}
+	if o.EgressRoots == nil && o.EgressCAFile != "" {
+		roots, err := httpclient.RootPool(o.EgressCAFile)
+		if err != nil {
+			return nil, daemon.Invalid("EgressCAFile", "%v", err)
+		}
+		o.EgressRoots = roots
 	}
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
@@ -211,6 +250,12 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: o, log: o.Log, store: st, ln: ln, ep: ep, Metrics: metrics}
+	if o.ACMEHTTPListen != "" {
+		if s.acmeLn, err = net.Listen("tcp", o.ACMEHTTPListen); err != nil {
+			s.Close()
+			return nil, daemon.Invalid("ACMEHTTPListen", "%s: %v", o.ACMEHTTPListen, err)
+		}
+	}
 	if err := s.build(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -277,14 +322,22 @@ func (s *Server) build(ctx context.Context) error {
 	s.Secrets = secret.New(b, b, s.cfg.Now)
 	s.Keys = key.New(b, b, s.cfg.Now)
 	s.Certs = cert.New(b, b, s.Keys, s.Secrets, s.cfg.Now, s.log)
+	s.Certs.UseEgress(s.egress())
+	s.Certs.UseACME(acme.New(s.egress().Client(30*time.Second), acmeTokens{b}, s.log))
 	s.changes = changes.New()
+	s.Events = events.New(events.Options{Store: b, Vaults: s.Vaults, Endpoints: ep, Egress: s.egress(), Now: s.cfg.Now,
+		ScanInterval: s.cfg.EventScanInterval, Registerer: s.Metrics, Log: s.log})
 	// Held reads wake on any replica's write: a shared store reports every
 	// replica's batches, and after a gap in its watch, a Reset wakes all.
+	// The events job learns of the same writes, to compare their vaults
+	// at once rather than at its next full pass.
 	b.Subscribe(func(c physical.Change) {
 		if c.Reset {
 			s.changes.PublishAll()
+			s.Events.TouchAll()
 		}
 		for _, k := range c.Keys {
+			s.Events.Touch(k)
 			if vault, kind, name, ok := object.Named(k); ok {
 				s.changes.Publish(changes.Subject(vault, kind, name))
 			}
@@ -306,8 +359,13 @@ func (s *Server) build(ctx context.Context) error {
 	})
 	s.auth = authhttp.New(s.Authority, s.log)
 	s.mgmt = mgmthttp.New(mgmthttp.Deps{Endpoints: ep, Authority: s.Authority, Vaults: s.Vaults, Roles: s.Roles,
-		Access: s.Access, Operator: s, Log: s.log})
+		Access: s.Access, Operator: s, Events: s.Events, Log: s.log})
 	return nil
+}
+
+// egress is the policy for the server's requests to URLs its users give.
+func (s *Server) egress() egress.Policy {
+	return egress.Policy{AllowPrivate: s.cfg.AllowPrivateEndpoints, Roots: s.cfg.EgressRoots}
 }
 
 // Changes returns the feed that wakes held reads, for tests that need to
@@ -329,6 +387,9 @@ func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.ln.Close()
+		if s.acmeLn != nil {
+			s.acmeLn.Close()
+		}
 		if s.stat != nil {
 			s.stat.Close()
 		}
@@ -588,7 +649,11 @@ func (s *Server) Run(ctx context.Context) error {
 	defer stopBackground()
 	go s.sweep(bgCtx)
 	go s.Limiter.Watch(bgCtx)
+	go s.leadEvents(bgCtx)
 	go s.stat.Serve(bgCtx, s.log)
+	if s.acmeLn != nil {
+		go s.serveACMEHTTP(bgCtx, s.acmeLn)
+	}
 
 	s.log.Info("coffer server listening", "addr", s.ln.Addr().String(), "authority", s.ep.AuthorityURL(), "vaults", "https://{vault}."+s.ep.Apex()+"/", "rootKeyId", s.store.Barrier.RootKeyID())
 	errc := make(chan error, 1)
@@ -680,7 +745,8 @@ func (s *Server) lead(ctx context.Context) {
 }
 
 // PurgeDue purges, in every vault, the deleted objects whose retention has
-// passed, and starts the certificate renewals that are due.
+// passed, starts the certificate renewals that are due, and rotates the keys
+// whose rotation policy says so.
 func (s *Server) PurgeDue(ctx context.Context) {
 	if n, err := s.Authority.PurgeReplays(ctx); err != nil && ctx.Err() == nil {
 		s.log.Error("scheduled task failed", "task", "purge used assertion ids", "err", err)
@@ -696,6 +762,7 @@ func (s *Server) PurgeDue(ctx context.Context) {
 			{"purge deleted secrets", s.Secrets.PurgeDue},
 			{"purge deleted keys", s.Keys.PurgeDue},
 			{"renew certificates", s.Certs.RenewDue},
+			{"rotate keys", s.Keys.RotateDue},
 		} {
 			n, err := task.run(ctx, &v)
 			if err != nil && ctx.Err() == nil {

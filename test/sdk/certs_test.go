@@ -515,11 +515,6 @@ func TestCertificateLifecycle(t *testing.T) {
 	_, err = cc.RestoreCertificate(ctx, azcertificates.RestoreCertificateParameters{CertificateBackup: backup.Value}, nil)
 	respErr(t, err, http.StatusConflict, "Conflict")
 
-	// Contacts and issuers are not supported, and say so.
-	_, err = cc.GetContacts(ctx, nil)
-	respErr(t, err, http.StatusBadRequest, "BadParameter")
-	_, err = cc.GetIssuer(ctx, "DigiCert", nil)
-	respErr(t, err, http.StatusBadRequest, "BadParameter")
 	// An unknown issuer in a policy is refused up front.
 	_, err = cc.CreateCertificate(ctx, "ca", azcertificates.CreateCertificateParameters{CertificatePolicy: &azcertificates.CertificatePolicy{
 		IssuerParameters:          &azcertificates.IssuerParameters{Name: to.Ptr("DigiCert")},

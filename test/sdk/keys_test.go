@@ -512,20 +512,11 @@ func TestKeyNegatives(t *testing.T) {
 	}
 	_, err = kc.Encrypt(ctx, "aes", "", azkeys.KeyOperationParameters{Algorithm: to.Ptr(azkeys.EncryptionAlgorithmA256GCM), Value: []byte("x"), IV: make([]byte, 12)}, nil)
 	respErr(t, err, http.StatusBadRequest, "BadParameter")
-	// Rotation policies and release are not supported, and say so.
-	_, err = kc.GetKeyRotationPolicy(ctx, "signer", nil)
-	respErr(t, err, http.StatusBadRequest, "BadParameter")
-	if !strings.Contains(err.Error(), "NotSupported") {
-		t.Fatalf("rotation policy: %v", err)
-	}
+	// Release and attestation are not supported, and say so.
 	for label, call := range map[string]func() error{
 		"attestation": func() error { _, err := kc.GetKeyAttestation(ctx, "signer", "", nil); return err },
 		"release": func() error {
 			_, err := kc.Release(ctx, "signer", "0123456789abcdef0123456789abcdef", azkeys.ReleaseParameters{TargetAttestationToken: to.Ptr("x")}, nil)
-			return err
-		},
-		"rotation policy update": func() error {
-			_, err := kc.UpdateKeyRotationPolicy(ctx, "signer", azkeys.KeyRotationPolicy{}, nil)
 			return err
 		},
 	} {

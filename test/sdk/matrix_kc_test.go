@@ -82,6 +82,7 @@ func prepareKC(t *testing.T, h *matrixHarness) *kcState {
 	// A pending operation for c, completed, so GET .../pending has one.
 	h.mustAdmin("POST", "/certificates/c/create", `{"policy":{"x509_props":{"subject":"CN=c"},"key_props":{"kty":"EC"}}}`, nil)
 	h.awaitOp("c")
+	h.mustAdmin("PUT", "/certificates/issuers/i", `{"provider":"DigiCert"}`, nil)
 	return s
 }
 
@@ -143,6 +144,9 @@ func keyOps(s *kcState) []operation {
 		{"wrap", "wrapKey", "keys/wrap/action", nil, "POST", "/keys/aes/wrapkey", body(`{"alg":"A256KW","value":"` + b64(make([]byte, 16)) + `"}`)},
 		{"unwrap", "unwrapKey", "keys/unwrap/action", nil, "POST", "/keys/aes/unwrapkey", body(`{"alg":"A256KW","value":"` + s.wrapped + `"}`)},
 		{"rotate", "rotate", "keys/rotate/action", nil, "POST", "/keys/r/rotate", nil},
+		{"get rotation policy", "getrotationpolicy", "keyrotationpolicies/read", nil, "GET", "/keys/k/rotationpolicy", nil},
+		{"set rotation policy", "setrotationpolicy", "keyrotationpolicies/write", nil, "PUT", "/keys/k/rotationpolicy",
+			body(`{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}}],"attributes":{"expiryTime":"P1Y"}}`)},
 		{"delete key", "delete", "keys/delete", keyX("live"), "DELETE", "/keys/x", nil},
 		{"get deleted key", "get", "keys/read", keyX("deleted"), "GET", "/deletedkeys/x", nil},
 		{"list deleted keys", "list", "keys/read", nil, "GET", "/deletedkeys", nil},
@@ -162,7 +166,7 @@ func certOps(s *kcState) []operation {
 		}
 	}
 	body := func(b string) func(*matrixHarness) string { return func(*matrixHarness) string { return b } }
-	return []operation{
+	ops := []operation{
 		{"get certificate", "get", "certificates/read", nil, "GET", "/certificates/c", nil},
 		{"get certificate policy", "get", "certificates/read", nil, "GET", "/certificates/c/policy", nil},
 		{"get certificate operation", "get", "certificates/read", nil, "GET", "/certificates/c/pending", nil},
@@ -182,6 +186,24 @@ func certOps(s *kcState) []operation {
 		{"restore certificate", "restore", "certificates/restore/action", func(h *matrixHarness) {
 			h.ensure("certificates", "cb", "gone", func() { h.mustAdmin("POST", "/certificates/cb/import", `{"value":`+jsonString(s.pem)+`}`, nil) })
 		}, "POST", "/certificates/restore", body(`{"value":"` + s.certBlob + `"}`)},
+	}
+	return append(ops, issuerOps()...)
+}
+
+// issuerOps are the certificate issuer and contacts operations; they need
+// an issuer i, which prepareKC makes.
+func issuerOps() []operation {
+	body := func(b string) func(*matrixHarness) string { return func(*matrixHarness) string { return b } }
+	ensureIX := func(h *matrixHarness) { h.adminDo("PUT", "/certificates/issuers/ix", `{"provider":"DigiCert"}`) }
+	return []operation{
+		{"get contacts", "managecontacts", "certificatecontacts/write", nil, "GET", "/certificates/contacts", nil},
+		{"set contacts", "managecontacts", "certificatecontacts/write", nil, "PUT", "/certificates/contacts", body(`{"contacts":[{"email":"a@example.com"}]}`)},
+		{"delete contacts", "managecontacts", "certificatecontacts/write", nil, "DELETE", "/certificates/contacts", nil},
+		{"get issuer", "getissuers", "certificatecas/read", nil, "GET", "/certificates/issuers/i", nil},
+		{"list issuers", "listissuers", "certificatecas/read", nil, "GET", "/certificates/issuers", nil},
+		{"set issuer", "setissuers", "certificatecas/write", nil, "PUT", "/certificates/issuers/i2", body(`{"provider":"GlobalSign"}`)},
+		{"update issuer", "setissuers", "certificatecas/write", nil, "PATCH", "/certificates/issuers/i", body(`{"org_details":{"id":"o"}}`)},
+		{"delete issuer", "deleteissuers", "certificatecas/delete", ensureIX, "DELETE", "/certificates/issuers/ix", nil},
 	}
 }
 
@@ -219,6 +241,13 @@ func TestKeyAndCertificatePermissionsAccessPolicies(t *testing.T) {
 			}
 		}
 	}
+	// manageissuers, Azure's older name, grants every issuer operation,
+	// and nothing else.
+	oid, tok := principal(t, env, "certificates-manageissuers")
+	manage(t, env, "POST", "vaults/demo/set-policy", mgmthttp.PolicyIn{ObjectID: oid, Certificates: &[]string{"manageissuers"}}, nil)
+	for _, op := range certOps(s) {
+		h.check("certificates policy manageissuers", op, tok, strings.HasSuffix(op.permission, "issuers"), "AccessDenied")
+	}
 }
 
 // Under RBAC, the built-in key and certificate roles allow the data
@@ -233,7 +262,9 @@ func TestKeyAndCertificateRolesRBAC(t *testing.T) {
 	}
 	all := append(keyOps(s), certOps(s)...)
 	for role, allowed := range map[string]func(action string) bool{
-		"Key Vault Crypto Officer": func(a string) bool { return strings.HasPrefix(a, "keys/") },
+		"Key Vault Crypto Officer": func(a string) bool {
+			return strings.HasPrefix(a, "keys/") || strings.HasPrefix(a, "keyrotationpolicies/")
+		},
 		"Key Vault Crypto User": func(a string) bool {
 			return slices.Contains([]string{"keys/read", "keys/update/action", "keys/backup/action", "keys/encrypt/action", "keys/decrypt/action",
 				"keys/wrap/action", "keys/unwrap/action", "keys/sign/action", "keys/verify/action"}, a)
@@ -241,9 +272,9 @@ func TestKeyAndCertificateRolesRBAC(t *testing.T) {
 		"Key Vault Crypto Service Encryption User": func(a string) bool {
 			return slices.Contains([]string{"keys/read", "keys/wrap/action", "keys/unwrap/action"}, a)
 		},
-		"Key Vault Certificates Officer": func(a string) bool { return strings.HasPrefix(a, "certificates/") },
+		"Key Vault Certificates Officer": func(a string) bool { return strings.HasPrefix(a, "certificate") },
 		"Key Vault Certificate User":     func(a string) bool { return a == "certificates/read" || a == "keys/read" },
-		"Key Vault Reader":               func(a string) bool { return a == "keys/read" || a == "certificates/read" },
+		"Key Vault Reader":               func(a string) bool { return strings.HasSuffix(a, "/read") },
 		"Key Vault Administrator":        func(string) bool { return true },
 	} {
 		oid, tok := principal(t, env, "role-"+role)

@@ -140,7 +140,8 @@ func (c *Client) Token(ctx context.Context, resource string) (string, error) {
 	return tok.Token, err
 }
 
-// ManagementError is a failed management call.
+// ManagementError is a failed call to the management API, or to a vault
+// through Vault.
 type ManagementError struct {
 	Status  int
 	Code    string
@@ -152,7 +153,21 @@ func (e *ManagementError) Error() string { return fmt.Sprintf("(%s) %s", e.Code,
 // Manage calls the management API: method on /coffer/v1/{path}, with in as
 // the JSON body (if not nil), decoding the answer into out (if not nil).
 func (c *Client) Manage(ctx context.Context, method, path string, in, out any) error {
-	tok, err := c.Token(ctx, endpoint.ManagementResource)
+	return c.call(ctx, endpoint.ManagementResource, method, "https://"+c.authority.Host+"/coffer/v1/"+path, in, out)
+}
+
+// Vault calls a vault's REST API directly: method on path (with its
+// api-version), for Coffer's extensions that the Azure SDK clients drop,
+// such as an ACME issuer's acme member.
+func (c *Client) Vault(ctx context.Context, vaultName, method, path string, in, out any) error {
+	if vaultName == "" {
+		return errors.New("--vault-name is required")
+	}
+	return c.call(ctx, "https://"+c.authority.Host, method, strings.TrimSuffix(c.VaultURL(vaultName), "/")+path, in, out)
+}
+
+func (c *Client) call(ctx context.Context, resource, method, url string, in, out any) error {
+	tok, err := c.Token(ctx, resource)
 	if err != nil {
 		return err
 	}
@@ -164,7 +179,7 @@ func (c *Client) Manage(ctx context.Context, method, path string, in, out any) e
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.authority.Host+"/coffer/v1/"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,11 @@ type Options struct {
 	// Endpoints, per replica, override the etcd endpoints it uses (a
 	// proxy that a test can cut, say); nil uses the cluster's.
 	Endpoints func(i int) []string
+	// AllowPrivateEndpoints, EgressRoots and EventInterval are the server
+	// options of the same names, for tests of event delivery.
+	AllowPrivateEndpoints bool
+	EgressRoots           *x509.CertPool
+	EventInterval         time.Duration
 }
 
 // Cluster is an etcd cluster and the replicas that share it.
@@ -132,6 +137,7 @@ func (c *Cluster) start(i int) *Replica {
 			DataDir: dataDir, RootKeyFile: filepath.Join(c.dir, "root.key")},
 		Listen: "127.0.0.1:0", DNSSuffix: endpoint.DefaultSuffix, PublicPort: 443,
 		TLSCertFile: c.files.Cert, TLSKeyFile: c.files.Key, TokenRateLimit: -1, PurgeInterval: c.opt.PurgeInterval,
+		AllowPrivateEndpoints: c.opt.AllowPrivateEndpoints, EgressRoots: c.opt.EgressRoots, EventInterval: c.opt.EventInterval,
 		Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("replica", i),
 	})
 	if err != nil {

@@ -38,6 +38,17 @@ type Options struct {
 	// OverloadCapacity overrides the server's overload protection
 	// capacity (negative: off).
 	OverloadCapacity int
+	// PurgeInterval overrides how often the scheduled jobs run (purge,
+	// renewal, key rotation), for tests that watch them run on their own.
+	PurgeInterval time.Duration
+	// AllowPrivateEndpoints lets event endpoints and ACME URLs be loopback,
+	// where a test's receivers and CA listen; EgressRoots trust them.
+	AllowPrivateEndpoints bool
+	EgressRoots           *x509.CertPool
+	// ACMEHTTPListen serves ACME http-01 challenges (see server.Options).
+	ACMEHTTPListen string
+	// EventInterval and EventScanInterval tune the events job.
+	EventInterval, EventScanInterval time.Duration
 }
 
 // Env is a running test server.
@@ -68,6 +79,8 @@ func Start(t testing.TB, opt Options) *Env {
 		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
 		Server: server.Options{
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit, OverloadCapacity: opt.OverloadCapacity,
+			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,
+			ACMEHTTPListen: opt.ACMEHTTPListen, EventInterval: opt.EventInterval, EventScanInterval: opt.EventScanInterval,
 			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})

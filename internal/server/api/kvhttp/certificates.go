@@ -87,16 +87,24 @@ func (cr certRoutes) register(m *http.ServeMux) {
 	cm.HandleFunc("POST /certificates/{name}/backup", cr.backup)
 	cm.HandleFunc("POST /certificates/restore", cr.restore)
 	cm.HandleFunc("/", notFound)
-	contacts := cr.unsupported(access.CertManageContacts, "Certificate contacts are not supported: Coffer sends no email. Watch certificate expiry with `coffer certificate list`.")
-	for _, method := range []string{"GET", "PUT", "DELETE"} {
-		cm.HandleFunc(method+" /certificates/contacts", contacts)
-	}
+	cm.HandleFunc("GET /certificates/contacts", cr.getContacts)
+	cm.HandleFunc("PUT /certificates/contacts", cr.setContacts)
+	cm.HandleFunc("DELETE /certificates/contacts", cr.deleteContacts)
 	// Issuer routes would clash with /certificates/{name}/{version} in the
 	// mux's precedence rules, so they are told apart here, by prefix.
-	issuers := cr.unsupported(access.CertGetIssuers, "Certificate issuers are not supported: Coffer issues self-signed certificates (issuer Self) and makes CSRs for you to get signed and merge (issuer Unknown).")
+	im := http.NewServeMux()
+	im.HandleFunc("GET /certificates/issuers", cr.listIssuers)
+	im.HandleFunc("GET /certificates/issuers/{$}", cr.listIssuers)
+	im.HandleFunc("GET /certificates/issuers/{issuer}", cr.getIssuer)
+	im.HandleFunc("PUT /certificates/issuers/{issuer}", cr.setIssuer)
+	im.HandleFunc("PATCH /certificates/issuers/{issuer}", cr.setIssuer)
+	im.HandleFunc("DELETE /certificates/issuers/{issuer}", cr.deleteIssuer)
+	im.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
+	})
 	dispatch := func(w http.ResponseWriter, r *http.Request) {
 		if p := r.URL.Path; p == "/certificates/issuers" || strings.HasPrefix(p, "/certificates/issuers/") {
-			issuers(w, r)
+			im.ServeHTTP(w, r)
 			return
 		}
 		cm.ServeHTTP(w, r)
@@ -108,14 +116,6 @@ func (cr certRoutes) register(m *http.ServeMux) {
 	m.HandleFunc("GET /deletedcertificates/{name}", cr.getDeleted)
 	m.HandleFunc("DELETE /deletedcertificates/{name}", cr.purge)
 	m.HandleFunc("POST /deletedcertificates/{name}/recover", cr.recover)
-}
-
-func (cr certRoutes) unsupported(op access.Operation, msg string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		cr.serveOn(w, r, op, "", func(*call) (any, error) {
-			return nil, object.Errorf(object.ErrInvalid, "NotSupported", "%s", msg)
-		})
-	}
 }
 
 func (cr certRoutes) policyOut(c *call, name string, p *cert.Policy) *cert.Policy {

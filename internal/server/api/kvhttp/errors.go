@@ -67,6 +67,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, kind access.Kind,
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request body is not valid JSON: "+se.Error()+".")
 	case errors.As(err, &oe):
 		status, code := objectStatus(oe.Kind, kind)
+		if oe.Code != "" {
+			code = oe.Code
+		}
 		writeErr(w, status, code, oe.Inner, oe.Message)
 	case errors.Is(err, object.ErrNotFound):
 		writeErr(w, http.StatusNotFound, notFoundCode[kind], "", "The object was not found in this key vault.")

@@ -227,12 +227,23 @@ func (k keyRoutes) op(perm access.Operation, name string) http.HandlerFunc {
 }
 
 func (k keyRoutes) rotationPolicy(w http.ResponseWriter, r *http.Request) {
-	op := access.KeyGetPolicy
-	if r.Method == http.MethodPut {
-		op = access.KeySetPolicy
+	name := r.PathValue("name")
+	if r.Method == http.MethodGet {
+		k.serve(w, r, access.KeyGetPolicy, func(c *call) (any, error) {
+			p, err := k.h.keys.GetRotationPolicy(r.Context(), c.vault, name)
+			p.ID = k.id(c, "keys", name, "rotationpolicy")
+			return p, err
+		})
+		return
 	}
-	k.serve(w, r, op, func(c *call) (any, error) {
-		return nil, object.Errorf(object.ErrInvalid, "NotSupported", "Key rotation policies are not supported yet; rotate keys with POST /keys/%s/rotate (coffer key rotate).", r.PathValue("name"))
+	k.serve(w, r, access.KeySetPolicy, func(c *call) (any, error) {
+		var in key.RotationPolicy
+		if err := readJSON(w, r, maxKeyBody, &in); err != nil {
+			return nil, err
+		}
+		p, err := k.h.keys.SetRotationPolicy(r.Context(), c.vault, name, in)
+		p.ID = k.id(c, "keys", name, "rotationpolicy")
+		return p, err
 	})
 }
 

@@ -1,5 +1,5 @@
 // Package mgmthttp serves Coffer's management API under /coffer/v1 on the
-// apex host: vaults and their access policies, service principals, managed
+// apex host: vaults, their access policies and event subscriptions, service principals, managed
 // identities and federated credentials, node pools, role assignments, and
 // operator actions. It takes tokens for the management audience only, and
 // every operation checks its own RBAC action at its own scope.
@@ -19,6 +19,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/api/httpjson"
 	"github.com/cofferhq/coffer/internal/server/audit"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/events"
 	"github.com/cofferhq/coffer/internal/server/identity/authority"
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/identity/token"
@@ -62,6 +63,7 @@ type Deps struct {
 	Roles     *rbac.Assignments
 	Access    *access.Authorizer
 	Operator  Operator
+	Events    *events.Service
 	Log       *slog.Logger
 }
 
@@ -84,6 +86,10 @@ func New(d Deps) *Handler {
 	route("PATCH /coffer/v1/vaults/{name}", handle(h, http.StatusOK, h.updateVault))
 	route("POST /coffer/v1/vaults/{name}/set-policy", handle(h, http.StatusOK, h.setPolicy))
 	route("POST /coffer/v1/vaults/{name}/delete-policy", handle(h, http.StatusOK, h.deletePolicy))
+	route("GET /coffer/v1/vaults/{name}/event-subscriptions", handle(h, http.StatusOK, h.listEventSubs))
+	route("PUT /coffer/v1/vaults/{name}/event-subscriptions/{sub}", handle(h, http.StatusCreated, h.createEventSub))
+	route("GET /coffer/v1/vaults/{name}/event-subscriptions/{sub}", handle(h, http.StatusOK, h.showEventSub))
+	route("DELETE /coffer/v1/vaults/{name}/event-subscriptions/{sub}", handle(h, http.StatusNoContent, h.deleteEventSub))
 	route("GET /coffer/v1/service-principals", handle(h, http.StatusOK, h.listSPs))
 	route("POST /coffer/v1/service-principals", handle(h, http.StatusCreated, h.createSP))
 	route("POST /coffer/v1/service-principals/{appId}/credentials", handle(h, http.StatusOK, h.resetCredentials))
@@ -147,13 +153,13 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &de):
 		audit.From(r.Context()).Decision = "deny"
 		writeErr(w, http.StatusForbidden, "AuthorizationFailed", de.Error())
-	case errors.Is(err, vault.ErrInvalid), errors.Is(err, authority.ErrInvalid), errors.Is(err, authority.ErrAmbiguous), errors.As(err, &br):
+	case errors.Is(err, vault.ErrInvalid), errors.Is(err, events.ErrInvalid), errors.Is(err, authority.ErrInvalid), errors.Is(err, authority.ErrAmbiguous), errors.As(err, &br):
 		writeErr(w, http.StatusBadRequest, "BadParameter", err.Error())
 	case errors.Is(err, rbac.ErrInvalidRole):
 		writeErr(w, http.StatusBadRequest, "BadParameter", err.Error())
-	case errors.Is(err, vault.ErrExists), errors.Is(err, authority.ErrExists), errors.Is(err, rbac.ErrExists):
+	case errors.Is(err, vault.ErrExists), errors.Is(err, events.ErrExists), errors.Is(err, authority.ErrExists), errors.Is(err, rbac.ErrExists):
 		writeErr(w, http.StatusConflict, "Conflict", err.Error())
-	case errors.Is(err, vault.ErrNotFound), errors.Is(err, authority.ErrNotFound), errors.Is(err, rbac.ErrNotFound):
+	case errors.Is(err, vault.ErrNotFound), errors.Is(err, events.ErrNotFound), errors.Is(err, authority.ErrNotFound), errors.Is(err, rbac.ErrNotFound):
 		writeErr(w, http.StatusNotFound, "NotFound", err.Error())
 	case errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The request body is over the "+strconv.FormatInt(mbe.Limit, 10)+"-byte limit.")

@@ -106,6 +106,7 @@ var (
 
 	CertManageContacts = op(Certificates, "managecontacts", "certificatecontacts/write")
 	CertGetIssuers     = op(Certificates, "getissuers", "certificatecas/read")
+	CertListIssuers    = op(Certificates, "listissuers", "certificatecas/read")
 	CertSetIssuers     = op(Certificates, "setissuers", "certificatecas/write")
 	CertDeleteIssuers  = op(Certificates, "deleteissuers", "certificatecas/delete")
 )
@@ -203,6 +204,11 @@ func permsFor(p *vault.Permissions, kind Kind) []string {
 	return nil
 }
 
+// grants reports whether perms hold op. Azure's manageissuers is the older
+// name for every issuer permission at once, so it grants each of them.
 func grants(perms []string, op string) bool {
-	return slices.ContainsFunc(perms, func(p string) bool { return strings.EqualFold(p, op) || strings.EqualFold(p, "all") })
+	issuerOp := strings.HasSuffix(op, "issuers")
+	return slices.ContainsFunc(perms, func(p string) bool {
+		return strings.EqualFold(p, op) || strings.EqualFold(p, "all") || issuerOp && strings.EqualFold(p, "manageissuers")
+	})
 }

@@ -20,6 +20,8 @@ import (
 
 	"github.com/cofferhq/coffer/internal/crypto/certfmt"
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
+	"github.com/cofferhq/coffer/internal/server/acme"
+	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/keyvault/key"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
@@ -121,10 +123,19 @@ type Service struct {
 	// inside key generation for as long as it needs.
 	generate func(kty string, size int, crv string) (*keyops.Material, error)
 
+	// egress checks the URLs of ACME issuers; acme orders from them.
+	egress egress.Policy
+	acme   *acme.Orderer
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
+
+// UseEgress sets the policy that the URLs of ACME issuers (directories,
+// DNS hooks) are checked against, and that their requests follow. The
+// zero policy refuses internal addresses.
+func (s *Service) UseEgress(p egress.Policy) { s.egress = p }
 
 // New returns a service over st, keeping managed keys and secrets in the
 // given services' collections.
@@ -202,6 +213,9 @@ func (s *Service) UpdatePolicy(ctx context.Context, v *vault.Vault, name string,
 			if err := Normalize(&p); err != nil {
 				return nil, err
 			}
+			if err := s.checkIssuer(ctx, v, &p); err != nil {
+				return nil, err
+			}
 			p.Attributes.Updated = s.now().Unix()
 			out = p
 			return json.Marshal(p)
@@ -265,6 +279,9 @@ func (s *Service) Create(ctx context.Context, v *vault.Vault, name string, polic
 		}
 	}
 	if err := Normalize(policy); err != nil {
+		return Operation{}, err
+	}
+	if err := s.checkIssuer(ctx, v, policy); err != nil {
 		return Operation{}, err
 	}
 	if err := s.checkNames(ctx, v, name); err != nil {
@@ -391,8 +408,9 @@ func (s *Service) start(v *vault.Vault, name string) {
 	}()
 }
 
-// issue runs a pending operation: make the key, then either self-sign and
-// commit, or (issuer Unknown) store the key and CSR and wait for a merge.
+// issue runs a pending operation: make the key, then self-sign and commit,
+// or (issuer Unknown) store the key and CSR and wait for a merge, or order
+// from the policy's ACME issuer and commit what it returns.
 func (s *Service) issue(ctx context.Context, v *vault.Vault, name string) error {
 	p, _, err := s.getOp(ctx, v.Name, name)
 	if err != nil || p.Op.Status != InProgress {
@@ -415,6 +433,9 @@ func (s *Service) issue(ctx context.Context, v *vault.Vault, name string) error 
 			p.Key, p.Op.CSR = &j, csr
 			p.Op.StatusDetails = "Pending certificate created. Get the CSR signed and merge the certificate (POST /certificates/" + name + "/pending/merge)."
 		})
+	}
+	if p.Policy.Issuer.Name != IssuerSelf {
+		return s.issueACME(ctx, v, name, p, m)
 	}
 	tmpl, err := template(&p.Policy, s.now(), serial())
 	if err != nil {

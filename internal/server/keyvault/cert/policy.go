@@ -129,7 +129,10 @@ func Normalize(p *Policy) error {
 	case "unknown":
 		p.Issuer.Name = IssuerUnknown
 	default:
-		return object.Invalidf("Issuer %q is not configured: Coffer issues self-signed certificates (issuer Self) or makes a CSR for you to get signed and merge (issuer Unknown).", p.Issuer.Name)
+		// A named issuer: the service checks that the vault has it.
+		if !object.ValidName(p.Issuer.Name) {
+			return object.Invalidf("issuer.name %q is not an issuer name: use Self, Unknown, or the name of one of this vault's issuers (letters, digits and hyphens).", p.Issuer.Name)
+		}
 	}
 	if p.KeyProps == nil {
 		p.KeyProps = &KeyProps{}
@@ -227,7 +230,7 @@ func Normalize(p *Policy) error {
 	if len(p.LifetimeActions) > 1 {
 		return object.Invalidf("Give at most one lifetime action.")
 	}
-	if p.LifetimeActions == nil && p.Issuer.Name == IssuerSelf {
+	if p.LifetimeActions == nil && p.Issuer.Name != IssuerUnknown {
 		var la LifetimeAction
 		la.Trigger.LifetimePercentage, la.Action.ActionType = 80, AutoRenew
 		p.LifetimeActions = []LifetimeAction{la}
@@ -239,8 +242,8 @@ func Normalize(p *Policy) error {
 		}
 		switch la.Action.ActionType {
 		case AutoRenew:
-			if p.Issuer.Name != IssuerSelf {
-				return object.Invalidf("AutoRenew needs issuer Self: Coffer cannot renew certificates another CA signs.")
+			if p.Issuer.Name == IssuerUnknown {
+				return object.Invalidf("AutoRenew needs an issuer Coffer can order from (Self, or an issuer of this vault); a certificate of issuer Unknown is signed outside it, so renew it with a new CSR and merge.")
 			}
 		case EmailContacts:
 		default:

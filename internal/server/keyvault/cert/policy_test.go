@@ -48,7 +48,7 @@ func TestNormalizeDefaultsAndRefusals(t *testing.T) {
 		"key usage":      {&Policy{X509Props: &X509Props{Subject: "CN=x", KeyUsage: []string{"sign"}}}, "key_usage"},
 		"upn":            {&Policy{X509Props: &X509Props{SANs: &SANs{UPNs: []string{"a@b"}}, Subject: "CN=x"}}, "upns"},
 		"ip":             {&Policy{X509Props: &X509Props{SANs: &SANs{IPAddresses: []string{"300.1.1.1"}}}}, "ipAddresses"},
-		"issuer":         {&Policy{X509Props: &X509Props{Subject: "CN=x"}, Issuer: &IssuerParams{Name: "DigiCert"}}, "DigiCert"},
+		"issuer":         {&Policy{X509Props: &X509Props{Subject: "CN=x"}, Issuer: &IssuerParams{Name: "Digi Cert"}}, "Digi Cert"},
 		"renew unknown":  {&Policy{X509Props: &X509Props{Subject: "CN=x"}, Issuer: &IssuerParams{Name: "Unknown"}, LifetimeActions: []LifetimeAction{action(AutoRenew, 0, 30)}}, "AutoRenew"},
 		"two triggers":   {&Policy{X509Props: &X509Props{Subject: "CN=x"}, LifetimeActions: []LifetimeAction{action(AutoRenew, 50, 30)}}, "exactly one"},
 		"unknown action": {&Policy{X509Props: &X509Props{Subject: "CN=x"}, LifetimeActions: []LifetimeAction{action("Page", 50, 0)}}, "Page"},

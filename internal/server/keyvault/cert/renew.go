@@ -72,7 +72,7 @@ func (s *Service) RenewDue(ctx context.Context, v *vault.Vault) (int, error) {
 // renewDue reports whether p's AutoRenew action has triggered for a version
 // valid over a's nbf to exp.
 func renewDue(p *Policy, a object.Attributes, now time.Time) bool {
-	if p.Issuer == nil || p.Issuer.Name != IssuerSelf || a.NotBefore == nil || a.Expires == nil {
+	if p.Issuer == nil || p.Issuer.Name == IssuerUnknown || a.NotBefore == nil || a.Expires == nil {
 		return false
 	}
 	for _, la := range p.LifetimeActions {

@@ -73,6 +73,7 @@ type CreateParams struct {
 
 // Service serves keys for every vault.
 type Service struct {
+	st   object.Store
 	coll *object.Collection[Data]
 	seal object.Sealer
 	now  func() time.Time
@@ -89,7 +90,7 @@ func New(st object.Store, seal object.Sealer, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	s := &Service{coll: object.New[Data](st, Collection, now), seal: seal, now: now}
+	s := &Service{st: st, coll: object.New[Data](st, Collection, now), seal: seal, now: now}
 	if f, ok := st.(barrier.Follower); ok {
 		// A key another replica deleted or purged leaves no parsed copy
 		// here: any change to a key drops its cached versions (reads reach
@@ -222,9 +223,10 @@ func (s *Service) Import(ctx context.Context, v *vault.Vault, name string, j key
 }
 
 // Rotate makes a new version like the current one: same type, size or
-// curve, operations and tags.
+// curve, operations and tags, and the expiry the key's rotation policy
+// gives new versions (none without one).
 func (s *Service) Rotate(ctx context.Context, v *vault.Vault, name string) (Key, error) {
-	cur, _, err := s.coll.Get(ctx, v.Name, name, "")
+	cur, head, err := s.coll.Get(ctx, v.Name, name, "")
 	if err != nil {
 		return Key{}, kind.Map(err, name, "")
 	}
@@ -243,7 +245,7 @@ func (s *Service) Rotate(ctx context.Context, v *vault.Vault, name string) (Key,
 	if err != nil {
 		return Key{}, err
 	}
-	return s.write(ctx, v, "rotate", name, m, Attrs{KeyOps: cur.Data.KeyOps, Tags: cur.Tags})
+	return s.write(ctx, v, "rotate", name, m, Attrs{KeyOps: cur.Data.KeyOps, Tags: cur.Tags, Expires: s.rotationExpiry(head.Meta, s.now())})
 }
 
 // Get returns a key version (public half only). Disabled keys are refused.

@@ -29,8 +29,11 @@ var ErrForbidden = errors.New("operation not allowed")
 // and optionally an Azure inner error code. It matches its Kind with
 // errors.Is. Messages name objects but never hold values.
 type Error struct {
-	Kind    error
-	Inner   string
+	Kind  error
+	Inner string
+	// Code, when set, replaces the error code the kind's sentinel maps to
+	// (ContactsNotFound rather than the kind's CertificateNotFound).
+	Code    string
 	Message string
 }
 
