@@ -25,7 +25,8 @@ import (
 
 func (a *app) operatorCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "operator", Short: "Installation tasks: initialise, generate and rotate keys"}
-	cmd.AddCommand(a.operatorInit(), a.generateRootKey(), a.rotateRootKey(), a.rotateDataKey(), a.rotateSigningKey())
+	cmd.AddCommand(a.operatorInit(), a.generateRootKey(), a.rotateRootKey(), a.rotateDataKey(), a.rotateSigningKey(),
+		a.migrateCmd(), a.snapshotCmd(), a.verifyCmd())
 	return cmd
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/physical/bolt"
 	"github.com/cofferhq/coffer/internal/server/storage/physical/etcd"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
+	"github.com/cofferhq/coffer/internal/server/storage/transfer"
 )
 
 // StoreFile is the name of the embedded store inside a data directory.
@@ -78,33 +79,50 @@ type Store struct {
 	Leader physical.Leader
 }
 
-// OpenStore opens the store o names and unseals it with the root key. reg
-// (if not nil) receives the engine's metrics.
-func OpenStore(ctx context.Context, o StoreOptions, reg prometheus.Registerer, log *slog.Logger) (*Store, error) {
+// Engine is an opened storage engine, not yet unsealed.
+type Engine interface {
+	physical.Backend
+	physical.Leader
+}
+
+// OpenEngine opens the engine o names without unsealing it: the offline
+// tools that copy or check sealed blobs start here. reg (if not nil)
+// receives the engine's metrics.
+func OpenEngine(ctx context.Context, o StoreOptions, reg prometheus.Registerer, log *slog.Logger) (Engine, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	var phys interface {
-		physical.Backend
-		physical.Leader
-	}
-	switch o.Storage {
-	case StorageEtcd:
+	// Each engine is returned only when it opened: a nil *bolt.Backend
+	// in the interface would not be a nil Engine.
+	if o.Storage == StorageEtcd {
 		e, err := etcd.New(ctx, etcd.Options{Endpoints: o.Etcd.Endpoints, CAFile: o.Etcd.CAFile, CertFile: o.Etcd.CertFile,
 			KeyFile: o.Etcd.KeyFile, Prefix: o.Etcd.Prefix, Registerer: reg, Log: log})
 		if err != nil {
 			return nil, err
 		}
-		phys = e
-	default:
-		if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create data directory: %w", err)
-		}
-		b, err := bolt.Open(filepath.Join(o.DataDir, StoreFile))
-		if err != nil {
-			return nil, err
-		}
-		phys = b
+		return e, nil
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	b, err := bolt.Open(filepath.Join(o.DataDir, StoreFile))
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// OpenStore opens the store o names and unseals it with the root key. reg
+// (if not nil) receives the engine's metrics. A store that an unfinished
+// migration or restore is writing is refused: its content is partial.
+func OpenStore(ctx context.Context, o StoreOptions, reg prometheus.Registerer, log *slog.Logger) (*Store, error) {
+	phys, err := OpenEngine(ctx, o, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := transfer.RefuseUnfinished(ctx, phys); err != nil {
+		phys.Close()
+		return nil, err
 	}
 	sealedBy, err := barrier.StoreRootKeyID(ctx, phys)
 	if err != nil {

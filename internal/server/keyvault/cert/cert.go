@@ -31,6 +31,9 @@ import (
 
 const kind object.Kind = "certificate"
 
+// Collection is the object-store kind of certificates.
+const Collection = collection
+
 const (
 	collection    = "certificates"
 	backupPurpose = "backup/certificates/v1"

@@ -31,6 +31,15 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
+// KeyringKey is where the keyring is stored, under the reserved prefix.
+// Tools that copy sealed blobs write it last, so that a half-copied store
+// has no keyring that would open it.
+const KeyringKey = keyringPath
+
+// ReservedPrefix is the barrier's own namespace: Apply refuses writes
+// under it, and Scan refuses to cover it.
+const ReservedPrefix = reservedPrefix
+
 const (
 	keyringPath = "core/keyring"
 	// reservedPrefix holds the barrier's own records; callers cannot touch it.
@@ -547,6 +556,13 @@ func wrapKeyring(root rootkey.Key, ring keyring) ([]byte, error) {
 	}
 	out = append(out, nonce...)
 	return a.Seal(out, nonce, plain, []byte(keyringPath+"|"+id)), nil
+}
+
+// KeyringRootKeyID returns the ID of the root key that wrapped a keyring
+// blob, read without the key.
+func KeyringRootKeyID(raw []byte) (string, error) {
+	id, _, err := splitKeyring(raw)
+	return id, err
 }
 
 func splitKeyring(raw []byte) (id string, rest []byte, err error) {

@@ -27,7 +27,10 @@ type Backend struct {
 	db *bbolt.DB
 }
 
-var _ physical.Backend = (*Backend)(nil)
+var (
+	_ physical.Backend = (*Backend)(nil)
+	_ physical.Walker  = (*Backend)(nil)
+)
 
 // Open opens or creates the store file at path with mode 0600.
 func Open(path string) (*Backend, error) {
@@ -132,6 +135,30 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 			}
 			if err != nil {
 				return fmt.Errorf("write %q: %w", o.Key, err)
+			}
+		}
+		return nil
+	})
+	return mapErr(err)
+}
+
+// ForEach implements physical.Walker within one read transaction.
+func (b *Backend) ForEach(ctx context.Context, prefix string, fn func(physical.Entry) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := b.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucket).Cursor()
+		for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
+			if physical.IsLease(string(k)) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			// The transaction's slices die with it; fn owns what it gets.
+			if err := fn(physical.Entry{Key: string(k), Value: bytes.Clone(v)}); err != nil {
+				return err
 			}
 		}
 		return nil

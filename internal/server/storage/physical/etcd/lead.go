@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
 )
 
 // leaseTTL is how long a dead leader's lease lasts: the next leader takes
@@ -25,7 +27,8 @@ type fence struct {
 }
 
 // Lead implements physical.Leader with an etcd election per job, under
-// {prefix}leader/{job}. It returns once this process leads; the context
+// {prefix}leader/{job} (physical.LeasePrefix, which tools that copy a store
+// pass over). It returns once this process leads; the context
 // ends when the leadership's lease is lost, and fences every Apply made
 // with it.
 func (b *Backend) Lead(ctx context.Context, job string) (context.Context, error) {
@@ -33,7 +36,7 @@ func (b *Backend) Lead(ctx context.Context, job string) (context.Context, error)
 	if err != nil {
 		return nil, b.unavailable("start a lease for "+job, err)
 	}
-	e := concurrency.NewElection(s, b.prefix+"leader/"+job)
+	e := concurrency.NewElection(s, b.prefix+physical.LeasePrefix+job)
 	if err := e.Campaign(ctx, b.o.Identity()); err != nil {
 		s.Close()
 		if ctx.Err() != nil {

@@ -18,7 +18,10 @@ type Backend struct {
 	closed bool
 }
 
-var _ physical.Backend = (*Backend)(nil)
+var (
+	_ physical.Backend = (*Backend)(nil)
+	_ physical.Walker  = (*Backend)(nil)
+)
 
 // New returns an empty backend.
 func New() *Backend { return &Backend{data: map[string][]byte{}} }
@@ -91,6 +94,26 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 			delete(b.data, o.Key)
 		} else {
 			b.data[o.Key] = bytes.Clone(o.Value)
+		}
+	}
+	return nil
+}
+
+// ForEach implements physical.Walker on a copy taken under the lock.
+func (b *Backend) ForEach(ctx context.Context, prefix string, fn func(physical.Entry) error) error {
+	all, err := b.Scan(ctx, prefix, "", 0)
+	if err != nil {
+		return err
+	}
+	for _, e := range all {
+		if physical.IsLease(e.Key) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -145,6 +145,9 @@ func Exercise(t *testing.T, newBackend func(t *testing.T) physical.Backend) {
 	t.Run("LinearizableCompareAndSwap", func(t *testing.T) {
 		linearizableCAS(t, newBackend(t))
 	})
+	t.Run("WalkAtOnePointInTime", func(t *testing.T) {
+		walkAtOnePointInTime(t, newBackend(t))
+	})
 	t.Run("Closed", func(t *testing.T) {
 		b := newBackend(t)
 		b.Close()
