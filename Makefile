@@ -17,7 +17,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench dev clean proto proto-check
+.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench dev clean proto proto-check
 
 ifeq ($(E2E),0)
 test: deps kube-assets pebble lint vuln unit
@@ -91,6 +91,12 @@ bench:
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench NodePublish -benchtime 300x ./test/csi/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench PushRotation -benchtime 200x ./test/csi/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench NodeAgent -benchtime 50000x ./test/nodeagent/
+
+# Twenty kill -9 trials at random moments of a mixed load, each followed by
+# operator verify and a read-back of every acknowledged write (make test
+# runs two).
+crash-trials:
+	COFFER_CRASH_TRIALS=$${COFFER_CRASH_TRIALS:-20} $(GO) test -count=1 -timeout 60m -run TestCrashTrials -v ./test/integration/
 
 dev:
 	$(GO) run ./cmd/coffer dev

@@ -12,6 +12,8 @@ command -v iptables >/dev/null || need+=(iptables)
 # The e2e cluster: its node's network namespace (nsenter), container
 # runtime and CNI plugins (test/e2e).
 command -v nsenter >/dev/null || need+=(util-linux)
+# The power-loss test: an ext4 filesystem on a loop device.
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
