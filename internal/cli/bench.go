@@ -1,10 +1,18 @@
 package cli
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -12,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cofferhq/coffer/internal/cli/bench"
+	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server"
 )
@@ -21,6 +30,7 @@ type benchOptions struct {
 	workers          int
 	duration, warmup time.Duration
 	valueSize        int
+	ceiling          bool
 }
 
 func (a *app) benchCmd() *cobra.Command {
@@ -41,13 +51,27 @@ warm-up are recorded.`,
 	pf.IntVar(&o.valueSize, "value-size", 64, "secret value size in bytes")
 	get := &cobra.Command{
 		Use: "get", Short: "GET one secret repeatedly", Args: cobra.NoArgs,
+		Long: `GET one secret repeatedly. With --ceiling, the same generator then runs
+against a bare TLS handler in a child process of its own (as the server is)
+that answers every request with the bytes the vault answered, and the two
+results are printed with their ratio: what the server achieves against what
+this machine's TLS and HTTP stack allow.`,
 		RunE: func(c *cobra.Command, _ []string) error { return a.runBench(c.Context(), o, false) },
 	}
+	get.Flags().BoolVar(&o.ceiling, "ceiling", false, "also measure a bare handler serving the same bytes, and print the ratio")
+	fixed := &cobra.Command{
+		Use: "serve-fixed", Hidden: true, Args: cobra.NoArgs,
+		Short: "Serve one fixed response over TLS (the ceiling of coffer bench get --ceiling)",
+		RunE:  func(c *cobra.Command, _ []string) error { return a.serveFixed(c) },
+	}
+	fixed.Flags().String("cert", "", "TLS certificate file")
+	fixed.Flags().String("key", "", "TLS key file")
+	fixed.Flags().String("body", "", "file holding the response body")
 	set := &cobra.Command{
 		Use: "set", Short: "PUT new secret versions repeatedly (each acknowledged only after a durable commit)", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error { return a.runBench(c.Context(), o, true) },
 	}
-	cmd.AddCommand(get, set)
+	cmd.AddCommand(get, set, fixed)
 	return cmd
 }
 
@@ -105,6 +129,31 @@ func (a *app) runBench(ctx context.Context, o benchOptions, write bool) error {
 	}
 	fmt.Fprintf(a.stderr, "bench: %s against %s, %d clients, %s warm-up, %s measured\n", kind, base, o.workers, o.warmup, o.duration)
 	r := bench.Run(ctx, o.workers, o.warmup, o.duration, op)
+	if o.ceiling && !write {
+		answer, err := conns[0].Body("GET", path(name), tok)
+		if err != nil {
+			return fmt.Errorf("read the answer to copy: %w", err)
+		}
+		ceil, err := a.runCeiling(ctx, o, base, path(name), tok, answer)
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		ratio := struct {
+			Throughput float64 `json:"throughput"`
+			P99        float64 `json:"p99"`
+		}{r.PerSec / ceil.PerSec, ms(r.P99) / ms(ceil.P99)}
+		if a.output == "json" {
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(struct {
+				Server  bench.Result `json:"server"`
+				Ceiling bench.Result `json:"ceiling"`
+				Ratio   any          `json:"ratio"`
+			}{r, ceil, ratio})
+		}
+		fmt.Fprintf(a.stdout, "%s: %s\nbare handler, same bytes: %s\nratio: %.2fx the throughput, %.2fx the p99\n", kind, r, ceil, ratio.Throughput, ratio.P99)
+		return nil
+	}
 	if a.output == "json" {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
@@ -120,3 +169,103 @@ func (a *app) runBench(ctx context.Context, o benchOptions, write bool) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// runCeiling measures the same generator against a bare handler in a
+// child process that answers every request with answer.
+func (a *app) runCeiling(ctx context.Context, o benchOptions, base, path, tok string, answer []byte) (bench.Result, error) {
+	dir, err := os.MkdirTemp("", "coffer-ceiling")
+	if err != nil {
+		return bench.Result{}, err
+	}
+	defer os.RemoveAll(dir)
+	u, _ := url.Parse(base)
+	host := u.Hostname()
+	suffix := host[strings.IndexByte(host, '.')+1:]
+	files, err := pki.EnsureDev(filepath.Join(dir, "tls"), suffix, time.Now())
+	if err != nil {
+		return bench.Result{}, err
+	}
+	bodyFile := filepath.Join(dir, "body")
+	if err := os.WriteFile(bodyFile, answer, 0o600); err != nil {
+		return bench.Result{}, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return bench.Result{}, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, self, "bench", "serve-fixed", "--cert", files.Cert, "--key", files.Key, "--body", bodyFile)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return bench.Result{}, err
+	}
+	cmd.Stderr = a.stderr
+	if err := cmd.Start(); err != nil {
+		return bench.Result{}, err
+	}
+	defer func() {
+		cancel() // stops the child, then its exit is collected
+		cmd.Wait()
+	}()
+	// The child says where it listens; nothing else is on its stdout.
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
+	if err != nil || !ok {
+		return bench.Result{}, fmt.Errorf("the bare handler did not start: %q %v", line, err)
+	}
+	roots, err := httpclient.RootPool(files.CACert)
+	if err != nil {
+		return bench.Result{}, err
+	}
+	conns := make([]*bench.Conn, o.workers)
+	for i := range conns {
+		if conns[i], err = bench.Dial(ctx, base, roots, func(string) string { return addr }); err != nil {
+			return bench.Result{}, err
+		}
+		defer conns[i].Close()
+	}
+	fmt.Fprintf(a.stderr, "bench: the same generator against a bare handler at %s\n", addr)
+	return bench.Run(ctx, o.workers, o.warmup, o.duration, func(_ context.Context, w int) error {
+		status, err := conns[w].Do("GET", path, tok, nil)
+		if err == nil && status != http.StatusOK {
+			err = fmt.Errorf("HTTP %d", status)
+		}
+		return err
+	}), nil
+}
+
+// serveFixed is the ceiling's child: a TLS handler that does nothing but
+// answer its fixed bytes, run with the server's GC setting.
+func (a *app) serveFixed(c *cobra.Command) error {
+	server.TuneGC()
+	cert, _ := c.Flags().GetString("cert")
+	key, _ := c.Flags().GetString("key")
+	bodyFile, _ := c.Flags().GetString("body")
+	body, err := os.ReadFile(bodyFile)
+	if err != nil {
+		return err
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.Write(body)
+		})}
+	go func() {
+		<-c.Context().Done()
+		hs.Close()
+	}()
+	fmt.Fprintln(a.stdout, "listening "+ln.Addr().String())
+	if err := hs.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -56,6 +57,21 @@ func (c *Conn) Do(method, pathAndQuery, bearer string, body []byte) (int, error)
 
 // Send is Do with a content type; an empty bearer sends no Authorization.
 func (c *Conn) Send(method, pathAndQuery, bearer, contentType string, body []byte) (int, error) {
+	return c.roundTrip(method, pathAndQuery, bearer, contentType, body, io.Discard)
+}
+
+// Body sends a request without a body and returns the answer's body, for
+// a caller that wants the exact bytes a server answers.
+func (c *Conn) Body(method, pathAndQuery, bearer string) ([]byte, error) {
+	var b bytes.Buffer
+	status, err := c.roundTrip(method, pathAndQuery, bearer, "", nil, &b)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("HTTP %d", status)
+	}
+	return b.Bytes(), err
+}
+
+func (c *Conn) roundTrip(method, pathAndQuery, bearer, contentType string, body []byte, into io.Writer) (int, error) {
 	c.tc.SetDeadline(time.Now().Add(30 * time.Second))
 	w := c.bw
 	w.WriteString(method)
@@ -82,7 +98,7 @@ func (c *Conn) Send(method, pathAndQuery, bearer, contentType string, body []byt
 	if err != nil {
 		return 0, err
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	_, err = io.Copy(into, resp.Body)
 	resp.Body.Close()
 	if err == nil && resp.Close {
 		err = fmt.Errorf("server closed the connection")
