@@ -219,7 +219,7 @@ func (l *Log) Metrics() *Metrics { return l.metrics }
 // exact bytes appended as the last field.
 func seal(e Entry, prev string) ([]byte, string) {
 	e.Prev, e.Hash = prev, ""
-	body, _ := json.Marshal(e)
+	body := appendEntry(make([]byte, 0, 512), &e)
 	sum := sha256.Sum256(body)
 	h := hex.EncodeToString(sum[:])
 	line := append(body[:len(body)-1:len(body)-1], `,"hash":"`...)

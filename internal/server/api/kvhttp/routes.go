@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -241,9 +244,12 @@ func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) bool
 // the tag reveals nothing about it. This is Coffer's extension for nodes
 // that cache values: Azure clients never send If-None-Match.
 func conditional(w http.ResponseWriter, r *http.Request, version string, body any, state ...any) any {
-	b, _ := json.Marshal(state) // JSON, not %v: pointers must hash by value
-	sum := sha256.Sum256(b)
-	etag := `"` + version + "." + hex.EncodeToString(sum[:8]) + `"`
+	h := sha256.New()
+	for _, part := range state {
+		hashState(h, part)
+	}
+	var sum [sha256.Size]byte
+	etag := `"` + version + "." + hex.EncodeToString(h.Sum(sum[:0])[:8]) + `"`
 	w.Header().Set("ETag", etag)
 	for _, t := range strings.Split(r.Header.Get("If-None-Match"), ",") {
 		if t = strings.TrimSpace(t); t == etag || t == "W/"+etag {
@@ -251,6 +257,61 @@ func conditional(w http.ResponseWriter, r *http.Request, version string, body an
 		}
 	}
 	return body
+}
+
+// hashState writes a version's mutable state into h, by value and in a
+// fixed order, without reflection for the common types (this runs on every
+// read); other types are hashed as their JSON.
+func hashState(h hash.Hash, v any) {
+	var b [8]byte
+	num := func(n int64) { binary.BigEndian.PutUint64(b[:], uint64(n)); h.Write(b[:]) }
+	str := func(s string) { num(int64(len(s))); io.WriteString(h, s) }
+	opt := func(p *int64) {
+		if p == nil {
+			h.Write([]byte{0})
+			return
+		}
+		h.Write([]byte{1})
+		num(*p)
+	}
+	switch v := v.(type) {
+	case object.Attributes:
+		h.Write([]byte{'a'})
+		if v.Enabled {
+			h.Write([]byte{1})
+		} else {
+			h.Write([]byte{0})
+		}
+		opt(v.NotBefore)
+		opt(v.Expires)
+		num(v.Created)
+		num(v.Updated)
+	case string:
+		h.Write([]byte{'s'})
+		str(v)
+	case []string:
+		h.Write([]byte{'l'})
+		num(int64(len(v)))
+		for _, x := range v {
+			str(x)
+		}
+	case map[string]string:
+		h.Write([]byte{'m'})
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		num(int64(len(keys)))
+		for _, k := range keys {
+			str(k)
+			str(v[k])
+		}
+	default:
+		h.Write([]byte{'j'})
+		j, _ := json.Marshal(v) // JSON, not %v: pointers must hash by value
+		h.Write(j)
+	}
 }
 
 type listOut[T any] struct {
