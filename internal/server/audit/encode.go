@@ -3,7 +3,8 @@ package audit
 import (
 	"math"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/cofferhq/coffer/internal/protocol/jsonenc"
 )
 
 // appendEntry appends e as encoding/json would marshal it, byte for byte
@@ -11,13 +12,13 @@ import (
 // request writes one line, on the server's CPUs.
 func appendEntry(b []byte, e *Entry) []byte {
 	b = append(b, `{"time":`...)
-	b = appendString(b, e.Time)
+	b = jsonenc.AppendString(b, e.Time)
 	field := func(name, v string) {
 		if v != "" {
 			b = append(b, ',', '"')
 			b = append(b, name...)
 			b = append(b, '"', ':')
-			b = appendString(b, v)
+			b = jsonenc.AppendString(b, v)
 		}
 	}
 	field("requestId", e.RequestID)
@@ -30,7 +31,7 @@ func appendEntry(b []byte, e *Entry) []byte {
 	field("version", e.Version)
 	field("method", e.Method)
 	b = append(b, `,"operation":`...)
-	b = appendString(b, e.Operation)
+	b = jsonenc.AppendString(b, e.Operation)
 	field("decision", e.Decision)
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(e.Status), 10)
@@ -43,7 +44,7 @@ func appendEntry(b []byte, e *Entry) []byte {
 	}
 	field("detail", e.Detail)
 	b = append(b, `,"prev":`...)
-	b = appendString(b, e.Prev)
+	b = jsonenc.AppendString(b, e.Prev)
 	field("hash", e.Hash)
 	return append(b, '}')
 }
@@ -66,58 +67,4 @@ func appendFloat(b []byte, f float64) []byte {
 		}
 	}
 	return b
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString quotes s as encoding/json does, HTML-safe escapes included.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, "\uFFFD"...) // as encoding/json writes it: the character, not an escape
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }
