@@ -8,11 +8,18 @@ import (
 	"strconv"
 
 	"github.com/cofferhq/coffer/internal/protocol/azerror"
+	"github.com/cofferhq/coffer/internal/protocol/jsonenc"
 )
 
 // Write sends v as a JSON response with the given status.
 func Write(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
+	var body []byte
+	var err error
+	if a, ok := v.(jsonenc.Appender); ok {
+		body = a.AppendJSON(make([]byte, 0, 512))
+	} else {
+		body, err = json.Marshal(v)
+	}
 	if err != nil {
 		azerror.Write(w, http.StatusInternalServerError, "InternalServerError", "", "response encoding failed")
 		return

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -244,74 +243,73 @@ func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) bool
 // the tag reveals nothing about it. This is Coffer's extension for nodes
 // that cache values: Azure clients never send If-None-Match.
 func conditional(w http.ResponseWriter, r *http.Request, version string, body any, state ...any) any {
-	h := sha256.New()
+	// One buffer, hashed once: a hash.Hash and its many small writes cost
+	// more than the digest itself on this path, which every read takes.
+	var buf [512]byte
+	b := buf[:0]
 	for _, part := range state {
-		hashState(h, part)
+		b = appendState(b, part)
 	}
-	var sum [sha256.Size]byte
-	etag := `"` + version + "." + hex.EncodeToString(h.Sum(sum[:0])[:8]) + `"`
+	sum := sha256.Sum256(b)
+	etag := `"` + version + "." + hex.EncodeToString(sum[:8]) + `"`
 	w.Header().Set("ETag", etag)
-	for _, t := range strings.Split(r.Header.Get("If-None-Match"), ",") {
-		if t = strings.TrimSpace(t); t == etag || t == "W/"+etag {
-			return reply{status: http.StatusNotModified}
+	if inm := r.Header.Get("If-None-Match"); inm != "" {
+		for t := range strings.SplitSeq(inm, ",") {
+			if t = strings.TrimSpace(t); t == etag || t == "W/"+etag {
+				return reply{status: http.StatusNotModified}
+			}
 		}
 	}
 	return body
 }
 
-// hashState writes a version's mutable state into h, by value and in a
-// fixed order, without reflection for the common types (this runs on every
-// read); other types are hashed as their JSON.
-func hashState(h hash.Hash, v any) {
-	var b [8]byte
-	num := func(n int64) { binary.BigEndian.PutUint64(b[:], uint64(n)); h.Write(b[:]) }
-	str := func(s string) { num(int64(len(s))); io.WriteString(h, s) }
-	opt := func(p *int64) {
+// appendState appends a version's mutable state to b, by value and in a
+// fixed order, with every variable-length part prefixed by its length so
+// that two different states never encode alike. The common types avoid
+// reflection (this runs on every read); others are encoded as their JSON.
+func appendState(b []byte, v any) []byte {
+	num := func(b []byte, n int64) []byte { return binary.BigEndian.AppendUint64(b, uint64(n)) }
+	str := func(b []byte, s string) []byte { return append(num(b, int64(len(s))), s...) }
+	opt := func(b []byte, p *int64) []byte {
 		if p == nil {
-			h.Write([]byte{0})
-			return
+			return append(b, 0)
 		}
-		h.Write([]byte{1})
-		num(*p)
+		return num(append(b, 1), *p)
 	}
 	switch v := v.(type) {
 	case object.Attributes:
-		h.Write([]byte{'a'})
+		b = append(b, 'a')
 		if v.Enabled {
-			h.Write([]byte{1})
+			b = append(b, 1)
 		} else {
-			h.Write([]byte{0})
+			b = append(b, 0)
 		}
-		opt(v.NotBefore)
-		opt(v.Expires)
-		num(v.Created)
-		num(v.Updated)
+		b = opt(b, v.NotBefore)
+		b = opt(b, v.Expires)
+		b = num(b, v.Created)
+		b = num(b, v.Updated)
 	case string:
-		h.Write([]byte{'s'})
-		str(v)
+		b = str(append(b, 's'), v)
 	case []string:
-		h.Write([]byte{'l'})
-		num(int64(len(v)))
+		b = num(append(b, 'l'), int64(len(v)))
 		for _, x := range v {
-			str(x)
+			b = str(b, x)
 		}
 	case map[string]string:
-		h.Write([]byte{'m'})
 		keys := make([]string, 0, len(v))
 		for k := range v {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		num(int64(len(keys)))
+		b = num(append(b, 'm'), int64(len(keys)))
 		for _, k := range keys {
-			str(k)
-			str(v[k])
+			b = str(str(b, k), v[k])
 		}
 	default:
-		h.Write([]byte{'j'})
 		j, _ := json.Marshal(v) // JSON, not %v: pointers must hash by value
-		h.Write(j)
+		b = str(append(b, 'j'), string(j))
 	}
+	return b
 }
 
 type listOut[T any] struct {
