@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -104,6 +105,7 @@ type call struct {
 	principal  access.Principal
 	apiVersion string
 	audit      *audit.Info
+	query      url.Values // parsed once: every route reads it, and parsing allocates
 }
 
 type callKey struct{}
@@ -131,7 +133,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info.Tenant, info.Principal, info.AppID = p.TenantID, p.ObjectID, p.AppID
-	ver := r.URL.Query().Get("api-version")
+	query := r.URL.Query()
+	ver := query.Get("api-version")
 	switch {
 	case ver == "":
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The 'api-version' query parameter is missing. Coffer supports 2015-06-01, 2016-10-01, 7.0 to 7.6, their previews, 2025-07-01 and "+Latest+".")
@@ -150,7 +153,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer d.Release()
 	}
-	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info})
+	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info, query: query})
 	h.mux.ServeHTTP(w, r.WithContext(ctx))
 }
 
