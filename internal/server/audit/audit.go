@@ -215,16 +215,19 @@ func (l *Log) Close() error {
 // Metrics returns the log's metrics.
 func (l *Log) Metrics() *Metrics { return l.metrics }
 
-// seal computes e's line: e encoded with its prev, then its hash over those
+// seal appends e's line to dst: e encoded with its prev, then its hash over those
 // exact bytes appended as the last field.
-func seal(e Entry, prev string) ([]byte, string) {
+func seal(dst []byte, e Entry, prev string) ([]byte, string) {
 	e.Prev, e.Hash = prev, ""
-	body := appendEntry(make([]byte, 0, 512), &e)
-	sum := sha256.Sum256(body)
-	h := hex.EncodeToString(sum[:])
-	line := append(body[:len(body)-1:len(body)-1], `,"hash":"`...)
-	line = append(line, h...)
-	return append(line, "\"}\n"...), h
+	start := len(dst)
+	dst = appendEntry(dst, &e)
+	sum := sha256.Sum256(dst[start:])
+	// The line is the hashed body with the hash added as its last field.
+	dst = append(dst[:len(dst)-1], `,"hash":"`...)
+	at := len(dst)
+	dst = hex.AppendEncode(dst, sum[:])
+	h := string(dst[at:])
+	return append(dst, "\"}\n"...), h
 }
 
 func (l *Log) run() {
@@ -266,8 +269,7 @@ func (l *Log) run() {
 		return true
 	}
 	add := func(e Entry) {
-		line, h := seal(e, l.prev)
-		pending, l.prev = append(pending, line...), h
+		pending, l.prev = seal(pending, e, l.prev) // in place: no line to allocate and copy
 		lines++
 	}
 	in := l.in
