@@ -15,6 +15,7 @@ import (
 	"github.com/cofferhq/coffer/internal/version"
 
 	"github.com/cofferhq/coffer/internal/daemon"
+	"github.com/cofferhq/coffer/internal/node/providerclient"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -84,7 +85,7 @@ const resyncInterval = 5 * time.Minute
 // Driver is a running Secrets Store CSI driver.
 type Driver struct {
 	cfg       Config
-	providers *providerClients
+	providers *providerclient.Clients
 
 	recorder *recorder
 
@@ -134,11 +135,11 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	d := &Driver{cfg: cfg, providers: newProviderClients(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
+	d := &Driver{cfg: cfg, providers: providerclient.New(cfg.ProviderDirs, cfg.MaxCallRecvMsgSize),
 		recorder: newRecorder(), volumes: map[string]*volume{}, pushes: make(chan string, 1024)}
 	d.pushCtx, d.pushCancel = context.WithCancel(context.Background())
 	if cfg.Push && cfg.RotationEnabled {
-		d.providers.dialed, d.providers.readyWait = d.subscribe, pushReady
+		d.providers.Dialed, d.providers.ReadyWait = d.subscribe, pushReady
 	}
 	return d, nil
 }
@@ -160,7 +161,7 @@ func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {
 	rotated := make(chan struct{})
 	go func() {
 		defer close(rotated)
-		if d.cfg.RotationEnabled && (d.cfg.RotationTick > 0 || d.providers.dialed != nil) {
+		if d.cfg.RotationEnabled && (d.cfg.RotationTick > 0 || d.providers.Dialed != nil) {
 			d.rotate(rctx)
 		}
 	}()
@@ -170,7 +171,7 @@ func (d *Driver) Serve(ctx context.Context, ln net.Listener) error {
 		<-recorded
 		d.pushCancel()
 		d.pushWG.Wait()
-		d.providers.close()
+		d.providers.Close()
 	}()
 	select {
 	case <-ctx.Done():

@@ -4,8 +4,10 @@ import (
 	"runtime"
 	"strconv"
 
-	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cofferhq/coffer/internal/node/providerclient"
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
 // Metrics are the upstream driver's Prometheus series, with its names and
@@ -76,7 +78,7 @@ var osType = runtime.GOOS
 // label bounds a provider name used as a label: names that are not
 // provider names (which are only ever refused) share one value.
 func label(provider string) string {
-	if provider != "" && !providerNameRE.MatchString(provider) {
+	if provider != "" && !providerclient.ValidName(provider) {
 		return "invalid"
 	}
 	return provider

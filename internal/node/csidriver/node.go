@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
 	"github.com/cofferhq/coffer/internal/node/atomicdir"
+	"github.com/cofferhq/coffer/internal/node/providerclient"
 	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
@@ -288,13 +289,13 @@ func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.S
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.cfg.ProviderTimeout)
 	defer cancel()
-	resp, err := d.providers.mount(cctx, string(spc.Spec.Provider), req)
+	resp, err := d.providers.Mount(cctx, string(spc.Spec.Provider), req)
 	if err != nil {
-		var pe *ProviderError
+		var pe *providerclient.ProviderError
 		switch {
 		case errors.As(err, &pe):
 			return nil, nil, string(mounterr.Known(pe.Code)), err
-		case errors.Is(err, ErrProviderNotFound):
+		case errors.Is(err, providerclient.ErrNotFound):
 			return nil, nil, ReasonProviderLookup, err
 		case status.Code(err) == codes.ResourceExhausted:
 			return nil, nil, ReasonGRPCProviderError, fmt.Errorf("%w (the response exceeds --max-call-recv-msg-size=%d bytes: mount fewer or smaller objects, or raise the limit)", err, d.cfg.MaxCallRecvMsgSize)

@@ -123,13 +123,13 @@ func (d *Driver) rotatePushed(ctx context.Context, target string) {
 // forget tells every provider, in the background, that a volume is gone,
 // so none keeps watching its objects.
 func (d *Driver) forget(target string) {
-	if d.providers.dialed == nil {
+	if d.providers.Dialed == nil {
 		return
 	}
 	d.pushWG.Add(1)
 	go func() {
 		defer d.pushWG.Done()
-		d.providers.each(func(name string, c *grpc.ClientConn) {
+		d.providers.Each(func(name string, c *grpc.ClientConn) {
 			ctx, cancel := context.WithTimeout(d.pushCtx, 5*time.Second)
 			defer cancel()
 			if err := push.Forget(ctx, c, target); err != nil && status.Code(err) != codes.Unimplemented && d.pushCtx.Err() == nil {

@@ -160,7 +160,7 @@ func (h *harness) start() {
 	h.t.Cleanup(func() {
 		d.pushCancel()
 		d.pushWG.Wait()
-		d.providers.close()
+		d.providers.Close()
 	})
 }
 
@@ -232,7 +232,7 @@ func restart(h *harness) error {
 // only the providers it is connected to to forget a volume, and a
 // provider that pushes is connected.
 func connected(h *harness) error {
-	_, err := h.d.providers.get(testProvider)
+	_, err := h.d.providers.Get(testProvider)
 	return err
 }
 

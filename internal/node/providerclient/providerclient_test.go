@@ -1,4 +1,4 @@
-package csidriver
+package providerclient
 
 import (
 	"net"
@@ -21,14 +21,14 @@ func TestCallsWaitForTheProviderToListen(t *testing.T) {
 	defer ln.Close()
 	listening := make(chan struct{})
 	dials := 0
-	p := newProviderClients([]string{dir}, 1<<20)
-	p.dialed = func(string, *grpc.ClientConn) <-chan struct{} { dials++; return listening }
-	p.readyWait = time.Minute
-	defer p.close()
+	p := New([]string{dir}, 1<<20)
+	p.Dialed = func(string, *grpc.ClientConn) <-chan struct{} { dials++; return listening }
+	p.ReadyWait = time.Minute
+	defer p.Close()
 	returned := make(chan error, 3)
 	for range 3 {
 		go func() {
-			_, err := p.get("p")
+			_, err := p.Get("p")
 			returned <- err
 		}()
 	}
@@ -47,7 +47,7 @@ func TestCallsWaitForTheProviderToListen(t *testing.T) {
 		t.Fatalf("dialed %d times, want once", dials)
 	}
 	// Later calls do not wait.
-	if _, err := p.get("p"); err != nil {
+	if _, err := p.Get("p"); err != nil {
 		t.Fatal(err)
 	}
 }

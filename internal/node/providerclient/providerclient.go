@@ -1,4 +1,10 @@
-package csidriver
+// Package providerclient is the client side of the Secrets Store provider
+// protocol (sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1): one
+// gRPC connection per provider, found as {dir}/{name}.sock in a list of
+// directories, and Mount calls whose error codes and Coffer's trailer come
+// back as a *ProviderError. Coffer's CSI driver and its sync controller
+// both call providers through it.
+package providerclient
 
 import (
 	"context"
@@ -11,43 +17,50 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
+
+	"github.com/cofferhq/coffer/internal/protocol/mounterr"
 )
 
-// providerNameRE is the upstream rule for provider names, which become
-// socket file names.
-var providerNameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,30}$`)
+// nameRE is the upstream rule for provider names, which become socket
+// file names.
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,30}$`)
 
-// ErrProviderNotFound means no provider socket of that name exists.
-var ErrProviderNotFound = errors.New("provider not found")
+// ValidName reports whether name is a valid provider name.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
 
-// providerClients keeps one gRPC connection per provider.
-type providerClients struct {
+// ErrNotFound means no provider socket of that name exists.
+var ErrNotFound = errors.New("provider not found")
+
+// Clients keeps one gRPC connection per provider.
+type Clients struct {
 	dirs    []string
 	maxRecv int
 
-	// dialed, when set, is called once for each new connection; the driver
+	// Dialed, when set, is called once for each new connection; a caller
 	// subscribes to the provider's pushes there. Every call through the
-	// connection first waits, up to readyWait, for the channel it returns
-	// to close, so that no mount happens before the provider listens.
-	dialed    func(name string, c *grpc.ClientConn) <-chan struct{}
-	readyWait time.Duration
+	// connection first waits, up to ReadyWait, for the channel it returns
+	// to close, so that no mount happens before the provider listens. Set
+	// both before the first call.
+	Dialed    func(name string, c *grpc.ClientConn) <-chan struct{}
+	ReadyWait time.Duration
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 	ready map[string]<-chan struct{}
 }
 
-func newProviderClients(dirs []string, maxRecv int) *providerClients {
-	return &providerClients{dirs: dirs, maxRecv: maxRecv, conns: map[string]*grpc.ClientConn{}, ready: map[string]<-chan struct{}{}}
+// New returns clients for the providers whose sockets are in dirs, which
+// accept answers of up to maxRecv bytes.
+func New(dirs []string, maxRecv int) *Clients {
+	return &Clients{dirs: dirs, maxRecv: maxRecv, conns: map[string]*grpc.ClientConn{}, ready: map[string]<-chan struct{}{}}
 }
 
-// each calls fn with every connection open now.
-func (p *providerClients) each(fn func(name string, c *grpc.ClientConn)) {
+// Each calls fn with every connection open now.
+func (p *Clients) Each(fn func(name string, c *grpc.ClientConn)) {
 	p.mu.Lock()
 	conns := make(map[string]*grpc.ClientConn, len(p.conns))
 	maps.Copy(conns, p.conns)
@@ -57,10 +70,10 @@ func (p *providerClients) each(fn func(name string, c *grpc.ClientConn)) {
 	}
 }
 
-// get returns the client of provider name, dialing {dir}/{name}.sock in the
+// Get returns the client of provider name, dialing {dir}/{name}.sock in the
 // first directory that has it.
-func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, error) {
-	if !providerNameRE.MatchString(name) {
+func (p *Clients) Get(name string) (v1alpha1.CSIDriverProviderClient, error) {
+	if !ValidName(name) {
 		return nil, fmt.Errorf("provider name %q is invalid: use 1-30 letters, digits, '-' or '_'", name)
 	}
 	c, ready, err := p.conn(name)
@@ -68,7 +81,7 @@ func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, er
 		return nil, err
 	}
 	if ready != nil {
-		t := time.NewTimer(p.readyWait)
+		t := time.NewTimer(p.ReadyWait)
 		select {
 		case <-ready:
 		case <-t.C:
@@ -80,7 +93,7 @@ func (p *providerClients) get(name string) (v1alpha1.CSIDriverProviderClient, er
 
 // conn returns the connection to provider name, and what its calls wait
 // for (nil: nothing).
-func (p *providerClients) conn(name string) (*grpc.ClientConn, <-chan struct{}, error) {
+func (p *Clients) conn(name string) (*grpc.ClientConn, <-chan struct{}, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[name]; ok {
@@ -99,15 +112,16 @@ func (p *providerClients) conn(name string) (*grpc.ClientConn, <-chan struct{}, 
 			return nil, nil, err
 		}
 		p.conns[name] = c
-		if p.dialed != nil {
-			p.ready[name] = p.dialed(name, c)
+		if p.Dialed != nil {
+			p.ready[name] = p.Dialed(name, c)
 		}
 		return c, p.ready[name], nil
 	}
-	return nil, nil, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrProviderNotFound, name, p.dirs, name)
+	return nil, nil, fmt.Errorf("%w: no %s.sock in %v; is the %s provider running on this node?", ErrNotFound, name, p.dirs, name)
 }
 
-func (p *providerClients) close() {
+// Close closes every connection.
+func (p *Clients) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for name, c := range p.conns {
@@ -130,9 +144,9 @@ func (e *ProviderError) Error() string {
 	return fmt.Sprintf("provider %s failed with error code %s", e.Provider, e.Code)
 }
 
-// mount calls the provider's Mount and checks its answer's shape.
-func (p *providerClients) mount(ctx context.Context, name string, req *v1alpha1.MountRequest) (*v1alpha1.MountResponse, error) {
-	c, err := p.get(name)
+// Mount calls the provider's Mount and checks its answer's shape.
+func (p *Clients) Mount(ctx context.Context, name string, req *v1alpha1.MountRequest) (*v1alpha1.MountResponse, error) {
+	c, err := p.Get(name)
 	if err != nil {
 		return nil, err
 	}
