@@ -3,10 +3,6 @@ package csidriver
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
@@ -104,9 +100,9 @@ func secretData(so *secretsstorev1.SecretObject, files map[string][]byte) (map[s
 		var err error
 		switch key {
 		case corev1.TLSCertKey:
-			out[key], err = tlsCert(content)
+			out[key], err = certfmt.TLSCert(content)
 		case corev1.TLSPrivateKeyKey:
-			out[key], err = tlsKey(content)
+			out[key], err = certfmt.TLSKey(content)
 		default:
 			err = fmt.Errorf("key %q is not supported in a kubernetes.io/tls Secret: use tls.crt or tls.key", key)
 		}
@@ -115,54 +111,6 @@ func secretData(so *secretsstorev1.SecretObject, files map[string][]byte) (map[s
 		}
 	}
 	return out, typ, nil
-}
-
-func tlsCert(content []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	for rest := content; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type == "CERTIFICATE" {
-			pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: b.Bytes})
-		}
-	}
-	if buf.Len() > 0 {
-		return buf.Bytes(), nil
-	}
-	bundle, err := certfmt.Decode(content, "")
-	if err != nil {
-		return nil, errors.New("no certificate found: the file is neither PEM with a CERTIFICATE nor an unprotected PKCS#12")
-	}
-	for _, c := range bundle.Chain {
-		pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return buf.Bytes(), nil
-}
-
-// tlsKey re-encodes the file's private key (its PEM key, else the key of
-// an unprotected PKCS#12) as kubectl writes tls.key.
-func tlsKey(content []byte) ([]byte, error) {
-	key, err := certfmt.DecodeKey(content)
-	if err != nil {
-		bundle, perr := certfmt.Decode(content, "")
-		if perr != nil {
-			return nil, fmt.Errorf("no usable private key: %v", err)
-		}
-		key = bundle.Key
-	}
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), nil
-	case *ecdsa.PrivateKey:
-		der, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			return nil, err
-		}
-		return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
-	}
-	return nil, fmt.Errorf("a %T key cannot go in a kubernetes.io/tls Secret: only RSA and ECDSA keys are supported", key)
 }
 
 // secretOwners are the owners a synced Secret gets: the pod's own owners
