@@ -100,6 +100,7 @@ func (a *app) root() *cobra.Command {
 		a.csiDriverCmd(),
 		a.providerCmd(),
 		a.webhookCmd(),
+		a.syncControllerCmd(),
 		a.nodeAgentCmd(),
 		a.podIdentityCmd(),
 		a.auditCmd(),
