@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	secretsstorev1 "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/fake"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
@@ -469,4 +470,22 @@ func (s *stack) saConfig(t testing.TB, ns, name string) *rest.Config {
 	c := rest.AnonymousClientConfig(s.kube.Config)
 	c.BearerToken = tr.Status.Token
 	return c
+}
+
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
+
+// force sets a SecretSync's forceSynchronization, retrying on conflicts
+// with the controller's status writes.
+func (s *stack) force(t testing.TB, ns, name, value string) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ss := s.getSync(t, ns, name)
+		ss.Spec.ForceSynchronization = value
+		return s.kube.Client.Update(context.Background(), ss)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
