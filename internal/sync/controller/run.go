@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -40,6 +41,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -175,6 +177,8 @@ func (o Options) Validate() (Options, error) {
 	return o, nil
 }
 
+var setLogger sync.Once
+
 // spcIndex indexes SecretSyncs by the class they name.
 const spcIndex = "spec.secretProviderClassName"
 
@@ -186,6 +190,9 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	// controller-runtime's own packages log through a process-wide logger,
+	// and complain on stderr until it is set.
+	setLogger.Do(func() { ctrllog.SetLogger(logr.FromSlogHandler(o.Log.Handler())) })
 	rc, err := kube.Config(o.Kube, "Kubeconfig", o.Kubeconfig)
 	if err != nil {
 		return nil, err
