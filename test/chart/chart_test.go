@@ -119,8 +119,8 @@ func TestChartObjectsPassServerValidation(t *testing.T) {
 			"podAntiAffinity": "hard", "persistence": map[string]any{"enabled": false}, "metricsAddr": "",
 			"podDisruptionBudget": map[string]any{"minAvailable": 1}}}), nil},
 	}
-	if len(c.CRDObjects()) != 6 {
-		t.Errorf("the chart has %d CRDs, want 6", len(c.CRDObjects()))
+	if len(c.CRDObjects()) != 7 {
+		t.Errorf("the chart has %d CRDs, want 7", len(c.CRDObjects()))
 	}
 	kube := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{repoFile(t, "deploy/helm/coffer/crds")}})
 	ctx := context.Background()
@@ -164,6 +164,10 @@ func TestChartRequiredValuesAndLimits(t *testing.T) {
 		"an unknown anti-affinity": {merge(etcdValues(2), map[string]any{"server": map[string]any{"podAntiAffinity": "sometimes"}}), `server.podAntiAffinity "sometimes": use soft, hard or none`},
 		"three replicas on etcd":   {etcdValues(3), ""},
 		"no agent, no tenant":      {map[string]any{"server": map[string]any{"dnsSuffix": "v.example.com"}, "nodeAgent": map[string]any{"enabled": false}, "webhook": map[string]any{"enabled": false}}, ""},
+		"sync controller without namespaces": {merge(required(), map[string]any{"syncController": map[string]any{"enabled": true}}),
+			"syncController.namespaces is required unless syncController.clusterWide=true"},
+		"sync controller, namespaces and cluster-wide": {merge(required(), map[string]any{"syncController": map[string]any{"enabled": true, "clusterWide": true, "namespaces": []any{"a"}}}),
+			"exclude each other"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -558,4 +562,97 @@ func TestReadmeNamesEveryValue(t *testing.T) {
 			t.Errorf("the README's values table names %s, which values.yaml has not", k)
 		}
 	}
+}
+
+// The sync controller's objects pass the real apiserver's validation, and
+// its RBAC follows the namespaces it serves: RoleBindings there, or a
+// ClusterRoleBinding only when clusterWide is asked for.
+func TestChartSyncController(t *testing.T) {
+	c := load(t)
+	served, err := render(t, c, merge(required(), map[string]any{"syncController": map[string]any{"enabled": true, "namespaces": []any{"team-a", "team-b"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterWide, err := render(t, c, merge(required(), map[string]any{"syncController": map[string]any{"enabled": true, "clusterWide": true,
+		"tokenRequests": []any{map[string]any{"audience": "a1"}, map[string]any{"audience": "a2"}}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := render(t, c, required())
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := func(objs []*unstructured.Unstructured) map[string]int {
+		got, was := kinds(objs), kinds(base)
+		for k, n := range was {
+			got[k] -= n
+			if got[k] == 0 {
+				delete(got, k)
+			}
+		}
+		return got
+	}
+	for name, tc := range map[string]struct {
+		objs []*unstructured.Unstructured
+		want map[string]int
+	}{
+		"namespaces": {served, map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "RoleBinding": 3, "Role": 1, "Deployment": 1,
+			"ValidatingAdmissionPolicy": 3, "ValidatingAdmissionPolicyBinding": 3}},
+		"cluster-wide": {clusterWide, map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "RoleBinding": 1, "Role": 1, "Deployment": 1,
+			"ValidatingAdmissionPolicy": 3, "ValidatingAdmissionPolicyBinding": 3}},
+	} {
+		if got := added(tc.objs); !equalCounts(got, tc.want) {
+			t.Errorf("%s: the sync controller adds %v, want %v", name, got, tc.want)
+		}
+	}
+	for _, ns := range []string{"team-a", "team-b"} {
+		if rb := findIn(served, "RoleBinding", "coffer-sync-controller", ns); rb == nil {
+			t.Errorf("no RoleBinding in %s", ns)
+		}
+	}
+	a := strings.Join(args(t, find(served, "Deployment", "coffer-sync-controller")), " ")
+	for _, w := range []string{"sync-controller", "--namespaces=team-a,team-b", "--leader-elect", "--leader-election-namespace=coffer-system", "--token-request-audience=api://AzureADTokenExchange", "--token-expiration=600s"} {
+		if !strings.Contains(a, w) {
+			t.Errorf("args lack %s: %s", w, a)
+		}
+	}
+	if a := strings.Join(args(t, find(clusterWide, "Deployment", "coffer-sync-controller")), " "); !strings.Contains(a, "--cluster-wide") || !strings.Contains(a, "--token-request-audience=a1,a2") || strings.Contains(a, "--namespaces") {
+		t.Errorf("cluster-wide args: %s", a)
+	}
+
+	kube := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{repoFile(t, "deploy/helm/coffer/crds")}})
+	ctx := context.Background()
+	for _, ns := range []string{namespace, "team-a", "team-b"} {
+		if err := kube.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, objs := range [][]*unstructured.Unstructured{served, clusterWide} {
+		for _, o := range objs {
+			if err := kube.Client.Create(ctx, o.DeepCopy(), client.DryRunAll); err != nil {
+				t.Errorf("%s %s: %v", o.GetKind(), o.GetName(), err)
+			}
+		}
+	}
+}
+
+func equalCounts(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, n := range a {
+		if b[k] != n {
+			return false
+		}
+	}
+	return true
+}
+
+func findIn(objs []*unstructured.Unstructured, kind, name, ns string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name && o.GetNamespace() == ns {
+			return o
+		}
+	}
+	return nil
 }

@@ -86,3 +86,20 @@ files are group-readable under fsGroup, which the root-key loader refuses.
       name: {{ .Values.server.rootKey.secretName }}
       key: {{ .Values.server.rootKey.key }}
 {{- end -}}
+
+{{- define "coffer.syncController" -}}
+{{ include "coffer.name" . }}-sync-controller
+{{- end -}}
+
+{{/* The sync controller's token audiences, comma-separated. */}}
+{{- define "coffer.syncAudiences" -}}
+{{- $reqs := .Values.syncController.tokenRequests | default .Values.tokenRequests -}}
+{{- $auds := list -}}
+{{- range $reqs }}{{ $auds = append $auds .audience }}{{ end -}}
+{{- join "," $auds -}}
+{{- end -}}
+
+{{/* The sync controller's user name, as admission sees it. */}}
+{{- define "coffer.syncControllerUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "coffer.syncController" . }}
+{{- end -}}
