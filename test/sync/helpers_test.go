@@ -9,7 +9,9 @@ package sync
 import (
 	"context"
 	"crypto/x509"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -166,7 +168,7 @@ func (s *stack) controllerOptions(dirs ...string) controller.Options {
 		Namespaces: []string{"default"}, Push: true, RotationPollInterval: time.Hour,
 		LeaderElection: true, LeaderElectionNamespace: controllerNS,
 		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
-		Kube: s.kube.Config, Log: slog.New(slog.DiscardHandler),
+		MetricsAddr: "127.0.0.1:0", Kube: s.kube.Config, Log: slog.New(slog.DiscardHandler),
 	}
 }
 
@@ -488,4 +490,15 @@ func (s *stack) force(t testing.TB, ns, name, value string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// httpGet returns the body of a GET.
+func httpGet(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }

@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,11 +36,21 @@ func TestPushRefresh(t *testing.T) {
 		s.waitCondition(t, "default", "db", syncv1.ConditionUpdate, metav1.ConditionTrue, syncv1.ReasonValueChangeOrForceUpdateDetected)
 		s.waitWatched(t, 1)
 	}
-	if n := sumMetric(t, c.d.Registry, "coffer_sync_pushes_total"); n < 3 {
-		t.Errorf("%v pushes counted, want 3", n)
+	// The metrics are recorded once the sync is done, a moment after the
+	// Secret's write.
+	eventually(t, 10*time.Second, "3 pushes and 3 push latencies counted", func() bool {
+		return sumMetric(t, c.d.Registry, "coffer_sync_pushes_total") >= 3 && sumMetric(t, c.d.Registry, "coffer_sync_push_to_secret_seconds") >= 3
+	}, nil)
+	// The listener serves them, with controller-runtime's and the
+	// process's.
+	body, err := httpGet("http://" + c.d.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := sumMetric(t, c.d.Registry, "coffer_sync_push_to_secret_seconds"); n < 3 {
-		t.Errorf("%v push latencies observed, want 3", n)
+	for _, series := range []string{`coffer_sync_syncs_total{result="updated"}`, "coffer_sync_push_to_secret_seconds_count", "workqueue_depth", "leader_election_master_status", "process_resident_memory_bytes"} {
+		if !strings.Contains(body, series) {
+			t.Errorf("/metrics has no %s", series)
+		}
 	}
 }
 

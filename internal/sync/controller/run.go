@@ -118,7 +118,9 @@ type Options struct {
 type Daemon struct {
 	// Reconciler is what the elected replica runs.
 	Reconciler *Reconciler
-	// Registry holds the process's metrics.
+	// Registry holds the controller's own metrics; /metrics serves them
+	// with controller-runtime's (work queue, leader election, client,
+	// Go runtime and process).
 	Registry *prometheus.Registry
 
 	opts   Options
@@ -197,6 +199,12 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	// client-go's default, 5 requests a second (controller-runtime's 20),
+	// would make the first sync of a thousand SecretSyncs take minutes;
+	// the apiserver's priority and fairness still protects it.
+	if rc.QPS == 0 && rc.Burst == 0 {
+		rc.QPS, rc.Burst = 100, 200
+	}
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, secretsstorev1.AddToScheme, syncv1.AddToScheme} {
 		if err := add(scheme); err != nil {
@@ -253,7 +261,10 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		}
 		return nil, fmt.Errorf("controller manager: %w", err)
 	}
-	reg := daemon.NewRegistry()
+	// controller-runtime's registry already holds the Go runtime and
+	// process collectors: the daemon's own series go in a registry
+	// without them, served beside it.
+	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
 	r := &Reconciler{
 		opts: o, kube: mgr.GetClient(), live: mgr.GetAPIReader(), providers: providerclient.New(o.ProviderDirs, o.MaxCallRecvMsgSize),
@@ -327,6 +338,9 @@ func (d *Daemon) syncsOfClass(ctx context.Context, o client.Object) []reconcile.
 	}
 	return out
 }
+
+// MetricsAddr is the bound address of /metrics and /healthz, or "".
+func (d *Daemon) MetricsAddr() string { return d.stat.Addr() }
 
 // Run runs the controller until ctx ends: it campaigns for leadership and,
 // once elected, syncs. On the way out it gives up the lease, so that
