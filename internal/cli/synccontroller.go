@@ -17,7 +17,7 @@ var syncControllerFlags = map[string]string{
 	"RotationPollInterval": "--rotation-poll-interval", "Push": "--push-rotation", "Namespaces": "--namespaces",
 	"ClusterWide": "--cluster-wide", "ControllerName": "--controller-name", "LeaderElection": "--leader-elect",
 	"LeaderElectionNamespace": "--leader-election-namespace", "LeaderElectionID": "--leader-election-id",
-	"Workers": "--workers", "MaxCallRecvMsgSize": "--max-call-recv-msg-size", "ProviderTimeout": "--provider-timeout",
+	"Workers": "--workers", "KubeAPIQPS": "--kube-api-qps", "KubeAPIBurst": "--kube-api-burst", "MaxCallRecvMsgSize": "--max-call-recv-msg-size", "ProviderTimeout": "--provider-timeout",
 	"MetricsAddr": "--metrics-addr", "Kubeconfig": "--kubeconfig", "PodName": "--pod-name", "PodUID": "--pod-uid",
 }
 
@@ -93,6 +93,8 @@ controller's flags.`,
 	f.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the Lease (default: the pod's own)")
 	f.StringVar(&o.LeaderElectionID, "leader-election-id", "coffer-sync-controller", "name of the Lease")
 	f.IntVar(&o.Workers, "workers", 8, "SecretSyncs synced at once")
+	f.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 100, "requests per second to the apiserver")
+	f.IntVar(&o.KubeAPIBurst, "kube-api-burst", 200, "bursts of requests to the apiserver")
 	f.IntVar(&o.MaxCallRecvMsgSize, "max-call-recv-msg-size", 4<<20, "largest provider response, in bytes")
 	f.DurationVar(&o.ProviderTimeout, "provider-timeout", 30*time.Second, "bound of one provider call")
 	f.StringVar(&o.PodName, "pod-name", "", "this pod's name, passed to providers (default: $SYNC_CONTROLLER_POD_NAME)")

@@ -596,7 +596,7 @@ func TestChartSyncController(t *testing.T) {
 		objs []*unstructured.Unstructured
 		want map[string]int
 	}{
-		"namespaces": {served, map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "RoleBinding": 3, "Role": 1, "Deployment": 1,
+		"namespaces": {served, map[string]int{"ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 1, "RoleBinding": 3, "Role": 1, "Deployment": 1,
 			"ValidatingAdmissionPolicy": 3, "ValidatingAdmissionPolicyBinding": 3}},
 		"cluster-wide": {clusterWide, map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "RoleBinding": 1, "Role": 1, "Deployment": 1,
 			"ValidatingAdmissionPolicy": 3, "ValidatingAdmissionPolicyBinding": 3}},

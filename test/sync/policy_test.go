@@ -84,6 +84,11 @@ func TestAdmissionPolicies(t *testing.T) {
 	if err := s.kube.Client.Create(ctx, foreign); err != nil {
 		t.Fatal(err)
 	}
+	// A SecretSync in a namespace the controller does not serve, there
+	// before it starts: it is in the controller's cluster-wide watch of
+	// SecretSyncs, and left alone.
+	s.coffersClass(t, "other", "vault", mi.ClientID, "db")
+	s.secretSync(t, "other", "unserved", "vault", "app", nil, "db")
 	controllerConfig := s.saConfig(t, controllerNS, "coffer-sync-controller")
 	o := s.controllerOptions()
 	o.Kube = controllerConfig
@@ -92,6 +97,9 @@ func TestAdmissionPolicies(t *testing.T) {
 	// Allowed: the controller syncs, under the policies and its RBAC.
 	s.secretSync(t, "default", "db", "vault", "app", nil, "db")
 	synced := s.waitSecret(t, "default", "db", "db", "from the vault", time.Minute)
+	if st := s.getSync(t, "other", "unserved").Status; len(st.Conditions) != 0 || s.secret(t, "other", "unserved") != nil {
+		t.Fatalf("a SecretSync of a namespace not served was synced: %+v", st)
+	}
 
 	// A user's edit of the synced Secret is refused, even an
 	// administrator's (policies bind system:masters too).

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -94,6 +95,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
+	}
+	if !r.opts.ClusterWide && !slices.Contains(r.opts.Namespaces, ss.Namespace) {
+		return ctrl.Result{}, nil // SecretSyncs are watched everywhere, served only here
 	}
 	if n := ss.Spec.SecretSyncControllerName; n != "" && n != r.opts.ControllerName {
 		return ctrl.Result{}, nil // another controller's

@@ -104,6 +104,14 @@ type Options struct {
 	// PodName and PodUID are the controller's own pod, passed to providers
 	// as csi.storage.k8s.io/pod.name and pod.uid (as upstream does).
 	PodName, PodUID string
+	// KubeAPIQPS and KubeAPIBurst bound the controller's requests to the
+	// apiserver (default 100 a second, bursts of 200). A first sync costs
+	// about three requests per SecretSync (the Secret, the status, an
+	// event): client-go's default of 5 a second would make that of a
+	// thousand take minutes. The apiserver's priority and fairness still
+	// applies.
+	KubeAPIQPS   float32
+	KubeAPIBurst int
 	// MetricsAddr serves /metrics and /healthz; empty is off.
 	MetricsAddr string
 	// Kube is the apiserver's client configuration; nil reads Kubeconfig,
@@ -173,6 +181,15 @@ func (o Options) Validate() (Options, error) {
 	if o.ProviderTimeout <= 0 {
 		o.ProviderTimeout = 30 * time.Second
 	}
+	if o.KubeAPIQPS == 0 {
+		o.KubeAPIQPS = 100
+	}
+	if o.KubeAPIBurst == 0 {
+		o.KubeAPIBurst = 2 * int(o.KubeAPIQPS)
+	}
+	if o.KubeAPIQPS < 0 || o.KubeAPIBurst < 1 {
+		return o, daemon.Invalid("KubeAPIQPS", "and KubeAPIBurst must be positive")
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -199,12 +216,7 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	// client-go's default, 5 requests a second (controller-runtime's 20),
-	// would make the first sync of a thousand SecretSyncs take minutes;
-	// the apiserver's priority and fairness still protects it.
-	if rc.QPS == 0 && rc.Burst == 0 {
-		rc.QPS, rc.Burst = 100, 200
-	}
+	rc.QPS, rc.Burst = o.KubeAPIQPS, o.KubeAPIBurst
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, secretsstorev1.AddToScheme, syncv1.AddToScheme} {
 		if err := add(scheme); err != nil {
@@ -227,10 +239,19 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		ByObject:         map[client.Object]cache.ByObject{&corev1.Secret{}: {Label: labels.NewSelector().Add(*managed)}},
 	}
 	if !o.ClusterWide {
+		// Secrets are watched in the namespaces served only: reading them
+		// anywhere else is a right the controller does not get. SecretSyncs
+		// and classes, which hold no values, are watched cluster-wide and
+		// filtered here: one watch each instead of one per namespace, which
+		// with 50 namespaces is a third of the informers, their goroutines
+		// and their memory.
 		copts.DefaultNamespaces = map[string]cache.Config{}
 		for _, ns := range o.Namespaces {
 			copts.DefaultNamespaces[ns] = cache.Config{}
 		}
+		all := map[string]cache.Config{cache.AllNamespaces: {}}
+		copts.ByObject[&syncv1.SecretSync{}] = cache.ByObject{Namespaces: all}
+		copts.ByObject[&secretsstorev1.SecretProviderClass{}] = cache.ByObject{Namespaces: all}
 	}
 	skip := true
 	mopts := manager.Options{
@@ -315,13 +336,20 @@ func (d *Daemon) setup(ctx context.Context) error {
 	secretDeleted := predicate.Funcs{
 		CreateFunc: func(event.CreateEvent) bool { return false }, UpdateFunc: func(event.UpdateEvent) bool { return false },
 		DeleteFunc: func(event.DeleteEvent) bool { return true }, GenericFunc: func(event.GenericEvent) bool { return false }}
+	served := predicate.NewPredicateFuncs(d.served)
 	return ctrl.NewControllerManagedBy(d.mgr).Named("secretsync").
+		WithEventFilter(served).
 		For(&syncv1.SecretSync{}, builder.WithPredicates(syncChanged)).
 		Owns(&corev1.Secret{}, builder.WithPredicates(secretDeleted)).
 		Watches(&secretsstorev1.SecretProviderClass{}, handler.EnqueueRequestsFromMapFunc(d.syncsOfClass), builder.WithPredicates(classChanged)).
 		WatchesRawSource(source.Channel(d.pusher.events, &handler.EnqueueRequestForObject{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: d.opts.Workers}).
 		Complete(d.Reconciler)
+}
+
+// served reports whether the controller serves o's namespace.
+func (d *Daemon) served(o client.Object) bool {
+	return d.opts.ClusterWide || slices.Contains(d.opts.Namespaces, o.GetNamespace())
 }
 
 // syncsOfClass maps a class to the SecretSyncs of its namespace that name
