@@ -201,9 +201,11 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 		"provider":  map[string]any{"enabled": true},
 		"nodeAgent": map[string]any{"enabled": true, "systemIdentity": in.pool.SystemAssigned.ClientID},
 		"webhook":   map[string]any{"enabled": true},
+		// One replica: on the node's network, two would share its ports.
+		"syncController": map[string]any{"enabled": true, "namespaces": []any{"default"}, "hostNetwork": true, "replicas": 1},
 	})
 	apply(t, c, chart, values)
-	for _, comp := range []string{"csi-driver", "provider", "node-agent", "webhook"} {
+	for _, comp := range []string{"csi-driver", "provider", "node-agent", "webhook", "sync-controller"} {
 		c.WaitPodsOf(ns, "app.kubernetes.io/component="+comp, 1, 2*time.Minute)
 	}
 	waitInstall(t, c, "the driver's registration with the kubelet", func() bool {

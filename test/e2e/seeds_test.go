@@ -270,6 +270,8 @@ func TestSeeds(t *testing.T) {
 		}
 	})
 
+	syncCases(t, in)
+
 	t.Run("push rotation: the file in the running container and the synced Secret change", func(t *testing.T) {
 		in.setSecret(t, "secret1", "first value")
 		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
