@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	syncv1 "github.com/cofferhq/coffer/internal/sync/apis/v1alpha1"
+	"github.com/cofferhq/coffer/internal/sync/controller"
 	"github.com/cofferhq/coffer/internal/testing/testpath"
 )
 
@@ -41,6 +42,9 @@ func checkSynced(t testing.TB, sec *corev1.Secret, ss *syncv1.SecretSync, typ co
 	}
 	if sec.Type != typ {
 		t.Errorf("type %s, want %s", sec.Type, typ)
+	}
+	if len(sec.ManagedFields) == 0 || sec.ManagedFields[0].Manager != controller.FieldManager {
+		t.Errorf("managedFields %+v: want the writes named %s", sec.ManagedFields, controller.FieldManager)
 	}
 }
 

@@ -198,6 +198,9 @@ func (o Options) Validate() (Options, error) {
 
 var setLogger sync.Once
 
+// FieldManager names the controller's writes in managedFields.
+const FieldManager = "coffer-sync-controller"
+
 // spcIndex indexes SecretSyncs by the class they name.
 const spcIndex = "spec.secretProviderClassName"
 
@@ -288,7 +291,9 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
 	r := &Reconciler{
-		opts: o, kube: mgr.GetClient(), live: mgr.GetAPIReader(), providers: providerclient.New(o.ProviderDirs, o.MaxCallRecvMsgSize),
+		// Its writes are named in managedFields as the controller's, not
+		// after the binary.
+		opts: o, kube: client.WithFieldOwner(mgr.GetClient(), FieldManager), live: mgr.GetAPIReader(), providers: providerclient.New(o.ProviderDirs, o.MaxCallRecvMsgSize),
 		recorder: mgr.GetEventRecorder("coffer-sync-controller"), metrics: metrics, now: time.Now,
 		syncs: map[types.NamespacedName]*syncState{},
 	}
