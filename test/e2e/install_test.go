@@ -47,7 +47,7 @@ const serverReplicas = 2
 
 // installation is Coffer installed on the cluster with its Helm chart.
 type installation struct {
-	c      *cluster.Cluster
+	c      *node
 	admin  *coffclient.Client
 	env    devenv.Env
 	pool   mgmthttp.NodePoolOut
@@ -68,10 +68,10 @@ type installation struct {
 // Service is reached through a proxy of the test's (cluster.ServeService);
 // the node agent puts 169.254.169.254 on lo (this kernel has no dummy
 // interfaces); and the directories are the cluster's own.
-func install(t *testing.T, c *cluster.Cluster) *installation {
+func install(t *testing.T, c *node) *installation {
 	t.Helper()
 	ctx := context.Background()
-	kc := c.Kube.Client
+	kc := c.Client
 	in := &installation{c: c, suffix: fmt.Sprintf("%s:%d", vaultHost, serverPort)}
 
 	start := time.Now()
@@ -101,7 +101,7 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-etcd-client", Namespace: ns}, Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{"ca.crt": etcdTLS.CA, "tls.crt": etcdTLS.Cert, "tls.key": etcdTLS.Key}},
 		// The authority trusts the cluster's service-account issuer.
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(c.Kube.CAData)}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(c.CAData)}},
 	}
 	for _, o := range objs {
 		if err := kc.Create(ctx, o); err != nil {
@@ -109,7 +109,7 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 		}
 	}
 
-	api, err := url.Parse(c.Kube.Config.Host)
+	api, err := url.Parse(c.Config.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 // apply creates the chart's objects, or updates those that exist. The
 // apiserver must have no warning for any of them (a deprecated field, an
 // unknown one, a doubtful value).
-func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[string]any) {
+func apply(t *testing.T, c *node, ch *chartv2.Chart, values map[string]any) {
 	t.Helper()
 	objs, err := chartrender.Render(ch, "coffer", ns, values)
 	if err != nil {
@@ -270,12 +270,12 @@ func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[strin
 
 // warningClient is an administrator's client whose apiserver warnings go
 // to the returned recorder.
-func warningClient(t *testing.T, c *cluster.Cluster) (client.Client, *kubetest.Warnings) {
+func warningClient(t *testing.T, c *node) (client.Client, *kubetest.Warnings) {
 	t.Helper()
-	cfg := rest.CopyConfig(c.Kube.Config)
+	cfg := rest.CopyConfig(c.Config)
 	warnings := &kubetest.Warnings{}
 	cfg.WarningHandler, cfg.WarningHandlerWithContext = warnings, nil
-	kc, err := client.New(cfg, client.Options{Scheme: c.Kube.Scheme})
+	kc, err := client.New(cfg, client.Options{Scheme: c.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +284,7 @@ func warningClient(t *testing.T, c *cluster.Cluster) (client.Client, *kubetest.W
 
 // waitInstall waits for cond, and shows every Coffer pod's log if it never
 // holds.
-func waitInstall(t *testing.T, c *cluster.Cluster, what string, cond func() bool) {
+func waitInstall(t *testing.T, c *node, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for !cond() {
@@ -305,7 +305,7 @@ func toAny(ss []string) []any {
 
 // initLogs are the first runs' logs of the server pods' init containers
 // (the API keeps only the latest two runs).
-func initLogs(c *cluster.Cluster, pods []corev1.Pod) string {
+func initLogs(c *node, pods []corev1.Pod) string {
 	var b strings.Builder
 	for i := range pods {
 		fmt.Fprintf(&b, "--- %s:\n%s\n", pods[i].Name, c.ContainerRunLog(&pods[i], "init", 0))

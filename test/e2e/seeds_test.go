@@ -133,7 +133,8 @@ func jq(t *testing.T, doc, field string) string {
 // vault's name through the node's resolver. What they saw comes from
 // `kubectl exec` and `kubectl logs`.
 func TestSeeds(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Images: tarballs(t), CRDs: []string{testpath.Repo(t, "deploy/helm/coffer/crds")}})
+	c := startNode(t, cluster.Options{Images: tarballs(t)})
+	installCRDs(t, c, testpath.Repo(t, "deploy/helm/coffer/crds"))
 	waitDefaultSA(t, c)
 	in := install(t, c)
 	ctx := context.Background()
@@ -195,7 +196,7 @@ func TestSeeds(t *testing.T) {
 		}
 		// kubectl label pod aks-helloworld aadpodidbinding=web
 		patch := []byte(`{"metadata":{"labels":{"aadpodidbinding":"web"}}}`)
-		if _, err := c.Kube.Clientset.CoreV1().Pods("default").Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := c.Clientset.CoreV1().Pods("default").Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		var token string
@@ -232,7 +233,7 @@ func TestSeeds(t *testing.T) {
 		unlabelled := strings.Replace(strings.Replace(strings.SplitN(seed004, "---\n", 2)[1], "name: csi-demo", "name: csi-demo-unlabelled", 1), "aadpodidbinding: web", "app: unlabelled", 1)
 		in.create(t, unlabelled)
 		eventually(t, in.c, "a FailedMount event that explains", time.Minute, func() bool {
-			evs, err := in.c.Kube.Clientset.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=csi-demo-unlabelled"})
+			evs, err := in.c.Clientset.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=csi-demo-unlabelled"})
 			if err != nil {
 				return false
 			}
@@ -251,7 +252,7 @@ func TestSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := in.admin.Manage(ctx, "PUT", "identities/apps/wi-app/federated-credentials/k8s", federation.Credential{
-			Issuer: in.c.Kube.Issuer, Subject: "system:serviceaccount:default:wi-sa", Audiences: []string{federation.DefaultAudience}}, nil); err != nil {
+			Issuer: in.c.Issuer, Subject: "system:serviceaccount:default:wi-sa", Audiences: []string{federation.DefaultAudience}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		in.allowGet(t, mi.PrincipalID)
@@ -286,7 +287,7 @@ func TestSeeds(t *testing.T) {
 		})
 		t.Logf("the container saw the new value %s after the vault changed", time.Since(start).Round(10*time.Millisecond))
 		eventually(t, in.c, "the synced Secret to change", 30*time.Second, func() bool {
-			s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "rotating-secret", metav1.GetOptions{})
+			s, err := in.c.Clientset.CoreV1().Secrets("default").Get(ctx, "rotating-secret", metav1.GetOptions{})
 			return err == nil && string(s.Data["value"]) == "rotated value"
 		})
 	})
@@ -305,7 +306,7 @@ const holdFinalizer = "e2e.coffer.io/hold"
 func (in *installation) withoutOneServer(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	pods := in.c.Kube.Clientset.CoreV1().Pods(ns)
+	pods := in.c.Clientset.CoreV1().Pods(ns)
 	const selector = "app.kubernetes.io/component=server"
 	servers := in.c.WaitPodsOf(ns, selector, serverReplicas, time.Minute)
 	slices.SortFunc(servers, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
@@ -364,7 +365,7 @@ func assigned(t *testing.T, in *installation) string {
 	l := &unstructured.UnstructuredList{}
 	l.SetAPIVersion("aadpodidentity.k8s.io/v1")
 	l.SetKind("AzureAssignedIdentityList")
-	if err := in.c.Kube.Client.List(context.Background(), l); err != nil {
+	if err := in.c.Client.List(context.Background(), l); err != nil {
 		t.Fatal(err)
 	}
 	var b strings.Builder
