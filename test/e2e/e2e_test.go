@@ -21,8 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilexec "k8s.io/client-go/util/exec"
 
-	"github.com/cofferhq/coffer/test/e2e/cluster"
-	"github.com/cofferhq/coffer/test/e2e/images"
+	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
+	"github.com/cofferhq/coffer/internal/cli/localcluster/images"
 )
 
 // Image names, all loaded from tarballs (imagePullPolicy: Never).
@@ -53,7 +53,7 @@ func buildImages(root string) error {
 		links = append(links, "bin/"+tool)
 	}
 	if _, err := images.Build(repo, dir,
-		images.Image{Ref: cluster.PauseImage, Package: "./test/e2e/pause", Binary: "pause"},
+		images.Image{Ref: cluster.PauseImage, Package: "./internal/cli/localcluster/pause", Binary: "pause"},
 		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app", Links: links},
 		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer"},
 	); err != nil {

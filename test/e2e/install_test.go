@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	coffclient "github.com/cofferhq/coffer/internal/cli/client"
+	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
 	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
@@ -30,7 +31,6 @@ import (
 	"github.com/cofferhq/coffer/internal/testing/etcdtest"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/testing/testpath"
-	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 
 const ns = "coffer-system"

@@ -17,8 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
-	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 
 // supervise runs the package's tests on a node of their own. In the

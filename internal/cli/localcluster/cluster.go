@@ -1,4 +1,4 @@
-// Package cluster runs a real single-node Kubernetes cluster: etcd,
+// Package localcluster runs a real single-node Kubernetes cluster: etcd,
 // kube-apiserver, kube-controller-manager, kube-scheduler and a kubelet
 // built from the Go module proxy by scripts/kube-assets.sh, and
 // containerd, runc and the CNI plugins from Debian. Every process is
@@ -11,7 +11,7 @@
 // constraints (DESIGN §5) shape the rest: cgroup v1, no registry (images
 // come from tarballs, imagePullPolicy Never), and runc may not lower
 // oom_score_adj.
-package cluster
+package localcluster
 
 import (
 	"bytes"
