@@ -21,7 +21,9 @@ type workload struct {
 	updated, observed bool
 }
 
-func (w workload) done() bool { return w.desired > 0 && w.ready >= w.desired && w.updated && w.observed }
+func (w workload) done() bool {
+	return w.desired > 0 && w.ready >= w.desired && w.updated && w.observed
+}
 
 // waitReady waits until the components' workloads have every replica
 // ready and up to date, printing each change of their state: so many of
