@@ -5,17 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
@@ -123,51 +118,4 @@ func (n *node) ServeService(ns, name, port, addr string) *cluster.ServiceProxy {
 	}
 	n.t.Cleanup(p.Close)
 	return p
-}
-
-// installCRDs creates the CustomResourceDefinitions in dir's YAML files
-// and waits until the apiserver serves them.
-func installCRDs(t testing.TB, c *node, dir string) {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no CRDs in %s: %v", dir, err)
-	}
-	ctx := context.Background()
-	var names []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range strings.Split(string(b), "\n---") {
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if len(u.Object) == 0 {
-				continue
-			}
-			if err := c.Client.Create(ctx, u); err != nil {
-				t.Fatalf("creating CRD %s: %v", u.GetName(), err)
-			}
-			names = append(names, u.GetName())
-		}
-	}
-	eventually(t, c, "the CRDs to be established", time.Minute, func() bool {
-		for _, name := range names {
-			var crd apiextensionsv1.CustomResourceDefinition
-			if c.Client.Get(ctx, client.ObjectKey{Name: name}, &crd) != nil {
-				return false
-			}
-			established := false
-			for _, cond := range crd.Status.Conditions {
-				established = established || (cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue)
-			}
-			if !established {
-				return false
-			}
-		}
-		return true
-	})
 }
