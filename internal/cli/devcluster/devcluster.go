@@ -119,6 +119,11 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	p.detail("ready after %s", time.Since(start).Round(time.Second))
+	// A Ctrl-C during the builds (which do not stop for it) ends here:
+	// the run inside would not have seen it.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 
 	// From here a Ctrl-C (which reaches the run inside too) stops the
 	// cluster, not the cleanup.
@@ -161,7 +166,8 @@ func Run(ctx context.Context, o Options) error {
 	case err != nil:
 		return err
 	case len(left) > 0:
-		return fmt.Errorf("the teardown left these behind, and removed them now:\n  %s", strings.Join(left, "\n  "))
+		// One line: the CLI prints an error's first line only.
+		return fmt.Errorf("the teardown left these behind, and removed them now: %s", strings.Join(left, "; "))
 	case code != 0:
 		return fmt.Errorf("the cluster stopped with exit code %d (see above)", code)
 	}
