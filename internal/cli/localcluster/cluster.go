@@ -621,6 +621,22 @@ func (c *Cluster) Stop() error {
 	for pid := range clusterProcesses("", podNamespaces(namespaces)) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
+	// A killed process takes a moment to go (its mounts and namespaces
+	// are torn down on exit): wait for the shims and the pods' processes,
+	// so that whoever checks after Stop finds none still dying.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		left := len(clusterProcesses("", podNamespaces(namespaces)))
+		for _, cmdline := range clusterProcesses(c.Dir, nil) {
+			if strings.Contains(cmdline, "containerd-shim") {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if c.dns != nil {
 		c.dns.Close()
 	}
