@@ -55,10 +55,11 @@ func exempt(group, d string) bool {
 
 // pkg is what go list says of a package.
 type pkg struct {
-	path    string   // relative to the module
-	imports []string // direct, of its non-test files
-	deps    []string // transitive, of its non-test files
-	all     []string // every transitive dependency, by full path
+	path       string   // relative to the module
+	imports    []string // direct, of its non-test files
+	deps       []string // transitive, of its non-test files
+	all        []string // every transitive dependency, by full path
+	allImports []string // direct, by full path
 }
 
 func list(t *testing.T, patterns ...string) []pkg {
@@ -80,7 +81,7 @@ func list(t *testing.T, patterns ...string) []pkg {
 		if len(f) != 3 {
 			t.Fatalf("go list line %q", sc.Text())
 		}
-		pkgs = append(pkgs, pkg{path: strings.TrimPrefix(f[0], module), imports: local(f[1]), deps: local(f[2]), all: strings.Fields(f[2])})
+		pkgs = append(pkgs, pkg{path: strings.TrimPrefix(f[0], module), imports: local(f[1]), deps: local(f[2]), all: strings.Fields(f[2]), allImports: strings.Fields(f[1])})
 	}
 	return pkgs
 }
@@ -137,8 +138,14 @@ func TestLayoutRules(t *testing.T) {
 	}
 }
 
+// helmUser is the one production package that may use Helm's library:
+// `coffer install` installs the chart through it (so that the release is
+// Helm's own, and `helm` can read and upgrade it). The node components,
+// the server and the webhook are in the same binary but never call it.
+const helmUser = "internal/cli/install"
+
 // TestShippedBinaryDeps checks what the coffer binary links: no test-only
-// package, and not Helm, which only the chart tests use.
+// package, and Helm only through coffer install.
 func TestShippedBinaryDeps(t *testing.T) {
 	bin := list(t, "./cmd/coffer")
 	if len(bin) != 1 || len(bin[0].deps) == 0 {
@@ -149,9 +156,21 @@ func TestShippedBinaryDeps(t *testing.T) {
 			t.Errorf("the coffer binary links the test-only package %s", d)
 		}
 	}
+	helm := false
 	for _, d := range bin[0].all {
-		if strings.HasPrefix(d, "helm.sh/") {
-			t.Errorf("the coffer binary links %s", d)
+		helm = helm || strings.HasPrefix(d, "helm.sh/")
+	}
+	if !helm {
+		t.Errorf("the coffer binary does not link Helm, which coffer install needs")
+	}
+	for _, p := range list(t, "./...") {
+		if testOnly(p.path) || p.path == helmUser {
+			continue
+		}
+		for _, imp := range p.allImports {
+			if strings.HasPrefix(imp, "helm.sh/") {
+				t.Errorf("%s imports %s: only %s may use Helm's library", p.path, imp, helmUser)
+			}
 		}
 	}
 }

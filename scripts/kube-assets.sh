@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries the tests run: a real kube-apiserver and an
 # etcd server (through controller-runtime's envtest), and the kubelet,
-# kube-controller-manager and kube-scheduler of the e2e cluster.
+# kube-controller-manager and kube-scheduler of the e2e cluster and of
+# `coffer dev --kubernetes`, and the kubectl that the latter hands its user.
 #
 # They are compiled from the Go module proxy in the separate tools module
-# tools/kube, because no other download is reachable from CI or a developer
-# machine, and because k8s.io/kubernetes must never enter the main module's
+# tools/kube (kubectl in its own module, tools/kube/kubectl), because no
+# other download is reachable from CI or a developer machine, and because k8s.io/kubernetes must never enter the main module's
 # dependency graph. The binaries are cached in
 #   ${COFFER_KUBE_ASSETS:-<repo>/.cache/kube-assets/<kubernetes version>}
 # and rebuilt only when one is missing or tools/kube has changed since it was
@@ -43,6 +44,9 @@ dir="$(cd "$dir" && pwd)"
 # out on purpose: a binary from an older toolchain still serves the tests,
 # and a new toolchain would make it a cold build of many minutes.
 inputs="$(cat "$tools/go.mod" "$tools/go.sum" "$tools/cmd/etcd/main.go" | sha256sum | cut -d' ' -f1)"
+# kubectl's module is its own, so that adding it left the others' stamps as
+# they were.
+kubectl_inputs="$(cat "$tools/kubectl/go.mod" "$tools/kubectl/go.sum" | sha256sum | cut -d' ' -f1)"
 stamp_of() { # stamp_of NAME [build args...]
 	printf '%s\n' "$inputs" "$@" | sha256sum | cut -d' ' -f1
 }
@@ -63,19 +67,19 @@ cleanup() { [[ -z "$tmp" ]] || rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-build() { # build NAME WHAT HOW PKG [extra go build args]
+build() { # build NAME WHAT HOW PKG [extra go build args]; $module and $module_inputs say where
 	local name="$1" what="$2" how="$3" pkg="$4"
 	shift 4
-	local stamp
-	stamp="$(stamp_of "$name" "$pkg" "$@")"
+	local stamp mod="${module:-$tools}"
+	stamp="$(inputs="${module_inputs:-$inputs}" stamp_of "$name" "$pkg" "$@")"
 	if fresh "$name" "$stamp"; then
 		return 0
 	fi
 	[[ -n "$tmp" ]] || tmp="$(mktemp -d "$dir/.build.XXXXXX")"
 	echo "kube-assets: building $what from the Go module proxy ($how)..." >&2
 	local start=$SECONDS
-	if ! (cd "$tools" && "$GO" build -o "$tmp/$name" "$@" "$pkg"); then
-		die "building $name failed (see the errors above); the Go module proxy must be reachable and $tools/go.sum complete"
+	if ! (cd "$mod" && "$GO" build -o "$tmp/$name" "$@" "$pkg"); then
+		die "building $name failed (see the errors above); the Go module proxy must be reachable and $mod/go.sum complete"
 	fi
 	echo "$stamp" >"$tmp/$name.stamp"
 	mv -f "$tmp/$name" "$dir/$name"
@@ -112,6 +116,14 @@ if [[ "${KUBE_ASSETS_NODE:-1}" != 0 ]]; then
 				-X k8s.io/component-base/version.gitTreeState=clean"
 		bins+=("$cmd")
 	done
+	module="$tools/kubectl" module_inputs="$kubectl_inputs" build kubectl "kubectl $version" "first time takes a few minutes" \
+		k8s.io/kubernetes/cmd/kubectl \
+		-ldflags "-s -w \
+			-X k8s.io/component-base/version.gitVersion=$version \
+			-X k8s.io/component-base/version.gitMajor=1 \
+			-X k8s.io/component-base/version.gitMinor=$minor \
+			-X k8s.io/component-base/version.gitTreeState=clean"
+	bins+=(kubectl)
 fi
 
 for bin in "${bins[@]}"; do

@@ -87,6 +87,8 @@ func (a *app) root() *cobra.Command {
 	}
 	root.AddCommand(
 		a.devCmd(),
+		a.installCmd(),
+		a.uninstallCmd(),
 		a.serverCmd(),
 		a.operatorCmd(),
 		a.vaultCmd(),

@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cofferhq/coffer/internal/cli/devcluster"
+	"github.com/cofferhq/coffer/internal/cli/localcluster"
 	"github.com/cofferhq/coffer/internal/server"
 	"github.com/cofferhq/coffer/internal/server/dev"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
@@ -87,16 +89,31 @@ var devFlags = mergeFlags(serverFlags, map[string]string{
 
 func (a *app) devCmd() *cobra.Command {
 	var o dev.Options
-	var writeHosts bool
+	var writeHosts, kubernetes bool
+	var source string
 	c := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything in one process on the embedded store, with a generated CA",
 		Long: `Run the vault server and the authority in one process on the embedded
 store. The first run creates the root key, a CA and server certificate, a
 tenant, an administrator and a vault named demo; later runs reuse them. It
-writes {data-dir}/dev.env with credentials for the CLI and the Azure SDKs.`,
+writes {data-dir}/dev.env with credentials for the CLI and the Azure SDKs.
+
+With --kubernetes (as root, in a source checkout) it runs a real
+single-node Kubernetes cluster instead (etcd, kube-apiserver, the
+controller-manager, the scheduler, containerd and a kubelet, in a network
+namespace of its own) and installs Coffer into it with ` + "`coffer install`" + `; it
+writes a kubeconfig, kubectl and the administrator's credentials to
+{data-dir}/kubernetes and prints how to use them. Ctrl-C tears it all down.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if kubernetes {
+				do := devcluster.Run
+				if localcluster.Inside() {
+					do = devcluster.Inside
+				}
+				return do(c.Context(), devcluster.Options{DataDir: o.DataDir, Source: source, Args: os.Args[1:], Out: a.stdout})
+			}
 			if writeHosts {
 				o.HostsFile = "/etc/hosts"
 			}
@@ -115,6 +132,8 @@ writes {data-dir}/dev.env with credentials for the CLI and the Azure SDKs.`,
 	f.IntVar(&o.Port, "port", 8443, "HTTPS port (0 picks a free one)")
 	f.StringVar(&o.ListenAddress, "listen-address", "127.0.0.1", "address to bind")
 	f.StringVar(&o.DNSSuffix, "dns-suffix", endpoint.DefaultSuffix, "DNS suffix of vault hosts")
+	f.BoolVar(&kubernetes, "kubernetes", false, "run a local Kubernetes cluster with Coffer installed by `coffer install` (needs root)")
+	f.StringVar(&source, "source", "", "with --kubernetes: the Coffer source tree to build the node's images from (default: found above the working directory)")
 	f.BoolVar(&writeHosts, "write-hosts", false, "add /etc/hosts entries for the authority and every vault, for clients that do not resolve *.localhost")
 	bindCommonServer(c, &o.Server, "")
 	return c

@@ -21,8 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilexec "k8s.io/client-go/util/exec"
 
-	"github.com/cofferhq/coffer/test/e2e/cluster"
-	"github.com/cofferhq/coffer/test/e2e/images"
+	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
+	"github.com/cofferhq/coffer/internal/cli/localcluster/images"
 )
 
 // Image names, all loaded from tarballs (imagePullPolicy: Never).
@@ -32,7 +32,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(cluster.Main(m, buildImages))
+	os.Exit(supervise(m, buildImages))
 }
 
 // buildImages runs before the tests, outside the node's namespace, where
@@ -53,7 +53,7 @@ func buildImages(root string) error {
 		links = append(links, "bin/"+tool)
 	}
 	if _, err := images.Build(repo, dir,
-		images.Image{Ref: cluster.PauseImage, Package: "./test/e2e/pause", Binary: "pause"},
+		images.Image{Ref: cluster.PauseImage, Package: "./internal/cli/localcluster/pause", Binary: "pause"},
 		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app", Links: links},
 		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer"},
 	); err != nil {
@@ -82,7 +82,7 @@ func TestNodeRunsContainers(t *testing.T) {
 	var dir string
 	var footprint cluster.Footprint
 	t.Run("cluster", func(t *testing.T) {
-		c := cluster.Start(t, cluster.Options{Images: tarballs(t)})
+		c := startNode(t, cluster.Options{Images: tarballs(t)})
 		dir = c.Dir
 		ctx := context.Background()
 		pod := &corev1.Pod{
@@ -100,12 +100,12 @@ func TestNodeRunsContainers(t *testing.T) {
 		}
 		waitDefaultSA(t, c)
 		for _, p := range []*corev1.Pod{pod, sleeper} {
-			if _, err := c.Kube.Clientset.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			if _, err := c.Clientset.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		eventually(t, c, "the container's output through the API", time.Minute, func() bool {
-			p, err := c.Kube.Clientset.CoreV1().Pods("default").Get(ctx, "hello", metav1.GetOptions{})
+			p, err := c.Clientset.CoreV1().Pods("default").Get(ctx, "hello", metav1.GetOptions{})
 			return err == nil && p.Status.Phase == corev1.PodSucceeded && c.ContainerLog(p, "app") == "hello from a real container"
 		})
 		p := c.WaitPod("default", "sleeper", 2*time.Minute)
@@ -129,7 +129,7 @@ func TestNodeRunsContainers(t *testing.T) {
 		if _, stderr, err := c.Exec("default", "sleeper", "app", "curl", "-s", "-k", "https://"+cluster.NodeIP+":10250/healthz"); err == nil || !strings.Contains(stderr, "connection refused") {
 			t.Fatalf("a pod reached the kubelet: %v %s", err, stderr)
 		}
-		if _, err := c.Kube.Clientset.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", cluster.NodeName, "proxy", "healthz").DoRaw(ctx); err != nil {
+		if _, err := c.Clientset.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", cluster.NodeName, "proxy", "healthz").DoRaw(ctx); err != nil {
 			t.Fatalf("the apiserver cannot reach the kubelet: %v", err)
 		}
 		// What the teardown checks below look for is there while it
@@ -190,15 +190,15 @@ func veths(t *testing.T) []string {
 
 // waitDefaultSA waits for kube-controller-manager to create the default
 // namespace's service account (pods need it).
-func waitDefaultSA(t *testing.T, c *cluster.Cluster) {
+func waitDefaultSA(t *testing.T, c *node) {
 	t.Helper()
 	eventually(t, c, "the default service account", time.Minute, func() bool {
-		_, err := c.Kube.Clientset.CoreV1().ServiceAccounts("default").Get(context.Background(), "default", metav1.GetOptions{})
+		_, err := c.Clientset.CoreV1().ServiceAccounts("default").Get(context.Background(), "default", metav1.GetOptions{})
 		return err == nil
 	})
 }
 
-func eventually(t *testing.T, c *cluster.Cluster, what string, timeout time.Duration, cond func() bool) {
+func eventually(t testing.TB, c *node, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

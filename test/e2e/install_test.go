@@ -1,36 +1,34 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
 	corev1 "k8s.io/api/core/v1"
-	storagev1 "k8s.io/api/storage/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
+	"github.com/cofferhq/coffer/internal/cli"
 	coffclient "github.com/cofferhq/coffer/internal/cli/client"
-	"github.com/cofferhq/coffer/internal/crypto/pki"
+	installer "github.com/cofferhq/coffer/internal/cli/install"
+	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
-	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
-	"github.com/cofferhq/coffer/internal/testing/chartrender"
 	"github.com/cofferhq/coffer/internal/testing/etcdtest"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
-	"github.com/cofferhq/coffer/internal/testing/testpath"
-	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 
 const ns = "coffer-system"
@@ -47,69 +45,51 @@ const serverReplicas = 2
 
 // installation is Coffer installed on the cluster with its Helm chart.
 type installation struct {
-	c      *cluster.Cluster
+	c      *node
 	admin  *coffclient.Client
 	env    devenv.Env
 	pool   mgmthttp.NodePoolOut
 	caPEM  []byte
 	suffix string // vault.e2e.test:8443
+	// valuesFile and envFile are coffer install's --values and
+	// --write-env.
+	valuesFile, envFile string
 	// proxy is the server Service's stand-in for kube-proxy, on the
 	// node's address and the chart's port.
 	proxy *cluster.ServiceProxy
 }
 
-// install installs Coffer with deploy/helm/coffer the way its README says
-// (secrets and the server first, then a node pool, then everything), highly
-// available: serverReplicas server pods on a 3-member etcd cluster that the
-// test starts on the node, reached over TCP with client TLS. The values are
-// the chart's defaults but for what this cluster lacks: the node
-// components use the host (the node's) network and reach the apiserver at
-// the node's address (no kube-proxy, so no ClusterIPs), and the server's
-// Service is reached through a proxy of the test's (cluster.ServeService);
-// the node agent puts 169.254.169.254 on lo (this kernel has no dummy
-// interfaces); and the directories are the cluster's own.
-func install(t *testing.T, c *cluster.Cluster) *installation {
+// install installs Coffer with `coffer install`, as its README says,
+// highly available: serverReplicas server pods on a 3-member etcd cluster
+// that the test starts on the node, reached over TCP with client TLS. The
+// values file gives what this cluster needs beyond the chart's defaults:
+// the image built here; the node components use the host (the node's)
+// network and reach the apiserver at the node's address (no kube-proxy,
+// so no ClusterIPs), and the server's Service is reached through a proxy
+// of the test's (cluster.ServeService); the node agent puts
+// 169.254.169.254 on lo (this kernel has no dummy interfaces); the
+// directories are the cluster's own; and the authority trusts the
+// cluster's service-account issuer. The etcd client certificate and the
+// issuer's CA are the test's, in the namespace the test makes: `coffer
+// uninstall` must leave those, and remove everything else.
+func install(t *testing.T, c *node) *installation {
 	t.Helper()
 	ctx := context.Background()
-	kc := c.Kube.Client
-	in := &installation{c: c, suffix: fmt.Sprintf("%s:%d", vaultHost, serverPort)}
+	kc := c.Client
+	in := &installation{c: c, suffix: fmt.Sprintf("%s:%d", vaultHost, serverPort), envFile: filepath.Join(c.Dir, "admin.env")}
 
 	start := time.Now()
 	etcd := etcdtest.StartWith(t, etcdtest.Options{Members: 3, ClientHost: cluster.NodeIP, TLS: true})
 	t.Logf("e2e: a 3-member etcd cluster serves on the node's address, with client TLS, after %s: %s",
 		time.Since(start).Round(10*time.Millisecond), strings.Join(etcd.TCPEndpoints(), ","))
 	etcdTLS := etcd.ClientTLS()
-
-	files, err := pki.EnsureDev(filepath.Join(c.Dir, "pki"), vaultHost, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	in.caPEM = read(files.CACert)
-	objs := []client.Object{
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-root-key", Namespace: ns}, Data: map[string][]byte{"root-key": []byte(rootkey.Generate().Encode())}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{"tls.crt": read(files.Cert), "tls.key": read(files.Key)}},
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coffer-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(in.caPEM)}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-etcd-client", Namespace: ns}, Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{"ca.crt": etcdTLS.CA, "tls.crt": etcdTLS.Cert, "tls.key": etcdTLS.Key}},
-		// The authority trusts the cluster's service-account issuer.
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(c.Kube.CAData)}},
-	}
-	for _, o := range objs {
+	for _, o := range testObjects(c, etcdTLS.CA, etcdTLS.Cert, etcdTLS.Key) {
 		if err := kc.Create(ctx, o); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	api, err := url.Parse(c.Kube.Config.Host)
+	api, err := url.Parse(c.Config.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,49 +100,54 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 			"storage": map[string]any{"type": "etcd", "etcd": map[string]any{"endpoints": toAny(etcd.TCPEndpoints()),
 				"tls": map[string]any{"secretName": "coffer-etcd-client"}}},
 			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
-		"linux": map[string]any{"enabled": false, "kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
+		"linux": map[string]any{"kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
 			"hostNetwork": true},
 		"enableSecretRotation": true, "rotationPollInterval": "10m", "syncSecret": map[string]any{"enabled": true},
-		"provider":  map[string]any{"enabled": false},
-		"nodeAgent": map[string]any{"enabled": false, "socketDir": filepath.Join(c.Dir, "agent"), "linkLocalInterface": "lo"},
-		"webhook":   map[string]any{"enabled": false, "hostNetwork": true},
+		"nodeAgent": map[string]any{"socketDir": filepath.Join(c.Dir, "agent"), "linkLocalInterface": "lo"},
+		"webhook":   map[string]any{"hostNetwork": true},
+		// One replica: on the node's network, two would share its ports.
+		"syncController": map[string]any{"enabled": true, "namespaces": []any{"default"}, "hostNetwork": true, "replicas": 1},
 	}
-	chart, err := chartrender.Load(testpath.Repo(t, "deploy/helm/coffer"))
+	b, err := yaml.Marshal(values)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	t.Log("e2e: installing the chart, step 1: the server")
-	apply(t, c, chart, values)
+	in.valuesFile = filepath.Join(c.Dir, "values.yaml")
+	if err := os.WriteFile(in.valuesFile, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Before the install: the node agent, the provider and the webhook
+	// reach the server through it as soon as they start.
 	in.proxy = c.ServeService(ns, "coffer-server", "https", net.JoinHostPort(cluster.NodeIP, strconv.Itoa(serverPort)))
-	// The replicas start together; their init containers take turns.
+
 	start = time.Now()
-	servers := c.WaitPodsOf(ns, "app.kubernetes.io/component=server", serverReplicas, 2*time.Minute)
-	t.Logf("e2e: %d server replicas ready after %s", serverReplicas, time.Since(start).Round(10*time.Millisecond))
-	var admin corev1.Secret
-	deadline := time.Now().Add(time.Minute)
-	for kc.Get(ctx, client.ObjectKey{Namespace: ns, Name: "coffer-admin"}, &admin) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("no administrator's Secret; the init containers' first runs said:\n%s\nCoffer's pods say:\n%s", initLogs(c, servers), c.Logs(ns))
+	out := in.coffer(t, "install")
+	t.Logf("e2e: coffer install took %s; it printed:\n%s", time.Since(start).Round(time.Second), indent(out, "  "))
+	for _, want := range []string{"Connecting to the cluster", "created the root key", "Installing the server", "Creating the node pool pool1",
+		"csi-driver: 1/1 ready", "the webhook's CA is published", "Coffer is installed in namespace coffer-system (Helm release coffer, revision 2)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("coffer install did not print %q", want)
 		}
-		time.Sleep(250 * time.Millisecond)
 	}
-	envFile := filepath.Join(c.Dir, "admin.env")
-	if err := os.WriteFile(envFile, admin.Data["dev.env"], 0o600); err != nil {
+	if in.env, err = devenv.Read(in.envFile); err != nil {
 		t.Fatal(err)
 	}
-	if in.env, err = devenv.Read(envFile); err != nil {
+	if in.caPEM, err = os.ReadFile(in.env.CAFile); err != nil {
 		t.Fatal(err)
 	}
-	in.env.CAFile = files.CACert
 	if in.admin, err = coffclient.New(in.env); err != nil {
 		t.Fatal(err)
+	}
+	in.pool = in.state(t)
+	if in.pool.TenantID != in.env.TenantID || !strings.Contains(out, in.pool.SystemAssigned.ClientID) {
+		t.Errorf("the node pool's identity %+v is not the one printed, or not of the tenant %s", in.pool, in.env.TenantID)
 	}
 	eventually(t, c, "the server to answer", time.Minute, func() bool {
 		return in.admin.Manage(ctx, "GET", "vaults", nil, nil) == nil
 	})
 	// Exactly one replica bootstrapped; the other found its work done, at
 	// its first try.
+	servers := c.WaitPodsOf(ns, "app.kubernetes.io/component=server", serverReplicas, time.Minute)
 	bootstrapped := 0
 	for i := range servers {
 		log := c.ContainerRunLog(&servers[i], "init", 0)
@@ -181,120 +166,67 @@ func install(t *testing.T, c *cluster.Cluster) *installation {
 	if bootstrapped != 1 {
 		t.Errorf("%d server replicas bootstrapped the store, want 1:\n%s", bootstrapped, initLogs(c, servers))
 	}
-	manage := func(method, path string, body, out any) {
-		t.Helper()
-		if err := in.admin.Manage(ctx, method, path, body, out); err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-	}
-	manage("POST", "vaults", mgmthttp.CreateVaultIn{Name: "demo", ResourceGroup: "e2e"}, nil)
-	manage("POST", "node-pools", mgmthttp.CreateIdentityIn{Name: "pool1", ResourceGroup: "nodes"}, &in.pool)
-	if err := kc.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-node-agent", Namespace: ns},
-		Data: map[string][]byte{"client-id": []byte(in.pool.AgentClientID), "client-secret": []byte(in.pool.AgentSecret)}}); err != nil {
+	if err := in.admin.Manage(ctx, "POST", "vaults", mgmthttp.CreateVaultIn{Name: "demo", ResourceGroup: "e2e"}, nil); err != nil {
 		t.Fatal(err)
 	}
-
-	t.Log("e2e: installing the chart, step 2: the node components and the webhook")
-	chartrender.Merge(values, map[string]any{
-		"tenantID":  in.env.TenantID,
-		"linux":     map[string]any{"enabled": true},
-		"provider":  map[string]any{"enabled": true},
-		"nodeAgent": map[string]any{"enabled": true, "systemIdentity": in.pool.SystemAssigned.ClientID},
-		"webhook":   map[string]any{"enabled": true},
-		// One replica: on the node's network, two would share its ports.
-		"syncController": map[string]any{"enabled": true, "namespaces": []any{"default"}, "hostNetwork": true, "replicas": 1},
-	})
-	apply(t, c, chart, values)
-	for _, comp := range []string{"csi-driver", "provider", "node-agent", "webhook", "sync-controller"} {
-		c.WaitPodsOf(ns, "app.kubernetes.io/component="+comp, 1, 2*time.Minute)
-	}
-	waitInstall(t, c, "the driver's registration with the kubelet", func() bool {
-		var n storagev1.CSINode
-		if kc.Get(ctx, client.ObjectKey{Name: cluster.NodeName}, &n) != nil {
-			return false
-		}
-		for _, d := range n.Spec.Drivers {
-			if d.Name == "secrets-store.csi.k8s.io" {
-				return true
-			}
-		}
-		return false
-	})
-	waitInstall(t, c, "the webhook's caBundle", func() bool {
-		u := &unstructured.Unstructured{}
-		u.SetAPIVersion("admissionregistration.k8s.io/v1")
-		u.SetKind("MutatingWebhookConfiguration")
-		if kc.Get(ctx, client.ObjectKey{Name: "coffer-workload-identity"}, u) != nil {
-			return false
-		}
-		hooks, _, _ := unstructured.NestedSlice(u.Object, "webhooks")
-		if len(hooks) == 0 {
-			return false
-		}
-		b, _, _ := unstructured.NestedString(hooks[0].(map[string]any), "clientConfig", "caBundle")
-		return b != ""
-	})
 	return in
 }
 
-// apply creates the chart's objects, or updates those that exist. The
-// apiserver must have no warning for any of them (a deprecated field, an
-// unknown one, a doubtful value).
-func apply(t *testing.T, c *cluster.Cluster, ch *chartv2.Chart, values map[string]any) {
+// testObjects are what the test makes for the installation itself: the
+// namespace, the etcd client certificate, and the CA of the cluster's
+// service-account issuer.
+func testObjects(c *node, ca, cert, key []byte) []client.Object {
+	return []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "coffer-etcd-client", Namespace: ns}, Type: corev1.SecretTypeTLS,
+			Data: map[string][]byte{"ca.crt": ca, "tls.crt": cert, "tls.key": key}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(c.CAData)}},
+	}
+}
+
+// coffer runs `coffer {verb}` (install or uninstall) as a user would,
+// through the CLI, on the cluster's kubeconfig, and returns what it
+// printed.
+func (in *installation) coffer(t *testing.T, verb string) string {
 	t.Helper()
-	objs, err := chartrender.Render(ch, "coffer", ns, values)
-	if err != nil {
+	args := []string{verb, "--kubeconfig", in.c.Kubeconfig}
+	switch verb {
+	case "install":
+		args = append(args, "--values", in.valuesFile, "--node-pool", "pool1", "--resource-group", "nodes", "--write-env", in.envFile, "--timeout", "4m")
+	case "uninstall":
+		args = append(args, "--yes")
+	}
+	var out, errb strings.Builder
+	if code := cli.Main(args, strings.NewReader(""), &out, &errb); code != 0 {
+		t.Fatalf("coffer %s exited %d: %s\nit printed:\n%s\nCoffer's pods say:\n%s", verb, code, errb.String(), out.String(), in.c.Logs(ns))
+	}
+	return out.String()
+}
+
+// state reads the node pool's identity where coffer install records it.
+func (in *installation) state(t *testing.T) mgmthttp.NodePoolOut {
+	t.Helper()
+	var cm corev1.ConfigMap
+	if err := in.c.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: installer.StateConfigMap("coffer")}, &cm); err != nil {
 		t.Fatal(err)
 	}
-	kc, warnings := warningClient(t, c)
-	ctx := context.Background()
-	for _, o := range objs {
-		err := kc.Create(ctx, o)
-		if apierrors.IsAlreadyExists(err) {
-			cur := &unstructured.Unstructured{}
-			cur.SetGroupVersionKind(o.GroupVersionKind())
-			if err = kc.Get(ctx, client.ObjectKeyFromObject(o), cur); err == nil {
-				o.SetResourceVersion(cur.GetResourceVersion())
-				if o.GetKind() == "MutatingWebhookConfiguration" {
-					continue // its caBundle is the webhook's
-				}
-				err = kc.Update(ctx, o)
-			}
-		}
-		if err != nil {
-			t.Fatalf("applying %s %s: %v", o.GetKind(), o.GetName(), err)
-		}
-		if w := warnings.Take(); len(w) > 0 {
-			t.Errorf("the apiserver warns about %s %s: %s", o.GetKind(), o.GetName(), strings.Join(w, "; "))
-		}
-	}
+	d := cm.Data
+	return mgmthttp.NodePoolOut{Name: d[installer.StateNodePool], ID: d[installer.StateResourceID], AgentClientID: d[installer.StateAgentClientID],
+		TenantID: d[installer.StateTenantID], SystemAssigned: mgmthttp.IdentityOut{ClientID: d[installer.StateClientID], PrincipalID: d[installer.StatePrincipalID]}}
 }
 
 // warningClient is an administrator's client whose apiserver warnings go
 // to the returned recorder.
-func warningClient(t *testing.T, c *cluster.Cluster) (client.Client, *kubetest.Warnings) {
+func warningClient(t *testing.T, c *node) (client.Client, *kubetest.Warnings) {
 	t.Helper()
-	cfg := rest.CopyConfig(c.Kube.Config)
+	cfg := rest.CopyConfig(c.Config)
 	warnings := &kubetest.Warnings{}
 	cfg.WarningHandler, cfg.WarningHandlerWithContext = warnings, nil
-	kc, err := client.New(cfg, client.Options{Scheme: c.Kube.Scheme})
+	kc, err := client.New(cfg, client.Options{Scheme: c.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return kc, warnings
-}
-
-// waitInstall waits for cond, and shows every Coffer pod's log if it never
-// holds.
-func waitInstall(t *testing.T, c *cluster.Cluster, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("e2e: timed out waiting for %s; Coffer's pods said:\n%s", what, c.Logs(ns))
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
 }
 
 func toAny(ss []string) []any {
@@ -307,10 +239,156 @@ func toAny(ss []string) []any {
 
 // initLogs are the first runs' logs of the server pods' init containers
 // (the API keeps only the latest two runs).
-func initLogs(c *cluster.Cluster, pods []corev1.Pod) string {
+func initLogs(c *node, pods []corev1.Pod) string {
 	var b strings.Builder
 	for i := range pods {
 		fmt.Fprintf(&b, "--- %s:\n%s\n", pods[i].Name, c.ContainerRunLog(&pods[i], "init", 0))
 	}
 	return b.String()
+}
+
+// upgrade runs `coffer install` again, as an upgrade does: a new revision
+// of the release, and the same root key, certificate, tenant, node pool
+// and administrator.
+func (in *installation) upgrade(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	secret := func(name string) []byte {
+		var s corev1.Secret
+		if err := in.c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
+			t.Fatal(err)
+		}
+		return bytes.Join([][]byte{s.Data["root-key"], s.Data["tls.crt"], s.Data["client-id"]}, nil)
+	}
+	before := map[string][]byte{}
+	for _, name := range []string{"coffer-root-key", "coffer-tls", "coffer-node-agent"} {
+		before[name] = secret(name)
+	}
+	start := time.Now()
+	out := in.coffer(t, "install")
+	t.Logf("e2e: the second coffer install took %s; it printed:\n%s", time.Since(start).Round(time.Second), indent(out, "  "))
+	for _, want := range []string{"the root key exists", "the server certificate for *." + vaultHost + " is current",
+		"Found the node pool pool1 (identity " + in.pool.SystemAssigned.ClientID + ")", "Upgrading Coffer",
+		"Coffer is upgraded in namespace coffer-system (Helm release coffer, revision 3)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the second coffer install did not print %q", want)
+		}
+	}
+	for name, b := range before {
+		if !bytes.Equal(secret(name), b) {
+			t.Errorf("the second coffer install changed Secret %s", name)
+		}
+	}
+	if got := in.state(t); got != in.pool {
+		t.Errorf("the node pool is now %+v, was %+v", got, in.pool)
+	}
+	env, err := devenv.Read(in.envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.TenantID != in.env.TenantID || env.ClientID != in.env.ClientID {
+		t.Errorf("the administrator is now %s of %s, was %s of %s", env.ClientID, env.TenantID, in.env.ClientID, in.env.TenantID)
+	}
+	if err := in.admin.Manage(ctx, "GET", "vaults/demo", nil, nil); err != nil {
+		t.Errorf("vault demo after the upgrade: %v", err)
+	}
+}
+
+// uninstall deletes the examples' pods, then runs `coffer uninstall`, and
+// checks that nothing of Coffer's is left: in its namespace only what the
+// test made itself, and no cluster-wide object, CRD or CSI registration.
+// Coffer's store stays in the test's etcd, as the uninstall says.
+func (in *installation) uninstall(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	cs := in.c.Clientset
+	if err := cs.CoreV1().Pods("default").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, in.c, "the examples' pods to go", 2*time.Minute, func() bool {
+		l, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		return err == nil && len(l.Items) == 0
+	})
+	start := time.Now()
+	out := in.coffer(t, "uninstall")
+	t.Logf("e2e: coffer uninstall took %s; it printed:\n%s", time.Since(start).Round(time.Second), indent(out, "  "))
+	if !strings.Contains(out, "namespace coffer-system was not made by coffer install: it stays") || !strings.Contains(out, "Coffer is uninstalled") {
+		t.Errorf("coffer uninstall printed:\n%s", out)
+	}
+
+	names := func(list any) []string {
+		var out []string
+		switch l := list.(type) {
+		case *corev1.SecretList:
+			for _, o := range l.Items {
+				out = append(out, "Secret "+o.Name)
+			}
+		case *corev1.ConfigMapList:
+			for _, o := range l.Items {
+				out = append(out, "ConfigMap "+o.Name)
+			}
+		case *corev1.ServiceAccountList:
+			for _, o := range l.Items {
+				out = append(out, "ServiceAccount "+o.Name)
+			}
+		}
+		return out
+	}
+	var left []string
+	var secrets corev1.SecretList
+	var cms corev1.ConfigMapList
+	var sas corev1.ServiceAccountList
+	for _, l := range []client.ObjectList{&secrets, &cms, &sas} {
+		if err := in.c.Client.List(ctx, l, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, names(l)...)
+	}
+	slices.Sort(left)
+	if want := []string{"ConfigMap kube-ca", "ConfigMap kube-root-ca.crt", "Secret coffer-etcd-client", "ServiceAccount default"}; !slices.Equal(left, want) {
+		t.Errorf("namespace %s holds %v after coffer uninstall, want only the test's own %v", ns, left, want)
+	}
+	for _, kind := range []struct{ group, version, kind string }{
+		{"", "v1", "Pod"}, {"", "v1", "Service"}, {"", "v1", "PersistentVolumeClaim"}, {"apps", "v1", "StatefulSet"}, {"apps", "v1", "DaemonSet"},
+		{"apps", "v1", "Deployment"}, {"rbac.authorization.k8s.io", "v1", "Role"}, {"rbac.authorization.k8s.io", "v1", "RoleBinding"},
+		{"policy", "v1", "PodDisruptionBudget"},
+	} {
+		l := &unstructured.UnstructuredList{}
+		l.SetAPIVersion(strings.TrimPrefix(kind.group+"/"+kind.version, "/"))
+		l.SetKind(kind.kind + "List")
+		if err := in.c.Client.List(ctx, l, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range l.Items {
+			t.Errorf("%s %s/%s is left after coffer uninstall", kind.kind, ns, o.GetName())
+		}
+	}
+	for _, kind := range []struct{ group, version, kind string }{
+		{"rbac.authorization.k8s.io", "v1", "ClusterRole"}, {"rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"},
+		{"storage.k8s.io", "v1", "CSIDriver"}, {"admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration"},
+		{"apiextensions.k8s.io", "v1", "CustomResourceDefinition"},
+	} {
+		l := &unstructured.UnstructuredList{}
+		l.SetAPIVersion(kind.group + "/" + kind.version)
+		l.SetKind(kind.kind + "List")
+		if err := in.c.Client.List(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range l.Items {
+			n := o.GetName()
+			if n == cluster.DiscoveryRoleBinding {
+				continue // the harness's own
+			}
+			if strings.Contains(n, "coffer") || strings.Contains(n, "secrets-store") || strings.Contains(n, "aadpodidentity") {
+				t.Errorf("%s %s is left after coffer uninstall", kind.kind, n)
+			}
+		}
+	}
+	eventually(t, in.c, "the kubelet to forget the CSI driver", time.Minute, func() bool {
+		n, err := cs.StorageV1().CSINodes().Get(ctx, cluster.NodeName, metav1.GetOptions{})
+		return err == nil && len(n.Spec.Drivers) == 0
+	})
+	if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,10 +22,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	cluster "github.com/cofferhq/coffer/internal/cli/localcluster"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/testing/testpath"
-	"github.com/cofferhq/coffer/test/e2e/cluster"
 )
 
 // create applies a manifest's objects in namespace default, and logs what
@@ -133,10 +135,13 @@ func jq(t *testing.T, doc, field string) string {
 // vault's name through the node's resolver. What they saw comes from
 // `kubectl exec` and `kubectl logs`.
 func TestSeeds(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Images: tarballs(t), CRDs: []string{testpath.Repo(t, "deploy/helm/coffer/crds")}})
+	checkExamples(t)
+	c := startNode(t, cluster.Options{Images: tarballs(t)})
 	waitDefaultSA(t, c)
 	in := install(t, c)
 	ctx := context.Background()
+	t.Run("a second coffer install upgrades, and keeps the keys, the tenant and the node pool", in.upgrade)
+	tenant := map[string]string{"TENANT_ID": in.env.TenantID}
 
 	// Seed 000: two objects with aliases, mounted with the node's
 	// system-assigned identity (useVMManagedIdentity), read with
@@ -149,7 +154,7 @@ func TestSeeds(t *testing.T) {
 		in.setSecret(t, "secret1", "first value")
 		in.setSecret(t, "secret2", "second value")
 		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
-		in.create(t, fill(seed000, map[string]string{"tenant": in.env.TenantID}))
+		in.create(t, example(t, "seed-000", tenant))
 		const pod, ctr = "busybox-secrets-store-inline-system-msi", "busybox"
 		if got := in.exec(t, pod, ctr, "ls", "/mnt/secrets-store/"); got != "SECRET_1\nSECRET_2\n" {
 			t.Fatalf("ls /mnt/secrets-store/ = %q", got)
@@ -173,8 +178,11 @@ func TestSeeds(t *testing.T) {
 		t.Fatal(err)
 	}
 	in.allowGet(t, web.PrincipalID)
-	in.create(t, fill(podIdentity, map[string]string{"resourceID": web.ID, "clientID": web.ClientID}))
-	in.create(t, fill(caConfigMap, map[string]string{"ca": indent(string(in.caPEM), "    ")}))
+	// kubectl create configmap coffer-ca --from-file=ca.crt=admin.env.ca.pem
+	if err := c.Client.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coffer-ca", Namespace: "default"},
+		Data: map[string]string{"ca.crt": string(in.caPEM)}}); err != nil {
+		t.Fatal(err)
+	}
 	in.setSecret(t, "password", "seed 002 value")
 
 	// Seed 002: the demo pod is labelled after it starts; then, inside it,
@@ -182,7 +190,7 @@ func TestSeeds(t *testing.T) {
 	// with it. In Coffer's default mode the pod proves who it is with its
 	// service-account token, the $(cat ...) of the curl command.
 	t.Run("seed 002: IMDS token from the container, then the vault's REST API", func(t *testing.T) {
-		in.create(t, seed002)
+		in.create(t, example(t, "seed-002", map[string]string{"RESOURCE_ID": web.ID, "CLIENT_ID": web.ClientID}))
 		const pod, ctr = "aks-helloworld", "app"
 		resource := "https://" + in.suffix
 		imds := "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=" + url.QueryEscape(resource)
@@ -195,7 +203,7 @@ func TestSeeds(t *testing.T) {
 		}
 		// kubectl label pod aks-helloworld aadpodidbinding=web
 		patch := []byte(`{"metadata":{"labels":{"aadpodidbinding":"web"}}}`)
-		if _, err := c.Kube.Clientset.CoreV1().Pods("default").Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := c.Clientset.CoreV1().Pods("default").Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		var token string
@@ -221,7 +229,8 @@ func TestSeeds(t *testing.T) {
 
 	t.Run("seed 004: pod identity, secretObjects synced to an env var; no label, no mount", func(t *testing.T) {
 		in.setSecret(t, "secret-425", "seed 004 value")
-		in.create(t, fill(seed004, map[string]string{"tenant": in.env.TenantID}))
+		seed004 := example(t, "seed-004", tenant)
+		in.create(t, seed004)
 		// kubectl exec -it csi-demo -- sh; echo $KEYVAULT_SECRET; cat ...
 		if got := in.exec(t, "csi-demo", "nginx", "printenv", "KEYVAULT_SECRET"); got != "seed 004 value\n" {
 			t.Fatalf("KEYVAULT_SECRET = %q", got)
@@ -232,7 +241,7 @@ func TestSeeds(t *testing.T) {
 		unlabelled := strings.Replace(strings.Replace(strings.SplitN(seed004, "---\n", 2)[1], "name: csi-demo", "name: csi-demo-unlabelled", 1), "aadpodidbinding: web", "app: unlabelled", 1)
 		in.create(t, unlabelled)
 		eventually(t, in.c, "a FailedMount event that explains", time.Minute, func() bool {
-			evs, err := in.c.Kube.Clientset.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=csi-demo-unlabelled"})
+			evs, err := in.c.Clientset.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=csi-demo-unlabelled"})
 			if err != nil {
 				return false
 			}
@@ -251,11 +260,11 @@ func TestSeeds(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := in.admin.Manage(ctx, "PUT", "identities/apps/wi-app/federated-credentials/k8s", federation.Credential{
-			Issuer: in.c.Kube.Issuer, Subject: "system:serviceaccount:default:wi-sa", Audiences: []string{federation.DefaultAudience}}, nil); err != nil {
+			Issuer: in.c.Issuer, Subject: "system:serviceaccount:default:wi-sa", Audiences: []string{federation.DefaultAudience}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		in.allowGet(t, mi.PrincipalID)
-		in.create(t, fill(workload, map[string]string{"clientID": mi.ClientID, "tenant": in.env.TenantID, "vault": "https://demo." + in.suffix}))
+		in.create(t, example(t, "workload-identity", map[string]string{"CLIENT_ID": mi.ClientID, "TENANT_ID": in.env.TenantID, "VAULT_URL": "https://demo." + in.suffix}))
 		log := in.podLog(t, "wi-app", "app", `password="seed 002 value"`, `AZURE_CLIENT_ID="`+mi.ClientID+`"`)
 		if !strings.Contains(log, `AZURE_FEDERATED_TOKEN_FILE="/var/run/secrets/azure/tokens/azure-identity-token"`) {
 			t.Fatalf("the webhook's env did not reach the container:\n%s", log)
@@ -264,7 +273,6 @@ func TestSeeds(t *testing.T) {
 		// The same identity for a CSI volume (the class's clientID): the
 		// kubelet requests the pod's token for the CSIDriver's audience and
 		// passes it in the request's secrets (serviceAccountTokenInSecrets).
-		in.create(t, fill(workloadVolume, map[string]string{"clientID": mi.ClientID, "tenant": in.env.TenantID}))
 		if got := in.exec(t, "wi-volume", "app", "cat", "/mnt/secrets-store/password"); got != "seed 002 value" {
 			t.Fatalf("cat password = %q", got)
 		}
@@ -275,7 +283,7 @@ func TestSeeds(t *testing.T) {
 	t.Run("push rotation: the file in the running container and the synced Secret change", func(t *testing.T) {
 		in.setSecret(t, "secret1", "first value")
 		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
-		in.create(t, fill(rotation, map[string]string{"tenant": in.env.TenantID}))
+		in.create(t, example(t, "rotation", tenant))
 		in.podLog(t, "rotating", "app", `SECRET_1="first value"`)
 		start := time.Now()
 		in.setSecret(t, "secret1", "rotated value")
@@ -288,10 +296,12 @@ func TestSeeds(t *testing.T) {
 		})
 		t.Logf("the container saw the new value %s after the vault changed", time.Since(start).Round(10*time.Millisecond))
 		eventually(t, in.c, "the synced Secret to change", 30*time.Second, func() bool {
-			s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "rotating-secret", metav1.GetOptions{})
+			s, err := in.c.Clientset.CoreV1().Secrets("default").Get(ctx, "rotating-secret", metav1.GetOptions{})
 			return err == nil && string(s.Data["value"]) == "rotated value"
 		})
 	})
+
+	t.Run("coffer uninstall leaves nothing behind", in.uninstall)
 }
 
 // holdFinalizer keeps a deleted server pod, and so its name, which its
@@ -307,7 +317,7 @@ const holdFinalizer = "e2e.coffer.io/hold"
 func (in *installation) withoutOneServer(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	pods := in.c.Kube.Clientset.CoreV1().Pods(ns)
+	pods := in.c.Clientset.CoreV1().Pods(ns)
 	const selector = "app.kubernetes.io/component=server"
 	servers := in.c.WaitPodsOf(ns, selector, serverReplicas, time.Minute)
 	slices.SortFunc(servers, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
@@ -366,7 +376,7 @@ func assigned(t *testing.T, in *installation) string {
 	l := &unstructured.UnstructuredList{}
 	l.SetAPIVersion("aadpodidentity.k8s.io/v1")
 	l.SetKind("AzureAssignedIdentityList")
-	if err := in.c.Kube.Client.List(context.Background(), l); err != nil {
+	if err := in.c.Client.List(context.Background(), l); err != nil {
 		t.Fatal(err)
 	}
 	var b strings.Builder
@@ -382,278 +392,40 @@ func indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+prefix)
 }
 
-func fill(manifest string, vars map[string]string) string {
-	for k, v := range vars {
-		manifest = strings.ReplaceAll(manifest, "{{"+k+"}}", v)
+// examples are the directories of examples/ that TestSeeds applies.
+var examples = []string{"rotation", "secret-sync", "seed-000", "seed-002", "seed-004", "workload-identity"}
+
+// checkExamples fails if examples/ holds one that TestSeeds does not
+// apply.
+func checkExamples(t *testing.T) {
+	t.Helper()
+	dirs, err := filepath.Glob(filepath.Join(testpath.Repo(t, "examples"), "*", "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return manifest
+	var got []string
+	for _, d := range dirs {
+		got = append(got, filepath.Base(filepath.Dir(d)))
+	}
+	if !slices.Equal(got, examples) {
+		t.Fatalf("examples/ holds %v, TestSeeds applies %v", got, examples)
+	}
 }
 
-const podIdentity = `apiVersion: aadpodidentity.k8s.io/v1
-kind: AzureIdentity
-metadata:
-  name: web-identity
-spec:
-  type: 0
-  ResourceID: {{resourceID}}
-  ClientID: {{clientID}}
----
-apiVersion: aadpodidentity.k8s.io/v1
-kind: AzureIdentityBinding
-metadata:
-  name: web-identity-binding
-spec:
-  azureIdentity: web-identity
-  selector: web
-`
-
-// The vault's CA, for curl --cacert: the seeds' vault has a public
-// certificate, this one a CA of the test's.
-const caConfigMap = `apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: coffer-ca
-data:
-  ca.crt: |
-{{ca}}
-`
-
-// Seed 002's demo pod (the helloworld chart's, with a shell to exec into),
-// not yet labelled for the binding.
-const seed002 = `apiVersion: v1
-kind: Pod
-metadata:
-  name: aks-helloworld
-spec:
-  containers:
-    - name: app
-      image: coffer.local/app:e2e
-      imagePullPolicy: Never
-      command: ["/bin/sleep", "inf"]
-      volumeMounts:
-        - {name: ca, mountPath: /etc/coffer, readOnly: true}
-  volumes:
-    - name: ca
-      configMap: {name: coffer-ca}
-`
-
-// Seed 004's class (at v1alpha1, as the seed wrote it) and pod, with the
-// vault and tenant changed.
-const seed004 = `apiVersion: secrets-store.csi.x-k8s.io/v1alpha1
-kind: SecretProviderClass
-metadata:
-  name: key-vault-secret
-spec:
-  provider: azure
-  parameters:
-    usePodIdentity: "true"
-    keyvaultName: "demo"
-    objects:  |
-      array:
-        - |
-          objectName: secret-425
-          objectType: secret
-    tenantId: "{{tenant}}"
-  secretObjects:
-  - secretName: key-vault-secret
-    type: Opaque
-    data:
-    - objectName: secret-425
-      key: secret-content
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: csi-demo
-  labels:
-    aadpodidbinding: web
-spec:
-  containers:
-  - name: nginx
-    image: coffer.local/app:e2e
-    imagePullPolicy: Never
-    env:
-      - name: KEYVAULT_SECRET
-        valueFrom:
-          secretKeyRef:
-            name: key-vault-secret
-            key: secret-content
-    volumeMounts:
-      - name: keyvault
-        mountPath: /mnt/secrets-store
-        readOnly: true
-  volumes:
-    - name: keyvault
-      csi:
-        driver: secrets-store.csi.k8s.io
-        readOnly: true
-        volumeAttributes:
-          secretProviderClass: key-vault-secret
-`
-
-const workload = `apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: wi-sa
-  annotations:
-    azure.workload.identity/client-id: "{{clientID}}"
-    azure.workload.identity/tenant-id: "{{tenant}}"
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: wi-app
-  labels:
-    azure.workload.identity/use: "true"
-spec:
-  serviceAccountName: wi-sa
-  containers:
-    - name: app
-      image: coffer.local/app:e2e
-      imagePullPolicy: Never
-      args: ["workload", "{{vault}}", "password"]
-      env:
-        - {name: COFFER_CA_FILE, value: /etc/coffer/ca.crt}
-      volumeMounts:
-        - {name: ca, mountPath: /etc/coffer, readOnly: true}
-  volumes:
-    - name: ca
-      configMap: {name: coffer-ca}
-`
-
-// A class for workload identity (clientID), mounted by a pod of the
-// federated service account.
-const workloadVolume = `apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: wi-class
-spec:
-  provider: azure
-  parameters:
-    clientID: "{{clientID}}"
-    keyvaultName: demo
-    objects: |
-      array:
-        - |
-          objectName: password
-          objectType: secret
-    tenantId: "{{tenant}}"
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: wi-volume
-spec:
-  serviceAccountName: wi-sa
-  containers:
-    - name: app
-      image: coffer.local/app:e2e
-      imagePullPolicy: Never
-      command: ["/bin/sleep", "inf"]
-      volumeMounts:
-        - {name: store, mountPath: /mnt/secrets-store, readOnly: true}
-  volumes:
-    - name: store
-      csi:
-        driver: secrets-store.csi.k8s.io
-        readOnly: true
-        volumeAttributes:
-          secretProviderClass: wi-class
-`
-
-const rotation = `apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: rotating
-spec:
-  provider: azure
-  parameters:
-    useVMManagedIdentity: "true"
-    keyvaultName: demo
-    objects:  |
-      array:
-        - |
-          objectName: secret1
-          objectAlias: SECRET_1
-          objectType: secret
-    tenantId: "{{tenant}}"
-  secretObjects:
-  - secretName: rotating-secret
-    type: Opaque
-    data:
-    - objectName: SECRET_1
-      key: value
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: rotating
-spec:
-  containers:
-    - name: app
-      image: coffer.local/app:e2e
-      imagePullPolicy: Never
-      args: ["watch", "/mnt/secrets-store/SECRET_1"]
-      volumeMounts:
-        - {name: store, mountPath: /mnt/secrets-store, readOnly: true}
-  volumes:
-    - name: store
-      csi:
-        driver: secrets-store.csi.k8s.io
-        readOnly: true
-        volumeAttributes:
-          secretProviderClass: rotating
-`
-
-// Seed 000's class and pod, with the vault, the tenant and the image
-// changed.
-const seed000 = `apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: azure-kvname-sys-msi
-spec:
-  provider: azure
-  parameters:
-    usePodIdentity: "false"
-    useVMManagedIdentity: "true"
-    userAssignedIdentityID: ""
-    keyvaultName: demo
-    cloudName: ""
-    objects:  |
-      array:
-        - |
-          objectName: secret1
-          objectAlias: SECRET_1
-          objectType: secret
-          objectVersion: ""
-        - |
-          objectName: secret2
-          objectAlias: SECRET_2
-          objectType: secret
-          objectVersion: ""
-    tenantId: "{{tenant}}"
----
-kind: Pod
-apiVersion: v1
-metadata:
-  name: busybox-secrets-store-inline-system-msi
-spec:
-  containers:
-    - name: busybox
-      image: coffer.local/app:e2e
-      imagePullPolicy: Never
-      command:
-        - "/bin/sleep"
-        - "10000"
-      volumeMounts:
-      - name: secrets-store01-inline
-        mountPath: "/mnt/secrets-store"
-        readOnly: true
-  volumes:
-    - name: secrets-store01-inline
-      csi:
-        driver: secrets-store.csi.k8s.io
-        readOnly: true
-        volumeAttributes:
-          secretProviderClass: "azure-kvname-sys-msi"
-`
+// example is examples/{name}/manifest.yaml with its ${…} variables
+// substituted, as the example's README does with envsubst, and nothing
+// else changed. A variable vars lacks fails the test.
+func example(t *testing.T, name string, vars map[string]string) string {
+	t.Helper()
+	b, err := os.ReadFile(testpath.Repo(t, filepath.Join("examples", name, "manifest.yaml")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.Expand(string(b), func(k string) string {
+		v, ok := vars[k]
+		if !ok {
+			t.Fatalf("examples/%s uses ${%s}, which the test does not give", name, k)
+		}
+		return v
+	})
+}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,16 +28,16 @@ func syncCases(t *testing.T, in *installation) {
 			t.Fatal(err)
 		}
 		if err := in.admin.Manage(ctx, "PUT", "identities/apps/sync-app/federated-credentials/k8s", federation.Credential{
-			Issuer: in.c.Kube.Issuer, Subject: "system:serviceaccount:default:sync-sa", Audiences: []string{federation.DefaultAudience}}, nil); err != nil {
+			Issuer: in.c.Issuer, Subject: "system:serviceaccount:default:sync-sa", Audiences: []string{federation.DefaultAudience}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		in.allowGet(t, mi.PrincipalID)
 		in.setSecret(t, "sync-db", "synced with no pod")
-		in.create(t, fill(secretSync, map[string]string{"clientID": mi.ClientID, "tenant": in.env.TenantID}))
+		in.create(t, example(t, "secret-sync", map[string]string{"CLIENT_ID": mi.ClientID, "TENANT_ID": in.env.TenantID}))
 		if got := in.exec(t, "env-reader", "app", "printenv", "PASSWORD"); got != "synced with no pod\n" {
 			t.Fatalf("PASSWORD = %q", got)
 		}
-		p, err := in.c.Kube.Clientset.CoreV1().Pods("default").Get(ctx, "env-reader", metav1.GetOptions{})
+		p, err := in.c.Clientset.CoreV1().Pods("default").Get(ctx, "env-reader", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +46,7 @@ func syncCases(t *testing.T, in *installation) {
 				t.Fatalf("the reader mounts a CSI volume: %s", v.Name)
 			}
 		}
-		s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "sync-db", metav1.GetOptions{})
+		s, err := in.c.Clientset.CoreV1().Secrets("default").Get(ctx, "sync-db", metav1.GetOptions{})
 		if err != nil || s.Labels["secrets-store.sync.x-k8s.io/secretsync"] != "sync-db" || len(s.OwnerReferences) != 1 || s.OwnerReferences[0].Kind != "SecretSync" {
 			t.Fatalf("the synced Secret: %v %+v", err, s.ObjectMeta)
 		}
@@ -54,22 +55,22 @@ func syncCases(t *testing.T, in *installation) {
 	t.Run("secretObjects: a Deployment scaled from 3 to 1 keeps its synced Secret", func(t *testing.T) {
 		in.setSecret(t, "scaled", "kept through the scale-down")
 		in.allowGet(t, in.pool.SystemAssigned.PrincipalID)
-		in.create(t, fill(scaled, map[string]string{"tenant": in.env.TenantID}))
+		in.create(t, strings.ReplaceAll(scaled, "{{tenant}}", in.env.TenantID))
 		in.c.WaitPodsOf("default", "app=scaled", 3, 3*time.Minute)
 		var first *corev1.Secret
 		eventually(t, in.c, "the synced Secret", time.Minute, func() bool {
-			s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "scaled-secret", metav1.GetOptions{})
+			s, err := in.c.Clientset.CoreV1().Secrets("default").Get(ctx, "scaled-secret", metav1.GetOptions{})
 			first = s
 			return err == nil && string(s.Data["value"]) == "kept through the scale-down"
 		})
 		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			d, err := in.c.Kube.Clientset.AppsV1().Deployments("default").Get(ctx, "scaled", metav1.GetOptions{})
+			d, err := in.c.Clientset.AppsV1().Deployments("default").Get(ctx, "scaled", metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
 			one := int32(1)
 			d.Spec.Replicas = &one
-			_, err = in.c.Kube.Clientset.AppsV1().Deployments("default").Update(ctx, d, metav1.UpdateOptions{})
+			_, err = in.c.Clientset.AppsV1().Deployments("default").Update(ctx, d, metav1.UpdateOptions{})
 			return err
 		}); err != nil {
 			t.Fatal(err)
@@ -77,14 +78,14 @@ func syncCases(t *testing.T, in *installation) {
 		// The gone pods' volumes are unpublished and their status objects
 		// collected: the garbage collector has judged the Secret.
 		eventually(t, in.c, "two pods and their status objects to go", 3*time.Minute, func() bool {
-			pods, err := in.c.Kube.Clientset.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=scaled"})
+			pods, err := in.c.Clientset.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=scaled"})
 			if err != nil || len(pods.Items) != 1 {
 				return false
 			}
 			list := &unstructured.UnstructuredList{}
 			list.SetAPIVersion("secrets-store.csi.x-k8s.io/v1")
 			list.SetKind("SecretProviderClassPodStatusList")
-			if err := in.c.Kube.Client.List(ctx, list, client.InNamespace("default")); err != nil {
+			if err := in.c.Client.List(ctx, list, client.InNamespace("default")); err != nil {
 				return false
 			}
 			n := 0
@@ -95,7 +96,7 @@ func syncCases(t *testing.T, in *installation) {
 			}
 			return n == 1
 		})
-		s, err := in.c.Kube.Clientset.CoreV1().Secrets("default").Get(ctx, "scaled-secret", metav1.GetOptions{})
+		s, err := in.c.Clientset.CoreV1().Secrets("default").Get(ctx, "scaled-secret", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			t.Fatal("the synced Secret was deleted by the scale-down")
 		}
@@ -104,59 +105,6 @@ func syncCases(t *testing.T, in *installation) {
 		}
 	})
 }
-
-// secretSync is a SecretSync read as an env var by a pod that mounts
-// nothing: its class is Coffer's provider's (in the sync controller's
-// pod), with workload identity for service account sync-sa.
-const secretSync = `apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: sync-sa
----
-apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: sync-class
-spec:
-  provider: azure
-  parameters:
-    clientID: "{{clientID}}"
-    keyvaultName: demo
-    tenantId: "{{tenant}}"
-    objects: |
-      array:
-        - |
-          objectName: sync-db
-          objectType: secret
----
-apiVersion: secret-sync.x-k8s.io/v1alpha1
-kind: SecretSync
-metadata:
-  name: sync-db
-spec:
-  serviceAccountName: sync-sa
-  secretProviderClassName: sync-class
-  secretObject:
-    type: Opaque
-    data:
-      - sourcePath: sync-db
-        targetKey: password
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: env-reader
-spec:
-  containers:
-    - name: app
-      image: coffer.local/app:e2e
-      imagePullPolicy: Never
-      command: ["/bin/sleep", "10000"]
-      env:
-        - name: PASSWORD
-          valueFrom:
-            secretKeyRef: {name: sync-db, key: password}
-`
 
 // scaled is a Deployment of 3 whose pods mount a class with
 // secretObjects, with the node's identity.

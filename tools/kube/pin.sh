@@ -10,7 +10,9 @@
 # is read from the release's own go.mod so that it follows new staging
 # modules from release to release instead of going stale by hand.
 #
-# Usage: ./pin.sh v1.36.3   (then commit go.mod and go.sum)
+# kubectl has a module of its own (kubectl/), pinned to the same release here.
+#
+# Usage: ./pin.sh v1.36.3   (then commit go.mod and go.sum, here and in kubectl/)
 set -euo pipefail
 
 version="${1:?usage: $0 vMAJOR.MINOR.PATCH, e.g. v1.36.3}"
@@ -36,17 +38,21 @@ if [[ ${#mods[@]} -eq 0 ]]; then
 	exit 1
 fi
 
-# Drop the replaces of an earlier pin first, so modules that a release no
-# longer has do not linger.
-for old in $(go mod edit -json | awk -F'"' '/"Old": \{/ { getline; print $4 }'); do
-	go mod edit -dropreplace="$old"
-done
-
 args=(-require="k8s.io/kubernetes@$version")
 for m in "${mods[@]}"; do
 	args+=(-replace="$m=$m@$staging")
 done
-go mod edit "${args[@]}"
-go mod tidy
+for module in . kubectl; do
+	(
+		cd "$module"
+		# Drop the replaces of an earlier pin first, so modules that a
+		# release no longer has do not linger.
+		for old in $(go mod edit -json | awk -F'"' '/"Old": \{/ { getline; print $4 }'); do
+			go mod edit -dropreplace="$old"
+		done
+		go mod edit "${args[@]}"
+		go mod tidy
+	)
+done
 
 echo "pinned k8s.io/kubernetes $version with ${#mods[@]} staging modules at $staging" >&2

@@ -50,7 +50,7 @@ func EnsureDev(dir, suffix string, now time.Time) (Files, error) {
 	}
 	caCert, caKey, err := loadPair(f.CACert, f.CAKey)
 	if err != nil || now.Add(renewBefore).After(caCert.NotAfter) {
-		caCert, caKey, err = newCA(now)
+		caCert, caKey, err = newCA("Coffer development CA", now)
 		if err != nil {
 			return f, err
 		}
@@ -75,14 +75,14 @@ func serial() *big.Int {
 	return n
 }
 
-func newCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
+func newCA(name string, now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "Coffer development CA", Organization: []string{"Coffer"}},
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"Coffer"}},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,

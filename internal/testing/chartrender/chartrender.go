@@ -1,20 +1,14 @@
 // Package chartrender renders a Helm chart with Helm's own Go library, as
-// `helm template` does, into objects a client can create.
+// `helm template` does, into objects a client can create: the rendering
+// of `coffer install`, for charts read from a directory.
 package chartrender
 
 import (
-	"fmt"
-	"maps"
-	"slices"
-	"strings"
-
-	"helm.sh/helm/v4/pkg/chart/common"
-	"helm.sh/helm/v4/pkg/chart/common/util"
 	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	"helm.sh/helm/v4/pkg/engine"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
+
+	"github.com/cofferhq/coffer/internal/cli/install"
 )
 
 // Load reads the chart in dir.
@@ -23,45 +17,8 @@ func Load(dir string) (*chartv2.Chart, error) { return loader.Load(dir) }
 // Render renders c for release name in namespace with vals over the
 // chart's defaults, and returns its objects ordered by template file name.
 func Render(c *chartv2.Chart, name, namespace string, vals map[string]any) ([]*unstructured.Unstructured, error) {
-	rv, err := util.ToRenderValues(c, vals, common.ReleaseOptions{Name: name, Namespace: namespace, IsInstall: true}, common.DefaultCapabilities)
-	if err != nil {
-		return nil, err
-	}
-	files, err := engine.Render(c, rv)
-	if err != nil {
-		return nil, err
-	}
-	var out []*unstructured.Unstructured
-	for _, file := range slices.Sorted(maps.Keys(files)) {
-		if !strings.HasSuffix(file, ".yaml") {
-			continue
-		}
-		for _, doc := range strings.Split(files[file], "\n---") {
-			if strings.TrimSpace(doc) == "" {
-				continue
-			}
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
-				return nil, fmt.Errorf("%s: %w", file, err)
-			}
-			if len(u.Object) > 0 {
-				out = append(out, u)
-			}
-		}
-	}
-	return out, nil
+	return install.Render(c, name, namespace, vals)
 }
 
 // Merge merges src into dst, map by map, and returns dst.
-func Merge(dst, src map[string]any) map[string]any {
-	for k, v := range src {
-		if sm, ok := v.(map[string]any); ok {
-			if dm, ok := dst[k].(map[string]any); ok {
-				dst[k] = Merge(dm, sm)
-				continue
-			}
-		}
-		dst[k] = v
-	}
-	return dst
-}
+func Merge(dst, src map[string]any) map[string]any { return install.Merge(dst, src) }

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,12 +87,23 @@ func (e Env) Write(path string) error {
 // Read parses an env file written by Write (KEY=value lines, values
 // optionally single- or double-quoted, # comments, optional "export ").
 func Read(path string) (Env, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return Env{}, err
 	}
+	defer f.Close()
+	e, err := Parse(f)
+	if err != nil {
+		return Env{}, fmt.Errorf("%s:%w", path, err)
+	}
+	return e, nil
+}
+
+// Parse reads an env file's contents, as Read does (`coffer install`
+// reads the administrator's from a Secret).
+func Parse(r io.Reader) (Env, error) {
 	vals := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -100,9 +112,12 @@ func Read(path string) (Env, error) {
 		line = strings.TrimPrefix(line, "export ")
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
-			return Env{}, fmt.Errorf("%s:%d: expected KEY=value", path, n)
+			return Env{}, fmt.Errorf("%d: expected KEY=value", n)
 		}
 		vals[strings.TrimSpace(k)] = unquote(strings.TrimSpace(v))
+	}
+	if err := sc.Err(); err != nil {
+		return Env{}, err
 	}
 	var e Env
 	for _, f := range e.fields() {

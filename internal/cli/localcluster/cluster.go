@@ -1,49 +1,71 @@
-// Package cluster runs a real single-node Kubernetes cluster for the e2e
-// tests: etcd and kube-apiserver (through internal/kubetest),
-// kube-controller-manager, kube-scheduler and a kubelet built from the Go
-// module proxy by scripts/kube-assets.sh, and containerd, runc and the CNI
-// plugins from Debian. Every process is started by this package and
-// stopped by pid, every mount under its directory is unmounted, even when
-// a test fails.
+// Package localcluster runs a real single-node Kubernetes cluster: etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler and a kubelet
+// built from the Go module proxy by scripts/kube-assets.sh, and
+// containerd, runc and the CNI plugins from Debian. Every process is
+// started by this package and stopped by pid, and every mount under its
+// directory is unmounted, whatever way Start or the cluster's user fails.
 //
-// The node runs in a network namespace of its own (see Main), with a
+// The node runs in a network namespace of its own (see Sandbox), with a
 // bridge CNI for its pods and a resolver for its names, so that nothing
 // listens on, or routes to, the machine's own network. The machine's other
 // constraints (DESIGN §5) shape the rest: cgroup v1, no registry (images
 // come from tarballs, imagePullPolicy Never), and runc may not lower
 // oom_score_adj.
-package cluster
+package localcluster
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
-
-	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // NodeName is the node's name.
 const NodeName = "e2e-node"
 
-// PauseImage is the sandbox image the harness builds.
+// PauseImage is the sandbox image the cluster's containerd uses; one of
+// Options.Images must be it.
 const PauseImage = "coffer.local/pause:e2e"
+
+// ErrNotInSandbox means Start ran outside the node's network namespace.
+var ErrNotInSandbox = errors.New("the cluster runs in the node's network namespace: start it from a process that Sandbox.Run started")
 
 // Cluster is a running single-node cluster.
 type Cluster struct {
-	Kube *kubetest.Env
+	// Config authenticates as the cluster's administrator (a client
+	// certificate in group system:masters).
+	Config *rest.Config
+	// Client and Clientset use Config; Client's scheme is Scheme (the
+	// built-in types and apiextensions).
+	Client    client.Client
+	Clientset kubernetes.Interface
+	Scheme    *runtime.Scheme
+	// Issuer is the service-account token issuer, the apiserver's URL; its
+	// discovery document and key set are readable without credentials.
+	Issuer string
+	// CAData is the PEM CA of the apiserver's serving certificate.
+	CAData []byte
+	// Kubeconfig is a kubeconfig file with the administrator's
+	// credentials, in Dir.
+	Kubeconfig string
+
 	// Dir holds everything the cluster writes.
 	Dir string
 	// KubeletDir is the kubelet's root directory (its plugins,
@@ -54,10 +76,11 @@ type Cluster struct {
 	// Containerd is containerd's socket.
 	Containerd string
 
-	t     testing.TB
-	mu    sync.Mutex
-	procs []*proc
-	dns   *dnsServer
+	log    func(format string, args ...any)
+	mu     sync.Mutex
+	procs  []*proc
+	dns    *dnsServer
+	closed bool
 }
 
 type proc struct {
@@ -68,104 +91,108 @@ type proc struct {
 
 // Options tune the cluster.
 type Options struct {
+	// Assets is the directory of the Kubernetes binaries (etcd,
+	// kube-apiserver, kube-controller-manager, kube-scheduler, kubelet).
+	Assets string
 	// Images are docker-archive tarballs to import into containerd; one
 	// must be PauseImage.
 	Images []string
-	// CRDs are installed into the apiserver.
-	CRDs []string
+	// Dir is where the cluster makes its directory (default: the
+	// sandbox's root).
+	Dir string
+	// Zone is the DNS zone the node's resolver answers with the node's
+	// address, for itself and every name under it (default Domain).
+	Zone string
+	// Log reports progress (default: none).
+	Log func(format string, args ...any)
 }
 
-// Start starts the cluster and stops it when the test ends. It must run
-// under Main, in the node's namespace.
-func Start(t testing.TB, o Options) *Cluster {
-	t.Helper()
+// Start starts the cluster. It runs in the node's namespace (under a
+// Sandbox). On an error, whatever it started is stopped again.
+func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if Namespace() == "" {
-		t.Fatal("cluster.Start runs in the node's network namespace: call cluster.Main from TestMain")
+		return nil, ErrNotInSandbox
 	}
-	assets, err := kubetest.AssetsDir()
-	if err != nil {
-		t.Fatalf("locating the Kubernetes binaries: %v; run scripts/kube-assets.sh or set KUBEBUILDER_ASSETS", err)
-	}
-	for _, bin := range []string{"kubelet", "kube-scheduler", "kube-controller-manager"} {
-		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
-			t.Fatalf("%s is missing from %s: run scripts/kube-assets.sh", bin, assets)
+	for _, bin := range []string{"etcd", "kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager"} {
+		if _, err := os.Stat(filepath.Join(o.Assets, bin)); err != nil {
+			return nil, fmt.Errorf("%s is missing from %s: build it with scripts/kube-assets.sh", bin, o.Assets)
 		}
 	}
-	for _, bin := range []string{"containerd", "runc", "ctr", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
+	for _, bin := range []string{"containerd", "runc", "ctr", "iptables", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed: run scripts/deps.sh", bin)
+			return nil, fmt.Errorf("%s is not installed: run scripts/deps.sh", bin)
 		}
 	}
-	dir, err := os.MkdirTemp(Root(), "cluster-")
+	parent := o.Dir
+	if parent == "" {
+		parent = Root()
+	}
+	dir, err := os.MkdirTemp(parent, "cluster-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	c := &Cluster{Dir: dir, KubeletDir: filepath.Join(dir, "kubelet"), PodLogs: filepath.Join(dir, "pods"),
-		Containerd: filepath.Join(dir, "containerd.sock"), t: t}
-	t.Cleanup(c.removeDir)
-	t.Logf("e2e: cluster directory %s", dir)
+	c = &Cluster{Dir: dir, KubeletDir: filepath.Join(dir, "kubelet"), PodLogs: filepath.Join(dir, "pods"),
+		Containerd: filepath.Join(dir, "containerd.sock"), log: o.Log}
+	if c.log == nil {
+		c.log = func(string, ...any) {}
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.Stop())
+			c = nil
+		}
+	}()
+	c.log("cluster directory %s", dir)
 
-	if c.dns, err = startDNS(); err != nil {
-		t.Fatalf("e2e: the node's resolver on %s:53: %v", NodeIP, err)
+	zone := o.Zone
+	if zone == "" {
+		zone = Domain
 	}
-	t.Cleanup(c.dns.Close)
-
-	t.Log("e2e: starting etcd and kube-apiserver")
-	// On the node's address, not loopback: pods reach it there (a server
-	// pod's init container, the issuer's discovery), as on a real node.
-	c.Kube = kubetest.Start(t, kubetest.Options{Address: NodeIP, CRDDirectoryPaths: o.CRDs, APIServerFlags: map[string][]string{
-		// envtest turns the ServiceAccount admission plugin off; a real
-		// node's pods need it for their service-account token volume.
-		"enable-admission-plugins": {"ServiceAccount"}, "disable-admission-plugins": {""},
-		// The node's hostname resolves nowhere: reach the kubelet (logs,
-		// exec) at its address.
-		"kubelet-preferred-address-types": {"InternalIP"},
-		// No kube-proxy implements ClusterIPs: the apiserver calls
-		// webhooks behind Services at their endpoints instead.
-		"enable-aggregator-routing": {"true"},
-	}})
-	// Cleanups run last-in first-out: the node and controllers stop
-	// before the apiserver they watch.
-	t.Cleanup(c.stop)
-	// In the cluster's directory, so every process's command line names it.
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if b, err := os.ReadFile(c.Kube.KubeconfigFile(t)); err != nil || os.WriteFile(kubeconfig, b, 0o600) != nil {
-		t.Fatalf("writing the kubeconfig: %v", err)
-	}
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, c.Kube.CAData, 0o644); err != nil {
-		t.Fatal(err)
+	if c.dns, err = startDNS(zone); err != nil {
+		return c, fmt.Errorf("the node's resolver on %s:53: %w", NodeIP, err)
 	}
 
-	t.Log("e2e: starting kube-controller-manager and kube-scheduler")
-	c.run("kube-controller-manager", filepath.Join(assets, "kube-controller-manager"), "--kubeconfig", kubeconfig,
-		"--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
+	c.log("starting etcd and kube-apiserver")
+	if err := c.startControlPlane(ctx, o.Assets); err != nil {
+		return c, err
+	}
+
+	c.log("starting kube-controller-manager and kube-scheduler")
+	caFile := filepath.Join(dir, "pki", "ca.crt")
+	if err := c.run("kube-controller-manager", filepath.Join(o.Assets, "kube-controller-manager"), "--kubeconfig", c.Kubeconfig,
+		"--authentication-kubeconfig", c.Kubeconfig, "--authorization-kubeconfig", c.Kubeconfig,
 		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0", "--root-ca-file", caFile,
-		"--controllers=*,-nodeipam,-service-lb-controller,-route,-cloud-node-lifecycle")
-	c.run("kube-scheduler", filepath.Join(assets, "kube-scheduler"), "--kubeconfig", kubeconfig,
-		"--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
-		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0")
+		"--controllers=*,-nodeipam,-service-lb-controller,-route,-cloud-node-lifecycle"); err != nil {
+		return c, err
+	}
+	if err := c.run("kube-scheduler", filepath.Join(o.Assets, "kube-scheduler"), "--kubeconfig", c.Kubeconfig,
+		"--authentication-kubeconfig", c.Kubeconfig, "--authorization-kubeconfig", c.Kubeconfig,
+		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0"); err != nil {
+		return c, err
+	}
 
-	t.Log("e2e: starting containerd")
-	c.startContainerd()
+	c.log("starting containerd")
+	if err := c.startContainerd(ctx); err != nil {
+		return c, err
+	}
 	for _, img := range o.Images {
-		if out, err := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "images", "import", "--no-unpack=false", img).CombinedOutput(); err != nil {
-			t.Fatalf("ctr images import %s: %v\n%s", img, err, out)
+		if out, err := exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "-n", "k8s.io", "images", "import", "--no-unpack=false", img).CombinedOutput(); err != nil {
+			return c, fmt.Errorf("ctr images import %s: %v\n%s", img, err, out)
 		}
 	}
 
-	t.Log("e2e: starting the kubelet")
-	c.startKubelet(filepath.Join(assets, "kubelet"), kubeconfig)
-	c.waitNodeReady()
-	return c
+	c.log("starting the kubelet")
+	if err := c.startKubelet(filepath.Join(o.Assets, "kubelet")); err != nil {
+		return c, err
+	}
+	return c, c.waitNodeReady(ctx)
 }
 
 // run starts a process whose output goes to {dir}/{name}.log.
-func (c *Cluster) run(name, bin string, args ...string) {
-	c.t.Helper()
+func (c *Cluster) run(name, bin string, args ...string) error {
 	f, err := os.Create(filepath.Join(c.Dir, name+".log"))
 	if err != nil {
-		c.t.Fatal(err)
+		return err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
@@ -173,13 +200,15 @@ func (c *Cluster) run(name, bin string, args ...string) {
 	// are reparented, and found by their command line below).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("starting %s: %v", name, err)
+		f.Close()
+		return fmt.Errorf("starting %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); f.Close(); close(p.done) }()
 	c.mu.Lock()
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
+	return nil
 }
 
 // Log returns the last lines of a process's log, for failure messages.
@@ -192,12 +221,11 @@ func (c *Cluster) Log(name string, lines int) string {
 	return strings.Join(all, "\n")
 }
 
-func (c *Cluster) startContainerd() {
-	t := c.t
+func (c *Cluster) startContainerd(ctx context.Context) error {
 	root, state := filepath.Join(c.Dir, "containerd-root"), filepath.Join(c.Dir, "containerd-state")
 	cni := filepath.Join(c.Dir, "cni")
 	if err := os.MkdirAll(cni, 0o755); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// A bridge in the node's namespace, addresses from host-local (its
 	// state in the cluster's directory), and no masquerade: there is no
@@ -222,15 +250,15 @@ func (c *Cluster) startContainerd() {
 }
 `, PodSubnet, PodGateway, filepath.Join(c.Dir, "cni-ipam"))
 	if err := os.WriteFile(filepath.Join(cni, "10-e2e.conflist"), []byte(conflist), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// containerd's own defaults, edited as DESIGN §5 says: this machine
 	// lets runc raise but not lower oom_score_adj, the sandbox image is the
 	// one built here, Debian installs the CNI plugins in /usr/lib/cni, and
 	// every path is the cluster's own, the pods' network namespaces too.
-	def, err := exec.Command("containerd", "config", "default").Output()
+	def, err := exec.CommandContext(ctx, "containerd", "config", "default").Output()
 	if err != nil {
-		t.Fatalf("containerd config default: %v", err)
+		return fmt.Errorf("containerd config default: %w", err)
 	}
 	cfg := string(def)
 	for _, r := range []struct{ key, from, to string }{
@@ -248,39 +276,40 @@ func (c *Cluster) startContainerd() {
 	} {
 		old := r.key + " = " + r.from
 		if !strings.Contains(cfg, old) {
-			t.Fatalf("containerd's default config has no %s: its format changed", old)
+			return fmt.Errorf("containerd's default config has no %s: its format changed", old)
 		}
 		cfg = strings.Replace(cfg, old, r.key+" = "+r.to, 1)
 	}
 	path := filepath.Join(c.Dir, "containerd.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	c.run("containerd", "containerd", "--config", path)
-	c.waitFor("containerd's socket", 30*time.Second, func() bool {
+	if err := c.run("containerd", "containerd", "--config", path); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "containerd's socket", 30*time.Second, func() bool {
 		return exec.Command("ctr", "--address", c.Containerd, "version").Run() == nil
 	}, "containerd")
 }
 
-func (c *Cluster) startKubelet(bin, kubeconfig string) {
-	t := c.t
+func (c *Cluster) startKubelet(bin string) error {
 	for _, d := range []string{c.KubeletDir, c.PodLogs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
 	// Volume mounts made by the CSI driver must reach the kubelet's view
 	// (Bidirectional propagation needs a shared mount).
-	if err := exec.Command("mount", "--bind", c.KubeletDir, c.KubeletDir).Run(); err != nil {
-		t.Fatalf("bind-mounting the kubelet directory: %v", err)
+	if out, err := exec.Command("mount", "--bind", c.KubeletDir, c.KubeletDir).CombinedOutput(); err != nil {
+		return fmt.Errorf("bind-mounting the kubelet directory: %v: %s", err, out)
 	}
 	if out, err := exec.Command("mount", "--make-rshared", c.KubeletDir).CombinedOutput(); err != nil {
-		t.Fatalf("making the kubelet directory shared: %v: %s", err, out)
+		return fmt.Errorf("making the kubelet directory shared: %v: %s", err, out)
 	}
 	// Pods resolve names through the node's resolver only.
 	resolv := filepath.Join(c.Dir, "resolv.conf")
 	if err := os.WriteFile(resolv, []byte("nameserver "+NodeIP+"\n"), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// The kubelet serves on the node's address, so the apiserver reaches
 	// it for logs and exec. It lets anonymous callers in (the apiserver
@@ -314,23 +343,23 @@ resolvConf: %s
 `, NodeIP, c.Containerd, c.PodLogs, resolv)
 	path := filepath.Join(c.Dir, "kubelet.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// Pods reach the node's address (its resolver, Coffer's server), but
 	// not the kubelet's port.
 	if out, err := exec.Command("iptables", "-w", "-I", "INPUT", "-i", "cni0", "-p", "tcp", "--dport", "10250",
 		"-j", "REJECT", "--reject-with", "tcp-reset").CombinedOutput(); err != nil {
-		t.Fatalf("closing the kubelet's port to pods: %v: %s", err, out)
+		return fmt.Errorf("closing the kubelet's port to pods: %v: %s", err, out)
 	}
-	c.run("kubelet", bin, "--config", path, "--kubeconfig", kubeconfig, "--root-dir", c.KubeletDir,
+	return c.run("kubelet", bin, "--config", path, "--kubeconfig", c.Kubeconfig, "--root-dir", c.KubeletDir,
 		"--cert-dir", filepath.Join(c.Dir, "kubelet-pki"), "--hostname-override", NodeName, "--node-ip", NodeIP, "--v=2")
 }
 
 // waitNodeReady waits until the node has registered and is Ready: the
 // CNI config is loaded, so pods can be scheduled onto it.
-func (c *Cluster) waitNodeReady() {
-	c.waitFor("the node to be Ready", 2*time.Minute, func() bool {
-		n, err := c.Kube.Clientset.CoreV1().Nodes().Get(context.Background(), NodeName, metav1.GetOptions{})
+func (c *Cluster) waitNodeReady(ctx context.Context) error {
+	return c.waitFor(ctx, "the node to be Ready", 2*time.Minute, func() bool {
+		n, err := c.Clientset.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
 		if err != nil {
 			return false
 		}
@@ -343,43 +372,57 @@ func (c *Cluster) waitNodeReady() {
 	}, "kubelet")
 }
 
-func (c *Cluster) waitFor(what string, timeout time.Duration, cond func() bool, logOf string) {
-	c.t.Helper()
+// TimeoutError is a wait that ran out, with what the cluster said
+// meanwhile.
+type TimeoutError struct {
+	What   string
+	Detail string
+}
+
+func (e *TimeoutError) Error() string { return "timed out waiting for " + e.What + e.Detail }
+
+func (c *Cluster) waitFor(ctx context.Context, what string, timeout time.Duration, cond func() bool, logOf string) error {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			c.t.Fatalf("e2e: timed out waiting for %s; %s's log ends:\n%s", what, logOf, c.Log(logOf, 40))
+			return &TimeoutError{what, fmt.Sprintf("; %s's log ends:\n%s", logOf, c.Log(logOf, 40))}
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
+	return nil
 }
 
 // WaitPod waits until the pod is Running with every container ready (or
 // has succeeded).
-func (c *Cluster) WaitPod(ns, name string, timeout time.Duration) *corev1.Pod {
-	c.t.Helper()
-	var p *corev1.Pod
+func (c *Cluster) WaitPod(ctx context.Context, ns, name string, timeout time.Duration) (*corev1.Pod, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		var err error
-		p, err = c.Kube.Clientset.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		p, err := c.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err == nil && ((p.Status.Phase == corev1.PodRunning && allReady(*p)) || p.Status.Phase == corev1.PodSucceeded) {
-			return p
+			return p, nil
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("e2e: pod %s/%s did not run: %s\nthe kubelet's log ends:\n%s", ns, name, c.Describe(ns, name), c.Log("kubelet", 30))
+			return nil, &TimeoutError{fmt.Sprintf("pod %s/%s to run", ns, name),
+				fmt.Sprintf(": %s\nthe kubelet's log ends:\n%s", c.Describe(ns, name), c.Log("kubelet", 30))}
 		}
-		time.Sleep(250 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 }
 
 // WaitPodsOf waits until n pods of ns matching the label selector run with
-// every container ready.
-func (c *Cluster) WaitPodsOf(ns, selector string, n int, timeout time.Duration) []corev1.Pod {
-	c.t.Helper()
+// every container ready, and returns the pods it found.
+func (c *Cluster) WaitPodsOf(ctx context.Context, ns, selector string, n int, timeout time.Duration) ([]corev1.Pod, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		l, err := c.Kube.Clientset.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		l, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
 		ready := 0
 		if err == nil {
 			for _, p := range l.Items {
@@ -388,7 +431,7 @@ func (c *Cluster) WaitPodsOf(ns, selector string, n int, timeout time.Duration) 
 				}
 			}
 			if ready >= n {
-				return l.Items
+				return l.Items, nil
 			}
 		}
 		if time.Now().After(deadline) {
@@ -401,15 +444,20 @@ func (c *Cluster) WaitPodsOf(ns, selector string, n int, timeout time.Duration) 
 					}
 				}
 			}
-			c.t.Fatalf("e2e: %d of %d pods %s in %s ready:%s\nthe kubelet's log ends:\n%s", ready, n, selector, ns, b.String(), c.Log("kubelet", 20))
+			return nil, &TimeoutError{fmt.Sprintf("%d pods %s in %s to be ready (%d are)", n, selector, ns, ready),
+				fmt.Sprintf(":%s\nthe kubelet's log ends:\n%s", b.String(), c.Log("kubelet", 20))}
 		}
-		time.Sleep(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }
 
 // Logs returns every container log of ns's pods, for failure messages.
 func (c *Cluster) Logs(ns string) string {
-	l, err := c.Kube.Clientset.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	l, err := c.Clientset.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
 		return err.Error()
 	}
@@ -438,7 +486,7 @@ func allReady(p corev1.Pod) bool {
 func (c *Cluster) Describe(ns, name string) string {
 	ctx := context.Background()
 	var b strings.Builder
-	if p, err := c.Kube.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+	if p, err := c.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
 		fmt.Fprintf(&b, "phase %s, node %q, IP %s", p.Status.Phase, p.Spec.NodeName, p.Status.PodIP)
 		for _, cond := range p.Status.Conditions {
 			fmt.Fprintf(&b, "; %s=%s %s", cond.Type, cond.Status, cond.Message)
@@ -452,7 +500,7 @@ func (c *Cluster) Describe(ns, name string) string {
 			}
 		}
 	}
-	if evs, err := c.Kube.Clientset.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name}); err == nil {
+	if evs, err := c.Clientset.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name}); err == nil {
 		for _, e := range evs.Items {
 			fmt.Fprintf(&b, "\n  event %s %s: %s", e.Type, e.Reason, e.Message)
 		}
@@ -466,7 +514,7 @@ func (c *Cluster) Describe(ns, name string) string {
 func (c *Cluster) ContainerLog(p *corev1.Pod, container string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := c.Kube.Clientset.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: container}).Do(ctx).Raw()
+	b, err := c.Clientset.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: container}).Do(ctx).Raw()
 	if err != nil {
 		return ""
 	}
@@ -496,9 +544,9 @@ func (c *Cluster) ContainerRunLog(p *corev1.Pod, container string, n int) string
 // apiserver and the kubelet's streaming server), and returns what it wrote
 // to stdout and stderr. err is set if the command failed or exited non-zero.
 func (c *Cluster) Exec(ns, pod, container string, command ...string) (stdout, stderr string, err error) {
-	req := c.Kube.Clientset.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
+	req := c.Clientset.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{Container: container, Command: command, Stdout: true, Stderr: true}, scheme.ParameterCodec)
-	ex, err := remotecommand.NewWebSocketExecutor(c.Kube.Config, "GET", req.URL().String())
+	ex, err := remotecommand.NewWebSocketExecutor(c.Config, "GET", req.URL().String())
 	if err != nil {
 		return "", "", err
 	}
@@ -509,11 +557,17 @@ func (c *Cluster) Exec(ns, pod, container string, command ...string) (stdout, st
 	return out.String(), errOut.String(), err
 }
 
-// stop tears everything down: the kubelet first (so it starts nothing
-// more), then the containers, containerd, and the control plane; then
-// every mount under the directory; then the directory.
-func (c *Cluster) stop() {
+// Stop tears everything down: the kubelet first (so it starts nothing
+// more), then the containers, containerd, the controllers, the apiserver
+// and etcd; then every mount under the directory; then the directory. It
+// may be called more than once; it reports what it could not remove.
+func (c *Cluster) Stop() error {
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
 	procs := c.procs
 	c.mu.Unlock()
 	// Found before anything is unmounted: a pod's namespace is known by
@@ -540,13 +594,13 @@ func (c *Cluster) stop() {
 		}
 		for _, id := range ctr("tasks", "ls") {
 			if out, err := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).CombinedOutput(); err != nil {
-				c.t.Logf("e2e: ctr tasks kill %s: %v: %s", id, err, out)
+				c.log("ctr tasks kill %s: %v: %s", id, err, out)
 			}
 		}
 		time.Sleep(500 * time.Millisecond)
 		for _, id := range ctr("tasks", "ls") {
 			if out, err := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "delete", "-f", id).CombinedOutput(); err != nil {
-				c.t.Logf("e2e: ctr tasks delete %s: %v: %s", id, err, out)
+				c.log("ctr tasks delete %s: %v: %s", id, err, out)
 			}
 		}
 		kill(byName["containerd"])
@@ -558,16 +612,43 @@ func (c *Cluster) stop() {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	for _, p := range procs {
+	// The rest in the reverse order of their start: the apiserver
+	// before etcd.
+	for _, p := range slices.Backward(procs) {
 		kill(p)
 	}
 	// Whatever a dead shim left running in a pod's namespace.
 	for pid := range clusterProcesses("", podNamespaces(namespaces)) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	if err := unmountAll(c.Dir); err != nil {
-		c.t.Errorf("e2e: %v", err)
+	// A killed process takes a moment to go (its mounts and namespaces
+	// are torn down on exit): wait for the shims and the pods' processes,
+	// so that whoever checks after Stop finds none still dying.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		left := len(clusterProcesses("", podNamespaces(namespaces)))
+		for _, cmdline := range clusterProcesses(c.Dir, nil) {
+			if strings.Contains(cmdline, "containerd-shim") {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+	if c.dns != nil {
+		c.dns.Close()
+	}
+	// The directory goes once nothing is mounted in it: never while
+	// something is, or it would remove what the mount holds.
+	if err := unmountAll(c.Dir); err != nil {
+		return fmt.Errorf("%w; %s is kept", err, c.Dir)
+	}
+	if err := os.RemoveAll(c.Dir); err != nil {
+		return fmt.Errorf("removing %s: %w", c.Dir, err)
+	}
+	return nil
 }
 
 // podNamespaces is namespaces without the node's own (this process runs
@@ -581,18 +662,6 @@ func podNamespaces(namespaces map[nsID]bool) map[nsID]bool {
 		}
 	}
 	return out
-}
-
-// removeDir removes the cluster's directory, once nothing is mounted in
-// it: never while something is, or it would remove what the mount holds.
-func (c *Cluster) removeDir() {
-	if err := unmountAll(c.Dir); err != nil {
-		c.t.Errorf("e2e: %v; %s is kept", err, c.Dir)
-		return
-	}
-	if err := os.RemoveAll(c.Dir); err != nil {
-		c.t.Errorf("e2e: removing %s: %v", c.Dir, err)
-	}
 }
 
 func kill(p *proc) {

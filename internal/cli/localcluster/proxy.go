@@ -1,4 +1,4 @@
-package cluster
+package localcluster
 
 import (
 	"context"
@@ -39,35 +39,31 @@ type ServiceProxy struct {
 
 // ServeService forwards connections to addr (host:port, in the node's
 // namespace) to the endpoints of Service ns/name on its port named port,
-// until the test ends.
-func (c *Cluster) ServeService(ns, name, port, addr string) *ServiceProxy {
-	c.t.Helper()
+// until Close.
+func (c *Cluster) ServeService(ns, name, port, addr string) (*ServiceProxy, error) {
 	ctx, stop := context.WithCancel(context.Background())
-	f := informers.NewSharedInformerFactoryWithOptions(c.Kube.Clientset, 0, informers.WithNamespace(ns),
+	f := informers.NewSharedInformerFactoryWithOptions(c.Clientset, 0, informers.WithNamespace(ns),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discoveryv1.LabelServiceName + "=" + name }))
 	slices := f.Discovery().V1().EndpointSlices()
 	inf := slices.Informer()
 	f.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		stop()
-		c.t.Fatalf("e2e: the EndpointSlices of %s/%s did not sync", ns, name)
+		return nil, fmt.Errorf("the EndpointSlices of %s/%s did not sync", ns, name)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		stop()
-		c.t.Fatalf("e2e: the proxy for %s/%s on %s: %v", ns, name, addr, err)
+		f.Shutdown()
+		return nil, fmt.Errorf("the proxy for %s/%s on %s: %w", ns, name, addr, err)
 	}
-	p := &ServiceProxy{ln: ln, port: port, stop: stop, conns: map[net.Conn]struct{}{}, dials: map[string]int{},
+	p := &ServiceProxy{ln: ln, port: port, stop: func() { stop(); f.Shutdown() }, conns: map[net.Conn]struct{}{}, dials: map[string]int{},
 		lister: func() ([]*discoveryv1.EndpointSlice, error) {
 			return slices.Lister().EndpointSlices(ns).List(labels.Everything())
 		}}
 	p.wg.Add(1)
 	go p.serve()
-	c.t.Cleanup(func() {
-		p.close()
-		f.Shutdown()
-	})
-	return p
+	return p, nil
 }
 
 // Endpoints are the addresses (host:port) of the ready endpoints now.
@@ -191,9 +187,9 @@ func (p *ServiceProxy) untrack(c net.Conn) {
 	delete(p.conns, c)
 }
 
-// close stops accepting, cuts every connection and waits for the
+// Close stops accepting, cuts every connection and waits for the
 // forwarders to end.
-func (p *ServiceProxy) close() {
+func (p *ServiceProxy) Close() {
 	p.ln.Close()
 	p.mu.Lock()
 	conns := p.conns

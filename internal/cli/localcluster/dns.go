@@ -1,4 +1,4 @@
-package cluster
+package localcluster
 
 import (
 	"context"
@@ -12,22 +12,23 @@ import (
 
 // dnsServer is the node's resolver, in place of the cluster DNS that a real
 // cluster runs: the kubelet gives every pod a resolv.conf naming it, and
-// it answers A queries for Domain and every name under it with NodeIP,
+// it answers A queries for its zone and every name under it with NodeIP,
 // where Coffer's host-network server listens. Every other name is
 // NXDOMAIN: the namespace has no route out, and nothing should try.
 type dnsServer struct {
+	zone string
 	conn *net.UDPConn
 	done chan struct{}
 }
 
 // startDNS serves on NodeIP:53 (UDP; the answers are far below 512 bytes,
 // so no client falls back to TCP).
-func startDNS() (*dnsServer, error) {
+func startDNS(zone string) (*dnsServer, error) {
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(NodeIP), Port: 53})
 	if err != nil {
 		return nil, err
 	}
-	s := &dnsServer{conn: conn, done: make(chan struct{})}
+	s := &dnsServer{zone: strings.ToLower(strings.TrimSuffix(zone, ".")), conn: conn, done: make(chan struct{})}
 	go s.serve()
 	return s, nil
 }
@@ -43,7 +44,7 @@ func (s *dnsServer) serve() {
 			}
 			continue
 		}
-		if out, ok := answer(buf[:n]); ok {
+		if out, ok := answer(s.zone, buf[:n]); ok {
 			s.conn.WriteToUDP(out, from)
 		}
 	}
@@ -56,7 +57,7 @@ func (s *dnsServer) Close() {
 
 // answer builds the reply to one query; ok is false for what is not a
 // query at all (which gets no reply).
-func answer(query []byte) ([]byte, bool) {
+func answer(zone string, query []byte) ([]byte, bool) {
 	var p dnsmessage.Parser
 	h, err := p.Start(query)
 	if err != nil || h.Response {
@@ -67,7 +68,7 @@ func answer(query []byte) ([]byte, bool) {
 		return nil, false
 	}
 	name := strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
-	ours := name == Domain || strings.HasSuffix(name, "."+Domain)
+	ours := name == zone || strings.HasSuffix(name, "."+zone)
 	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: ours, RecursionDesired: h.RecursionDesired}
 	if !ours {
 		rh.RCode = dnsmessage.RCodeNameError

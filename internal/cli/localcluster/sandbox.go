@@ -1,21 +1,23 @@
-package cluster
+package localcluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// The node's network: its own namespace, which Main creates, so that the
+// The node's network: its own namespace, which a Sandbox creates, so that the
 // kubelet has a real (non-loopback) node IP, pods get addresses from a
 // bridge CNI, and the node agent can own 169.254.169.254, all without a
 // single address, route or iptables rule on the machine's own network.
@@ -33,118 +35,192 @@ const (
 	Domain = "e2e.test"
 )
 
+// The Kubernetes Services' addresses: the apiserver allocates them, and
+// nothing routes to them (there is no kube-proxy).
 const (
-	envNetns     = "COFFER_E2E_NETNS"
-	envRoot      = "COFFER_E2E_ROOT"
-	envHostMntNS = "COFFER_E2E_HOST_MNTNS"
+	ServiceSubnet = "10.0.0.0/24"
+	ServiceIP     = "10.0.0.1"
+)
+
+// What the supervisor tells the process it runs inside the namespace.
+const (
+	envNetns     = "COFFER_NODE_NETNS"
+	envRoot      = "COFFER_NODE_ROOT"
+	envHostMntNS = "COFFER_NODE_HOST_MNTNS"
 )
 
 // overlays are the machine's directories that the node's programs write to
 // at fixed paths, whatever their configuration says: containerd's shim
 // sockets (/run/containerd/s), the kubelet's device-plugin socket,
 // libcni's result cache and the kubelet's /var/log/containers links. The
-// inner run has a mount namespace of its own, where a directory of the run
-// is bound over each, so none of it reaches the machine.
+// inner process has a mount namespace of its own, where a directory of the
+// sandbox is bound over each, so none of it reaches the machine.
 var overlays = []string{"/run/containerd", "/var/lib/kubelet", "/var/lib/cni", "/var/log/containers"}
 
-// Main runs the package's tests on a node of their own. In the calling
-// process (the supervisor) it creates a directory and a network namespace,
-// runs prepare (which may write into the directory: it still has the Go
-// module proxy, the namespace has no network at all), then runs the same
-// test binary again inside the namespace, in a mount namespace of its own,
-// where Start works. Once that ends, however it ends (a pass, a failure, a
-// timeout's panic, a signal), the supervisor kills whatever is still
-// running in the node's namespace or descends from it, removes the cgroups
-// of containers that were never deleted, deletes the namespace and the
-// directory, checks that the machine's directories and interfaces are as
-// they were, and fails the run if it had to remove anything or found a
-// change: the tests' own teardown must leave nothing behind.
-func Main(m *testing.M, prepare func(root string) error) int {
-	if os.Getenv(envNetns) != "" {
-		if err := bindOverlays(Root()); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e:", err)
-			return 1
-		}
-		net.DefaultResolver = resolver()
-		return m.Run()
-	}
-	return supervise(prepare)
+// ErrNotRoot means the sandbox was asked for by another user than root.
+var ErrNotRoot = errors.New("the node runs containers in a network namespace of its own, which needs root: run it with sudo")
+
+// Sandbox is the node's network namespace and directory, made by a
+// supervising process that then runs a process inside it (Run), where
+// Start works, and cleans up after it (Close). Everything the node runs
+// is found again by the namespace, the directory or descent from them.
+type Sandbox struct {
+	// Name is the network namespace's name, as `ip netns` shows it.
+	Name string
+	// Root is the sandbox's directory: the cluster's directories, and
+	// every temporary file of the inner process.
+	Root string
+
+	hostLinks   []string
+	hostFiles   map[string][]string
+	hostCgroups map[string]bool
+	made        []string
+	added       bool
 }
 
-// Root is the directory that Main made for this run (inside the namespace).
-func Root() string { return os.Getenv(envRoot) }
-
-// Namespace is the node's network namespace, as `ip netns` names it.
-func Namespace() string { return os.Getenv(envNetns) }
-
-func supervise(prepare func(root string) error) int {
-	fail := func(format string, args ...any) int {
-		fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...)
-		return 1
-	}
+// NewSandbox makes the sandbox's directory (named prefix and a random
+// suffix, in the system's temporary directory) and records the machine's
+// state that Close compares with. The namespace is made by Run.
+func NewSandbox(prefix string) (*Sandbox, error) {
 	if os.Geteuid() != 0 {
-		return fail("the cluster runs containers in a network namespace of its own: run the tests as root")
+		return nil, ErrNotRoot
 	}
 	for _, bin := range []string{"ip", "nsenter", "unshare"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			return fail("%s is not installed (iproute2, util-linux): run scripts/deps.sh", bin)
+			return nil, fmt.Errorf("%s is not installed (iproute2, util-linux): run scripts/deps.sh", bin)
 		}
 	}
-	// From here on a ^C (which reaches the whole process group, the image
-	// builds and the inner run too) stops the run but not the cleanup.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-
-	root, err := os.MkdirTemp("", "coffer-e2e-")
+	root, err := os.MkdirTemp("", prefix)
 	if err != nil {
-		return fail("%v", err)
+		return nil, err
 	}
-	name := filepath.Base(root)
-	hostLinks := interfaceNames()
+	s := &Sandbox{Name: filepath.Base(root), Root: root, hostLinks: interfaceNames()}
 	made, err := mountPoints(overlays)
-	defer removeEmpty(made)
+	s.made = made
 	if err != nil {
+		removeEmpty(made)
 		os.RemoveAll(root)
-		return fail("%v", err)
+		return nil, err
 	}
-	hostFiles := listings(overlays)
-	hostCgroups := cgroupParents()
+	s.hostFiles = listings(overlays)
+	s.hostCgroups = cgroupParents()
+	return s, nil
+}
 
-	code := func() int {
-		if err := prepare(root); err != nil {
-			return fail("%v", err)
-		}
-		if err := addNamespace(name); err != nil {
-			return fail("creating the node's network namespace: %v", err)
-		}
-		fmt.Fprintf(os.Stderr, "e2e: the node's network namespace is %s (node IP %s, pods %s)\n", name, NodeIP, PodSubnet)
-		return runInside(name, root, sigs)
-	}()
+// Inside reports whether this process runs inside a sandbox (Run started
+// it).
+func Inside() bool { return os.Getenv(envNetns) != "" }
 
-	// The tests stopped the cluster themselves, unless they crashed: then
-	// this is the only cleanup there is.
-	left := sweep(name, root)
-	left = append(left, removeCgroups(root, hostCgroups)...)
-	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {
-		left = append(left, fmt.Sprintf("ip netns del %s: %v: %s", name, err, out))
+// Enter prepares the inner process: it binds the sandbox's directories
+// over the machine's fixed paths (overlays), in its own mount namespace,
+// and resolves names as the node's pods do. Call it first, once.
+func Enter() error {
+	if err := bindOverlays(Root()); err != nil {
+		return err
 	}
-	if err := os.RemoveAll(root); err != nil {
-		left = append(left, fmt.Sprintf("removing %s: %v", root, err))
+	net.DefaultResolver = resolver()
+	return nil
+}
+
+// Root is the sandbox's directory (inside the sandbox).
+func Root() string { return os.Getenv(envRoot) }
+
+// Namespace is the node's network namespace, as `ip netns` names it
+// (inside the sandbox).
+func Namespace() string { return os.Getenv(envNetns) }
+
+// Run creates the namespace and runs this executable again with args,
+// inside it, until it exits; a signal from sigs is passed on to it. It
+// returns the exit code.
+func (s *Sandbox) Run(args []string, sigs <-chan os.Signal) int {
+	if err := addNamespace(s.Name); err != nil {
+		fmt.Fprintln(os.Stderr, "creating the node's network namespace:", err)
+		return 1
 	}
-	if after := interfaceNames(); !slices.Equal(hostLinks, after) {
-		left = append(left, fmt.Sprintf("the machine's network interfaces changed: %v before, %v after", hostLinks, after))
+	s.added = true
+	return runInside(s.Name, s.Root, args, sigs)
+}
+
+// Close kills whatever still runs in the node's or a pod's namespace, or
+// names the sandbox's directory, or descends from them; removes the
+// cgroups of containers never deleted; deletes the namespace and the
+// directory; and checks that the machine's directories and interfaces are
+// as they were. It returns what it had to remove or found changed: a
+// clean run leaves it nothing.
+func (s *Sandbox) Close() []string {
+	defer removeEmpty(s.made)
+	left := sweep(s.Name, s.Root)
+	left = append(left, removeCgroups(s.Root, s.hostCgroups)...)
+	if s.added {
+		if out, err := exec.Command("ip", "netns", "del", s.Name).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {
+			left = append(left, fmt.Sprintf("ip netns del %s: %v: %s", s.Name, err, out))
+		}
 	}
-	for dir, before := range hostFiles {
+	if err := os.RemoveAll(s.Root); err != nil {
+		left = append(left, fmt.Sprintf("removing %s: %v", s.Root, err))
+	}
+	if after := interfaceNames(); !slices.Equal(s.hostLinks, after) {
+		left = append(left, fmt.Sprintf("the machine's network interfaces changed: %v before, %v after", s.hostLinks, after))
+	}
+	for dir, before := range s.hostFiles {
 		if after := listing(dir); !slices.Equal(before, after) {
 			left = append(left, fmt.Sprintf("%s changed: %v before, %v after", dir, before, after))
 		}
 	}
-	if len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "e2e: FAIL: the tests left these behind (the supervisor removed them):\n  %s\n", strings.Join(left, "\n  "))
-		return 1
+	return left
+}
+
+// Processes lists what runs in the sandbox now: in the node's namespace
+// or a pod's, or naming the directory, or descending from those.
+func (s *Sandbox) Processes() []string {
+	return describe(clusterProcesses(s.Root, clusterNamespaces(s.Name, s.Root)))
+}
+
+// DialContext connects to addr from inside the node's namespace, for the
+// supervisor's forwarders: only the namespace reaches the node's
+// addresses. The socket is made by a thread that enters the namespace and
+// leaves it again; the socket stays in it.
+func (s *Sandbox) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
 	}
-	return code
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is dropped rather than reused if it cannot go back.
+		restored := false
+		defer func() {
+			if restored {
+				runtime.UnlockOSThread()
+			}
+		}()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			ch <- result{nil, err}
+			restored = true
+			return
+		}
+		defer self.Close()
+		target, err := os.Open("/run/netns/" + s.Name)
+		if err != nil {
+			ch <- result{nil, err}
+			restored = true
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("entering the node's namespace: %w", err)}
+			restored = true
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		restored = unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
 }
 
 // addNamespace creates the node's namespace: lo up, with NodeIP on it.
@@ -161,35 +237,35 @@ func addNamespace(name string) error {
 	return nil
 }
 
-// runInside runs this test binary again, with the same flags, in the
-// namespace and in a mount namespace of its own, whose mounts do not
-// propagate back (so they all go when its last process does). nsenter
-// switches the network namespace only: `ip netns exec` would also remount
-// /sys, and the kubelet and runc need the machine's /sys/fs/cgroup.
-func runInside(name, root string, sigs <-chan os.Signal) int {
+// runInside runs this executable again, with args, in the namespace and
+// in a mount namespace of its own, whose mounts do not propagate back (so
+// they all go when its last process does). nsenter switches the network
+// namespace only: `ip netns exec` would also remount /sys, and the kubelet
+// and runc need the machine's /sys/fs/cgroup.
+func runInside(name, root string, args []string, sigs <-chan os.Signal) int {
 	exe, err := os.Executable()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// Every temporary file of the run (envtest's etcd data and
-	// certificates, t.TempDir) goes under root too, so nothing outlives
-	// the supervisor's sweep, not even after a crash.
+	// Every temporary file of the run (t.TempDir, the apiserver's) goes
+	// under root too, so nothing outlives the supervisor's sweep, not even
+	// after a crash.
 	tmp := filepath.Join(root, "tmp")
 	if err := os.Mkdir(tmp, 0o700); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	mnt, _ := nsOf("/proc/self/ns/mnt")
-	args := append([]string{"--net=/run/netns/" + name, "--", "unshare", "--mount", "--propagation", "slave", "--", exe}, os.Args[1:]...)
-	cmd := exec.Command("nsenter", args...)
+	argv := append([]string{"--net=/run/netns/" + name, "--", "unshare", "--mount", "--propagation", "slave", "--", exe}, args...)
+	cmd := exec.Command("nsenter", argv...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), envNetns+"="+name, envRoot+"="+root, "TMPDIR="+tmp, fmt.Sprintf("%s=%d", envHostMntNS, mnt.ino))
 	// If the supervisor dies, so does the run; the processes it started
 	// die with it (Pdeathsig), and what survives is found by namespace.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: starting the tests in the namespace:", err)
+		fmt.Fprintln(os.Stderr, "starting the process in the node's namespace:", err)
 		return 1
 	}
 	done := make(chan error, 1)
@@ -197,7 +273,6 @@ func runInside(name, root string, sigs <-chan os.Signal) int {
 	for {
 		select {
 		case s := <-sigs:
-			fmt.Fprintf(os.Stderr, "e2e: %v: stopping the tests, then cleaning up\n", s)
 			cmd.Process.Signal(s)
 		case err := <-done:
 			var exit *exec.ExitError
@@ -207,7 +282,7 @@ func runInside(name, root string, sigs <-chan os.Signal) int {
 			case errors.As(err, &exit) && exit.ExitCode() > 0:
 				return exit.ExitCode()
 			default:
-				fmt.Fprintln(os.Stderr, "e2e: the tests in the namespace:", err)
+				fmt.Fprintln(os.Stderr, "the process in the node's namespace:", err)
 				return 1
 			}
 		}
@@ -220,7 +295,7 @@ func runInside(name, root string, sigs <-chan os.Signal) int {
 func bindOverlays(root string) error {
 	mnt, _ := nsOf("/proc/self/ns/mnt")
 	if fmt.Sprint(mnt.ino) == os.Getenv(envHostMntNS) {
-		return errors.New("the tests run in the supervisor's mount namespace: refusing to bind over the machine's directories")
+		return errors.New("this process runs in the supervisor's mount namespace: refusing to bind over the machine's directories")
 	}
 	for _, p := range overlays {
 		src := filepath.Join(root, "host", p)
