@@ -116,38 +116,33 @@ func (c *cluster) put(ctx context.Context, obj any) error {
 	switch o := obj.(type) {
 	case *corev1.Secret:
 		api := c.cs.CoreV1().Secrets(c.ns)
-		cur, err := api.Get(ctx, o.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			_, err = api.Create(ctx, o, metav1.CreateOptions{})
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		if !ours(cur) {
-			return fmt.Errorf("the Secret %s/%s exists and was not made by coffer install: delete it, or leave it to coffer install", c.ns, o.Name)
-		}
-		o.ResourceVersion = cur.ResourceVersion
-		_, err = api.Update(ctx, o, metav1.UpdateOptions{})
-		return err
+		return putOurs(ctx, "Secret", c.ns, o, api.Get, api.Create, api.Update)
 	case *corev1.ConfigMap:
 		api := c.cs.CoreV1().ConfigMaps(c.ns)
-		cur, err := api.Get(ctx, o.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			_, err = api.Create(ctx, o, metav1.CreateOptions{})
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		if !ours(cur) {
-			return fmt.Errorf("the ConfigMap %s/%s exists and was not made by coffer install: delete it, or leave it to coffer install", c.ns, o.Name)
-		}
-		o.ResourceVersion = cur.ResourceVersion
-		_, err = api.Update(ctx, o, metav1.UpdateOptions{})
-		return err
+		return putOurs(ctx, "ConfigMap", c.ns, o, api.Get, api.Create, api.Update)
 	}
 	return fmt.Errorf("put: %T", obj)
+}
+
+// putOurs is put for one kind, through that kind's typed client.
+func putOurs[T metav1.Object](ctx context.Context, kind, ns string, o T,
+	get func(context.Context, string, metav1.GetOptions) (T, error),
+	create func(context.Context, T, metav1.CreateOptions) (T, error),
+	update func(context.Context, T, metav1.UpdateOptions) (T, error)) error {
+	cur, err := get(ctx, o.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = create(ctx, o, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if !ours(cur) {
+		return fmt.Errorf("the %s %s/%s exists and was not made by coffer install: delete it, or leave it to coffer install", kind, ns, o.GetName())
+	}
+	o.SetResourceVersion(cur.GetResourceVersion())
+	_, err = update(ctx, o, metav1.UpdateOptions{})
+	return err
 }
 
 // StateConfigMap is the ConfigMap where Install records the node pool it
