@@ -2,7 +2,6 @@ package csidriver
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,60 +24,21 @@ func (d *Driver) subscribe(name string, c *grpc.ClientConn) <-chan struct{} {
 	d.pushWG.Add(1)
 	go func() {
 		defer d.pushWG.Done()
-		d.listen(name, c, ready)
+		push.Follow(d.pushCtx, c, push.Follower{
+			Provider: name, Log: d.cfg.Log, Fallback: "its volumes rotate every rotation interval",
+			Listening: func(reconnected bool) {
+				if reconnected {
+					// While the stream was down, changes went unreported
+					// and a restarted provider forgot every volume: check
+					// them all on the next tick, which registers them again.
+					d.recheckAll()
+				}
+			},
+			Changed: func(target string) { d.pushed(name, target) },
+			Ready:   func() { close(ready) },
+		})
 	}()
 	return ready
-}
-
-// unimplementedRetry is how often a provider without the Push service is
-// asked again: it may have been upgraded in place.
-const unimplementedRetry = 5 * time.Minute
-
-// listen keeps one provider's Push stream open until the driver stops,
-// closing ready once the provider listens or the first attempt fails. A
-// provider without the service (the upstream ones) is asked again every
-// few minutes; meanwhile its volumes rotate on their interval.
-func (d *Driver) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
-	var once sync.Once
-	signal := func() { once.Do(func() { close(ready) }) }
-	defer signal()
-	backoff := time.Second
-	for attempt := 0; d.pushCtx.Err() == nil; attempt++ {
-		start := time.Now()
-		err := push.Watch(d.pushCtx, c, func() {
-			if attempt > 0 {
-				// While the stream was down, changes went unreported and
-				// a restarted provider forgot every volume: check them all
-				// on the next tick, which registers them again.
-				d.recheckAll()
-			}
-			signal()
-		}, func(target string) { d.pushed(name, target) })
-		signal()
-		if d.pushCtx.Err() != nil {
-			return
-		}
-		wait := backoff
-		if status.Code(err) == codes.Unimplemented {
-			if attempt == 0 {
-				d.cfg.Log.Info("the provider does not push changes; its volumes rotate every rotation interval", "provider", name)
-			}
-			wait = unimplementedRetry
-		} else {
-			if time.Since(start) > time.Minute {
-				backoff, wait = time.Second, time.Second
-			}
-			d.cfg.Log.Warn("the provider's push stream ended; reconnecting", "provider", name, "err", err, "retry", wait)
-			backoff = min(2*backoff, 30*time.Second)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-d.pushCtx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // recheckAll makes every published volume due, or, with no tick to find

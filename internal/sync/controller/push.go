@@ -21,14 +21,9 @@ import (
 // that SecretSync refreshed at once. Upstream providers answer
 // Unimplemented, and their SecretSyncs are refreshed on the poll interval.
 
-const (
-	// pushReady bounds how long the first call to a provider waits for its
-	// Push stream, so that the first sync is already watched.
-	pushReady = 2 * time.Second
-	// unimplementedRetry is how often a provider without the service is
-	// asked again: it may have been upgraded in place.
-	unimplementedRetry = 5 * time.Minute
-)
+// pushReady bounds how long the first call to a provider waits for its
+// Push stream, so that the first sync is already watched.
+const pushReady = 2 * time.Second
 
 // pusher listens to providers' pushes and queues the SecretSyncs they
 // name for the reconciler.
@@ -47,53 +42,21 @@ func (p *pusher) subscribe(name string, c *grpc.ClientConn) <-chan struct{} {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		p.listen(name, c, ready)
+		push.Follow(p.ctx, c, push.Follower{
+			Provider: name, Log: p.r.opts.Log, Fallback: "its SecretSyncs are refreshed every poll interval",
+			Listening: func(reconnected bool) {
+				if reconnected {
+					// Pushes were lost while the stream was down, and a
+					// restarted provider forgot every SecretSync: refresh
+					// them all, which registers them again.
+					p.r.requeueProvider(name)
+				}
+			},
+			Changed: func(target string) { p.pushed(name, target) },
+			Ready:   func() { close(ready) },
+		})
 	}()
 	return ready
-}
-
-func (p *pusher) listen(name string, c *grpc.ClientConn, ready chan struct{}) {
-	var once sync.Once
-	signal := func() { once.Do(func() { close(ready) }) }
-	defer signal()
-	log := p.r.opts.Log
-	backoff := time.Second
-	for attempt := 0; p.ctx.Err() == nil; attempt++ {
-		start := time.Now()
-		err := push.Watch(p.ctx, c, func() {
-			if attempt > 0 {
-				// Pushes were lost while the stream was down, and a
-				// restarted provider forgot every SecretSync: refresh
-				// them all, which registers them again.
-				p.r.requeueProvider(name)
-			}
-			signal()
-		}, func(target string) { p.pushed(name, target) })
-		signal()
-		if p.ctx.Err() != nil {
-			return
-		}
-		wait := backoff
-		if status.Code(err) == codes.Unimplemented {
-			if attempt == 0 {
-				log.Info("the provider does not push changes; its SecretSyncs are refreshed every poll interval", "provider", name)
-			}
-			wait = unimplementedRetry
-		} else {
-			if time.Since(start) > time.Minute {
-				backoff, wait = time.Second, time.Second
-			}
-			log.Warn("the provider's push stream ended; reconnecting", "provider", name, "err", err, "retry", wait)
-			backoff = min(2*backoff, 30*time.Second)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-p.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // pushed queues the SecretSync a provider reported changed. A provider may
