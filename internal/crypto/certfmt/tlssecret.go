@@ -63,3 +63,16 @@ func TLSKey(content []byte) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("a %T key cannot go in a kubernetes.io/tls Secret: only RSA and ECDSA keys are supported", key)
 }
+
+// TLSSecretValue is the value of key in a kubernetes.io/tls Secret made
+// from content: tls.crt (TLSCert) or tls.key (TLSKey). Such a Secret takes
+// no other key.
+func TLSSecretValue(key string, content []byte) ([]byte, error) {
+	switch key {
+	case "tls.crt":
+		return TLSCert(content)
+	case "tls.key":
+		return TLSKey(content)
+	}
+	return nil, fmt.Errorf("key %q is not supported in a kubernetes.io/tls Secret: use tls.crt or tls.key", key)
+}

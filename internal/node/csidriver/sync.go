@@ -98,14 +98,7 @@ func secretData(so *secretsstorev1.SecretObject, files map[string][]byte) (map[s
 			continue
 		}
 		var err error
-		switch key {
-		case corev1.TLSCertKey:
-			out[key], err = certfmt.TLSCert(content)
-		case corev1.TLSPrivateKeyKey:
-			out[key], err = certfmt.TLSKey(content)
-		default:
-			err = fmt.Errorf("key %q is not supported in a kubernetes.io/tls Secret: use tls.crt or tls.key", key)
-		}
+		out[key], err = certfmt.TLSSecretValue(key, content)
 		if err != nil {
 			return nil, "", fmt.Errorf("objectName %s: %w", dd.ObjectName, err)
 		}

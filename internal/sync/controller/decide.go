@@ -85,14 +85,7 @@ func secretData(ss *syncv1.SecretSync, files map[string][]byte) (map[string][]by
 			continue
 		}
 		var err error
-		switch key {
-		case corev1.TLSCertKey:
-			out[key], err = certfmt.TLSCert(content)
-		case corev1.TLSPrivateKeyKey:
-			out[key], err = certfmt.TLSKey(content)
-		default:
-			err = fmt.Errorf("a kubernetes.io/tls Secret takes only %s and %s", corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
-		}
+		out[key], err = certfmt.TLSSecretValue(key, content)
 		if err != nil {
 			return nil, failed(syncv1.ReasonUserInputValidationFailed, "targetKey %s from sourcePath %s: %v", key, src, err)
 		}
