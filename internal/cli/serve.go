@@ -22,7 +22,7 @@ var serverFlags = map[string]string{
 	"Storage": "--storage", "EtcdEndpoints": "--etcd-endpoints", "DataDir": "--data-dir", "RootKeyFile": "--root-key-file", "Listen": "--listen", "DNSSuffix": "--dns-suffix",
 	"PublicPort": "--public-port", "TLSCertFile": "--tls-cert-file", "TLSKeyFile": "--tls-key-file",
 	"InsecureHTTP": "--insecure-http", "TokenLifetime": "--token-lifetime", "TokenRateLimit": "--token-rate-limit",
-	"TokenRateBurst": "--token-rate-burst", "FederationCAFile": "--federation-ca-file", "PurgeInterval": "--purge-interval",
+	"TokenRateBurst": "--token-rate-burst", "FederationCAFile": "--federation-ca-file", "AllowPrivateIssuers": "--allow-private-issuers", "PurgeInterval": "--purge-interval",
 	"AuditLog": "--audit-log", "MetricsAddr": "--metrics-addr",
 	"AllowPrivateEndpoints": "--allow-private-endpoints", "EgressCAFile": "--egress-ca-file",
 	"ACMEHTTPListen": "--acme-http-listen", "EventInterval": "--event-interval",
@@ -75,6 +75,7 @@ func bindCommonServer(c *cobra.Command, o *server.Options, metricsDefault string
 	f.StringVar(&o.FederationCAFile, "federation-ca-file", "", "PEM CAs to trust, besides the system roots, for federated issuers (such as a cluster's service-account issuer)")
 	f.StringVar(&o.AuditLog, "audit-log", "", "audit log file (default: {data-dir}/audit.log)")
 	f.StringVar(&o.MetricsAddr, "metrics-addr", metricsDefault, "address for Prometheus metrics over plain HTTP (empty: off)")
+	f.BoolVar(&o.AllowPrivateIssuers, "allow-private-issuers", false, "let federated credentials' issuers be loopback, link-local or private addresses (such as an in-cluster apiserver's)")
 	f.BoolVar(&o.AllowPrivateEndpoints, "allow-private-endpoints", false, "let event subscriptions, ACME directories and DNS hooks be loopback, link-local or private addresses")
 	f.DurationVar(&o.EventInterval, "event-interval", time.Second, "how often vault events are delivered and failed deliveries retried")
 	f.DurationVar(&o.EventScanInterval, "event-scan-interval", time.Minute, "how often every vault with event subscriptions is compared for NearExpiry and Expired events (writes are seen at once)")

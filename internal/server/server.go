@@ -84,6 +84,11 @@ type Options struct {
 	// is the whole pool instead (tests pass their issuer's CA).
 	FederationCAFile string
 	FederationRoots  *x509.CertPool
+	// AllowPrivateIssuers lets federated credentials' issuers (and their
+	// jwks_uri) be loopback, link-local or private addresses. Off, the
+	// server refuses them, so that whoever may write a federated
+	// credential cannot make the server fetch from its own network.
+	AllowPrivateIssuers bool
 	// PurgeInterval is how often soft-deleted objects past their retention
 	// are purged (default a minute).
 	PurgeInterval time.Duration
@@ -287,16 +292,12 @@ func (s *Server) build(ctx context.Context) error {
 	}
 	s.Access = access.New(s.Roles)
 	ep := s.ep
-	fedClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: s.cfg.FederationRoots, MinVersion: tls.VersionTLS12}, TLSHandshakeTimeout: 5 * time.Second,
-		ResponseHeaderTimeout: 5 * time.Second, MaxIdleConnsPerHost: 2,
-	}}
 	s.Authority, err = authority.Open(ctx, b, authority.Config{
 		Host:          ep.AuthorityURL(),
 		Resources:     []string{ep.Resource(), endpoint.ManagementResource},
 		TokenLifetime: s.cfg.TokenLifetime,
 		RateLimit:     s.cfg.TokenRateLimit, RateBurst: s.cfg.TokenRateBurst,
-		Federation: federation.New(federation.Config{Client: fedClient, Now: s.cfg.Now}),
+		Federation: federation.New(federation.Config{Egress: egress.Policy{AllowPrivate: s.cfg.AllowPrivateIssuers, Roots: s.cfg.FederationRoots}, Now: s.cfg.Now}),
 		Roles:      s.Roles,
 	}, s.cfg.Now)
 	if err != nil {

@@ -75,7 +75,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	// The authority trusts the apiserver's service-account issuer.
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, TokenRateLimit: -1})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
 	if o.providerName == "" {
 		o.providerName = "azure"
 	}

@@ -296,7 +296,7 @@ func TestProviderWorkloadIdentity(t *testing.T) {
 	iss := oidctest.New(t)
 	roots := x509.NewCertPool()
 	roots.AddCert(iss.Server.Certificate())
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true})
 	ctx := context.Background()
 	var mi mgmthttp.IdentityOut
 	if err := env.Client.Manage(ctx, "POST", "identities", mgmthttp.CreateIdentityIn{Name: "web", ResourceGroup: "apps"}, &mi); err != nil {

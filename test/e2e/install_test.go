@@ -99,7 +99,7 @@ func install(t *testing.T, c *node) *installation {
 		"server": map[string]any{"dnsSuffix": vaultHost, "replicas": serverReplicas, "persistence": map[string]any{"enabled": false},
 			"storage": map[string]any{"type": "etcd", "etcd": map[string]any{"endpoints": toAny(etcd.TCPEndpoints()),
 				"tls": map[string]any{"secretName": "coffer-etcd-client"}}},
-			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
+			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}, "allowPrivateIssuers": true},
 		"linux": map[string]any{"kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"),
 			"hostNetwork": true},
 		"enableSecretRotation": true, "rotationPollInterval": "10m", "syncSecret": map[string]any{"enabled": true},

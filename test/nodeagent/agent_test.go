@@ -46,7 +46,7 @@ func start(t testing.TB) *world {
 	kube := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{repoFile(t, "deploy/crds")}})
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, TokenRateLimit: -1})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
 	node := agenttest.SetupNode(t, env)
 	if err := podidentity.AddToScheme(kube.Scheme); err != nil {
 		t.Fatal(err)

@@ -132,7 +132,7 @@ func federatedEnv(t *testing.T) (*testserver.Env, *oidctest.Issuer, mgmthttp.Ide
 	iss := oidctest.New(t)
 	roots := x509.NewCertPool()
 	roots.AddCert(iss.Server.Certificate())
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true})
 	var mi mgmthttp.IdentityOut
 	manage(t, env, "POST", "identities", mgmthttp.CreateIdentityIn{Name: "app-identity", ResourceGroup: "apps"}, &mi)
 	manage(t, env, "PUT", "identities/apps/app-identity/federated-credentials/k8s", federation.Credential{

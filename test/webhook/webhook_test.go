@@ -35,7 +35,7 @@ func TestWorkloadIdentityWebhook(t *testing.T) {
 	// Coffer's authority trusts the apiserver's service-account issuer.
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, TokenRateLimit: -1})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
 	startWebhook(t, kube, webhook.Config{TenantID: env.State.TenantID, AuthorityHost: env.Admin.AuthorityHost})
 	ctx := context.Background()
 	const ns = "team-a"

@@ -33,6 +33,9 @@ type Options struct {
 	Now func() time.Time
 	// FederationRoots are trusted for federated issuers' HTTPS endpoints.
 	FederationRoots *x509.CertPool
+	// AllowPrivateIssuers lets federated issuers be loopback addresses, as
+	// a test's apiserver or OIDC issuer is (see server.Options).
+	AllowPrivateIssuers bool
 	// TokenRateLimit overrides the per-client token rate limit.
 	TokenRateLimit float64
 	// OverloadCapacity overrides the server's overload protection
@@ -78,7 +81,7 @@ func Start(t testing.TB, opt Options) *Env {
 	d, err := dev.New(ctx, dev.Options{
 		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
 		Server: server.Options{
-			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, TokenRateLimit: opt.TokenRateLimit, OverloadCapacity: opt.OverloadCapacity,
+			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, AllowPrivateIssuers: opt.AllowPrivateIssuers, TokenRateLimit: opt.TokenRateLimit, OverloadCapacity: opt.OverloadCapacity,
 			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,
 			ACMEHTTPListen: opt.ACMEHTTPListen, EventInterval: opt.EventInterval, EventScanInterval: opt.EventScanInterval,
 			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),

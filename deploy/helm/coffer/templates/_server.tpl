@@ -202,6 +202,9 @@ spec:
         {{- if .Values.server.federationCA.configMap }}
         - --federation-ca-file=/etc/coffer/federation/{{ .Values.server.federationCA.key }}
         {{- end }}
+        {{- if .Values.server.allowPrivateIssuers }}
+        - --allow-private-issuers
+        {{- end }}
       env:
         {{- include "coffer.rootKeyEnv" . | nindent 8 }}
       ports:

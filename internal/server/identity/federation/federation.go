@@ -3,6 +3,12 @@
 // credentials: the issuer's discovery document and JWKS are fetched over
 // HTTPS with timeouts and size limits, cached, and refreshed when an unknown
 // key id appears.
+//
+// An issuer URL is written by whoever may create federated credentials, and
+// the server fetches it: unless the operator allows private issuers, an
+// issuer or jwks_uri on a loopback, link-local or private address (or a name
+// that resolves to one) is refused, so the credential cannot be used to make
+// the server probe its own network (server-side request forgery).
 package federation
 
 import (
@@ -20,6 +26,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/cofferhq/coffer/internal/server/egress"
 )
 
 // Credential is a federated identity credential: the external identity
@@ -53,7 +61,12 @@ func reject(code int, format string, args ...any) *Error {
 
 // Config tunes a Verifier; zero fields take defaults.
 type Config struct {
-	// Client fetches discovery documents and key sets. It must have a timeout.
+	// Egress says where issuers may be: Egress.AllowPrivate lets them be
+	// internal addresses, and Egress.Roots verify their TLS.
+	Egress egress.Policy
+	// Client fetches discovery documents and key sets. It must have a
+	// timeout, and should refuse internal addresses when dialed; nil is
+	// Egress.Client, which does both.
 	Client *http.Client
 	// MaxLifetime caps exp minus iat (or nbf) of an assertion.
 	MaxLifetime time.Duration
@@ -93,7 +106,7 @@ type issuerKeys struct {
 // New returns a verifier.
 func New(cfg Config) *Verifier {
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: 10 * time.Second}
+		cfg.Client = cfg.Egress.Client(10 * time.Second)
 	}
 	if cfg.MaxLifetime == 0 {
 		cfg.MaxLifetime = 24 * time.Hour
@@ -272,6 +285,9 @@ func (v *Verifier) fetchKeys(ctx context.Context, issuer string) (jose.JSONWebKe
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return set, reject(50166, "Issuer %q is not an https URL; federated issuers must serve OpenID discovery over HTTPS.", issuer)
 	}
+	if err := v.checkURL(issuer); err != nil {
+		return set, err
+	}
 	var doc struct {
 		Issuer  string `json:"issuer"`
 		JWKSURI string `json:"jwks_uri"`
@@ -285,6 +301,9 @@ func (v *Verifier) fetchKeys(ctx context.Context, issuer string) (jose.JSONWebKe
 	ju, err := url.Parse(doc.JWKSURI)
 	if err != nil || ju.Scheme != "https" || ju.Host == "" {
 		return set, reject(50166, "Issuer %q's jwks_uri %q is not an https URL.", issuer, doc.JWKSURI)
+	}
+	if err := v.checkURL(doc.JWKSURI); err != nil {
+		return set, err
 	}
 	if err := v.getJSON(ctx, doc.JWKSURI, maxJWKSBytes, &set); err != nil {
 		return set, err
@@ -303,7 +322,8 @@ func (v *Verifier) getJSON(ctx context.Context, u string, limit int64, out any) 
 	resp, err := v.cfg.Client.Do(req)
 	if err != nil {
 		e := reject(50166, "Request to external OIDC endpoint %s failed: %v.", u, err)
-		e.Unavailable = true
+		// A refused address stays refused: retrying cannot help.
+		e.Unavailable = !errors.Is(err, egress.ErrRefused)
 		return e
 	}
 	defer resp.Body.Close()
@@ -323,6 +343,16 @@ func (v *Verifier) getJSON(ctx context.Context, u string, limit int64, out any) 
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return reject(50166, "External OIDC endpoint %s returned invalid JSON: %v.", u, err)
+	}
+	return nil
+}
+
+// checkURL refuses an issuer or key set URL on an internal address before
+// anything is dialed; names are checked again, after resolution, by the
+// client's dialer.
+func (v *Verifier) checkURL(u string) error {
+	if _, err := v.cfg.Egress.CheckURL(u); err != nil {
+		return reject(50166, "External OIDC endpoint %s is refused: %v. Federated issuers must be public unless the server's operator allows private issuers (AllowPrivateIssuers).", u, err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/testing/oidctest"
 )
 
@@ -13,7 +14,7 @@ const sub = "system:serviceaccount:default:workload"
 
 func setup(t *testing.T) (*oidctest.Issuer, *Verifier, []Credential) {
 	iss := oidctest.New(t)
-	v := New(Config{Client: iss.Client()})
+	v := New(Config{Egress: egress.Policy{AllowPrivate: true}, Client: iss.Client()})
 	creds := []Credential{{Name: "k8s", Issuer: iss.URL, Subject: sub, Audiences: []string{DefaultAudience}}}
 	return iss, v, creds
 }
@@ -93,7 +94,7 @@ func TestRejections(t *testing.T) {
 func TestUnknownKidRefreshesOnce(t *testing.T) {
 	iss, _, creds := setup(t)
 	now := time.Now()
-	v := New(Config{Client: iss.Client(), Now: func() time.Time { return now }})
+	v := New(Config{Egress: egress.Policy{AllowPrivate: true}, Client: iss.Client(), Now: func() time.Time { return now }})
 	ctx := context.Background()
 	aud := []string{DefaultAudience}
 	if _, _, err := v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds); err != nil {
