@@ -92,8 +92,10 @@ func Validate(files []File) error {
 // nothing. The steps:
 //
 //  1. Validate the payload.
-//  2. Read the current generation through "..data"; if it equals the
-//     payload, stop.
+//  2. Read the current generation through "..data", refusing a link that
+//     is not to a generation of this directory (a planted "..data" would
+//     otherwise be read, then removed, wherever it points); if it equals
+//     the payload, stop.
 //  3. Write the payload into a new timestamped directory, creating
 //     subdirectories, and chmod each file explicitly (the umask must not
 //     decide a secret file's mode).
@@ -111,6 +113,9 @@ func Write(dir string, files []File) (changed bool, err error) {
 	old, err := os.Readlink(filepath.Join(dir, dataLink))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("read %s: %w", dataLink, err)
+	}
+	if old != "" && !generationName(old) {
+		return false, fmt.Errorf("%w: %s points to %q, not to a data directory of %s; refusing to read or remove it", ErrForeignLink, dataLink, old, dir)
 	}
 	if old != "" && same(filepath.Join(dir, old), files) {
 		return false, nil
@@ -184,6 +189,17 @@ func Write(dir string, files []File) (changed bool, err error) {
 		}
 	}
 	return true, nil
+}
+
+// ErrForeignLink is returned, wrapped, when the directory's "..data" link
+// was not made by Write.
+var ErrForeignLink = errors.New("foreign data link")
+
+// generationName reports whether name is one element of the form step 3
+// creates: "..", then a timestamp, never ".." itself or the links' names.
+func generationName(name string) bool {
+	return strings.HasPrefix(name, "..") && len(name) > len("..") && !strings.ContainsAny(name, `/\`) &&
+		name != dataLink && name != newDataLink && name[2] >= '0' && name[2] <= '9'
 }
 
 func writeFile(gen string, f File) error {
