@@ -87,22 +87,22 @@ func TestForgedBearerTokens(t *testing.T) {
 		"alg confusion: HS256 keyed with the public key (PEM)": sign(jose.HS256, pemPub, kid, body),
 		// RFC 8725 §2.1: only RS256 is issued, so only RS256 verifies.
 		"alg confusion: PS256 by another key under the real kid": sign(jose.PS256, evil, kid, body),
-		"alg confusion: header alg rewritten to RS512":          withHeader(map[string]any{"alg": "RS512"}),
-		"kid: the real kid, signed by an attacker's key":        sign(jose.RS256, evil, kid, body),
-		"kid: oversized (4 KiB)":                                sign(jose.RS256, evil, strings.Repeat("k", 4<<10), body),
-		"kid: path traversal":                                   sign(jose.RS256, evil, "../../../../dev/null", body),
-		"kid: SQL-style injection":                              sign(jose.RS256, evil, "x' OR '1'='1", body),
-		"kid: absent":                                           withHeader(map[string]any{"kid": nil}),
+		"alg confusion: header alg rewritten to RS512":           withHeader(map[string]any{"alg": "RS512"}),
+		"kid: the real kid, signed by an attacker's key":         sign(jose.RS256, evil, kid, body),
+		"kid: oversized (4 KiB)":                                 sign(jose.RS256, evil, strings.Repeat("k", 4<<10), body),
+		"kid: path traversal":                                    sign(jose.RS256, evil, "../../../../dev/null", body),
+		"kid: SQL-style injection":                               sign(jose.RS256, evil, "x' OR '1'='1", body),
+		"kid: absent":                                            withHeader(map[string]any{"kid": nil}),
 		"kid: embedded jwk header (CVE-2018-0114 class)": func() string {
 			s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: evil}, (&jose.SignerOptions{EmbedJWK: true}).WithType("JWT"))
 			tok, _ := jwt.Signed(s).Claims(body).Serialize()
 			return tok
 		}(),
-		"tampered payload: another object id":        withClaims(map[string]any{"oid": "00000000-0000-0000-0000-000000000001"}),
-		"tenant confusion: tid rewritten":            withClaims(map[string]any{"tid": "00000000-0000-0000-0000-00000000beef"}),
-		"signature stripped":                         parts[0] + "." + parts[1] + ".",
-		"JWE-shaped token (five parts)":              parts[0] + "." + parts[1] + ".." + parts[2] + ".x",
-		"audience confusion: other tenant's forged":  sign(jose.RS256, evil, kid, map[string]any{"aud": body["aud"], "iss": "https://login.example.com/other/v2.0", "exp": body["exp"]}),
+		"tampered payload: another object id":         withClaims(map[string]any{"oid": "00000000-0000-0000-0000-000000000001"}),
+		"tenant confusion: tid rewritten":             withClaims(map[string]any{"tid": "00000000-0000-0000-0000-00000000beef"}),
+		"signature stripped":                          parts[0] + "." + parts[1] + ".",
+		"JWE-shaped token (five parts)":               parts[0] + "." + parts[1] + ".." + parts[2] + ".x",
+		"audience confusion: other tenant's forged":   sign(jose.RS256, evil, kid, map[string]any{"aud": body["aud"], "iss": "https://login.example.com/other/v2.0", "exp": body["exp"]}),
 		"expired: exp in the past, re-signed by evil": sign(jose.RS256, evil, kid, map[string]any{"aud": body["aud"], "iss": body["iss"], "exp": time.Now().Add(-time.Hour).Unix()}),
 	}
 	for name, tok := range cases {

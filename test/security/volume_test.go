@@ -18,15 +18,15 @@ import (
 // name a file outside the volume or a mode beyond the permission bits.
 func TestProviderObjectPaths(t *testing.T) {
 	for name, obj := range map[string]string{
-		"CVE-2020-8567: objectAlias climbing out":         "objectName: s\nobjectType: secret\nobjectAlias: ../../etc/passwd",
-		"CVE-2020-8567: objectAlias absolute":             "objectName: s\nobjectType: secret\nobjectAlias: /etc/passwd",
-		"CVE-2020-8567: objectAlias climbing from inside": "objectName: s\nobjectType: secret\nobjectAlias: a/../../x",
-		"CVE-2020-8567: objectAlias with a backslash":     "objectName: s\nobjectType: secret\nobjectAlias: ..\\\\x",
+		"CVE-2020-8567: objectAlias climbing out":                  "objectName: s\nobjectType: secret\nobjectAlias: ../../etc/passwd",
+		"CVE-2020-8567: objectAlias absolute":                      "objectName: s\nobjectType: secret\nobjectAlias: /etc/passwd",
+		"CVE-2020-8567: objectAlias climbing from inside":          "objectName: s\nobjectType: secret\nobjectAlias: a/../../x",
+		"CVE-2020-8567: objectAlias with a backslash":              "objectName: s\nobjectType: secret\nobjectAlias: ..\\\\x",
 		"CVE-2020-8567: objectAlias onto the writer's ..data link": "objectName: s\nobjectType: secret\nobjectAlias: ..data",
-		"CVE-2020-8567: objectName climbing out":          "objectName: ../../etc/shadow\nobjectType: secret",
-		"CVE-2020-8567: objectName absolute":              "objectName: /etc/shadow\nobjectType: secret",
-		"file mode: setuid in filePermission":             "objectName: s\nobjectType: secret\nfilePermission: \"4755\"",
-		"file mode: beyond octal in filePermission":       "objectName: s\nobjectType: secret\nfilePermission: \"0999\"",
+		"CVE-2020-8567: objectName climbing out":                   "objectName: ../../etc/shadow\nobjectType: secret",
+		"CVE-2020-8567: objectName absolute":                       "objectName: /etc/shadow\nobjectType: secret",
+		"file mode: setuid in filePermission":                      "objectName: s\nobjectType: secret\nfilePermission: \"4755\"",
+		"file mode: beyond octal in filePermission":                "objectName: s\nobjectType: secret\nfilePermission: \"0999\"",
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := azparams.ParseObjects("array:\n  - |\n"+indent(obj, "    ")+"\n", 0o644)
@@ -89,7 +89,9 @@ func outsideIntact(t *testing.T, outside string) {
 // the response's paths and modes itself, and never follows a symlink that
 // is already in the target directory.
 func TestVolumeWriterSymlinks(t *testing.T) {
-	file := func(p string) []atomicdir.File { return []atomicdir.File{{Path: p, Mode: 0o644, Contents: []byte("s3cr3t")}} }
+	file := func(p string) []atomicdir.File {
+		return []atomicdir.File{{Path: p, Mode: 0o644, Contents: []byte("s3cr3t")}}
+	}
 	t.Run("CVE-2020-8568: a response path climbing out", func(t *testing.T) {
 		target, outside := tmpfsTarget(t)
 		if _, err := atomicdir.Write(target, file("../outside/victim")); !errors.Is(err, atomicdir.ErrBadPath) {
