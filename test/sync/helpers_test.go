@@ -68,7 +68,7 @@ func startStack(t testing.TB) *stack {
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, TokenRateLimit: -1})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
 	s := &stack{kube: kube, env: env}
 	s.provider = startProvider(t, env, "azure")
 	s.namespace(t, controllerNS)

@@ -244,13 +244,14 @@ func Inside(ctx context.Context, o Options) (err error) {
 // the images built here; the node components on the node's network,
 // reaching the apiserver at the node's address (no kube-proxy, so no
 // ClusterIPs); 169.254.169.254 on lo (no dummy interfaces); the
-// directories of the cluster's own; and the issuer's CA.
+// directories of the cluster's own; and the issuer's CA, with private
+// issuers allowed (this cluster's apiserver is on a private address).
 func values(c *cluster.Cluster, api *url.URL) map[string]any {
 	return map[string]any{
 		"image":     map[string]any{"repository": strings.Split(CofferImage, ":")[0], "tag": strings.Split(CofferImage, ":")[1], "pullPolicy": "Never"},
 		"apiServer": map[string]any{"host": api.Hostname(), "port": api.Port()},
 		"server": map[string]any{"dnsSuffix": "vault." + cluster.Domain, "persistence": map[string]any{"enabled": false},
-			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}},
+			"federationCA": map[string]any{"configMap": "kube-ca", "key": "ca.crt"}, "allowPrivateIssuers": true},
 		"linux":                map[string]any{"kubeletRootDir": c.KubeletDir, "providersDir": filepath.Join(c.Dir, "providers"), "hostNetwork": true},
 		"enableSecretRotation": true, "syncSecret": map[string]any{"enabled": true},
 		"nodeAgent": map[string]any{"socketDir": filepath.Join(c.Dir, "agent"), "linkLocalInterface": "lo"},
