@@ -23,6 +23,9 @@ func TestProviderObjectPaths(t *testing.T) {
 		"CVE-2020-8567: objectAlias climbing from inside":          "objectName: s\nobjectType: secret\nobjectAlias: a/../../x",
 		"CVE-2020-8567: objectAlias with a backslash":              "objectName: s\nobjectType: secret\nobjectAlias: ..\\\\x",
 		"CVE-2020-8567: objectAlias onto the writer's ..data link": "objectName: s\nobjectType: secret\nobjectAlias: ..data",
+		"CVE-2020-8567: objectAlias with a NUL byte":               "objectName: s\nobjectType: secret\nobjectAlias: \"a\\0b\"",
+		"CVE-2020-8567: objectAlias '.', the volume itself":        "objectName: s\nobjectType: secret\nobjectAlias: .",
+		"CVE-2020-8567: objectAlias with a trailing slash":         "objectName: s\nobjectType: secret\nobjectAlias: a/",
 		"CVE-2020-8567: objectName climbing out":                   "objectName: ../../etc/shadow\nobjectType: secret",
 		"CVE-2020-8567: objectName absolute":                       "objectName: /etc/shadow\nobjectType: secret",
 		"file mode: setuid in filePermission":                      "objectName: s\nobjectType: secret\nfilePermission: \"4755\"",
@@ -106,6 +109,18 @@ func TestVolumeWriterSymlinks(t *testing.T) {
 		}
 		outsideIntact(t, outside)
 	})
+	for name, p := range map[string]string{
+		"CVE-2020-8568: a response path '.', the volume itself": ".",
+		"CVE-2020-8568: a response path with a NUL byte":        "a\x00b",
+		"CVE-2020-8568: a response path onto the ..data link":   "..data",
+	} {
+		t.Run(name, func(t *testing.T) {
+			target, _ := tmpfsTarget(t)
+			if _, err := atomicdir.Write(target, file(p)); !errors.Is(err, atomicdir.ErrBadPath) {
+				t.Fatalf("%v", err)
+			}
+		})
+	}
 	t.Run("file mode: a response mode with setuid", func(t *testing.T) {
 		target, _ := tmpfsTarget(t)
 		if _, err := atomicdir.Write(target, []atomicdir.File{{Path: "s", Mode: 0o755 | fs.ModeSetuid}}); !errors.Is(err, atomicdir.ErrBadPath) {

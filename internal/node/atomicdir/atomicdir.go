@@ -38,13 +38,15 @@ const (
 // directory or collide with the writer's own names.
 var ErrBadPath = errors.New("invalid payload path")
 
-// ValidatePath checks one payload path: relative, not empty, no ".."
+// ValidatePath checks one payload path: relative, not empty nor ".", no ".."
 // element, no leading "..", no NUL, at most 4096 bytes, and clean.
 func ValidatePath(p string) error {
 	bad := func(why string) error { return fmt.Errorf("%w %q: %s", ErrBadPath, p, why) }
 	switch {
 	case p == "":
 		return bad("empty")
+	case p == ".":
+		return bad("the directory itself")
 	case len(p) > 4096:
 		return bad("longer than 4096 bytes")
 	case strings.ContainsRune(p, 0):

@@ -369,6 +369,8 @@ func (o *Object) validate(defaultMode fs.FileMode) error {
 		return fmt.Errorf("file name %q must not contain '..'", name)
 	case strings.ContainsRune(name, 0) || strings.Contains(name, "\\"):
 		return fmt.Errorf("file name %q must not contain NUL or a backslash", name)
+	case name == ".":
+		return fmt.Errorf("file name %q is the volume itself: give a file name", name)
 	case path.Clean(name) != name:
 		return fmt.Errorf("file name %q is not a clean path", name)
 	}
