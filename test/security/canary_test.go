@@ -7,11 +7,17 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"io"
 	"math/big"
+	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,17 +27,56 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"software.sslmate.com/src/go-pkcs12"
 
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
+// eventSink is an HTTPS endpoint for vault events that keeps every
+// request's headers and body, for the canary to search.
+type eventSink struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	got []string
+}
+
+func startEventSink(t *testing.T) *eventSink {
+	s := &eventSink{}
+	s.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		var hdr strings.Builder
+		r.Header.Write(&hdr)
+		s.mu.Lock()
+		s.got = append(s.got, hdr.String()+"\n"+string(b))
+		s.mu.Unlock()
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *eventSink) roots() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(s.srv.Certificate())
+	return p
+}
+
+func (s *eventSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.got, "\n")
+}
+
 // The secret canary (CWE-532, CWE-209): unique values set through every
-// server path that takes secret material, then searched for in the
-// server's debug log, its audit log, its metrics and every error body.
-// Each canary is distinctive enough that a match is a leak, not chance.
+// server path that takes secret material or credentials, then searched for
+// in the server's debug log, its audit log, its metrics, the vault events
+// it sent, every error body and a handler panic's output. Each canary is
+// distinctive enough that a match is a leak, not chance. (The driver's
+// Kubernetes events are searched by TestCrossNamespaceSecretProviderClass.)
 func TestSecretCanary(t *testing.T) {
 	log := &syncbuf.Buffer{}
-	env := testserver.Start(t, testserver.Options{Log: log, TokenRateLimit: -1})
+	sink := startEventSink(t)
+	env := testserver.Start(t, testserver.Options{Log: log, TokenRateLimit: -1,
+		AllowPrivateEndpoints: true, EgressRoots: sink.roots(), EventInterval: 20 * time.Millisecond})
 	ctx := context.Background()
 	sc, _ := env.Client.Secrets("demo")
 	kc, _ := env.Client.Keys("demo")
@@ -44,6 +89,19 @@ func TestSecretCanary(t *testing.T) {
 		canaries[path] = v
 		return v
 	}
+	// A bearer token is a credential too: used on every request below.
+	canaries["bearer token"] = tok
+	// Every change below is delivered as an event, to be searched.
+	var sub struct {
+		Secret string `json:"secret"`
+	}
+	manage(t, env, "PUT", "vaults/demo/event-subscriptions/canary", mgmthttp.EventSubscriptionIn{Endpoint: sink.srv.URL + "/events",
+		IncludedEventTypes: []string{"Microsoft.KeyVault.SecretNewVersionCreated", "Microsoft.KeyVault.KeyNewVersionCreated",
+			"Microsoft.KeyVault.CertificateNewVersionCreated", "Coffer.KeyVault.SecretDeleted"}}, &sub)
+	if sub.Secret == "" {
+		t.Fatal("the subscription has no signing secret")
+	}
+	canaries["event subscription signing secret"] = sub.Secret
 
 	t.Run("secret set", func(t *testing.T) {
 		if _, err := sc.SetSecret(ctx, "canary", azsecrets.SetSecretParameters{Value: to.Ptr(fresh("secret set"))}, nil); err != nil {
@@ -112,6 +170,60 @@ func TestSecretCanary(t *testing.T) {
 		}
 		bodies = append(bodies, body)
 	})
+	t.Run("certificate import (PEM with its key)", func(t *testing.T) {
+		ck, _ := rsa.GenerateKey(rand.Reader, 2048)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(8), Subject: pkix.Name{CommonName: "canary-pem"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &ck.PublicKey, ck)
+		p8, _ := x509.MarshalPKCS8PrivateKey(ck)
+		canaries["certificate import (PEM key)"] = base64.StdEncoding.EncodeToString(p8)[40:120]
+		bundle := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p8})) + string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+		if _, err := cc.ImportCertificate(ctx, "canary-pem", azcertificates.ImportCertificateParameters{
+			Base64EncodedCertificate: to.Ptr(bundle), CertificatePolicy: &azcertificates.CertificatePolicy{
+				SecretProperties: &azcertificates.SecretProperties{ContentType: to.Ptr("application/x-pem-file")}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("token request (client secret)", func(t *testing.T) {
+		sp := servicePrincipal(t, env, "canary-sp")
+		canaries["service principal password"] = sp.Password
+		spToken(t, env, sp, env.Endpoints.Resource())
+		// A wrong secret: refused, and not echoed.
+		resp, err := env.Client.HTTP.PostForm(env.Endpoints.AuthorityURL()+"/"+env.State.TenantID+"/oauth2/v2.0/token", url.Values{
+			"grant_type": {"client_credentials"}, "client_id": {sp.AppID}, "client_secret": {fresh("wrong client secret")},
+			"scope": {env.Endpoints.Resource() + "/.default"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Fatalf("a wrong client secret: %d", resp.StatusCode)
+		}
+		bodies = append(bodies, string(b))
+	})
+	t.Run("handler panic", func(t *testing.T) {
+		// A bug that panics with request data in hand: the middleware must
+		// log neither the panic's value nor the body.
+		v := fresh("panic value")
+		srv := httptest.NewServer(env.Server.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			panic(fmt.Errorf("cannot handle %s", b))
+		})))
+		defer srv.Close()
+		resp, err := http.Post(srv.URL+"/secrets/boom", "application/json", strings.NewReader(`{"value":"`+v+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 500 {
+			t.Fatalf("a panicking handler: %d", resp.StatusCode)
+		}
+		bodies = append(bodies, string(b))
+		if !strings.Contains(log.String(), "handler panic") {
+			t.Fatal("the panic was not logged: the scan would prove nothing")
+		}
+	})
 	t.Run("malformed bodies carrying values", func(t *testing.T) {
 		for _, b := range []string{
 			`{"value":"` + fresh("malformed: wrong type") + `","contentType":5}`,
@@ -133,8 +245,19 @@ func TestSecretCanary(t *testing.T) {
 		bodies = append(bodies, body)
 	})
 
-	// Everything the server said: its debug log, the audit log, metrics
-	// and the error bodies above.
+	// The events of the writes above have been delivered.
+	eventually(t, "the events of the canary writes", func() bool {
+		got := sink.String()
+		for _, name := range []string{`"canary"`, `"canary-backup"`, `"canary-key"`, `"canary-cert"`, `"canary-pem"`} {
+			if !strings.Contains(got, name) {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Everything the server said: its debug log, the audit log, metrics,
+	// events and the error bodies above.
 	audit, err := os.ReadFile(filepath.Join(env.DataDir, "audit.log"))
 	if err != nil {
 		t.Fatalf("the audit log: %v", err)
@@ -144,7 +267,7 @@ func TestSecretCanary(t *testing.T) {
 	if !strings.Contains(log.String(), `"level":"DEBUG"`) {
 		t.Fatal("the server did not log at debug level: the scan would prove nothing")
 	}
-	outputs := map[string]string{"debug log": log.String(), "audit log": string(audit), "metrics": rec.Body.String(), "error bodies": strings.Join(bodies, "\n")}
+	outputs := map[string]string{"debug log": log.String(), "audit log": string(audit), "metrics": rec.Body.String(), "error bodies": strings.Join(bodies, "\n"), "events": sink.String()}
 	for what, out := range outputs {
 		if out == "" && what != "error bodies" {
 			t.Errorf("%s is empty: the scan would prove nothing", what)
