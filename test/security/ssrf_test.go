@@ -36,12 +36,16 @@ func TestFederatedIssuerSSRF(t *testing.T) {
 	strict := testserver.Start(t, testserver.Options{FederationRoots: roots, TokenRateLimit: -1})
 	port := iss.Server.URL[strings.LastIndex(iss.Server.URL, ":"):]
 	for name, issuer := range map[string]string{
-		"SSRF: loopback issuer":                     iss.URL,
-		"SSRF: loopback issuer by name (localhost)": "https://localhost" + port,
-		"SSRF: IPv6 loopback issuer":                "https://[::1]" + port,
-		"SSRF: link-local issuer (cloud metadata)":  "https://169.254.169.254",
-		"SSRF: private-range issuer (RFC 1918)":     "https://10.0.0.1",
-		"SSRF: IPv4-mapped IPv6 loopback issuer":    "https://[::ffff:127.0.0.1]" + port,
+		"SSRF: loopback issuer":                      iss.URL,
+		"SSRF: loopback issuer by name (localhost)":  "https://localhost" + port,
+		"SSRF: IPv6 loopback issuer":                 "https://[::1]" + port,
+		"SSRF: link-local issuer (cloud metadata)":   "https://169.254.169.254",
+		"SSRF: private-range issuer (RFC 1918)":      "https://10.0.0.1",
+		"SSRF: IPv4-mapped IPv6 loopback issuer":     "https://[::ffff:127.0.0.1]" + port,
+		"SSRF: unspecified-address issuer (0.0.0.0)": "https://0.0.0.0" + port,
+		"SSRF: IPv6 unique-local issuer (fd00::/8)":  "https://[fd00::1]",
+		"SSRF: shared-address issuer (100.64/10)":    "https://100.64.0.1",
+		"SSRF: private-range issuer (192.168/16)":    "https://192.168.0.1",
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, d := exchange(t, strict, issuer)

@@ -1,6 +1,9 @@
 package security
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -19,6 +22,8 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/server/identity/authority"
+	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
@@ -77,6 +82,7 @@ func TestForgedBearerTokens(t *testing.T) {
 		return tok
 	}
 	evil, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 
 	cases := map[string]string{
 		// CVE-2015-9235 class (node-jsonwebtoken), RFC 8725 §2.1: "none".
@@ -88,6 +94,7 @@ func TestForgedBearerTokens(t *testing.T) {
 		// RFC 8725 §2.1: only RS256 is issued, so only RS256 verifies.
 		"alg confusion: PS256 by another key under the real kid": sign(jose.PS256, evil, kid, body),
 		"alg confusion: header alg rewritten to RS512":           withHeader(map[string]any{"alg": "RS512"}),
+		"alg confusion: ES256 by an attacker's EC key":           sign(jose.ES256, ecKey, kid, body),
 		"kid: the real kid, signed by an attacker's key":         sign(jose.RS256, evil, kid, body),
 		"kid: oversized (4 KiB)":                                 sign(jose.RS256, evil, strings.Repeat("k", 4<<10), body),
 		"kid: path traversal":                                    sign(jose.RS256, evil, "../../../../dev/null", body),
@@ -157,6 +164,81 @@ func TestAudienceAndTenantConfusion(t *testing.T) {
 					t.Fatalf("tenant %s issued a token with tid %v", tenant, tid)
 				}
 			}
+		}
+	})
+}
+
+// Tenant confusion with real credentials: another tenant's administrator,
+// holding Owner and Key Vault Administrator at its own tenant's root, gets
+// valid tokens from its own tenant, and none of them opens this tenant's
+// vault or management plane.
+func TestCrossTenantAdministrator(t *testing.T) {
+	env := testserver.Start(t, testserver.Options{TokenRateLimit: -1})
+	ctx := context.Background()
+	other, err := env.Server.Authority.CreateTenant(ctx, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, secret, err := env.Server.Authority.CreateServicePrincipal(ctx, other.ID, "outsider")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{rbac.OwnerID, rbac.KeyVaultAdministratorID} {
+		if _, err := env.Server.Roles.Create(ctx, rbac.Assignment{TenantID: other.ID, RoleID: role, PrincipalID: sp.ObjectID,
+			PrincipalType: authority.TypeServicePrincipal, Scope: rbac.Root, CreatedBy: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	token := func(tenant, resource string) (int, string) {
+		status, body := tokenFor(t, env, tenant, url.Values{"grant_type": {"client_credentials"}, "client_id": {sp.AppID},
+			"client_secret": {secret}, "scope": {resource + "/.default"}})
+		tok, _ := body["access_token"].(string)
+		return status, tok
+	}
+	status, data := token(other.ID, env.Endpoints.Resource())
+	if status != 200 {
+		t.Fatalf("the outsider's own tenant: %d", status)
+	}
+	if claims(t, data)["tid"] != other.ID {
+		t.Fatalf("tid %v, want %s", claims(t, data)["tid"], other.ID)
+	}
+	_, mgmt := token(other.ID, mgmtResource)
+	admin := adminToken(t, env, env.Endpoints.Resource())
+	if code, e, _ := vaultCall(t, env, "PUT", "/secrets/home?api-version=7.6", admin, `{"value":"home-tenant"}`); code != 200 {
+		t.Fatalf("seed: %d %s", code, e.Error.Message)
+	}
+	t.Run("tenant confusion: another tenant's data-plane token on this tenant's vault", func(t *testing.T) {
+		for _, path := range []string{"/secrets/home", "/secrets"} {
+			if code, _, body := vaultCall(t, env, "GET", path+"?api-version=7.6", data, ""); (code != 401 && code != 403) || strings.Contains(body, "home-tenant") {
+				t.Fatalf("%s: %d", path, code)
+			}
+		}
+	})
+	t.Run("tenant confusion: another tenant's management token on this tenant's vault", func(t *testing.T) {
+		b, _ := json.Marshal(mgmthttp.PolicyIn{ObjectID: sp.ObjectID, Secrets: &[]string{"get", "list"}})
+		policy := string(b)
+		for _, c := range []struct{ method, path, body string }{{"GET", "vaults/demo", ""}, {"POST", "vaults/demo/set-policy", policy}} {
+			if code, _, _ := mgmtCall(t, env, c.method, c.path, mgmt, c.body); code < 400 {
+				t.Fatalf("%s %s: %d", c.method, c.path, code)
+			}
+		}
+		var vaults struct {
+			Value []struct {
+				Name string `json:"name"`
+			} `json:"value"`
+		}
+		if code, _, body := mgmtCall(t, env, "GET", "vaults", mgmt, ""); code == 200 {
+			json.Unmarshal([]byte(body), &vaults)
+			for _, v := range vaults.Value {
+				if v.Name == "demo" {
+					t.Fatal("the other tenant lists this tenant's vault")
+				}
+			}
+		}
+	})
+	t.Run("tenant confusion: another tenant's credentials at this tenant's token endpoint", func(t *testing.T) {
+		if status, tok := token(env.State.TenantID, env.Endpoints.Resource()); status == 200 {
+			t.Fatalf("issued, tid %v", claims(t, tok)["tid"])
 		}
 	})
 }
