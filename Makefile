@@ -17,7 +17,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check
+.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check bench-scale
 
 ifeq ($(E2E),0)
 test: deps kube-assets pebble lint vuln unit
@@ -92,6 +92,16 @@ bench: bench-sync
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench NodePublish -benchtime 300x ./test/csi/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench PushRotation -benchtime 200x ./test/csi/
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench NodeAgent -benchtime 50000x ./test/nodeagent/
+
+# Cost curves as the data grows: one bbolt store filled in turn to each of
+# SCALE_SIZES secret versions across 1,000 vaults (through the storage
+# layer, in large batches), and at each size a fresh `coffer server` process
+# measured: start-to-ready, RSS, GET p50/p99, a list page, and backup and
+# restore of a 500-version object. Writes .cache/bench/scale.json, which
+# make bench-report reads. SCALE_SIZES=1000,10000 for a quick run.
+SCALE_SIZES ?= 1000,10000,100000,1000000
+bench-scale:
+	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 4h ./test/scale/ -args -scale.sizes=$(SCALE_SIZES) -scale.out=$(CURDIR)/.cache/bench/scale.json
 
 # Twenty kill -9 trials at random moments of a mixed load, each followed by
 # operator verify and a read-back of every acknowledged write (make test

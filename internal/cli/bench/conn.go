@@ -106,5 +106,10 @@ func (c *Conn) roundTrip(method, pathAndQuery, bearer, contentType string, body 
 	return resp.StatusCode, err
 }
 
+// SetHost changes the Host header of the requests that follow, so that one
+// connection can reach every vault of a server that routes by Host (its
+// certificate covers them all). The TLS server name stays the dialled one.
+func (c *Conn) SetHost(host string) { c.host = host }
+
 // Close closes the connection.
 func (c *Conn) Close() error { return c.tc.Close() }

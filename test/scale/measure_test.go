@@ -1,0 +1,299 @@
+package scale
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/cli/bench"
+	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/crypto/pki"
+	"github.com/cofferhq/coffer/internal/daemon/httpclient"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+)
+
+// execEnv, set in a child's environment, makes the test binary run the
+// coffer CLI with its arguments (see TestMain): the server measured is the
+// real `coffer server`, in a process of its own, without a separate build.
+const execEnv = "COFFER_SCALE_EXEC"
+
+// Point is what one size costs. Times are in milliseconds, sizes in MiB.
+type Point struct {
+	// Versions are the filler secret versions; Objects the filler
+	// objects. The big object's BigVersions come on top.
+	Versions   int     `json:"versions"`
+	Objects    int     `json:"objects"`
+	Vaults     int     `json:"vaults"`
+	StoreMiB   float64 `json:"storeMiB"`
+	FillSecond float64 `json:"fillSeconds"`
+	// StartMs is from the server's exec to its first ready answer.
+	StartMs float64 `json:"startMs"`
+	// RSSReadyMiB is the server's resident set once ready;
+	// RSSPeakMiB its high-water mark after every measurement.
+	RSSReadyMiB float64 `json:"rssReadyMiB"`
+	RSSPeakMiB  float64 `json:"rssPeakMiB"`
+	// GET of the current version of a filler object picked at random
+	// across every vault, by Workers clients.
+	Workers   int     `json:"getWorkers"`
+	GetPerSec float64 `json:"getPerSecond"`
+	GetP50Ms  float64 `json:"getP50Ms"`
+	GetP99Ms  float64 `json:"getP99Ms"`
+	// ListPageMs is the median of a 25-secret list page of one vault.
+	ListPageMs float64 `json:"listPageMs"`
+	// BackupMs and RestoreMs are medians for the big object.
+	BackupMs  float64 `json:"backupMs"`
+	RestoreMs float64 `json:"restoreMs"`
+}
+
+// Settings say how long each measurement runs.
+type Settings struct {
+	Workers        int
+	Warmup, GetFor time.Duration
+	Rounds         int // list pages, backups and restores
+}
+
+// serverProc is a running `coffer server` on a filled store.
+type serverProc struct {
+	cmd     *exec.Cmd
+	done    chan struct{}
+	port    string
+	startMs float64
+}
+
+// startServer runs `coffer server` on s and waits until it answers ready.
+// The process is stopped by stop, and killed if ctx ends first.
+func startServer(ctx context.Context, s *Store) (*serverProc, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	files, err := pki.EnsureDev(filepath.Join(s.Dir, "tls"), endpoint.DefaultSuffix, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, "server", "--data-dir", s.Dir, "--root-key-file", filepath.Join(s.Dir, "root.key"),
+		"--listen", "127.0.0.1:0", "--dns-suffix", endpoint.DefaultSuffix, "--tls-cert-file", files.Cert, "--tls-key-file", files.Key,
+		"--metrics-addr", "", "--purge-interval", "1h")
+	cmd.Env = append(os.Environ(), execEnv+"=1")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &serverProc{cmd: cmd, done: make(chan struct{})}
+	// The log says where the server listens; the rest is drained, so that
+	// the server never blocks on a full pipe.
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			var line struct {
+				Msg, Addr string
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "coffer server listening" {
+				addrc <- line.Addr
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	go func() { cmd.Wait(); close(p.done) }()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case <-p.done:
+		return nil, fmt.Errorf("coffer server exited before listening: %v", cmd.ProcessState)
+	case <-time.After(2 * time.Minute):
+		p.stop()
+		return nil, errors.New("coffer server did not log its address within 2 minutes")
+	}
+	_, p.port, _ = net.SplitHostPort(addr)
+	roots, err := httpclient.RootPool(files.CACert)
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := hc.Get("https://" + endpoint.DefaultSuffix + ":" + p.port + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("coffer server not ready within 2 minutes: %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	p.startMs = ms(time.Since(t0))
+	return p, nil
+}
+
+// stop ends the server gracefully and waits for it.
+func (p *serverProc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// rss returns the process's resident set and its high-water mark, in MiB.
+func (p *serverProc) rss() (now, peak float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kib, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			now = kib / 1024
+		case "VmHWM:":
+			peak = kib / 1024
+		}
+	}
+	return now, peak, nil
+}
+
+// Measure starts a server on s, measures it and stops it.
+func Measure(ctx context.Context, s *Store, set Settings) (Point, error) {
+	pt := Point{Versions: s.Versions, Objects: len(s.Objects), Vaults: Vaults, StoreMiB: float64(s.StoreBytes()) / (1 << 20), Workers: set.Workers}
+	p, err := startServer(ctx, s)
+	if err != nil {
+		return pt, err
+	}
+	defer p.stop()
+	pt.StartMs = p.startMs
+	if pt.RSSReadyMiB, _, err = p.rss(); err != nil {
+		return pt, err
+	}
+	apex := endpoint.DefaultSuffix + ":" + p.port
+	env := s.Env
+	env.AuthorityHost = "https://" + apex + "/"
+	env.VaultURL = "https://" + VaultName(0) + "." + apex + "/"
+	cl, err := client.New(env)
+	if err != nil {
+		return pt, err
+	}
+	tok, err := cl.Token(ctx, "https://"+apex)
+	if err != nil {
+		return pt, fmt.Errorf("token: %w", err)
+	}
+	roots, err := httpclient.RootPool(env.CAFile)
+	if err != nil {
+		return pt, err
+	}
+	conns := make([]*bench.Conn, set.Workers)
+	for i := range conns {
+		if conns[i], err = bench.Dial(ctx, env.VaultURL, roots, httpclient.LoopbackLocalhost); err != nil {
+			return pt, err
+		}
+		defer conns[i].Close()
+	}
+	host := func(vault string) string { return vault + "." + apex }
+	rngs := make([]*rand.Rand, set.Workers)
+	for i := range rngs {
+		rngs[i] = rand.New(rand.NewPCG(uint64(i), 42))
+	}
+	r := bench.Run(ctx, set.Workers, set.Warmup, set.GetFor, func(_ context.Context, w int) error {
+		ref := s.Objects[rngs[w].IntN(len(s.Objects))]
+		conns[w].SetHost(host(ref.Vault))
+		return want(http.StatusOK)(conns[w].Do("GET", "/secrets/"+ref.Name+"?api-version=7.6", tok, nil))
+	})
+	if r.Ops == 0 || r.Errors > 0 {
+		return pt, fmt.Errorf("GET: %s", r)
+	}
+	pt.GetPerSec, pt.GetP50Ms, pt.GetP99Ms = r.PerSec, ms(r.P50), ms(r.P99)
+
+	c := conns[0]
+	var list, backup, restore []time.Duration
+	for range set.Rounds {
+		c.SetHost(host(s.BigVault))
+		t0 := time.Now()
+		if err := want(http.StatusOK)(c.Do("GET", "/secrets?maxresults=25&api-version=7.6", tok, nil)); err != nil {
+			return pt, fmt.Errorf("list: %w", err)
+		}
+		list = append(list, time.Since(t0))
+	}
+	for range set.Rounds {
+		c.SetHost(host(s.BigVault))
+		t0 := time.Now()
+		body, err := c.Body("POST", "/secrets/"+s.BigName+"/backup?api-version=7.6", tok)
+		if err != nil {
+			return pt, fmt.Errorf("backup: %w", err)
+		}
+		backup = append(backup, time.Since(t0))
+		// Restored into another vault of the tenant, then deleted and
+		// purged there, so that every round restores into a free name.
+		c.SetHost(host(VaultName(1)))
+		t0 = time.Now()
+		if err := want(http.StatusOK)(c.Do("POST", "/secrets/restore?api-version=7.6", tok, body)); err != nil {
+			return pt, fmt.Errorf("restore: %w", err)
+		}
+		restore = append(restore, time.Since(t0))
+		if err := want(http.StatusOK)(c.Do("DELETE", "/secrets/"+s.BigName+"?api-version=7.6", tok, nil)); err != nil {
+			return pt, fmt.Errorf("delete the restored copy: %w", err)
+		}
+		if err := want(http.StatusNoContent)(c.Do("DELETE", "/deletedsecrets/"+s.BigName+"?api-version=7.6", tok, nil)); err != nil {
+			return pt, fmt.Errorf("purge the restored copy: %w", err)
+		}
+	}
+	pt.ListPageMs, pt.BackupMs, pt.RestoreMs = median(list), median(backup), median(restore)
+	_, pt.RSSPeakMiB, err = p.rss()
+	return pt, err
+}
+
+func want(code int) func(int, error) error {
+	return func(status int, err error) error {
+		if err == nil && status != code {
+			err = fmt.Errorf("HTTP %d, want %d", status, code)
+		}
+		return err
+	}
+}
+
+func median(d []time.Duration) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return ms(s[len(s)/2])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

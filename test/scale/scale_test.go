@@ -1,0 +1,166 @@
+package scale
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/cli"
+)
+
+var (
+	sizesFlag  = flag.String("scale.sizes", "1000,10000,100000,1000000", "comma-separated numbers of secret versions to measure, in increasing order")
+	outFlag    = flag.String("scale.out", "", "file to write the results to as JSON (the input of make bench-report)")
+	dirFlag    = flag.String("scale.dir", "", "directory for the store (default: a temporary one); it is filled from empty")
+	getForFlag = flag.Duration("scale.get", 3*time.Second, "how long GETs are measured at each size")
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(execEnv) == "1" {
+		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// Results is the file make bench-scale writes (see docs/performance.md).
+type Results struct {
+	Engine      string    `json:"engine"`
+	MeasuredAt  time.Time `json:"measuredAt"`
+	CPUs        int       `json:"cpus"`
+	Vaults      int       `json:"vaults"`
+	BigVersions int       `json:"bigObjectVersions"`
+	Points      []Point   `json:"points"`
+}
+
+func parseSizes(s string) ([]int, error) {
+	var sizes []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64) // 1e6 as well as 1000000
+		if err != nil || v < 1 || v != float64(int(v)) {
+			return nil, fmt.Errorf("size %q is not a positive whole number", f)
+		}
+		if len(sizes) > 0 && int(v) <= sizes[len(sizes)-1] {
+			return nil, fmt.Errorf("sizes must increase: %q", s)
+		}
+		sizes = append(sizes, int(v))
+	}
+	return sizes, nil
+}
+
+// BenchmarkScale fills one store to each size in turn and measures a fresh
+// server on it: start-up, memory, GET latency, a list page, and backup and
+// restore of one object of 500 versions. Run it with -benchtime 1x (make
+// bench-scale): each size is one measurement, of many requests.
+func BenchmarkScale(b *testing.B) {
+	sizes, err := parseSizes(*sizesFlag)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := *dirFlag
+	if dir == "" {
+		dir = b.TempDir()
+	} else if err := os.RemoveAll(dir); err != nil {
+		b.Fatal(err)
+	}
+	st, err := NewStore(b.Context(), dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	res := Results{Engine: "bolt", MeasuredAt: time.Now().UTC(), CPUs: runtime.NumCPU(), Vaults: Vaults, BigVersions: BigVersions}
+	set := Settings{Workers: 16, Warmup: time.Second, GetFor: *getForFlag, Rounds: 9}
+	for _, n := range sizes {
+		var last Point
+		b.Run(fmt.Sprintf("versions=%d", n), func(b *testing.B) {
+			for range b.N {
+				t0 := time.Now()
+				if err := st.Fill(b.Context(), n); err != nil {
+					b.Fatal(err)
+				}
+				fill := time.Since(t0).Seconds()
+				pt, err := Measure(b.Context(), st, set)
+				if err != nil {
+					b.Fatal(err)
+				}
+				pt.FillSecond = fill
+				b.ReportMetric(pt.StartMs, "start-ms")
+				b.ReportMetric(pt.RSSReadyMiB, "rss-ready-MiB")
+				b.ReportMetric(pt.RSSPeakMiB, "rss-peak-MiB")
+				b.ReportMetric(pt.GetPerSec, "get/s")
+				b.ReportMetric(pt.GetP50Ms, "get-p50-ms")
+				b.ReportMetric(pt.GetP99Ms, "get-p99-ms")
+				b.ReportMetric(pt.ListPageMs, "list-ms")
+				b.ReportMetric(pt.BackupMs, "backup-ms")
+				b.ReportMetric(pt.RestoreMs, "restore-ms")
+				b.Logf("%d versions in %d objects (store %.0f MiB, filled in %.1fs): %+v", pt.Versions, pt.Objects, pt.StoreMiB, fill, pt)
+				last = pt
+			}
+		})
+		if last.Versions == 0 {
+			return // the size failed, and said why
+		}
+		res.Points = append(res.Points, last)
+		// Written after every size, so that a run cut short keeps what it
+		// measured.
+		if *outFlag != "" {
+			if err := writeResults(*outFlag, res); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+func writeResults(path string, res Results) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// TestScaleSmall runs the whole measurement at the smallest size, briefly:
+// the fill, a real server process on the store, and every request the
+// benchmark makes. It checks that each works, not how fast.
+func TestScaleSmall(t *testing.T) {
+	st, err := NewStore(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Fill(t.Context(), 1000); err != nil {
+		t.Fatal(err)
+	}
+	if st.Versions != 1000 || len(st.Objects) != Vaults {
+		t.Fatalf("filled %d versions in %d objects, want 1000 in %d", st.Versions, len(st.Objects), Vaults)
+	}
+	pt, err := Measure(t.Context(), st, Settings{Workers: 2, Warmup: 100 * time.Millisecond, GetFor: 300 * time.Millisecond, Rounds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt.GetPerSec <= 0 || pt.StartMs <= 0 || pt.RSSReadyMiB <= 0 || pt.BackupMs <= 0 || pt.RestoreMs <= 0 {
+		t.Fatalf("a measurement is missing: %+v", pt)
+	}
+}
+
+func TestParseSizes(t *testing.T) {
+	for in, want := range map[string]string{
+		"1000,10000": "[1000 10000]", "1e3, 1e6": "[1000 1000000]", "10,5": "error", "x": "error", "0": "error", "1.5": "error",
+	} {
+		got, err := parseSizes(in)
+		s := fmt.Sprint(got)
+		if err != nil {
+			s = "error"
+		}
+		if s != want {
+			t.Errorf("parseSizes(%q) = %s, want %s", in, s, want)
+		}
+	}
+}
