@@ -23,12 +23,17 @@ import (
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 )
 
-// Vaults is how many vaults the versions are spread across.
+// Vaults is how many vaults make bench-scale spreads the versions across.
 const Vaults = 1000
 
 // BigVersions is the number of versions of the one object that is backed up
 // and restored at every size: Key Vault's limit for a backup.
 const BigVersions = 500
+
+// ListObjects is how many single-version objects the listed vault gets
+// besides its filler, so that the list page measured is a full page of 25
+// at every size.
+const ListObjects = 30
 
 // maxVersionsPerObject caps how many versions each filler object gets, so
 // that a large store is many objects, not a few deep ones.
@@ -45,6 +50,8 @@ type Ref struct{ Vault, Name string }
 // Store is a data directory being filled, and what is in it.
 type Store struct {
 	Dir string
+	// Vaults is how many vaults the filler goes round.
+	Vaults int
 	// Env holds the administrator's credentials (its URLs name the port
 	// of the filler, not of the server measured later).
 	Env devenv.Env
@@ -60,11 +67,12 @@ type Store struct {
 func VaultName(i int) string { return fmt.Sprintf("scale-%04d", i) }
 
 // NewStore makes a data directory with the dev server's bootstrap (root key,
-// TLS, tenant, administrator), Vaults vaults and the big object.
-func NewStore(ctx context.Context, dir string) (*Store, error) {
-	s := &Store{Dir: dir, BigVault: VaultName(0), BigName: "big"}
+// TLS, tenant, administrator), the given number of vaults, the big object and the listed
+// vault's extra objects, all in vault 0.
+func NewStore(ctx context.Context, dir string, vaults int) (*Store, error) {
+	s := &Store{Dir: dir, Vaults: vaults, BigVault: VaultName(0), BigName: "big"}
 	err := s.with(ctx, func(d *dev.Dev) error {
-		for i := range Vaults {
+		for i := range vaults {
 			if _, err := d.Vaults.Create(ctx, vault.Vault{Name: VaultName(i), TenantID: d.State.TenantID,
 				SubscriptionID: d.Subscription, CreatedBy: d.State.AdminObjectID}); err != nil {
 				return fmt.Errorf("create vault %d: %w", i, err)
@@ -75,7 +83,15 @@ func NewStore(ctx context.Context, dir string) (*Store, error) {
 		if err != nil {
 			return err
 		}
-		return object.Apply(ctx, d.Store().Barrier, ch)
+		changes := []object.Change{ch}
+		for i := range ListObjects {
+			ch, _, _, err := coll.StageImport(ctx, s.BigVault, export(fmt.Sprintf("l-%02d", i), 1))
+			if err != nil {
+				return err
+			}
+			changes = append(changes, ch)
+		}
+		return object.Apply(ctx, d.Store().Barrier, changes...)
 	})
 	if err != nil {
 		return nil, err
@@ -100,16 +116,17 @@ func (s *Store) with(ctx context.Context, fn func(*dev.Dev) error) error {
 }
 
 // Fill adds filler objects until the store holds target versions. Each new
-// object gets (target-now)/Vaults versions, between 1 and
-// maxVersionsPerObject, and the objects go round the vaults in turn: 10^3
-// versions are one per vault, 10^6 are 100 objects of 10 versions in each.
+// object gets (target-now)/s.Vaults versions, between 1 and
+// maxVersionsPerObject, and the objects go round the vaults in turn: with
+// 1,000 vaults, 10^3 versions are one per vault, and 10^6 are 100 objects of
+// 10 versions in each.
 func (s *Store) Fill(ctx context.Context, target int) error {
 	if s.Versions >= target {
 		return nil
 	}
 	return s.with(ctx, func(d *dev.Dev) error {
 		coll, st := d.Secrets.Collection(), d.Store().Barrier
-		per := min(max((target-s.Versions)/Vaults, 1), maxVersionsPerObject)
+		per := min(max((target-s.Versions)/s.Vaults, 1), maxVersionsPerObject)
 		var batch []object.Change
 		ops := 0
 		flush := func() error {
@@ -120,7 +137,7 @@ func (s *Store) Fill(ctx context.Context, target int) error {
 		for s.Versions < target {
 			n := min(per, target-s.Versions)
 			k := len(s.Objects)
-			ref := Ref{Vault: VaultName(k % Vaults), Name: fmt.Sprintf("s-%06d", k/Vaults)}
+			ref := Ref{Vault: VaultName(k % s.Vaults), Name: fmt.Sprintf("s-%06d", k/s.Vaults)}
 			ch, _, _, err := coll.StageImport(ctx, ref.Vault, export(ref.Name, n))
 			if err != nil {
 				return fmt.Errorf("stage %s/%s: %w", ref.Vault, ref.Name, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
+	"github.com/cofferhq/coffer/internal/server"
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 )
 
@@ -47,6 +48,15 @@ type Point struct {
 	// RSSPeakMiB its high-water mark after every measurement.
 	RSSReadyMiB float64 `json:"rssReadyMiB"`
 	RSSPeakMiB  float64 `json:"rssPeakMiB"`
+	// AnonMiB and FileMiB split the resident set after the measurements:
+	// anonymous memory (the Go heap and stacks) and file pages mapped in
+	// (the binary's text and the bbolt file that reads touched, which the
+	// kernel reclaims under pressure).
+	AnonMiB float64 `json:"rssAnonMiB"`
+	FileMiB float64 `json:"rssFileMiB"`
+	// StoreMappedMiB is the part of FileMiB that is the bbolt file's
+	// mapping.
+	StoreMappedMiB float64 `json:"rssStoreMappedMiB"`
 	// GET of the current version of a filler object picked at random
 	// across every vault, by Workers clients.
 	Workers   int     `json:"getWorkers"`
@@ -168,11 +178,14 @@ func (p *serverProc) stop() {
 	}
 }
 
-// rss returns the process's resident set and its high-water mark, in MiB.
-func (p *serverProc) rss() (now, peak float64, err error) {
+// memory is the process's resident set, in MiB.
+type memory struct{ rss, peak, anon, file, store float64 }
+
+// rss reads the process's resident set from /proc.
+func (p *serverProc) rss() (m memory, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
-		return 0, 0, err
+		return m, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
@@ -182,26 +195,55 @@ func (p *serverProc) rss() (now, peak float64, err error) {
 		kib, _ := strconv.ParseFloat(f[1], 64)
 		switch f[0] {
 		case "VmRSS:":
-			now = kib / 1024
+			m.rss = kib / 1024
 		case "VmHWM:":
-			peak = kib / 1024
+			m.peak = kib / 1024
+		case "RssAnon:":
+			m.anon = kib / 1024
+		case "RssFile:":
+			m.file = kib / 1024
 		}
 	}
-	return now, peak, nil
+	m.store, err = p.mappedRSS(server.StoreFile)
+	return m, err
+}
+
+// mappedRSS sums the resident set of the process's mappings of the file
+// named name, from /proc/PID/smaps.
+func (p *serverProc) mappedRSS(name string) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	var kib float64
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-"): // a mapping's header
+			in = len(f) >= 6 && filepath.Base(f[len(f)-1]) == name
+		case in && len(f) >= 2 && f[0] == "Rss:":
+			v, _ := strconv.ParseFloat(f[1], 64)
+			kib += v
+		}
+	}
+	return kib / 1024, nil
 }
 
 // Measure starts a server on s, measures it and stops it.
 func Measure(ctx context.Context, s *Store, set Settings) (Point, error) {
-	pt := Point{Versions: s.Versions, Objects: len(s.Objects), Vaults: Vaults, StoreMiB: float64(s.StoreBytes()) / (1 << 20), Workers: set.Workers}
+	pt := Point{Versions: s.Versions, Objects: len(s.Objects), Vaults: s.Vaults, StoreMiB: float64(s.StoreBytes()) / (1 << 20), Workers: set.Workers}
 	p, err := startServer(ctx, s)
 	if err != nil {
 		return pt, err
 	}
 	defer p.stop()
 	pt.StartMs = p.startMs
-	if pt.RSSReadyMiB, _, err = p.rss(); err != nil {
+	m, err := p.rss()
+	if err != nil {
 		return pt, err
 	}
+	pt.RSSReadyMiB = m.rss
 	apex := endpoint.DefaultSuffix + ":" + p.port
 	env := s.Env
 	env.AuthorityHost = "https://" + apex + "/"
@@ -245,10 +287,15 @@ func Measure(ctx context.Context, s *Store, set Settings) (Point, error) {
 	for range set.Rounds {
 		c.SetHost(host(s.BigVault))
 		t0 := time.Now()
-		if err := want(http.StatusOK)(c.Do("GET", "/secrets?maxresults=25&api-version=7.6", tok, nil)); err != nil {
+		body, err := c.Body("GET", "/secrets?maxresults=25&api-version=7.6", tok)
+		if err != nil {
 			return pt, fmt.Errorf("list: %w", err)
 		}
 		list = append(list, time.Since(t0))
+		var page struct{ Value []json.RawMessage }
+		if err := json.Unmarshal(body, &page); err != nil || len(page.Value) != 25 {
+			return pt, fmt.Errorf("list: a page of %d secrets (%v), want a full page of 25", len(page.Value), err)
+		}
 	}
 	for range set.Rounds {
 		c.SetHost(host(s.BigVault))
@@ -274,7 +321,8 @@ func Measure(ctx context.Context, s *Store, set Settings) (Point, error) {
 		}
 	}
 	pt.ListPageMs, pt.BackupMs, pt.RestoreMs = median(list), median(backup), median(restore)
-	_, pt.RSSPeakMiB, err = p.rss()
+	m, err = p.rss()
+	pt.RSSPeakMiB, pt.AnonMiB, pt.FileMiB, pt.StoreMappedMiB = m.peak, m.anon, m.file, m.store
 	return pt, err
 }
 
