@@ -17,7 +17,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check bench-scale
+.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check bench-scale bench-get bench-report
 
 ifeq ($(E2E),0)
 test: deps kube-assets pebble lint vuln unit
@@ -67,6 +67,7 @@ unit:
 	@echo "== go test -race"
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" && export KUBEBUILDER_ASSETS && \
 	$(GO) test -race -count=1 -timeout 45m $(TEST_PKGS)
+	cd tools/benchreport && GOWORK=off $(GO) test -count=1 ./...
 
 # The real single-node cluster tests alone.
 e2e: deps kube-assets
@@ -102,6 +103,20 @@ bench: bench-sync
 SCALE_SIZES ?= 1000,10000,100000,1000000
 bench-scale:
 	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 4h ./test/scale/ -args -scale.sizes=$(SCALE_SIZES) -scale.out=$(CURDIR)/.cache/bench/scale.json
+
+# A secret GET against the machine's limit (`coffer bench get --ceiling`
+# against a fresh `coffer dev`), written to .cache/bench/get.json for
+# make bench-report.
+bench-get:
+	@GO="$(GO)" ./scripts/bench-get.sh
+
+# docs/performance.md and its SVG charts (docs/performance/), generated from
+# whatever the bench targets left in .cache/bench: bench-get, bench-scale and
+# the fleet simulation's fleet.json. A missing input is reported as not
+# measured. The generator is the separate module tools/benchreport, so that
+# its plotting library stays out of the server's dependencies.
+bench-report:
+	cd tools/benchreport && GOWORK=off $(GO) run . -in $(CURDIR)/.cache/bench -out $(CURDIR)/docs/performance.md
 
 # Twenty kill -9 trials at random moments of a mixed load, each followed by
 # operator verify and a read-back of every acknowledged write (make test

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// The files the benchmark targets write into the input directory. Each is
+// optional: a missing one is reported as not measured.
+const (
+	getFile   = "get.json"   // coffer bench get --ceiling -o json (make bench-get)
+	fleetFile = "fleet.json" // the fleet simulation's result (format: FleetResults)
+	scaleFile = "scale.json" // make bench-scale
+)
+
+// BenchResult is one run of coffer bench's load generator
+// (internal/cli/bench.Result's JSON).
+type BenchResult struct {
+	Workers int     `json:"workers"`
+	Ops     int     `json:"ops"`
+	Errors  int     `json:"errors"`
+	PerSec  float64 `json:"opsPerSecond"`
+	P50Ns   int64   `json:"p50Ns"`
+	P90Ns   int64   `json:"p90Ns"`
+	P99Ns   int64   `json:"p99Ns"`
+	MaxNs   int64   `json:"maxNs"`
+}
+
+// GetResults is the output of `coffer bench get --ceiling -o json`.
+type GetResults struct {
+	Server  BenchResult `json:"server"`
+	Ceiling BenchResult `json:"ceiling"`
+	Ratio   struct {
+		Throughput float64 `json:"throughput"`
+		P99        float64 `json:"p99"`
+	} `json:"ratio"`
+}
+
+// FleetRun is one fleet simulation: nodes watching objects through one
+// server. Figures a run did not measure are left out (null).
+type FleetRun struct {
+	// Name says what was simulated, such as "1000 nodes x 50 objects".
+	Name           string `json:"name"`
+	Nodes          int    `json:"nodes"`
+	ObjectsPerNode int    `json:"objectsPerNode"`
+	// ServerRSSMiB is the server's resident set with every watch held.
+	ServerRSSMiB *float64 `json:"serverRssMiB"`
+	// IdleCPUPercent is the server's CPU while nothing changes, in percent
+	// of one core.
+	IdleCPUPercent *float64 `json:"idleCpuPercent"`
+	// RefreshP50Ms and RefreshP99Ms run from one write to every watching
+	// node having refreshed its volumes.
+	RefreshP50Ms *float64 `json:"refreshP50Ms"`
+	RefreshP99Ms *float64 `json:"refreshP99Ms"`
+	// RequestsPerInterval counts the vault requests, on the server, per
+	// rotation interval for watched, unchanged objects.
+	RequestsPerInterval *float64 `json:"requestsPerInterval"`
+	Notes               string   `json:"notes"`
+}
+
+// FleetResults is fleet.json.
+type FleetResults struct {
+	MeasuredAt time.Time  `json:"measuredAt"`
+	Runs       []FleetRun `json:"runs"`
+}
+
+// ScalePoint is one size of make bench-scale (test/scale's Point).
+type ScalePoint struct {
+	Versions    int     `json:"versions"`
+	Objects     int     `json:"objects"`
+	Vaults      int     `json:"vaults"`
+	StoreMiB    float64 `json:"storeMiB"`
+	FillSeconds float64 `json:"fillSeconds"`
+	StartMs     float64 `json:"startMs"`
+	RSSReadyMiB float64 `json:"rssReadyMiB"`
+	RSSPeakMiB  float64 `json:"rssPeakMiB"`
+	RSSAnonMiB  float64 `json:"rssAnonMiB"`
+	RSSFileMiB  float64 `json:"rssFileMiB"`
+	// RSSStoreMiB is the part of RSSFileMiB that maps the bbolt file.
+	RSSStoreMiB float64 `json:"rssStoreMappedMiB"`
+	Workers     int     `json:"getWorkers"`
+	GetPerSec   float64 `json:"getPerSecond"`
+	GetP50Ms    float64 `json:"getP50Ms"`
+	GetP99Ms    float64 `json:"getP99Ms"`
+	ListPageMs  float64 `json:"listPageMs"`
+	BackupMs    float64 `json:"backupMs"`
+	RestoreMs   float64 `json:"restoreMs"`
+}
+
+// ScaleResults is scale.json.
+type ScaleResults struct {
+	Engine      string       `json:"engine"`
+	MeasuredAt  time.Time    `json:"measuredAt"`
+	CPUs        int          `json:"cpus"`
+	Vaults      int          `json:"vaults"`
+	BigVersions int          `json:"bigObjectVersions"`
+	Points      []ScalePoint `json:"points"`
+}
+
+// Inputs are whatever the benchmarks left; nil is not measured.
+type Inputs struct {
+	Get   *GetResults
+	Fleet *FleetResults
+	Scale *ScaleResults
+}
+
+// Load reads the input files in dir. A missing file is not an error; a
+// file that does not parse is.
+func Load(dir string) (Inputs, error) {
+	var in Inputs
+	if err := loadOptional(dir, getFile, &in.Get); err != nil {
+		return in, err
+	}
+	if err := loadOptional(dir, fleetFile, &in.Fleet); err != nil {
+		return in, err
+	}
+	if err := loadOptional(dir, scaleFile, &in.Scale); err != nil {
+		return in, err
+	}
+	if in.Scale != nil && len(in.Scale.Points) == 0 {
+		in.Scale = nil
+	}
+	if in.Fleet != nil && len(in.Fleet.Runs) == 0 {
+		in.Fleet = nil
+	}
+	return in, nil
+}
+
+// loadOptional decodes dir/name into a new *into, and leaves *into nil
+// when the file does not exist.
+func loadOptional[T any](dir, name string, into **T) error {
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	v := new(T)
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
+	}
+	*into = v
+	return nil
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden page from the fixture")
+
+// TestRenderFixture renders testdata/full and compares the page with
+// testdata/full.golden.md; -update rewrites it after a deliberate change.
+func TestRenderFixture(t *testing.T) {
+	in, err := Load("testdata/full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := Render(in, "performance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := "testdata/full.golden.md"
+	if *update {
+		if err := os.WriteFile(golden, []byte(page.Markdown), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Markdown != string(want) {
+		t.Errorf("the page differs from %s (run go test -update after a deliberate change); got:\n%s", golden, page.Markdown)
+	}
+	// Every chart the page shows is written, and is an SVG document.
+	refs := regexp.MustCompile(`\]\(performance/([^)]+)\)`).FindAllStringSubmatch(page.Markdown, -1)
+	if len(refs) != 5 || len(page.Charts) != len(refs) {
+		t.Fatalf("page shows %d charts and renders %d, want 5", len(refs), len(page.Charts))
+	}
+	for i, c := range page.Charts {
+		if c.Name != refs[i][1] || !bytes.Contains(c.SVG, []byte("<svg")) {
+			t.Errorf("chart %d: %s (%d bytes) for reference %s", i, c.Name, len(c.SVG), refs[i][1])
+		}
+	}
+}
+
+func TestRenderVerdicts(t *testing.T) {
+	in, err := Load("testdata/full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := Render(in, "performance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fixture's figures miss some goals and meet others; each verdict
+	// is on the line of its figure.
+	for _, want := range []string{
+		"**0.49×** the limit's throughput (goal ≥ 0.8×: **not met**)",
+		"**1.62×** its p99 (goal ≤ 1.5×: **not met**)",
+		"| GET p50 (ms) | 1.10 | 1.30 | ×1.18 | met |",
+		"| GET p99 (ms) | 9.00 | 30.00 | ×3.33 | **not met** |",
+		"Start to ready at 1,000,000 versions: 6000 ms (goal under 5000 ms: **not met**)",
+		"| 1000 nodes x 50 objects | 1000 | 50 | 180.5 | not measured | 120 | 640 | 0 |",
+	} {
+		if !strings.Contains(page.Markdown, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
+
+func TestRenderNothingMeasured(t *testing.T) {
+	in, err := Load(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := Render(in, "performance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(page.Markdown, "Not measured"); n != 3 || len(page.Charts) != 0 {
+		t.Errorf("%d sections say not measured and %d charts were drawn, want 3 and 0:\n%s", n, len(page.Charts), page.Markdown)
+	}
+}
+
+func TestLoadRefusesABrokenFile(t *testing.T) {
+	if _, err := Load("testdata/bad"); err == nil || !strings.Contains(err.Error(), "scale.json") {
+		t.Fatalf("Load of a truncated file: %v, want an error naming it", err)
+	}
+}
+
+func TestWrite(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "docs", "performance.md")
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	page := Page{Markdown: "# x\n", Charts: []Chart{{Name: "a.svg", SVG: []byte("<svg/>")}}}
+	if err := Write(page, out, "performance"); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{out: "# x\n", filepath.Join(dir, "docs", "performance", "a.svg"): "<svg/>"} {
+		if b, err := os.ReadFile(path); err != nil || string(b) != want {
+			t.Errorf("%s: %q %v, want %q", path, b, err, want)
+		}
+	}
+}
+
+func TestNum(t *testing.T) {
+	for v, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", -12345: "-12,345", 7388.67: "7,389"} {
+		if got := num(v); got != want {
+			t.Errorf("num(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
