@@ -68,6 +68,8 @@ type Point struct {
 	// BackupMs and RestoreMs are medians for the big object.
 	BackupMs  float64 `json:"backupMs"`
 	RestoreMs float64 `json:"restoreMs"`
+	// Runs is how many server processes the figures are the medians of.
+	Runs int `json:"runs,omitempty"`
 }
 
 // Settings say how long each measurement runs.

@@ -90,6 +90,9 @@ type ScalePoint struct {
 	ListPageMs  float64 `json:"listPageMs"`
 	BackupMs    float64 `json:"backupMs"`
 	RestoreMs   float64 `json:"restoreMs"`
+	// Runs is how many fresh server processes each figure is the median
+	// of.
+	Runs int `json:"runs"`
 }
 
 // ScaleResults is scale.json.

@@ -119,7 +119,12 @@ func scaleSection(b *strings.Builder, p *Page, s *ScaleResults, chartDir string)
 	w("fresh `coffer server` process starts on the store and is measured. GETs are of random\n")
 	w("objects across every vault; the list page is the first 25 secrets of a vault (a full page at\n")
 	w("every size); backup and restore are of the\n")
-	w("%d-version object (Key Vault's limit for a backup), medians of 9.\n\n", s.BigVersions)
+	w("%d-version object (Key Vault's limit for a backup); each process takes the median of 9 list\n", s.BigVersions)
+	w("pages, backups and restores.")
+	if r := s.Points[0].Runs; r > 1 {
+		w(" Each figure is the median over %d fresh server processes.", r)
+	}
+	w("\n\n")
 	w("| versions | objects | store (MiB) | start to ready (ms) | RSS ready (MiB) | RSS after load: peak / anonymous / store file (MiB) | GET req/s | GET p50 (ms) | GET p99 (ms) | list page (ms) | backup (ms) | restore (ms) |\n")
 	w("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, pt := range s.Points {
