@@ -161,7 +161,8 @@ func scaleMemoryChart(s *ScaleResults) (Chart, error) {
 	return scaleChart(s, "scale-memory.svg", "Server memory as the data grows", "MiB", true,
 		curve{"RSS when ready", func(p ScalePoint) float64 { return p.RSSReadyMiB }},
 		curve{"RSS after load, anonymous", func(p ScalePoint) float64 { return p.RSSAnonMiB }},
-		curve{"RSS after load, peak", func(p ScalePoint) float64 { return p.RSSPeakMiB }})
+		curve{"RSS after load, peak", func(p ScalePoint) float64 { return p.RSSPeakMiB }},
+		curve{"of which the store file mapped", func(p ScalePoint) float64 { return p.RSSStoreMiB }})
 }
 
 // powersOfTen marks an axis at each power of ten, labelled in full with
