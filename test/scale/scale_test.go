@@ -21,7 +21,7 @@ var (
 	outFlag    = flag.String("scale.out", "", "file to write the results to as JSON (the input of make bench-report)")
 	dirFlag    = flag.String("scale.dir", "", "directory for the store (default: a temporary one); it is filled from empty")
 	getForFlag = flag.Duration("scale.get", 3*time.Second, "how long GETs are measured at each size")
-	repeatFlag = flag.Int("scale.repeat", 3, "fresh server processes measured at each size; each figure is their median")
+	repeatFlag = flag.Int("scale.repeat", 5, "fresh server processes measured at each size; each figure is their median")
 )
 
 func TestMain(m *testing.M) {
@@ -38,6 +38,7 @@ type Results struct {
 	CPUs        int       `json:"cpus"`
 	Vaults      int       `json:"vaults"`
 	BigVersions int       `json:"bigObjectVersions"`
+	HotObjects  int       `json:"hotObjects"`
 	Points      []Point   `json:"points"`
 }
 
@@ -75,7 +76,7 @@ func BenchmarkScale(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	res := Results{Engine: "bolt", MeasuredAt: time.Now().UTC(), CPUs: runtime.NumCPU(), Vaults: Vaults, BigVersions: BigVersions}
+	res := Results{Engine: "bolt", MeasuredAt: time.Now().UTC(), CPUs: runtime.NumCPU(), Vaults: Vaults, BigVersions: BigVersions, HotObjects: HotObjects}
 	set := Settings{Workers: 16, Warmup: time.Second, GetFor: *getForFlag, Rounds: 9}
 	for _, n := range sizes {
 		var last Point
@@ -104,6 +105,8 @@ func BenchmarkScale(b *testing.B) {
 				b.ReportMetric(pt.GetPerSec, "get/s")
 				b.ReportMetric(pt.GetP50Ms, "get-p50-ms")
 				b.ReportMetric(pt.GetP99Ms, "get-p99-ms")
+				b.ReportMetric(pt.HotP50Ms, "hot-get-p50-ms")
+				b.ReportMetric(pt.HotP99Ms, "hot-get-p99-ms")
 				b.ReportMetric(pt.ListPageMs, "list-ms")
 				b.ReportMetric(pt.BackupMs, "backup-ms")
 				b.ReportMetric(pt.RestoreMs, "restore-ms")
@@ -135,6 +138,8 @@ func medianPoint(runs []Point) Point {
 		func(p *Point) *float64 { return &p.FileMiB }, func(p *Point) *float64 { return &p.StoreMappedMiB },
 		func(p *Point) *float64 { return &p.GetPerSec }, func(p *Point) *float64 { return &p.GetP50Ms },
 		func(p *Point) *float64 { return &p.GetP99Ms }, func(p *Point) *float64 { return &p.ListPageMs },
+		func(p *Point) *float64 { return &p.HotPerSec }, func(p *Point) *float64 { return &p.HotP50Ms },
+		func(p *Point) *float64 { return &p.HotP99Ms },
 		func(p *Point) *float64 { return &p.BackupMs }, func(p *Point) *float64 { return &p.RestoreMs },
 	} {
 		vs := make([]float64, len(runs))
@@ -179,7 +184,7 @@ func TestScaleSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt.GetPerSec <= 0 || pt.StartMs <= 0 || pt.RSSReadyMiB <= 0 || pt.BackupMs <= 0 || pt.RestoreMs <= 0 {
+	if pt.GetPerSec <= 0 || pt.HotPerSec <= 0 || pt.StartMs <= 0 || pt.RSSReadyMiB <= 0 || pt.BackupMs <= 0 || pt.RestoreMs <= 0 {
 		t.Fatalf("a measurement is missing: %+v", pt)
 	}
 }

@@ -145,8 +145,10 @@ func scaleChart(s *ScaleResults, name, title, ylabel string, linearY bool, curve
 
 func scaleLatencyChart(s *ScaleResults) (Chart, error) {
 	return scaleChart(s, "scale-latency.svg", "Cost per request as the data grows", "milliseconds", false,
-		curve{"GET p50", func(p ScalePoint) float64 { return p.GetP50Ms }},
-		curve{"GET p99", func(p ScalePoint) float64 { return p.GetP99Ms }},
+		curve{"random GET p50", func(p ScalePoint) float64 { return p.GetP50Ms }},
+		curve{"random GET p99", func(p ScalePoint) float64 { return p.GetP99Ms }},
+		curve{"hot GET p50", func(p ScalePoint) float64 { return p.HotP50Ms }},
+		curve{"hot GET p99", func(p ScalePoint) float64 { return p.HotP99Ms }},
 		curve{"list page", func(p ScalePoint) float64 { return p.ListPageMs }},
 		curve{"backup (500 versions)", func(p ScalePoint) float64 { return p.BackupMs }},
 		curve{"restore (500 versions)", func(p ScalePoint) float64 { return p.RestoreMs }})

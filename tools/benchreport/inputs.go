@@ -87,6 +87,9 @@ type ScalePoint struct {
 	GetPerSec   float64 `json:"getPerSecond"`
 	GetP50Ms    float64 `json:"getP50Ms"`
 	GetP99Ms    float64 `json:"getP99Ms"`
+	HotPerSec   float64 `json:"hotGetPerSecond"`
+	HotP50Ms    float64 `json:"hotGetP50Ms"`
+	HotP99Ms    float64 `json:"hotGetP99Ms"`
 	ListPageMs  float64 `json:"listPageMs"`
 	BackupMs    float64 `json:"backupMs"`
 	RestoreMs   float64 `json:"restoreMs"`
@@ -102,6 +105,7 @@ type ScaleResults struct {
 	CPUs        int          `json:"cpus"`
 	Vaults      int          `json:"vaults"`
 	BigVersions int          `json:"bigObjectVersions"`
+	HotObjects  int          `json:"hotObjects"`
 	Points      []ScalePoint `json:"points"`
 }
 

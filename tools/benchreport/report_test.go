@@ -62,8 +62,9 @@ func TestRenderVerdicts(t *testing.T) {
 	for _, want := range []string{
 		"**0.49×** the limit's throughput (goal ≥ 0.8×: **not met**)",
 		"**1.62×** its p99 (goal ≤ 1.5×: **not met**)",
-		"| GET p50 (ms) | 1.10 | 1.30 | ×1.18 | met |",
-		"| GET p99 (ms) | 9.00 | 30.00 | ×3.33 | **not met** |",
+		"| random GET p50 (ms) | 1.10 | 1.30 | ×1.18 | met |",
+		"| hot GET p99 (ms) | 6.00 | 7.50 | ×1.25 | met |",
+		"| random GET p99 (ms) | 9.00 | 30.00 | ×3.33 | **not met** |",
 		"Start to ready at 1,000,000 versions: 6000 ms (goal under 5000 ms: **not met**)",
 		"| 1000 nodes x 50 objects | 1000 | 50 | 180.5 | not measured | 120 | 640 | 0 |",
 	} {
