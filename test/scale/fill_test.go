@@ -14,13 +14,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/cofferhq/coffer/internal/crypto/pki"
 	"github.com/cofferhq/coffer/internal/server"
 	"github.com/cofferhq/coffer/internal/server/dev"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
+	"github.com/cofferhq/coffer/internal/server/endpoint"
+	"github.com/cofferhq/coffer/internal/server/identity/bootstrap"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
 // Vaults is how many vaults make bench-scale spreads the versions across.
@@ -39,51 +44,95 @@ const ListObjects = 30
 // that a large store is many objects, not a few deep ones.
 const maxVersionsPerObject = 10
 
-// batchOps is how many writes go into one atomic commit while filling: large
-// enough that the fsync per commit does not dominate, small enough for any
-// engine's transaction.
+// batchOps is how many writes go into one atomic commit while filling a
+// bbolt store: large enough that the fsync per commit does not dominate.
+// An etcd store takes what one transaction allows (etcdBatchOps).
 const batchOps = 8192
+
+// etcdBatchOps keeps a batch's writes, and its conditions, under etcd's
+// default limit of 128 of each in one transaction (with room for the
+// engine's own).
+const etcdBatchOps = 100
 
 // Ref names one filler object.
 type Ref struct{ Vault, Name string }
 
+// Etcd locates the etcd cluster of a store on the etcd engine.
+type Etcd struct {
+	Endpoints []string
+	Prefix    string
+}
+
 // Store is a data directory being filled, and what is in it.
 type Store struct {
 	Dir string
+	// Etcd is set for a store on the etcd engine; the default is bbolt in
+	// Dir.
+	Etcd *Etcd
 	// Vaults is how many vaults the filler goes round.
 	Vaults int
-	// Env holds the administrator's credentials (its URLs name the port
-	// of the filler, not of the server measured later).
+	// Env holds the administrator's credentials (its URLs name no port:
+	// the server measured sets its own).
 	Env devenv.Env
 	// Objects are the filler objects, in the order they were written.
 	Objects []Ref
 	// Versions counts the filler versions (the big object excluded).
 	Versions int
-	// BigVault and BigName locate the object with BigVersions versions.
+	// BigVault and BigName locate the object with BigVersions versions;
+	// BigName is empty on etcd, whose transactions cannot hold it.
 	BigVault, BigName string
+
+	files                       pki.Files
+	tenant, subscription, admin string
 }
 
 // VaultName is the name of filler vault i.
 func VaultName(i int) string { return fmt.Sprintf("scale-%04d", i) }
 
-// NewStore makes a data directory with the dev server's bootstrap (root key,
-// TLS, tenant, administrator), the given number of vaults, the big object and the listed
-// vault's extra objects, all in vault 0.
-func NewStore(ctx context.Context, dir string, vaults int) (*Store, error) {
-	s := &Store{Dir: dir, Vaults: vaults, BigVault: VaultName(0), BigName: "big"}
-	err := s.with(ctx, func(d *dev.Dev) error {
+// NewStore makes a store: in dir, with the dev server's bootstrap (root key,
+// TLS, tenant, administrator), or on etcd (etc not nil) with the same made
+// by hand as a first `coffer server` would need; then the given number of
+// vaults, the big object (bbolt only) and the listed vault's extra objects,
+// all in vault 0.
+func NewStore(ctx context.Context, dir string, vaults int, etc *Etcd) (*Store, error) {
+	s := &Store{Dir: dir, Etcd: etc, Vaults: vaults, BigVault: VaultName(0)}
+	var err error
+	if s.files, err = pki.EnsureDev(filepath.Join(dir, "tls"), endpoint.DefaultSuffix, time.Now()); err != nil {
+		return nil, err
+	}
+	if etc == nil {
+		s.BigName = "big"
+	} else if err := rootkey.WriteFile(filepath.Join(dir, "root.key"), rootkey.Generate()); err != nil {
+		return nil, err
+	}
+	err = s.with(ctx, func(ctx context.Context, srv *server.Server) error {
+		if etc != nil {
+			st, secret, err := bootstrap.Ensure(ctx, srv.Store().Barrier, srv.Authority, srv.Roles)
+			if err != nil {
+				return err
+			}
+			t, err := srv.Authority.Tenant(ctx, st.TenantID)
+			if err != nil {
+				return err
+			}
+			s.tenant, s.subscription, s.admin = st.TenantID, t.SubscriptionID, st.AdminObjectID
+			s.Env = devenv.Env{TenantID: st.TenantID, ClientID: st.AdminAppID, ClientSecret: secret, CAFile: s.files.CACert, DataDir: dir}
+		}
 		for i := range vaults {
-			if _, err := d.Vaults.Create(ctx, vault.Vault{Name: VaultName(i), TenantID: d.State.TenantID,
-				SubscriptionID: d.Subscription, CreatedBy: d.State.AdminObjectID}); err != nil {
+			if _, err := srv.Vaults.Create(ctx, vault.Vault{Name: VaultName(i), TenantID: s.tenant,
+				SubscriptionID: s.subscription, CreatedBy: s.admin}); err != nil {
 				return fmt.Errorf("create vault %d: %w", i, err)
 			}
 		}
-		coll := d.Secrets.Collection()
-		ch, _, _, err := coll.StageImport(ctx, s.BigVault, export(s.BigName, BigVersions))
-		if err != nil {
-			return err
+		coll := srv.Secrets.Collection()
+		var changes []object.Change
+		if s.BigName != "" {
+			ch, _, _, err := coll.StageImport(ctx, s.BigVault, export(s.BigName, BigVersions))
+			if err != nil {
+				return err
+			}
+			changes = append(changes, ch)
 		}
-		changes := []object.Change{ch}
 		for i := range ListObjects {
 			ch, _, _, err := coll.StageImport(ctx, s.BigVault, export(fmt.Sprintf("l-%02d", i), 1))
 			if err != nil {
@@ -91,7 +140,7 @@ func NewStore(ctx context.Context, dir string, vaults int) (*Store, error) {
 			}
 			changes = append(changes, ch)
 		}
-		return object.Apply(ctx, d.Store().Barrier, changes...)
+		return object.Apply(ctx, srv.Store().Barrier, changes...)
 	})
 	if err != nil {
 		return nil, err
@@ -99,17 +148,38 @@ func NewStore(ctx context.Context, dir string, vaults int) (*Store, error) {
 	return s, nil
 }
 
-// with opens the store through the dev server's assembly, runs fn and
-// closes it again: the server measured later needs the file to itself.
-func (s *Store) with(ctx context.Context, fn func(*dev.Dev) error) error {
-	d, err := dev.New(ctx, dev.Options{DataDir: s.Dir, ListenAddress: "127.0.0.1", Port: 0,
-		Server: server.Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}})
-	if err != nil {
-		return err
+// with opens the store through the server's assembly (the dev server's, for
+// bbolt), runs fn with a context that reads the store's current state, and
+// closes it again: the server measured later opens it afresh (a bbolt file
+// has room for one process).
+func (s *Store) with(ctx context.Context, fn func(context.Context, *server.Server) error) error {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var srv *server.Server
+	if s.Etcd == nil {
+		d, err := dev.New(ctx, dev.Options{DataDir: s.Dir, ListenAddress: "127.0.0.1", Port: 0, Server: server.Options{Log: quiet}})
+		if err != nil {
+			return err
+		}
+		s.Env = d.Env
+		s.tenant, s.subscription, s.admin = d.State.TenantID, d.Subscription, d.State.AdminObjectID
+		srv = d.Server
+	} else {
+		files := s.files
+		var err error
+		srv, err = server.New(ctx, server.Options{
+			StoreOptions: server.StoreOptions{Storage: server.StorageEtcd, Etcd: server.EtcdOptions{Endpoints: s.Etcd.Endpoints, Prefix: s.Etcd.Prefix},
+				DataDir: s.Dir, RootKeyFile: filepath.Join(s.Dir, "root.key")},
+			Listen: "127.0.0.1:0", DNSSuffix: endpoint.DefaultSuffix, TLSCertFile: files.Cert, TLSKeyFile: files.Key, Log: quiet,
+		})
+		if err != nil {
+			return err
+		}
 	}
-	s.Env = d.Env
-	err = fn(d)
-	if cerr := d.Close(); err == nil {
+	sctx, err := srv.Store().Barrier.Sync(ctx)
+	if err == nil {
+		err = fn(sctx, srv)
+	}
+	if cerr := srv.Close(); err == nil {
 		err = cerr
 	}
 	return err
@@ -124,8 +194,12 @@ func (s *Store) Fill(ctx context.Context, target int) error {
 	if s.Versions >= target {
 		return nil
 	}
-	return s.with(ctx, func(d *dev.Dev) error {
-		coll, st := d.Secrets.Collection(), d.Store().Barrier
+	limit := batchOps
+	if s.Etcd != nil {
+		limit = etcdBatchOps
+	}
+	return s.with(ctx, func(ctx context.Context, srv *server.Server) error {
+		coll, st := srv.Secrets.Collection(), srv.Store().Barrier
 		per := min(max((target-s.Versions)/s.Vaults, 1), maxVersionsPerObject)
 		var batch []object.Change
 		ops := 0
@@ -142,15 +216,15 @@ func (s *Store) Fill(ctx context.Context, target int) error {
 			if err != nil {
 				return fmt.Errorf("stage %s/%s: %w", ref.Vault, ref.Name, err)
 			}
-			batch = append(batch, ch)
-			ops += len(ch.Ops)
-			s.Objects = append(s.Objects, ref)
-			s.Versions += n
-			if ops >= batchOps {
+			if ops+max(len(ch.Ops), len(ch.Conds)) > limit {
 				if err := flush(); err != nil {
 					return err
 				}
 			}
+			batch = append(batch, ch)
+			ops += max(len(ch.Ops), len(ch.Conds))
+			s.Objects = append(s.Objects, ref)
+			s.Versions += n
 		}
 		if len(batch) > 0 {
 			return flush()
@@ -159,7 +233,7 @@ func (s *Store) Fill(ctx context.Context, target int) error {
 	})
 }
 
-// StoreBytes is the size of the bbolt file.
+// StoreBytes is the size of the bbolt file (0 on etcd).
 func (s *Store) StoreBytes() int64 {
 	fi, err := os.Stat(filepath.Join(s.Dir, server.StoreFile))
 	if err != nil {

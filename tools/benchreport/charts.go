@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image/color"
 	"math"
+	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/font"
@@ -112,6 +113,9 @@ func scaleChart(s *ScaleResults, name, title, ylabel string, linearY bool, curve
 	lo, hi := math.Inf(1), 0.0
 	var args []any
 	for _, c := range curves {
+		if !slices.ContainsFunc(s.Points, func(p ScalePoint) bool { return c.y(p) != 0 }) {
+			continue // not measured on this engine
+		}
 		pts := make(plotter.XYs, 0, len(s.Points))
 		for _, pt := range s.Points {
 			if v := c.y(pt); v > 0 || linearY {
@@ -143,24 +147,29 @@ func scaleChart(s *ScaleResults, name, title, ylabel string, linearY bool, curve
 	return svg(p, name)
 }
 
-func scaleLatencyChart(s *ScaleResults) (Chart, error) {
-	return scaleChart(s, "scale-latency.svg", "Cost per request as the data grows", "milliseconds", false,
-		curve{"random GET p50", func(p ScalePoint) float64 { return p.GetP50Ms }},
-		curve{"random GET p99", func(p ScalePoint) float64 { return p.GetP99Ms }},
-		curve{"hot GET p50", func(p ScalePoint) float64 { return p.HotP50Ms }},
-		curve{"hot GET p99", func(p ScalePoint) float64 { return p.HotP99Ms }},
-		curve{"list page", func(p ScalePoint) float64 { return p.ListPageMs }},
-		curve{"backup (500 versions)", func(p ScalePoint) float64 { return p.BackupMs }},
-		curve{"restore (500 versions)", func(p ScalePoint) float64 { return p.RestoreMs }})
+func scaleLatencyChart(s *ScaleResults, prefix string) (Chart, error) {
+	curves := []curve{
+		{"random GET p50", func(p ScalePoint) float64 { return p.GetP50Ms }},
+		{"random GET p99", func(p ScalePoint) float64 { return p.GetP99Ms }},
+		{"hot GET p50", func(p ScalePoint) float64 { return p.HotP50Ms }},
+		{"hot GET p99", func(p ScalePoint) float64 { return p.HotP99Ms }},
+		{"list page", func(p ScalePoint) float64 { return p.ListPageMs }},
+	}
+	if s.BigVersions > 0 {
+		curves = append(curves,
+			curve{fmt.Sprintf("backup (%d versions)", s.BigVersions), func(p ScalePoint) float64 { return p.BackupMs }},
+			curve{fmt.Sprintf("restore (%d versions)", s.BigVersions), func(p ScalePoint) float64 { return p.RestoreMs }})
+	}
+	return scaleChart(s, prefix+"latency.svg", "Cost per request as the data grows", "milliseconds", false, curves...)
 }
 
-func scaleStartChart(s *ScaleResults) (Chart, error) {
-	return scaleChart(s, "scale-start.svg", "Server start to ready as the data grows", "milliseconds", true,
+func scaleStartChart(s *ScaleResults, prefix string) (Chart, error) {
+	return scaleChart(s, prefix+"start.svg", "Server start to ready as the data grows", "milliseconds", true,
 		curve{"start to ready", func(p ScalePoint) float64 { return p.StartMs }})
 }
 
-func scaleMemoryChart(s *ScaleResults) (Chart, error) {
-	return scaleChart(s, "scale-memory.svg", "Server memory as the data grows", "MiB", true,
+func scaleMemoryChart(s *ScaleResults, prefix string) (Chart, error) {
+	return scaleChart(s, prefix+"memory.svg", "Server memory as the data grows", "MiB", true,
 		curve{"RSS when ready", func(p ScalePoint) float64 { return p.RSSReadyMiB }},
 		curve{"RSS after load, anonymous", func(p ScalePoint) float64 { return p.RSSAnonMiB }},
 		curve{"RSS after load, peak", func(p ScalePoint) float64 { return p.RSSPeakMiB }},

@@ -13,9 +13,10 @@ import (
 // The files the benchmark targets write into the input directory. Each is
 // optional: a missing one is reported as not measured.
 const (
-	getFile   = "get.json"   // coffer bench get --ceiling -o json (make bench-get)
-	fleetFile = "fleet.json" // the fleet simulation's result (format: FleetResults)
-	scaleFile = "scale.json" // make bench-scale
+	getFile   = "get.json"        // coffer bench get --ceiling -o json (make bench-get)
+	fleetFile = "fleet.json"      // the fleet simulation's result (format: FleetResults)
+	scaleFile = "scale.json"      // make bench-scale
+	etcdFile  = "scale-etcd.json" // make bench-scale-etcd
 )
 
 // BenchResult is one run of coffer bench's load generator
@@ -106,6 +107,7 @@ type ScaleResults struct {
 	Vaults      int          `json:"vaults"`
 	BigVersions int          `json:"bigObjectVersions"`
 	HotObjects  int          `json:"hotObjects"`
+	Notes       []string     `json:"notes"`
 	Points      []ScalePoint `json:"points"`
 }
 
@@ -114,6 +116,8 @@ type Inputs struct {
 	Get   *GetResults
 	Fleet *FleetResults
 	Scale *ScaleResults
+	// ScaleEtcd is the cost curves on the etcd engine.
+	ScaleEtcd *ScaleResults
 }
 
 // Load reads the input files in dir. A missing file is not an error; a
@@ -129,8 +133,14 @@ func Load(dir string) (Inputs, error) {
 	if err := loadOptional(dir, scaleFile, &in.Scale); err != nil {
 		return in, err
 	}
+	if err := loadOptional(dir, etcdFile, &in.ScaleEtcd); err != nil {
+		return in, err
+	}
 	if in.Scale != nil && len(in.Scale.Points) == 0 {
 		in.Scale = nil
+	}
+	if in.ScaleEtcd != nil && len(in.ScaleEtcd.Points) == 0 {
+		in.ScaleEtcd = nil
 	}
 	if in.Fleet != nil && len(in.Fleet.Runs) == 0 {
 		in.Fleet = nil

@@ -38,8 +38,8 @@ func TestRenderFixture(t *testing.T) {
 	}
 	// Every chart the page shows is written, and is an SVG document.
 	refs := regexp.MustCompile(`\]\(performance/([^)]+)\)`).FindAllStringSubmatch(page.Markdown, -1)
-	if len(refs) != 5 || len(page.Charts) != len(refs) {
-		t.Fatalf("page shows %d charts and renders %d, want 5", len(refs), len(page.Charts))
+	if len(refs) != 8 || len(page.Charts) != len(refs) {
+		t.Fatalf("page shows %d charts and renders %d, want 8", len(refs), len(page.Charts))
 	}
 	for i, c := range page.Charts {
 		if c.Name != refs[i][1] || !bytes.Contains(c.SVG, []byte("<svg")) {
@@ -67,6 +67,9 @@ func TestRenderVerdicts(t *testing.T) {
 		"| random GET p99 (ms) | 9.00 | 30.00 | ×3.33 | **not met** |",
 		"Start to ready at 1,000,000 versions: 6000 ms (goal under 5000 ms: **not met**)",
 		"| 1000 nodes x 50 objects | 1000 | 50 | 180.5 | not measured | 120 | 640 | 0 |",
+		// etcd measured no backup: a dash in the table, no growth row.
+		"| 0.30 | — | — |",
+		"Backup is not measured here.",
 	} {
 		if !strings.Contains(page.Markdown, want) {
 			t.Errorf("page lacks %q", want)
@@ -85,6 +88,11 @@ func TestRenderNothingMeasured(t *testing.T) {
 	}
 	if n := strings.Count(page.Markdown, "Not measured"); n != 3 || len(page.Charts) != 0 {
 		t.Errorf("%d sections say not measured and %d charts were drawn, want 3 and 0:\n%s", n, len(page.Charts), page.Markdown)
+	}
+	// The fleet simulation is labelled as not yet built, not as a run that
+	// was skipped, and its section has no table to mistake for figures.
+	if !strings.Contains(page.Markdown, "## Fleet simulation\n\nNot yet measured:") || strings.Contains(page.Markdown, "| simulation |") {
+		t.Errorf("the fleet section does not say it is not yet measured:\n%s", page.Markdown)
 	}
 }
 
