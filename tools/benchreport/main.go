@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 func main() {
@@ -34,11 +35,24 @@ func run(inDir, out, chartDir string) error {
 	return Write(page, out, chartDir)
 }
 
-// Write saves the page at out and its charts in chartDir beside it.
+// Write saves the page at out and its charts in chartDir beside it. An SVG
+// there that the page no longer shows is removed, so that a chart of a
+// benchmark whose input has gone does not linger in the tree as if current.
 func Write(p Page, out, chartDir string) error {
 	dir := filepath.Join(filepath.Dir(out), chartDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
+	}
+	old, err := filepath.Glob(filepath.Join(dir, "*.svg"))
+	if err != nil {
+		return err
+	}
+	for _, f := range old {
+		if !slices.ContainsFunc(p.Charts, func(c Chart) bool { return c.Name == filepath.Base(f) }) {
+			if err := os.Remove(f); err != nil {
+				return err
+			}
+		}
 	}
 	for _, c := range p.Charts {
 		if err := os.WriteFile(filepath.Join(dir, c.Name), c.SVG, 0o644); err != nil {

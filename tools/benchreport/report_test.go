@@ -108,9 +108,19 @@ func TestWrite(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	stale := filepath.Join(dir, "docs", "performance", "gone.svg")
+	if err := os.MkdirAll(filepath.Dir(stale), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, []byte("<svg/>"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	page := Page{Markdown: "# x\n", Charts: []Chart{{Name: "a.svg", SVG: []byte("<svg/>")}}}
 	if err := Write(page, out, "performance"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("a chart the page no longer shows is still there: %v", err)
 	}
 	for path, want := range map[string]string{out: "# x\n", filepath.Join(dir, "docs", "performance", "a.svg"): "<svg/>"} {
 		if b, err := os.ReadFile(path); err != nil || string(b) != want {
