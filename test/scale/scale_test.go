@@ -101,18 +101,21 @@ func BenchmarkScale(b *testing.B) {
 	set := Settings{Workers: 16, Warmup: time.Second, GetFor: *getForFlag, Rounds: 9}
 	for _, n := range sizes {
 		var last Point
+		var failed error
 		b.Run(fmt.Sprintf("versions=%d", n), func(b *testing.B) {
 			for range b.N {
 				t0 := time.Now()
 				if err := st.Fill(b.Context(), n); err != nil {
-					b.Fatal(err)
+					failed = fmt.Errorf("filling to %d versions: %w", n, err)
+					b.Fatal(failed)
 				}
 				fill := time.Since(t0).Seconds()
 				var runs []Point
 				for range max(*repeatFlag, 1) {
 					pt, err := Measure(b.Context(), st, set)
 					if err != nil {
-						b.Fatal(err)
+						failed = fmt.Errorf("measuring at %d versions: %w", n, err)
+						b.Fatal(failed)
 					}
 					runs = append(runs, pt)
 				}
@@ -136,7 +139,15 @@ func BenchmarkScale(b *testing.B) {
 			}
 		})
 		if last.Versions == 0 {
-			return // the size failed, and said why
+			// The size failed and said why; the results say where the
+			// curves stop, so that the page does not read as complete.
+			if failed != nil && *outFlag != "" {
+				res.Notes = append(res.Notes, fmt.Sprintf("The run stopped at %d versions: %v.", n, failed))
+				if err := writeResults(*outFlag, res); err != nil {
+					b.Error(err)
+				}
+			}
+			return
 		}
 		res.Points = append(res.Points, last)
 		// Written after every size, so that a run cut short keeps what it
