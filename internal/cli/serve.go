@@ -170,7 +170,22 @@ Azure SDK clients: set -a; . %s; set +a
   (Go: azidentity DisableInstanceDiscovery). Clients that cannot resolve
   *.localhost need /etc/hosts entries: restart with --write-hosts.
 
+Azure CLI (Python resolves *.localhost only with --write-hosts; the
+CLI trusts the CA through REQUESTS_CA_BUNDLE, from dev.env):
+  set -a; . %s; set +a
+%s  az rest --method get --resource %s --url '%ssecrets/greeting?api-version=7.4'
+  (az keyvault commands do not run on Debian's azure-cli package; use az rest.)
+
 Press Ctrl-C to stop.
 `, env.VaultURL, env.AuthorityHost, env.TenantID, env.ClientID, rel, env.CAFile, env.DataDir,
-		envFlag, envFlag, envFlag, envPath)
+		envFlag, envFlag, envFlag, envPath, envPath, azRecipe(env), ep.Resource(), env.VaultURL)
+}
+
+// azRecipe is the Azure CLI sign-in, one indented command a line.
+func azRecipe(env devenv.Env) string {
+	var b strings.Builder
+	for _, argv := range env.AzureCLI() {
+		b.WriteString("  " + devenv.Shell(argv) + "\n")
+	}
+	return b.String()
 }

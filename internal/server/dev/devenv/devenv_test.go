@@ -10,7 +10,7 @@ import (
 func TestWriteReadExactVariables(t *testing.T) {
 	p := filepath.Join(t.TempDir(), FileName)
 	e := Env{VaultURL: "https://demo.vault.localhost:8443/", TenantID: "t", ClientID: "c", ClientSecret: "s'e cret",
-		AuthorityHost: "https://vault.localhost:8443/", CAFile: "/tmp/a b/ca.pem", DataDir: "/tmp/a b"}
+		AuthorityHost: "https://vault.localhost:8443/", CAFile: "/tmp/a b/ca.pem", CABundle: "/tmp/a b/ca.pem", DataDir: "/tmp/a b"}
 	if err := e.Write(p); err != nil {
 		t.Fatal(err)
 	}
