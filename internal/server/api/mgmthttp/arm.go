@@ -31,8 +31,12 @@ const CloudName = "Coffer"
 var apiVersionRE = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(-preview)?$`)
 
 // IsARMPath reports whether path is one of the ARM routes, which the server
-// sends to this handler beside Prefix.
+// sends to this handler beside Prefix. Extra leading slashes count: the
+// Azure CLI appends "/metadata/endpoints" to the resource manager URL it
+// was given, and users type that URL with its trailing slash; the mux
+// then redirects to the clean path, which the CLI follows.
 func IsARMPath(path string) bool {
+	path = "/" + strings.TrimLeft(path, "/")
 	return path == "/metadata/endpoints" || path == "/subscriptions" || strings.HasPrefix(path, "/subscriptions/")
 }
 

@@ -2,8 +2,9 @@
 // apex host: vaults, their access policies and event subscriptions, service principals, managed
 // identities and federated credentials, node pools, role assignments, and
 // operator actions; and the few Azure Resource Manager routes the Azure CLI
-// signs in with (/metadata/endpoints, /subscriptions). It takes tokens for the management audience only, and
-// every operation checks its own RBAC action at its own scope.
+// signs in with (/metadata/endpoints, /subscriptions). It takes tokens for
+// the management audience only, and every operation checks its own RBAC
+// action at its own scope.
 package mgmthttp
 
 import (

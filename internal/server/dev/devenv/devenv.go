@@ -148,12 +148,14 @@ const AzureCLICloud = "Coffer"
 
 // AzureCLI returns the Azure CLI commands that sign in to the server e
 // describes, as argument lists: `coffer dev` prints them and the az tests
-// run them. An argument "$NAME" stands for the dev.env variable NAME. The
-// CLI reads the login endpoint ({authority}/adfs) and the management
-// audience from the server's ARM metadata document.
+// (test/azcli) run them. An argument "$NAME" stands for the dev.env
+// variable NAME. The CLI reads the login endpoint ({authority}/adfs) and
+// the management audience from the server's ARM metadata document. The
+// resource manager URL goes without its trailing slash: the CLI appends
+// "/metadata/endpoints" to it as a string.
 func (e Env) AzureCLI() [][]string {
 	return [][]string{
-		{"az", "cloud", "register", "--name", AzureCLICloud, "--endpoint-resource-manager", e.AuthorityHost},
+		{"az", "cloud", "register", "--name", AzureCLICloud, "--endpoint-resource-manager", strings.TrimSuffix(e.AuthorityHost, "/")},
 		{"az", "cloud", "set", "--name", AzureCLICloud},
 		{"az", "login", "--service-principal", "--username", "$AZURE_CLIENT_ID", "--password", "$AZURE_CLIENT_SECRET", "--tenant", "$AZURE_TENANT_ID"},
 	}
