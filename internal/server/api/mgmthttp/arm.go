@@ -45,14 +45,19 @@ func (h *Handler) armRoutes() {
 	h.mux.Handle("GET /subscriptions", armVersion(handle(h, http.StatusOK, h.listSubscriptions)))
 	h.mux.Handle("GET /subscriptions/{id}", armVersion(handle(h, http.StatusOK, h.getSubscription)))
 	h.mux.HandleFunc("/subscriptions/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
 		writeErr(w, http.StatusNotFound, "NotFound", "Coffer serves only GET /subscriptions and GET /subscriptions/{id} of Azure Resource Manager; manage resources with the coffer CLI (/coffer/v1).")
 	})
 }
 
 // armVersion refuses a request without a supported api-version, as ARM does.
+// Its refusals are no-store, as every answer of the operations it guards.
 func armVersion(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v := r.URL.Query().Get("api-version")
+		if !slices.Contains(SubscriptionAPIVersions, v) {
+			w.Header().Set("Cache-Control", "no-store")
+		}
 		switch {
 		case v == "":
 			writeErr(w, http.StatusBadRequest, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
