@@ -170,11 +170,12 @@ Azure SDK clients: set -a; . %s; set +a
   (Go: azidentity DisableInstanceDiscovery). Clients that cannot resolve
   *.localhost need /etc/hosts entries: restart with --write-hosts.
 
-Azure CLI (Python resolves *.localhost only with --write-hosts; the
-CLI trusts the CA through REQUESTS_CA_BUNDLE, from dev.env):
+Azure CLI: it resolves names through the system's resolver, so restart
+with --write-hosts first; it trusts the CA through REQUESTS_CA_BUNDLE:
   set -a; . %s; set +a
 %s  az rest --method get --resource %s --url '%ssecrets/greeting?api-version=7.4'
-  (az keyvault commands do not run on Debian's azure-cli package; use az rest.)
+  (Debian's azure-cli cannot run az keyvault data-plane commands against
+  any server: use az rest, as above.)
 
 Press Ctrl-C to stop.
 `, env.VaultURL, env.AuthorityHost, env.TenantID, env.ClientID, rel, env.CAFile, env.DataDir,
