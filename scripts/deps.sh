@@ -17,6 +17,9 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# The az sign-in tests (test/azcli) drive Debian's Azure CLI, 2.45 on
+# bookworm: a large package (about 1,900 files of Python SDKs).
+command -v az >/dev/null || need+=(azure-cli)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

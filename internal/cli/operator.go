@@ -109,7 +109,7 @@ func (a *app) operatorInit() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				env := devenv.Env{TenantID: prev.TenantID, ClientID: prev.AdminAppID, ClientSecret: secret, AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile}
+				env := devenv.Env{TenantID: prev.TenantID, ClientID: prev.AdminAppID, ClientSecret: secret, AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, CABundle: caFile}
 				if err := writeCredentialsSecret(ctx, secretNS, secretName, env); err != nil {
 					return fmt.Errorf("storing the administrator's new credentials in Secret %s: %w", outSecret, err)
 				}
@@ -122,7 +122,7 @@ func (a *app) operatorInit() *cobra.Command {
 			}
 			abs, _ := filepath.Abs(dataDir)
 			env := devenv.Env{TenantID: state.TenantID, ClientID: state.AdminAppID, ClientSecret: secret,
-				AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, DataDir: abs}
+				AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, CABundle: caFile, DataDir: abs}
 			if outSecret != "" {
 				env.DataDir = ""
 				if err := writeCredentialsSecret(ctx, secretNS, secretName, env); err != nil {

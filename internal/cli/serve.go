@@ -170,7 +170,23 @@ Azure SDK clients: set -a; . %s; set +a
   (Go: azidentity DisableInstanceDiscovery). Clients that cannot resolve
   *.localhost need /etc/hosts entries: restart with --write-hosts.
 
+Azure CLI: it resolves names through the system's resolver, so restart
+with --write-hosts first; it trusts the CA through REQUESTS_CA_BUNDLE:
+  set -a; . %s; set +a
+%s  az rest --method get --resource %s --url '%ssecrets/greeting?api-version=7.4'
+  (Debian's azure-cli cannot run az keyvault data-plane commands against
+  any server: use az rest, as above.)
+
 Press Ctrl-C to stop.
 `, env.VaultURL, env.AuthorityHost, env.TenantID, env.ClientID, rel, env.CAFile, env.DataDir,
-		envFlag, envFlag, envFlag, envPath)
+		envFlag, envFlag, envFlag, envPath, envPath, azRecipe(env), ep.Resource(), env.VaultURL)
+}
+
+// azRecipe is the Azure CLI sign-in, one indented command a line.
+func azRecipe(env devenv.Env) string {
+	var b strings.Builder
+	for _, argv := range env.AzureCLI() {
+		b.WriteString("  " + devenv.Shell(argv) + "\n")
+	}
+	return b.String()
 }

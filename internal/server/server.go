@@ -358,7 +358,13 @@ func (s *Server) build(ctx context.Context) error {
 		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets, Keys: s.Keys, Certs: s.Certs,
 		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Changes: s.changes, Limiter: s.Limiter, Log: s.log,
 	})
-	s.auth = authhttp.New(s.Authority, s.log)
+	s.auth = authhttp.New(s.Authority, func(ctx context.Context) (string, error) {
+		st, ok, err := bootstrap.Load(ctx, b)
+		if err == nil && !ok {
+			err = fmt.Errorf("%w: the installation is not initialised", authority.ErrNotFound)
+		}
+		return st.TenantID, err
+	}, s.log)
 	s.mgmt = mgmthttp.New(mgmthttp.Deps{Endpoints: ep, Authority: s.Authority, Vaults: s.Vaults, Roles: s.Roles,
 		Access: s.Access, Operator: s, Events: s.Events, Log: s.log})
 	return nil
@@ -481,7 +487,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		s.kv.ServeHTTP(w, r)
 	case endpoint.RouteApex:
 		switch {
-		case strings.HasPrefix(r.URL.Path, mgmthttp.Prefix):
+		case strings.HasPrefix(r.URL.Path, mgmthttp.Prefix), mgmthttp.IsARMPath(r.URL.Path):
 			s.mgmt.ServeHTTP(w, r)
 		case s.auth.Handles(r):
 			s.auth.ServeHTTP(w, r)
@@ -538,7 +544,7 @@ func (s *Server) api(r *http.Request) string {
 		return "vault-held" // held reads last up to their wait: kept out of the vault's latency
 	case route == endpoint.RouteVault:
 		return "vault"
-	case route == endpoint.RouteApex && strings.HasPrefix(r.URL.Path, mgmthttp.Prefix):
+	case route == endpoint.RouteApex && (strings.HasPrefix(r.URL.Path, mgmthttp.Prefix) || mgmthttp.IsARMPath(r.URL.Path)):
 		return "management"
 	case route == endpoint.RouteApex:
 		return "authority"

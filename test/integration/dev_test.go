@@ -35,6 +35,12 @@ func TestDevBootstrapAndReuse(t *testing.T) {
 	if !strings.Contains(d.Stdout.String(), env.VaultURL) || !strings.Contains(d.Stdout.String(), "secret set") {
 		t.Fatalf("banner lacks the vault URL or commands:\n%s", d.Stdout)
 	}
+	// The Azure CLI recipe, exactly as test/azcli runs it.
+	for _, argv := range env.AzureCLI() {
+		if !strings.Contains(d.Stdout.String(), "\n  "+devenv.Shell(argv)+"\n") {
+			t.Fatalf("banner lacks %q:\n%s", devenv.Shell(argv), d.Stdout)
+		}
+	}
 	if strings.Contains(d.Stdout.String(), env.ClientSecret) || strings.Contains(d.Stderr.String(), env.ClientSecret) {
 		t.Fatal("coffer dev printed the administrator's client secret")
 	}

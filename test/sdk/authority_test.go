@@ -197,3 +197,24 @@ func TestInstanceDiscovery(t *testing.T) {
 		t.Fatalf("issuer %s", doc.Issuer)
 	}
 }
+
+// The ADFS-style discovery document, at the path MSAL derives from the
+// login endpoint {authority}/adfs that the Azure CLI is given: the default
+// tenant's endpoints, from which MSAL takes the tenant (the token
+// endpoint's first path segment).
+func TestADFSDiscovery(t *testing.T) {
+	env := testserver.Start(t, testserver.Options{})
+	var doc struct {
+		Issuer                string `json:"issuer"`
+		TokenEndpoint         string `json:"token_endpoint"`
+		AuthorizationEndpoint string `json:"authorization_endpoint"`
+		JWKSURI               string `json:"jwks_uri"`
+	}
+	if s := getJSON(t, env, env.Endpoints.AuthorityURL()+"/adfs/.well-known/openid-configuration", &doc); s != 200 {
+		t.Fatal(s)
+	}
+	base := env.Endpoints.AuthorityURL() + "/" + env.State.TenantID
+	if doc.Issuer != base+"/v2.0" || doc.TokenEndpoint != base+"/oauth2/v2.0/token" || doc.AuthorizationEndpoint != base+"/oauth2/v2.0/authorize" || doc.JWKSURI != base+"/discovery/v2.0/keys" {
+		t.Fatalf("the ADFS discovery document = %+v, want the default tenant %s's endpoints", doc, env.State.TenantID)
+	}
+}

@@ -151,7 +151,7 @@ func (d *Dev) bootstrap(ctx context.Context, caFile, dir string) error {
 	d.State, d.Subscription = st, tenant.SubscriptionID
 	d.Env = devenv.Env{
 		VaultURL: ep.VaultURL(DemoVault), TenantID: st.TenantID, ClientID: st.AdminAppID, ClientSecret: secret,
-		AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, DataDir: dir,
+		AuthorityHost: ep.AuthorityURL() + "/", CAFile: caFile, CABundle: caFile, DataDir: dir,
 	}
 	if err := d.Env.Write(d.EnvFile); err != nil {
 		return fmt.Errorf("write %s: %w", d.EnvFile, err)

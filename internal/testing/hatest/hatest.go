@@ -116,7 +116,7 @@ func Start(t testing.TB, etcd *etcdtest.Cluster, n int, opt Options) *Cluster {
 	}
 	c.State, c.Subscription = st, tenant.SubscriptionID
 	c.Admin = devenv.Env{VaultURL: ep.VaultURL("demo"), TenantID: st.TenantID, ClientID: st.AdminAppID, ClientSecret: secret,
-		AuthorityHost: ep.AuthorityURL() + "/", CAFile: files.CACert, DataDir: dir}
+		AuthorityHost: ep.AuthorityURL() + "/", CAFile: files.CACert, CABundle: files.CACert, DataDir: dir}
 	return c
 }
 

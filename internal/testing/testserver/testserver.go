@@ -52,6 +52,10 @@ type Options struct {
 	ACMEHTTPListen string
 	// EventInterval and EventScanInterval tune the events job.
 	EventInterval, EventScanInterval time.Duration
+	// HostsFile gets loopback entries for the authority and the demo
+	// vault, as `coffer dev --write-hosts` writes /etc/hosts: for clients
+	// that resolve names through the system's resolver (test/azcli).
+	HostsFile string
 }
 
 // Env is a running test server.
@@ -79,7 +83,7 @@ func Start(t testing.TB, opt Options) *Env {
 		w, level = io.Discard, slog.LevelInfo
 	}
 	d, err := dev.New(ctx, dev.Options{
-		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0,
+		DataDir: t.TempDir(), ListenAddress: "127.0.0.1", Port: 0, HostsFile: opt.HostsFile,
 		Server: server.Options{
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, AllowPrivateIssuers: opt.AllowPrivateIssuers, TokenRateLimit: opt.TokenRateLimit, OverloadCapacity: opt.OverloadCapacity,
 			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,

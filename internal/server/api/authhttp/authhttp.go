@@ -1,9 +1,11 @@
 // Package authhttp serves the authority's OAuth2 and OpenID endpoints in
 // Entra ID's shapes: /{tenant}/oauth2/v2.0/token, OpenID discovery, JWKS and
-// instance discovery.
+// instance discovery, and the ADFS-style discovery document of the default
+// tenant that the Azure CLI's MSAL reads.
 package authhttp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,21 +23,33 @@ import (
 // is a few kilobytes.
 const maxFormBytes = 64 << 10
 
+// DefaultTenant returns the installation's default tenant: the one an
+// authority URL without a tenant (ADFS style, {host}/adfs) signs in to.
+type DefaultTenant func(ctx context.Context) (string, error)
+
 // Handler serves the authority's endpoints on the apex host.
 type Handler struct {
-	a   *authority.Authority
-	log *slog.Logger
-	mux *http.ServeMux
+	a             *authority.Authority
+	defaultTenant DefaultTenant
+	log           *slog.Logger
+	mux           *http.ServeMux
 }
 
-// New returns the authority handler.
-func New(a *authority.Authority, log *slog.Logger) *Handler {
+// New returns the authority handler. defaultTenant may be nil: the ADFS
+// discovery document then answers 404.
+func New(a *authority.Authority, defaultTenant DefaultTenant, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.Default()
 	}
-	h := &Handler{a: a, log: log, mux: http.NewServeMux()}
+	h := &Handler{a: a, defaultTenant: defaultTenant, log: log, mux: http.NewServeMux()}
 	h.mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", h.token)
 	h.mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", h.openidConfig)
+	// The Azure CLI (MSAL) skips instance discovery, which would call the
+	// public cloud, only for an authority whose first path segment is
+	// "adfs". It then reads this document and takes the tenant from the
+	// token endpoint's first path segment, so the default tenant's
+	// endpoints serve it unchanged.
+	h.mux.HandleFunc("GET /adfs/.well-known/openid-configuration", h.adfsConfig)
 	h.mux.HandleFunc("GET /{tenant}/discovery/v2.0/keys", h.jwks)
 	h.mux.HandleFunc("GET /common/discovery/instance", h.instance)
 	h.mux.HandleFunc("GET /{tenant}/oauth2/v2.0/authorize", func(w http.ResponseWriter, r *http.Request) {
@@ -153,8 +167,36 @@ func (h *Handler) openidConfig(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	httpjson.Write(w, http.StatusOK, h.discovery(tenant))
+}
+
+// adfsConfig serves the default tenant's discovery document at the path
+// MSAL derives from an ADFS authority ({host}/adfs).
+func (h *Handler) adfsConfig(w http.ResponseWriter, r *http.Request) {
+	if h.defaultTenant == nil {
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusNotFound, Code: "invalid_tenant", AADSTS: 90002,
+			Description: "This installation has no default tenant; use https://{host}/{tenant} as the authority."})
+		return
+	}
+	tenant, err := h.defaultTenant(r.Context())
+	if errors.Is(err, authority.ErrNotFound) {
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusNotFound, Code: "invalid_tenant", AADSTS: 90002,
+			Description: "This installation has no default tenant yet (run `coffer operator init`)."})
+		return
+	}
+	if err != nil {
+		h.log.ErrorContext(r.Context(), "default tenant lookup failed", "err", err)
+		h.oauthError(w, &authority.OAuthError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", AADSTS: 50000,
+			Description: "The default tenant could not be read; see the server log.", RetryAfter: 5})
+		return
+	}
+	httpjson.Write(w, http.StatusOK, h.discovery(tenant))
+}
+
+// discovery is a tenant's OpenID configuration.
+func (h *Handler) discovery(tenant string) map[string]any {
 	base := h.a.Host() + "/" + tenant
-	httpjson.Write(w, http.StatusOK, map[string]any{
+	return map[string]any{
 		"issuer":                                h.a.Issuer(tenant),
 		"token_endpoint":                        base + "/oauth2/v2.0/token",
 		"authorization_endpoint":                base + "/oauth2/v2.0/authorize",
@@ -166,7 +208,7 @@ func (h *Handler) openidConfig(w http.ResponseWriter, r *http.Request) {
 		"grant_types_supported":                 []string{"client_credentials"},
 		"tenant_region_scope":                   nil,
 		"cloud_instance_name":                   strings.TrimPrefix(h.a.Host(), "https://"),
-	})
+	}
 }
 
 func (h *Handler) jwks(w http.ResponseWriter, r *http.Request) {

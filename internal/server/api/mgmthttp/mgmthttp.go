@@ -1,8 +1,10 @@
 // Package mgmthttp serves Coffer's management API under /coffer/v1 on the
 // apex host: vaults, their access policies and event subscriptions, service principals, managed
 // identities and federated credentials, node pools, role assignments, and
-// operator actions. It takes tokens for the management audience only, and
-// every operation checks its own RBAC action at its own scope.
+// operator actions; and the few Azure Resource Manager routes the Azure CLI
+// signs in with (/metadata/endpoints, /subscriptions). It takes tokens for
+// the management audience only, and every operation checks its own RBAC
+// action at its own scope.
 package mgmthttp
 
 import (
@@ -109,6 +111,7 @@ func New(d Deps) *Handler {
 	route("POST /coffer/v1/operator/rotate-root-key", handle(h, http.StatusOK, h.rotateRootKey))
 	route("POST /coffer/v1/operator/rotate-data-key", handle(h, http.StatusOK, h.rotateDataKey))
 	route("POST /coffer/v1/operator/rotate-signing-key", handle(h, http.StatusOK, h.rotateSigningKey))
+	h.armRoutes()
 	h.mux.HandleFunc("/coffer/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "NotFound", "No management operation matches "+r.Method+" "+r.URL.Path+".")
 	})
@@ -140,6 +143,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		se  *json.SyntaxError
 		ute *json.UnmarshalTypeError
 		br  badRequest
+		snf *subscriptionNotFound
 	)
 	if sf, ok := httpjson.Storage(err); ok {
 		if sf.RetryAfter {
@@ -150,6 +154,8 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	switch {
+	case errors.As(err, &snf):
+		writeErr(w, http.StatusNotFound, "SubscriptionNotFound", snf.Error())
 	case errors.As(err, &de):
 		audit.From(r.Context()).Decision = "deny"
 		writeErr(w, http.StatusForbidden, "AuthorizationFailed", de.Error())

@@ -23,7 +23,10 @@ type Env struct {
 	ClientSecret  string // AZURE_CLIENT_SECRET
 	AuthorityHost string // AZURE_AUTHORITY_HOST
 	CAFile        string // SSL_CERT_FILE
-	DataDir       string // COFFER_DATA_DIR
+	// CABundle is CAFile again, under the name Python's requests reads
+	// (the Azure CLI and the Python SDKs ignore SSL_CERT_FILE).
+	CABundle string // REQUESTS_CA_BUNDLE
+	DataDir  string // COFFER_DATA_DIR
 }
 
 func (e *Env) fields() []struct {
@@ -40,6 +43,7 @@ func (e *Env) fields() []struct {
 		{"AZURE_CLIENT_SECRET", &e.ClientSecret},
 		{"AZURE_AUTHORITY_HOST", &e.AuthorityHost},
 		{"SSL_CERT_FILE", &e.CAFile},
+		{"REQUESTS_CA_BUNDLE", &e.CABundle},
 		{"COFFER_DATA_DIR", &e.DataDir},
 	}
 }
@@ -138,3 +142,51 @@ func unquote(v string) string {
 
 // Path returns dev.env's path in dataDir.
 func Path(dataDir string) string { return filepath.Join(dataDir, FileName) }
+
+// AzureCLICloud is the cloud name the Azure CLI recipe registers.
+const AzureCLICloud = "Coffer"
+
+// AzureCLI returns the Azure CLI commands that sign in to the server e
+// describes, as argument lists: `coffer dev` prints them and the az tests
+// (test/azcli) run them. An argument "$NAME" stands for the dev.env
+// variable NAME. The CLI reads the login endpoint ({authority}/adfs) and
+// the management audience from the server's ARM metadata document. The
+// resource manager URL goes without its trailing slash: the CLI appends
+// "/metadata/endpoints" to it as a string.
+func (e Env) AzureCLI() [][]string {
+	return [][]string{
+		{"az", "cloud", "register", "--name", AzureCLICloud, "--endpoint-resource-manager", strings.TrimSuffix(e.AuthorityHost, "/")},
+		{"az", "cloud", "set", "--name", AzureCLICloud},
+		{"az", "login", "--service-principal", "--username", "$AZURE_CLIENT_ID", "--password", "$AZURE_CLIENT_SECRET", "--tenant", "$AZURE_TENANT_ID"},
+	}
+}
+
+// Shell renders a command of AzureCLI for a POSIX shell, leaving "$NAME"
+// arguments to the shell.
+func Shell(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if strings.HasPrefix(a, "$") {
+			out[i] = `"` + a + `"`
+		} else {
+			out[i] = quote(a)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// Expand replaces the "$NAME" arguments of argv with e's values.
+func (e Env) Expand(argv []string) []string {
+	vals := map[string]string{}
+	for _, f := range e.fields() {
+		vals[f.name] = *f.ptr
+	}
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if name, ok := strings.CutPrefix(a, "$"); ok {
+			a = vals[name]
+		}
+		out[i] = a
+	}
+	return out
+}
