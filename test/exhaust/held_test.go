@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
 )
@@ -181,22 +179,25 @@ func etagOf(t *testing.T, hc *http.Client, tok, url string) string {
 }
 
 // h2Conns opens n HTTP/2 connections to the vault of url.
-func h2Conns(t *testing.T, d *devServer, rawURL string, n int) []*http2.ClientConn {
+func h2Conns(t *testing.T, d *devServer, rawURL string, n int) []*http.ClientConn {
 	t.Helper()
 	u, _ := url.Parse(rawURL)
 	roots, err := httpclient.RootPool(d.Env.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &http2.Transport{}
-	var conns []*http2.ClientConn
+	dialer := &net.Dialer{Timeout: time.Minute}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, httpclient.LoopbackLocalhost(addr))
+		},
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		Protocols:       new(http.Protocols),
+	}
+	tr.Protocols.SetHTTP2(true)
+	var conns []*http.ClientConn
 	for range n {
-		dialer := tls.Dialer{NetDialer: &net.Dialer{Timeout: time.Minute}, Config: &tls.Config{RootCAs: roots, ServerName: u.Hostname(), NextProtos: []string{"h2"}}}
-		c, err := dialer.Dial("tcp", httpclient.LoopbackLocalhost(u.Host))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc, err := tr.NewClientConn(c)
+		cc, err := tr.NewClientConn(context.Background(), "https", u.Host)
 		if err != nil {
 			t.Fatal(err)
 		}
