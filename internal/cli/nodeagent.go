@@ -16,6 +16,7 @@ var nodeAgentFlags = map[string]string{
 	"ProviderAudience": "--provider-token-audience", "NodeCallers": "--node-callers", "IdentityHeaderFile": "--identity-header-file",
 	"Listen": "--listen", "Redirect": "--redirect", "LinkLocalInterface": "--link-local-interface", "LocalSocket": "--local-socket",
 	"MetricsAddr": "--metrics-addr", "Kubeconfig": "--kubeconfig", "WriteStatus": "--write-status",
+	"PodRate": "--pod-rate-limit", "PodBurst": "--pod-burst", "PodInFlight": "--pod-in-flight",
 }
 
 func (a *app) nodeAgentCmd() *cobra.Command {
@@ -73,5 +74,8 @@ addresses get the node's identities (--system-identity, --vm-identity).`,
 	f.StringVar(&o.MetricsAddr, "metrics-addr", ":8096", "address of /metrics and /healthz (empty: off)")
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster)")
 	f.BoolVar(&o.WriteStatus, "write-status", true, "keep AzureAssignedIdentities for this node's pods")
+	f.Float64Var(&o.PodRate, "pod-rate-limit", nodeagent.DefaultPodRate, "token requests a second each pod (source address) may send; past it, 429 with Retry-After (negative: no limit)")
+	f.IntVar(&o.PodBurst, "pod-burst", nodeagent.DefaultPodBurst, "token requests a pod may send at once after a quiet spell, above --pod-rate-limit")
+	f.IntVar(&o.PodInFlight, "pod-in-flight", nodeagent.DefaultPodInFlight, "token requests of one pod in progress at once")
 	return c
 }

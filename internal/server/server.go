@@ -166,6 +166,7 @@ type Server struct {
 	log   *slog.Logger
 	store *Store
 	ln    net.Listener
+	conns *capListener // ln, which caps the open connections
 	// acmeLn serves ACME http-01 challenges (ACMEHTTPListen); nil is off.
 	acmeLn net.Listener
 	ep     endpoint.Endpoints
@@ -254,7 +255,8 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{cfg: o, log: o.Log, store: st, ln: ln, ep: ep, Metrics: metrics}
+	conns := newCapListener(ln, MaxConnections, o.Log)
+	s := &Server{cfg: o, log: o.Log, store: st, ln: conns, conns: conns, ep: ep, Metrics: metrics}
 	if o.ACMEHTTPListen != "" {
 		if s.acmeLn, err = net.Listen("tcp", o.ACMEHTTPListen); err != nil {
 			s.Close()
@@ -306,6 +308,12 @@ func (s *Server) build(ctx context.Context) error {
 	s.leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_leader",
 		Help: "1 while this replica runs the singleton jobs (purge, renewal, resumed issuance), 0 otherwise."})
 	s.Metrics.MustRegister(s.leader)
+	s.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_connections_open",
+		Help: "Client connections open now, of at most " + strconv.Itoa(MaxConnections) + "."},
+		func() float64 { return float64(s.conns.Open()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "coffer_connections_refused_total",
+			Help: "Client connections closed at once because the server held its cap of open connections."},
+			func() float64 { return float64(s.conns.Refused()) }))
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_http_requests_total", Help: "HTTP requests by API and status code."}, []string{"api", "code"})
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "coffer_http_request_duration_seconds", Help: "HTTP request latency by API.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5}}, []string{"api"})
@@ -358,6 +366,9 @@ func (s *Server) build(ctx context.Context) error {
 		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets, Keys: s.Keys, Certs: s.Certs,
 		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Changes: s.changes, Limiter: s.Limiter, Log: s.log,
 	})
+	s.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_held_reads",
+		Help: "Conditional reads held (Prefer: wait) at this moment; at " + strconv.Itoa(kvhttp.MaxHeld) + " further ones are answered at once with Preference-Applied: wait=0."},
+		func() float64 { return float64(s.kv.Held()) }))
 	s.auth = authhttp.New(s.Authority, func(ctx context.Context) (string, error) {
 		st, ok, err := bootstrap.Load(ctx, b)
 		if err == nil && !ok {

@@ -116,6 +116,15 @@ type Config struct {
 	// Policy is the cluster operator's part of the binding rules.
 	Policy podidentity.Policy
 
+	// PodRate, PodBurst and PodInFlight limit each pod's token requests
+	// (by source address): requests a second, a burst, and requests in
+	// progress at once; past them the pod gets 429 with Retry-After while
+	// the others are served. Zero: the defaults (DefaultPodRate and so
+	// on); a negative PodRate turns the limit off.
+	PodRate     float64
+	PodBurst    int
+	PodInFlight int
+
 	Cluster Cluster
 	Auth    *authclient.Client
 	// LocalAddr reports whether ip is one of this node's own addresses.
@@ -129,6 +138,7 @@ type Agent struct {
 	cfg     Config
 	reviews *reviewCache
 	metrics *metrics
+	pods    *podLimiter
 }
 
 // New checks cfg and returns an agent.
@@ -160,7 +170,10 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.LocalAddr == nil {
 		cfg.LocalAddr = newLocalAddrs(cfg.Now).contains
 	}
-	return &Agent{cfg: cfg, reviews: newReviewCache(cfg.Now, 10000), metrics: newMetrics()}, nil
+	// The limiter runs on the wall clock, not cfg.Now (which tests move
+	// to expire tokens): a rate is requests per real second.
+	pods := newPodLimiter(cfg.PodRate, cfg.PodBurst, cfg.PodInFlight, time.Now)
+	return &Agent{cfg: cfg, reviews: newReviewCache(cfg.Now, 10000), metrics: newMetrics(), pods: pods}, nil
 }
 
 // Failure is a refused token request, as the wire shows it. Message is

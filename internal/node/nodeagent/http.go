@@ -32,10 +32,20 @@ func (a *Agent) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := strings.ToLower(strings.TrimSuffix(r.URL.Path, "/"))
 		switch {
-		case path == imdsTokenPath:
-			a.serveIMDS(w, r)
-		case path == appServiceTokenPath:
-			a.serveAppService(w, r)
+		case path == imdsTokenPath || path == appServiceTokenPath:
+			// Limited per pod before any work, so that a flooding pod
+			// is refused cheaply and the others are still served.
+			release, f := a.pods.admit(r)
+			if f != nil {
+				a.refuseFlood(w, r, path, f)
+				return
+			}
+			defer release()
+			if path == imdsTokenPath {
+				a.serveIMDS(w, r)
+			} else {
+				a.serveAppService(w, r)
+			}
 		case path == "/healthz":
 			a.serveHealth(w)
 		case strings.HasPrefix(path, "/metadata"):
@@ -178,6 +188,18 @@ func (a *Agent) finish(w http.ResponseWriter, endpoint string, c Caller, req Req
 		a.cfg.Log.Debug("token issued", "endpoint", endpoint, "caller", c.String(), "resource", req.Resource)
 	}
 	a.metrics.observe(endpoint, code, time.Since(start))
+}
+
+// refuseFlood answers a request over its pod's limit. It is counted but
+// logged at debug only: a flood would otherwise flood the log too.
+func (a *Agent) refuseFlood(w http.ResponseWriter, r *http.Request, path string, f *Failure) {
+	endpoint := "imds"
+	if path == appServiceTokenPath {
+		endpoint = "appservice"
+	}
+	writeError(w, f)
+	a.cfg.Log.Debug("token request refused: over the pod's limit", "endpoint", endpoint, "source", r.RemoteAddr, "reason", f.Message)
+	a.metrics.observe(endpoint, f.Status, 0)
 }
 
 // asFailure is err as the wire shows it: a Failure as it is, anything

@@ -427,3 +427,33 @@ func TestBindingChange(t *testing.T) {
 	})
 	check(t, serve(t, w.agent.Handler(), req), want{status: 200, client: "second-client"})
 }
+
+// A pod that floods the agent gets 429 with Retry-After past its limit,
+// while another caller (the node) is still served between its requests.
+func TestPodFlood(t *testing.T) {
+	w := newWorld(t, newCluster(), func(c *nodeagent.Config) { c.PodRate, c.PodBurst = 1, 20 })
+	h := w.agent.Handler()
+	flood := call{target: imds(), header: bearerOf(podToken("team-a-web")), remote: "10.1.0.5"}
+	start := time.Now()
+	served, refused := 0, 0
+	for i := range 200 {
+		got := serve(t, h, flood)
+		switch got.status {
+		case 200:
+			served++
+		case 429:
+			refused++
+			if got.body["error"] != "too_many_requests" || !strings.Contains(got.body["error_description"], "source address 10.1.0.5") || got.retryAfter() < 1 {
+				t.Fatalf("a refusal: %v, Retry-After %q", got.body, got.header.Get("Retry-After"))
+			}
+		default:
+			t.Fatalf("status %d: %s", got.status, got.raw)
+		}
+		if i%10 == 0 {
+			check(t, serve(t, h, call{target: imds(), header: metadata}), want{status: 200, client: "sys-client"})
+		}
+	}
+	if most := 20 + int(time.Since(start).Seconds()) + 1; served > most || refused == 0 {
+		t.Fatalf("%d served and %d refused of 200 from one pod, want at most %d served", served, refused, most)
+	}
+}

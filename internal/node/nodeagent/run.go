@@ -55,6 +55,11 @@ type Options struct {
 	// empty accepts only service-account tokens there.
 	IdentityHeaderFile string
 	Policy             podidentity.Policy
+	// PodRate, PodBurst and PodInFlight are each pod's token request
+	// limits (see Config).
+	PodRate     float64
+	PodBurst    int
+	PodInFlight int
 
 	// Listen is where IMDS is served (default 169.254.169.254:80 with
 	// RedirectLinkLocal; required otherwise).
@@ -215,6 +220,7 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		SystemIdentity: o.SystemIdentity, VMIdentities: o.VMIdentities, NodeIdentityNamespaces: o.NodeIdentityNamespaces,
 		Lookup: o.Lookup, TokenAudiences: o.TokenAudiences, ProviderAudience: o.ProviderAudience, NodeCallers: o.NodeCallers,
 		IdentityHeader: header, Policy: o.Policy, Cluster: d.Cluster,
+		PodRate: o.PodRate, PodBurst: o.PodBurst, PodInFlight: o.PodInFlight,
 		Auth: &authclient.Client{HTTP: hc, Authority: o.AuthorityHost}, Log: log,
 	})
 	if err == nil {

@@ -79,6 +79,10 @@ type Options struct {
 	Quiet bool
 	// NodeIdentityNamespaces is the agent's --vm-identity-namespaces.
 	NodeIdentityNamespaces []string
+	// PodRate and PodBurst are the agent's per-pod limits (zero: its
+	// defaults; a negative PodRate: none, for throughput benchmarks).
+	PodRate  float64
+	PodBurst int
 }
 
 // Agent is a running node agent.
@@ -125,6 +129,7 @@ func Start(t testing.TB, env *testserver.Env, kube *kubetest.Env, node Node, o O
 		AuthorityHost: env.Admin.AuthorityHost, CAFile: env.Admin.CAFile,
 		SystemIdentity: node.Pool.SystemAssigned.ClientID, VMIdentities: []string{node.Attached.ClientID},
 		NodeIdentityNamespaces: o.NodeIdentityNamespaces, Lookup: o.Lookup, NodeCallers: true, Policy: o.Policy,
+		PodRate: o.PodRate, PodBurst: o.PodBurst,
 		Listen: o.Listen, Redirect: o.Redirect, LinkLocalInterface: o.LinkLocalInterface, LocalSocket: "unix://" + sock,
 		WriteStatus: true, Kube: kube.Config, Log: slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: level})),
 	})

@@ -208,9 +208,9 @@ func (h *Handler) recheck(r *http.Request) error {
 	return nil
 }
 
-// holdSlot takes one of the maxHeld places for a held read.
+// holdSlot takes one of the MaxHeld places for a held read.
 func (h *Handler) holdSlot() bool {
-	if h.held.Add(1) > maxHeld {
+	if h.held.Add(1) > MaxHeld {
 		h.held.Add(-1)
 		return false
 	}
@@ -218,6 +218,10 @@ func (h *Handler) holdSlot() bool {
 }
 
 func (h *Handler) releaseSlot() { h.held.Add(-1) }
+
+// Held returns how many reads are being held now (at most MaxHeld), for
+// the server's coffer_held_reads gauge: how close it is to the cap.
+func (h *Handler) Held() int64 { return h.held.Load() }
 
 func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {
 	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

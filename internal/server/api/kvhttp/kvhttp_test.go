@@ -89,12 +89,16 @@ func TestRequests(t *testing.T) {
 		"denied before existence": {r: req{path: "/secrets/absent", tok: e.nobody}, want: want{403, "Forbidden", "AccessDenied", ""}},
 
 		// Secrets: bodies and the service's refusals.
-		"set, empty body":           {r: req{method: "PUT", path: "/secrets/s"}, want: want{400, "BadParameter", "", "The request body is empty"}},
-		"set, bad JSON":             {r: req{method: "PUT", path: "/secrets/s", body: `{"value":`}, want: want{400, "BadParameter", "", "not valid JSON"}},
-		"set, a number":             {r: req{method: "PUT", path: "/secrets/s", body: `{"value":5}`}, want: want{400, "BadParameter", "", "field 'value' must not be a JSON number"}},
-		"set, no value":             {r: req{method: "PUT", path: "/secrets/s", body: `{"contentType":"x"}`}, want: want{400, "BadParameter", "", "must contain the secret's value"}},
-		"set, value too long":       {r: req{method: "PUT", path: "/secrets/s", body: `{"value":"` + bigValue + `"}`}, want: want{400, "BadParameter", "", "the limit is 25600 bytes"}},
-		"set, body too long":        {r: req{method: "PUT", path: "/secrets/s", body: `{"value":"` + strings.Repeat("x", 256<<10) + `"}`}, want: want{413, "RequestEntityTooLarge", "", "262144-byte limit"}},
+		"set, empty body":     {r: req{method: "PUT", path: "/secrets/s"}, want: want{400, "BadParameter", "", "The request body is empty"}},
+		"set, bad JSON":       {r: req{method: "PUT", path: "/secrets/s", body: `{"value":`}, want: want{400, "BadParameter", "", "not valid JSON"}},
+		"set, a number":       {r: req{method: "PUT", path: "/secrets/s", body: `{"value":5}`}, want: want{400, "BadParameter", "", "field 'value' must not be a JSON number"}},
+		"set, no value":       {r: req{method: "PUT", path: "/secrets/s", body: `{"contentType":"x"}`}, want: want{400, "BadParameter", "", "must contain the secret's value"}},
+		"set, value too long": {r: req{method: "PUT", path: "/secrets/s", body: `{"value":"` + bigValue + `"}`}, want: want{400, "BadParameter", "", "the limit is 25600 bytes"}},
+		"set, body too long":  {r: req{method: "PUT", path: "/secrets/s", body: `{"value":"` + strings.Repeat("x", 256<<10) + `"}`}, want: want{413, "RequestEntityTooLarge", "", "262144-byte limit"}},
+		// Nested past encoding/json's depth limit (10,000) but inside the
+		// body limit: refused before any field is decoded (issue 15).
+		"set, nested 100,000 deep":  {r: req{method: "PUT", path: "/secrets/s", body: `{"value":"v","tags":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`}, want: want{400, "BadParameter", "", "exceeded max depth"}},
+		"key, nested 10,001 deep":   {r: req{method: "POST", path: "/keys/k/create", body: `{"kty":"EC","tags":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + "}"}, want: want{400, "BadParameter", "", "exceeded max depth"}},
 		"set, bad name":             {r: req{method: "PUT", path: "/secrets/a_b", body: `{"value":"v"}`}, want: want{400, "BadParameter", "", "invalid name"}},
 		"set, exp before nbf":       {r: req{method: "PUT", path: "/secrets/s", body: `{"value":"v","attributes":{"nbf":10,"exp":5}}`}, want: want{400, "BadParameter", "", "must be later than attributes.nbf"}},
 		"set, a deleted name":       {r: req{method: "PUT", path: "/secrets/gone", body: `{"value":"v"}`}, want: want{409, "Conflict", "ObjectIsDeletedButRecoverable", "deleted but recoverable"}},

@@ -114,7 +114,7 @@ type reply struct {
 func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operation, object string, fn func(c *call) (any, error)) {
 	wait := b.held(r, object)
 	if wait > 0 && !b.h.holdSlot() {
-		wait = 0 // at the cap: answered at once, and said to be held (see maxHeld)
+		wait = 0 // at the cap: answered at once, and said to be held (see MaxHeld)
 		w.Header().Set("Preference-Applied", "wait=0")
 	} else if wait > 0 {
 		defer b.h.releaseSlot()
@@ -177,11 +177,11 @@ func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operatio
 // (it is re-authorized on every wake and at the end).
 const maxWait = 30 * time.Second
 
-// maxHeld bounds the reads held at once, server-wide: each holds a
+// MaxHeld bounds the reads held at once, server-wide: each holds a
 // goroutine and a stream. Past it, reads are answered at once with
 // "Preference-Applied: wait=0", so clients keep asking at their own pace
 // rather than taking the vault for one that never holds.
-const maxHeld = 20000
+const MaxHeld = 20000
 
 // held returns how long a read may be held: see WaitPreference; only a
 // read of one object, on a server with a change feed, is held.
