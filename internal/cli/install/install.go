@@ -496,10 +496,21 @@ func walk(m map[string]any, prefix string, fn func(path string, v any)) {
 // components are the workloads the values enable.
 func components(vals map[string]any) []string {
 	out := []string{"server"}
-	for _, c := range []struct{ value, component string }{
-		{"linux.enabled", "csi-driver"}, {"provider.enabled", "provider"}, {"nodeAgent.enabled", "node-agent"}, {"webhook.enabled", "webhook"},
+	for _, c := range []struct {
+		component string
+		values    []string // any of them false turns the component off
+	}{
+		// The Azure provider chart's names for the driver are aliases
+		// (templates/_aliases.tpl); the chart refuses a pair that disagrees
+		// before this runs, so any false among them means off.
+		{"csi-driver", []string{"linux.enabled", "secrets-store-csi-driver.linux.enabled", "secrets-store-csi-driver.install"}},
+		{"provider", []string{"provider.enabled"}}, {"node-agent", []string{"nodeAgent.enabled"}}, {"webhook", []string{"webhook.enabled"}},
 	} {
-		if v, ok := lookup(vals, c.value).(bool); !ok || v {
+		on := true
+		for _, path := range c.values {
+			on = on && !isFalse(lookup(vals, path))
+		}
+		if on {
 			out = append(out, c.component)
 		}
 	}
@@ -508,6 +519,18 @@ func components(vals map[string]any) []string {
 		out = append(out, "sync-controller")
 	}
 	return out
+}
+
+// isFalse reports whether v is false: a bool, or the string a Terraform
+// `set` with type string or a --set-string gives.
+func isFalse(v any) bool {
+	switch v := v.(type) {
+	case bool:
+		return !v
+	case string:
+		return strings.EqualFold(v, "false")
+	}
+	return false
 }
 
 func (c *cluster) ensureNamespace(ctx context.Context, labels map[string]string, p progress) error {

@@ -48,6 +48,9 @@ func TestValuesAreCheckedBeforeAnythingChanges(t *testing.T) {
 			chart: "server.replicas is 2, but server.storage.type bolt"},
 		"etcd without endpoints": {values: map[string]any{"server": map[string]any{"storage": map[string]any{"type": "etcd"}}}, suffix: "v.example",
 			chart: "server.storage.etcd.endpoints is required"},
+		"the Azure chart's names": {values: map[string]any{"secrets-store-csi-driver": map[string]any{"enableSecretRotation": true, "rotationPollInterval": "1m"}}, suffix: "v.example"},
+		"an Azure name and Coffer's disagree": {values: map[string]any{"enableSecretRotation": false, "secrets-store-csi-driver": map[string]any{"enableSecretRotation": true}}, suffix: "v.example",
+			chart: "secrets-store-csi-driver.enableSecretRotation (true, the Azure provider chart's name) and enableSecretRotation (false) disagree"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			o := Options{Values: tc.values, DNSSuffix: tc.suffix}
@@ -84,6 +87,10 @@ func TestComponentsFollowTheValues(t *testing.T) {
 		{map[string]any{}, "server csi-driver provider node-agent webhook"},
 		{map[string]any{"webhook": map[string]any{"enabled": false}, "linux": map[string]any{"enabled": true}}, "server csi-driver provider node-agent"},
 		{map[string]any{"nodeAgent": map[string]any{"enabled": false}, "provider": map[string]any{"enabled": false}}, "server csi-driver webhook"},
+		// The Azure provider chart's names (seed 001's Terraform set blocks).
+		{map[string]any{"secrets-store-csi-driver": map[string]any{"install": true, "enableSecretRotation": true}}, "server csi-driver provider node-agent webhook"},
+		{map[string]any{"secrets-store-csi-driver": map[string]any{"install": false}}, "server provider node-agent webhook"},
+		{map[string]any{"secrets-store-csi-driver": map[string]any{"linux": map[string]any{"enabled": "false"}}}, "server provider node-agent webhook"},
 	} {
 		if got := strings.Join(components(tc.vals), " "); got != tc.want {
 			t.Errorf("components(%v) = %s, want %s", tc.vals, got, tc.want)

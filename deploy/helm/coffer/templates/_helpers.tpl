@@ -17,8 +17,19 @@ app.kubernetes.io/name: coffer
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The image: repository@digest when image.digest is set (pinned: a tag
+replaced in the registry changes nothing), repository:tag otherwise.
+*/}}
 {{- define "coffer.image" -}}
+{{- with .Values.image.digest -}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" (toString .)) -}}
+{{- fail (printf "image.digest %q is not an image digest: want sha256: and 64 lowercase hex digits (crane digest or docker buildx imagetools inspect print it)" (toString .)) -}}
+{{- end -}}
+{{ $.Values.image.repository }}@{{ . }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
 {{- end -}}
 
 {{- define "coffer.dnsSuffix" -}}
