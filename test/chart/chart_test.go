@@ -120,7 +120,7 @@ func TestChartObjectsPassServerValidation(t *testing.T) {
 			"podDisruptionBudget": map[string]any{"minAvailable": 1}}}), nil},
 		// Seed 001's values for the Azure provider's chart (aliases_test.go).
 		"the Azure provider chart's values": {merge(required(), seedValues(t)), map[string]int{"DaemonSet": 3}},
-		"pinned by digest": {merge(required(), map[string]any{"image": map[string]any{"digest": digest}}), nil},
+		"pinned by digest":                  {merge(required(), map[string]any{"image": map[string]any{"digest": digest}}), nil},
 	}
 	if len(c.CRDObjects()) != 7 {
 		t.Errorf("the chart has %d CRDs, want 7", len(c.CRDObjects()))
