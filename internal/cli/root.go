@@ -107,6 +107,7 @@ func (a *app) root() *cobra.Command {
 		a.podIdentityCmd(),
 		a.auditCmd(),
 		a.benchCmd(),
+		a.migrateManifestsCmd(),
 	)
 	return root
 }
