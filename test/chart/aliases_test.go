@@ -224,3 +224,36 @@ func TestChartImageDigest(t *testing.T) {
 		}
 	}
 }
+
+// Every workload is pinned to Linux nodes, its own nodeSelector added to
+// that: the image is built for Linux only, and the node components need
+// Linux mounts and network namespaces (README: "Windows nodes").
+func TestChartLinuxNodesOnly(t *testing.T) {
+	c := load(t)
+	objs, err := render(t, c, merge(required(), map[string]any{
+		"syncController": map[string]any{"enabled": true, "namespaces": []any{"a"}, "nodeSelector": map[string]any{"pool": "sync"}},
+		"server":         map[string]any{"nodeSelector": map[string]any{"pool": "vault"}},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "Deployment", "StatefulSet", "DaemonSet":
+		default:
+			continue
+		}
+		n++
+		sel, _, _ := unstructured.NestedStringMap(o.Object, "spec", "template", "spec", "nodeSelector")
+		if sel["kubernetes.io/os"] != "linux" {
+			t.Errorf("%s %s: nodeSelector %v", o.GetKind(), o.GetName(), sel)
+		}
+		if name := o.GetName(); (name == "coffer-server" || name == "coffer-sync-controller") && sel["pool"] == "" {
+			t.Errorf("%s lost its own nodeSelector: %v", name, sel)
+		}
+	}
+	if n != 6 {
+		t.Errorf("%d workloads, want 6", n)
+	}
+}

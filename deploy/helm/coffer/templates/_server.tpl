@@ -142,10 +142,12 @@ metadata:
 spec:
   serviceAccountName: {{ include "coffer.name" . }}-server
   hostNetwork: {{ .Values.server.hostNetwork }}
-  {{- with .Values.server.nodeSelector }}
+  # The image is Linux-only: keep off Windows nodes of a mixed cluster.
   nodeSelector:
+    kubernetes.io/os: linux
+    {{- with .Values.server.nodeSelector }}
     {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- end }}
   {{- with .Values.server.tolerations }}
   tolerations:
     {{- toYaml . | nindent 4 }}
