@@ -227,12 +227,15 @@ func TestChartImageDigest(t *testing.T) {
 
 // Every workload is pinned to Linux nodes, its own nodeSelector added to
 // that: the image is built for Linux only, and the node components need
-// Linux mounts and network namespaces (README: "Windows nodes").
+// Linux mounts and network namespaces (README: "Windows nodes"). A
+// selector of the user's that names kubernetes.io/os too neither writes
+// the key twice nor moves a workload off Linux.
 func TestChartLinuxNodesOnly(t *testing.T) {
 	c := load(t)
 	objs, err := render(t, c, merge(required(), map[string]any{
 		"syncController": map[string]any{"enabled": true, "namespaces": []any{"a"}, "nodeSelector": map[string]any{"pool": "sync"}},
-		"server":         map[string]any{"nodeSelector": map[string]any{"pool": "vault"}},
+		"server":         map[string]any{"nodeSelector": map[string]any{"pool": "vault", "kubernetes.io/os": "linux"}},
+		"linux":          map[string]any{"nodeSelector": map[string]any{"kubernetes.io/os": "windows"}},
 	}))
 	if err != nil {
 		t.Fatal(err)

@@ -144,10 +144,7 @@ spec:
   hostNetwork: {{ .Values.server.hostNetwork }}
   # The image is Linux-only: keep off Windows nodes of a mixed cluster.
   nodeSelector:
-    kubernetes.io/os: linux
-    {{- with .Values.server.nodeSelector }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- toYaml (merge (dict "kubernetes.io/os" "linux") (.Values.server.nodeSelector | default dict)) | nindent 4 }}
   {{- with .Values.server.tolerations }}
   tolerations:
     {{- toYaml . | nindent 4 }}
