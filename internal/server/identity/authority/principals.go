@@ -34,7 +34,11 @@ type Principal struct {
 	Created      int64                   `json:"created"`
 	Secrets      []SecretCredential      `json:"secrets,omitempty"`
 	Certificates []CertCredential        `json:"certificates,omitempty"`
-	Federated    []federation.Credential `json:"federatedCredentials,omitempty"`
+	// LegacyFederated holds the federated credentials of records written
+	// before they got their own records (federated.go); Open moves them.
+	LegacyFederated []federation.Credential `json:"federatedCredentials,omitempty"`
+	// FederatedCount is how many federated credentials the principal has.
+	FederatedCount int `json:"federatedCredentialCount,omitempty"`
 
 	// Managed identities only.
 	ResourceID     string `json:"resourceId,omitempty"`

@@ -12,10 +12,10 @@ import (
 
 const sub = "system:serviceaccount:default:workload"
 
-func setup(t *testing.T) (*oidctest.Issuer, *Verifier, []Credential) {
+func setup(t *testing.T) (*oidctest.Issuer, *Verifier, List) {
 	iss := oidctest.New(t)
 	v := New(Config{Egress: egress.Policy{AllowPrivate: true}, Client: iss.Client()})
-	creds := []Credential{{Name: "k8s", Issuer: iss.URL, Subject: sub, Audiences: []string{DefaultAudience}}}
+	creds := List{{Name: "k8s", Issuer: iss.URL, Subject: sub, Audiences: []string{DefaultAudience}}}
 	return iss, v, creds
 }
 
@@ -49,7 +49,7 @@ func TestRejections(t *testing.T) {
 		"wrong subject": {func(i *oidctest.Issuer) string {
 			return i.Token(t, "system:serviceaccount:default:other", aud, now, time.Time{})
 		},
-			[]string{"subject", "default:other", sub}},
+			[]string{"subject", `"system:serviceaccount:default:other"`, "issuer"}},
 		"wrong audience": {func(i *oidctest.Issuer) string { return i.Token(t, sub, []string{"api://other"}, now, time.Time{}) },
 			[]string{"audience", "api://other", DefaultAudience}},
 		"expired": {func(i *oidctest.Issuer) string {
