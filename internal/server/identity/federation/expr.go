@@ -285,7 +285,7 @@ func compileGlob(pattern string) (*regexp.Regexp, int, error) {
 	for i := 0; i < len(rs); {
 		switch {
 		case rs[i] == '*' && i+2 < len(rs) && rs[i+1] == '*' && rs[i+2] == '*':
-			return nil, i + 2, fmt.Errorf("'***' is ambiguous: use '*' for one ':'-separated segment or '**' across separators")
+			return nil, i, fmt.Errorf("'***' is ambiguous: use '*' for one ':'-separated segment or '**' across separators")
 		case rs[i] == '*' && i+1 < len(rs) && rs[i+1] == '*':
 			b.WriteString(`.*`)
 			i += 2
