@@ -165,9 +165,6 @@ func (a *Authority) AddFederatedCredential(ctx context.Context, tenant, appID st
 				claimIndex = false
 			}
 		case errors.Is(err, barrier.ErrNotFound):
-			if p.FederatedCount >= a.maxFederated() {
-				return federation.Credential{}, fmt.Errorf("%w: %s already has %d federated credentials, the limit: delete unused ones, or cover many subjects with one claimsMatchingExpression", ErrInvalid, p.DisplayName, p.FederatedCount)
-			}
 			conds = append(conds, barrier.Cond{Key: ck})
 			p.FederatedCount++
 		default:
@@ -178,6 +175,9 @@ func (a *Authority) AddFederatedCredential(ctx context.Context, tenant, appID st
 				return federation.Credential{}, err
 			}
 			conds = append(conds, barrier.Cond{Key: ik})
+		}
+		if p.FederatedCount > a.maxFederated() {
+			return federation.Credential{}, fmt.Errorf("%w: %s already has %d federated credentials, the limit: delete unused ones, or cover many subjects with one claimsMatchingExpression", ErrInvalid, p.DisplayName, p.FederatedCount-1)
 		}
 		b, _ := json.Marshal(c)
 		pb, _ := json.Marshal(p)

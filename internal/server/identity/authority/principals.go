@@ -26,14 +26,14 @@ const (
 // Principal is a service principal or a managed identity. AppID is its
 // client id, ObjectID its object (principal) id.
 type Principal struct {
-	Type         string                  `json:"type"`
-	TenantID     string                  `json:"tenantId"`
-	AppID        string                  `json:"appId"`
-	ObjectID     string                  `json:"objectId"`
-	DisplayName  string                  `json:"displayName"`
-	Created      int64                   `json:"created"`
-	Secrets      []SecretCredential      `json:"secrets,omitempty"`
-	Certificates []CertCredential        `json:"certificates,omitempty"`
+	Type         string             `json:"type"`
+	TenantID     string             `json:"tenantId"`
+	AppID        string             `json:"appId"`
+	ObjectID     string             `json:"objectId"`
+	DisplayName  string             `json:"displayName"`
+	Created      int64              `json:"created"`
+	Secrets      []SecretCredential `json:"secrets,omitempty"`
+	Certificates []CertCredential   `json:"certificates,omitempty"`
 	// LegacyFederated holds the federated credentials of records written
 	// before they got their own records (federated.go); Open moves them.
 	LegacyFederated []federation.Credential `json:"federatedCredentials,omitempty"`
