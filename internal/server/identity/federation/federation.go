@@ -212,7 +212,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, creds Lookup) (Creden
 	}
 	matched, tried := matchSubject(candidates, c, all)
 	if len(matched) == 0 {
-		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: subject %q is not the subject of any federated credential for issuer %s%s.", c.Subject, c.Issuer, tried)
+		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: no federated credential for issuer %s admits subject %q, by its subject or by its claimsMatchingExpression%s.", c.Issuer, c.Subject, tried)
 	}
 	var audiences []string
 	for _, cand := range matched {
@@ -261,7 +261,7 @@ func matchSubject(candidates []Credential, c jwt.Claims, all map[string]any) (ma
 		}
 	}
 	if len(missed) > 0 {
-		tried = ", and it does not satisfy the claims-matching expression(s) " + strings.Join(missed, ", ")
+		tried = " (the assertion's claims do not satisfy " + strings.Join(missed, ", ") + ")"
 	}
 	return matched, tried
 }
