@@ -321,6 +321,25 @@ func (l federatedLookup) Candidates(ctx context.Context, issuer, subject string)
 	return out, nil
 }
 
+func (l federatedLookup) Sample(ctx context.Context, issuer string, n int) ([]federation.Credential, error) {
+	out, _ := l.legacy.Sample(ctx, issuer, n)
+	if len(out) >= n {
+		return out, nil // a limit of 0 would scan everything
+	}
+	recs, err := l.a.st.Scan(ctx, fedIssuerKey(l.tenant, l.app, issuer), "", n-len(out))
+	if err != nil {
+		return nil, err
+	}
+	for _, rec := range recs {
+		var c federation.Credential
+		if err := json.Unmarshal(rec.Value, &c); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
 // migrateFederated moves credentials that a store written before the index
 // holds inside the principal record into their own records, in one Apply
 // conditioned on the principal's revision; a conflict means another replica

@@ -54,6 +54,9 @@ type Lookup interface {
 	// is subject, and those whose expression's SubjectPrefix is one of
 	// SubjectPrefixes(subject). It may return more; Verify checks each.
 	Candidates(ctx context.Context, issuer, subject string) ([]Credential, error)
+	// Sample returns up to n credentials of issuer, any n, for the
+	// message of a refused subject.
+	Sample(ctx context.Context, issuer string, n int) ([]Credential, error)
 }
 
 // List is a Lookup over credentials held in memory.
@@ -66,9 +69,14 @@ func (l List) TrustsIssuer(_ context.Context, issuer string) (bool, error) {
 
 // Candidates implements Lookup: every credential of issuer.
 func (l List) Candidates(_ context.Context, issuer, _ string) ([]Credential, error) {
+	return l.Sample(context.Background(), issuer, len(l))
+}
+
+// Sample implements Lookup.
+func (l List) Sample(_ context.Context, issuer string, n int) ([]Credential, error) {
 	var out []Credential
 	for _, c := range l {
-		if c.Issuer == issuer {
+		if c.Issuer == issuer && len(out) < n {
 			out = append(out, c)
 		}
 	}
@@ -210,9 +218,13 @@ func (v *Verifier) Verify(ctx context.Context, raw string, creds Lookup) (Creden
 	if err != nil {
 		return Credential{}, Claims{}, err
 	}
-	matched, tried := matchSubject(candidates, c, all)
+	matched := matchSubject(candidates, c, all)
 	if len(matched) == 0 {
-		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: no federated credential for issuer %s admits subject %q, by its subject or by its claimsMatchingExpression%s.", c.Issuer, c.Subject, tried)
+		some, err := creds.Sample(ctx, c.Issuer, maxListed)
+		if err != nil {
+			return Credential{}, Claims{}, err
+		}
+		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: no federated credential for issuer %s admits subject %q, by its subject or by its claimsMatchingExpression%s.", c.Issuer, c.Subject, configured(some))
 	}
 	var audiences []string
 	for _, cand := range matched {
@@ -226,13 +238,39 @@ func (v *Verifier) Verify(ctx context.Context, raw string, creds Lookup) (Creden
 	return Credential{}, Claims{}, reject(700212, "No matching federated identity record found for presented assertion audience: audience %s does not match the configured audience(s) %s.", quoteAll(c.Audience), quoteAll(audiences))
 }
 
-// maxListedExpressions bounds how many expressions a subject error names.
-const maxListedExpressions = 5
+// maxListed bounds how many configured credentials a subject error names.
+const maxListed = 5
+
+// configured describes some of an issuer's credentials for an error.
+func configured(some []Credential) string {
+	var subjects, exprs []string
+	for _, c := range some {
+		if c.ClaimsMatchingExpression != nil {
+			exprs = append(exprs, fmt.Sprintf("%q", c.ClaimsMatchingExpression.Value))
+		} else {
+			subjects = append(subjects, fmt.Sprintf("%q", c.Subject))
+		}
+	}
+	var parts []string
+	if len(subjects) > 0 {
+		parts = append(parts, "subject(s) "+strings.Join(subjects, ", "))
+	}
+	if len(exprs) > 0 {
+		parts = append(parts, "claimsMatchingExpression(s) "+strings.Join(exprs, ", "))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	more := ""
+	if len(some) == maxListed {
+		more = ", among others"
+	}
+	return "; its credentials for that issuer have " + strings.Join(parts, " and ") + more
+}
 
 // matchSubject returns the candidates that admit the verified claims:
-// exact subjects first, then expressions, each in name order. tried
-// describes the expressions that did not match, for the error.
-func matchSubject(candidates []Credential, c jwt.Claims, all map[string]any) (matched []Credential, tried string) {
+// exact subjects first, then expressions, each in name order.
+func matchSubject(candidates []Credential, c jwt.Claims, all map[string]any) []Credential {
 	slices.SortFunc(candidates, func(a, b Credential) int {
 		if ea, eb := a.ClaimsMatchingExpression != nil, b.ClaimsMatchingExpression != nil; ea != eb {
 			if ea {
@@ -242,7 +280,7 @@ func matchSubject(candidates []Credential, c jwt.Claims, all map[string]any) (ma
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	var missed []string
+	var matched []Credential
 	for _, cand := range candidates {
 		if cand.Issuer != c.Issuer { // a store's index may return more
 			continue
@@ -253,17 +291,11 @@ func matchSubject(candidates []Credential, c jwt.Claims, all map[string]any) (ma
 			}
 			continue
 		}
-		m, err := ParseExpression(*cand.ClaimsMatchingExpression)
-		if err == nil && m.Match(all) {
+		if m, err := ParseExpression(*cand.ClaimsMatchingExpression); err == nil && m.Match(all) {
 			matched = append(matched, cand)
-		} else if m != nil && len(missed) < maxListedExpressions {
-			missed = append(missed, fmt.Sprintf("%q", cand.ClaimsMatchingExpression.Value))
 		}
 	}
-	if len(missed) > 0 {
-		tried = " (the assertion's claims do not satisfy " + strings.Join(missed, ", ") + ")"
-	}
-	return matched, tried
+	return matched
 }
 
 func (v *Verifier) checkTime(c jwt.Claims) error {
