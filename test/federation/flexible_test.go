@@ -36,7 +36,7 @@ func TestNamespaceWideCredential(t *testing.T) {
 	kube := kubetest.Start(t, kubetest.Options{})
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, TokenRateLimit: -1})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
 	ctx := context.Background()
 
 	var mi mgmthttp.IdentityOut

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/server/egress"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
@@ -56,7 +57,7 @@ func newFedEnv(t *testing.T, max int) *fedEnv {
 	roles, _ := rbac.Open(ctx, b, nil)
 	iss := oidctest.New(t)
 	cfg := Config{Host: "https://auth.test", Resources: []string{resource}, Roles: roles, RateLimit: -1,
-		Federation: federation.New(federation.Config{Client: iss.Client()}), MaxFederatedCredentials: max}
+		Federation: federation.New(federation.Config{Egress: egress.Policy{AllowPrivate: true}, Client: iss.Client()}), MaxFederatedCredentials: max}
 	st := &countingStore{Store: b}
 	a, err := Open(ctx, st, cfg, nil)
 	if err != nil {
