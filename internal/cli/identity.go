@@ -21,6 +21,12 @@ var federatedCols = []column[mgmthttp.FederatedOut]{
 	{"Issuer", func(f mgmthttp.FederatedOut) string { return f.Issuer }},
 	{"Subject", func(f mgmthttp.FederatedOut) string { return f.Subject }},
 	{"Audiences", func(f mgmthttp.FederatedOut) string { return strings.Join(f.Audiences, ",") }},
+	{"ClaimsMatchingExpression", func(f mgmthttp.FederatedOut) string {
+		if f.ClaimsMatchingExpression == nil {
+			return ""
+		}
+		return f.ClaimsMatchingExpression.Value
+	}},
 }
 
 // manageCall builds a verb that sends one management request and prints
@@ -68,6 +74,7 @@ func (a *app) federatedCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "federated-credential", Short: "Manage federated identity credentials (mirrors `az identity federated-credential`)"}
 	var identity, rg, name string
 	var cred federation.Credential
+	var expr federation.Expression
 	bind := func(withSpec bool) func(*cobra.Command) {
 		return func(c *cobra.Command) {
 			c.Flags().StringVar(&identity, "identity-name", "", "managed identity name")
@@ -75,16 +82,24 @@ func (a *app) federatedCmd() *cobra.Command {
 			c.Flags().StringVarP(&name, "name", "n", "", "federated credential name")
 			if withSpec {
 				c.Flags().StringVar(&cred.Issuer, "issuer", "", "OIDC issuer URL, such as a Kubernetes cluster's service-account issuer")
-				c.Flags().StringVar(&cred.Subject, "subject", "", "subject, such as system:serviceaccount:{namespace}:{name}")
+				c.Flags().StringVar(&cred.Subject, "subject", "", "exact subject, such as system:serviceaccount:{namespace}:{name}; or give --claims-matching-expression")
+				c.Flags().StringVar(&expr.Value, "claims-matching-expression", "", "instead of --subject, an expression in Entra's flexible credential language, such as \"claims['sub'] matches 'system:serviceaccount:team-a:*'\" ('*' never matches ':', '**' does)")
+				c.Flags().IntVar(&expr.LanguageVersion, "claims-matching-expression-version", federation.LanguageVersion, "language version of --claims-matching-expression")
 				c.Flags().StringSliceVar(&cred.Audiences, "audiences", []string{federation.DefaultAudience}, "audience")
 				c.Flags().StringVar(&cred.Description, "description", "", "description")
 			}
 		}
 	}
 	path := func() string { return "identities/" + rg + "/" + identity + "/federated-credentials" }
-	create := manageCall(a, "create", "Trust an external identity (issuer and subject) to act as the managed identity", federatedCols, bind(true),
-		[]string{"identity-name", "resource-group", "name", "issuer", "subject"},
-		func() (string, string, any) { return "PUT", path() + "/" + name, cred })
+	create := manageCall(a, "create", "Trust an external identity (issuer, and a subject or a claims-matching expression) to act as the managed identity", federatedCols, bind(true),
+		[]string{"identity-name", "resource-group", "name", "issuer"},
+		func() (string, string, any) {
+			body := cred
+			if expr.Value != "" {
+				body.ClaimsMatchingExpression = &expr
+			}
+			return "PUT", path() + "/" + name, body
+		})
 	var listIdentity, listRG string
 	list := &cobra.Command{
 		Use: "list", Short: "List an identity's federated credentials", Args: cobra.NoArgs,

@@ -31,6 +31,21 @@ func TestIdentityAndAccessCLI(t *testing.T) {
 	if r := cli(t, ef, "", "identity", "federated-credential", "create", "--identity-name", "web", "-g", "apps", "--name", "bad", "--issuer", "http://plain", "--subject", "s"); r.code != 1 || !strings.Contains(r.err, "https") {
 		t.Fatalf("http issuer: %d %s", r.code, r.err)
 	}
+	// A flexible credential: every service account of namespace team-a.
+	mustCLI(t, ef, "identity", "federated-credential", "create", "--identity-name", "web", "-g", "apps", "--name", "team-a",
+		"--issuer", "https://issuer.example", "--claims-matching-expression", "claims['sub'] matches 'system:serviceaccount:team-a:*'")
+	if out := mustCLI(t, ef, "identity", "federated-credential", "list", "--identity-name", "web", "-g", "apps", "-o", "tsv"); !strings.Contains(out, "team-a\thttps://issuer.example\t\tapi://AzureADTokenExchange\tclaims['sub'] matches 'system:serviceaccount:team-a:*'") {
+		t.Fatalf("federated list: %q", out)
+	}
+	if r := cli(t, ef, "", "identity", "federated-credential", "create", "--identity-name", "web", "-g", "apps", "--name", "bad", "--issuer", "https://issuer.example",
+		"--claims-matching-expression", "claims['sub'] matches 'a:*' or claims['sub'] eq 'b'"); r.code != 1 || !strings.Contains(r.err, "at column 28") {
+		t.Fatalf("bad expression: %d %s", r.code, r.err)
+	}
+	if r := cli(t, ef, "", "identity", "federated-credential", "create", "--identity-name", "web", "-g", "apps", "--name", "bad", "--issuer", "https://issuer.example",
+		"--subject", "system:serviceaccount:x:y", "--claims-matching-expression", "claims['sub'] eq 'b'"); r.code != 1 || !strings.Contains(r.err, "not both") {
+		t.Fatalf("both: %d %s", r.code, r.err)
+	}
+	mustCLI(t, ef, "identity", "federated-credential", "delete", "--identity-name", "web", "-g", "apps", "--name", "team-a")
 	mustCLI(t, ef, "identity", "federated-credential", "delete", "--identity-name", "web", "-g", "apps", "--name", "k8s")
 
 	var pool struct{ AgentClientID, AgentClientSecret, ID string }

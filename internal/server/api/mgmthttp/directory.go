@@ -201,18 +201,25 @@ type FederatedOut struct {
 	Type string `json:"type"`
 }
 
-func federatedOut(mi authority.Principal) []FederatedOut {
-	var out []FederatedOut
-	for _, c := range mi.Federated {
-		out = append(out, FederatedOut{Credential: c, ID: mi.ResourceID + "/federatedIdentityCredentials/" + c.Name,
-			Type: "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials"})
-	}
-	return out
+func federatedOut(mi authority.Principal, c federation.Credential) FederatedOut {
+	return FederatedOut{Credential: c, ID: mi.ResourceID + "/federatedIdentityCredentials/" + c.Name,
+		Type: "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials"}
 }
 
 func (h *Handler) listFederated(r *http.Request, p access.Principal, _ none) (any, error) {
 	mi, err := h.identityFor(r, p, rbac.ActionIdentityRead)
-	return list(federatedOut(mi)), err
+	if err != nil {
+		return nil, err
+	}
+	creds, err := h.Authority.ListFederatedCredentials(r.Context(), p.TenantID, mi.AppID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]FederatedOut, len(creds))
+	for i, c := range creds {
+		out[i] = federatedOut(mi, c)
+	}
+	return list(out), nil
 }
 
 func (h *Handler) putFederated(r *http.Request, p access.Principal, in federation.Credential) (any, error) {
@@ -224,15 +231,11 @@ func (h *Handler) putFederated(r *http.Request, p access.Principal, in federatio
 	if err != nil {
 		return nil, err
 	}
-	if mi, err = h.Authority.AddFederatedCredential(r.Context(), p.TenantID, mi.AppID, in); err != nil {
+	c, err := h.Authority.AddFederatedCredential(r.Context(), p.TenantID, mi.AppID, in)
+	if err != nil {
 		return nil, err
 	}
-	for _, c := range federatedOut(mi) {
-		if c.Name == in.Name {
-			return c, nil
-		}
-	}
-	return nil, errors.New("federated credential vanished after it was written")
+	return federatedOut(mi, c), nil
 }
 
 func (h *Handler) deleteFederated(r *http.Request, p access.Principal, _ none) (any, error) {
@@ -240,8 +243,7 @@ func (h *Handler) deleteFederated(r *http.Request, p access.Principal, _ none) (
 	if err != nil {
 		return nil, err
 	}
-	_, err = h.Authority.DeleteFederatedCredential(r.Context(), p.TenantID, mi.AppID, r.PathValue("cred"))
-	return nil, err
+	return nil, h.Authority.DeleteFederatedCredential(r.Context(), p.TenantID, mi.AppID, r.PathValue("cred"))
 }
 
 // NodePoolOut is a created node pool. AgentSecret is shown only once.

@@ -374,6 +374,29 @@ func TestWrites(t *testing.T) {
 		}
 		routeCase{method: "DELETE", path: base + "/github", who: admin, status: 204}.run(t, e)
 		routeCase{method: "GET", path: base, who: admin, status: 200, check: emptyList}.run(t, e)
+
+		// Flexible credentials: a claims-matching expression instead of a subject.
+		const teamA = `{"issuer":"https://issuer.example","claimsMatchingExpression":{"value":"claims['sub'] matches 'system:serviceaccount:team-a:*'","languageVersion":1}}`
+		routeCase{method: "PUT", path: base + "/team-a", body: teamA, who: admin, status: 200,
+			check: fields(map[string]any{"name": "team-a", "claimsMatchingExpression.value": "claims['sub'] matches 'system:serviceaccount:team-a:*'", "claimsMatchingExpression.languageVersion": 1.0})}.run(t, e)
+		routeCase{method: "PUT", path: base + "/team-a-again", body: teamA, who: admin, status: 409, code: "Conflict", msg: "team-a"}.run(t, e)
+		for _, c := range []struct{ body, msg string }{
+			{`{"issuer":"https://issuer.example"}`, "give a subject"},
+			{`{"issuer":"https://issuer.example","subject":"system:serviceaccount:a:b","claimsMatchingExpression":{"value":"claims['sub'] eq 'x'","languageVersion":1}}`, "not both"},
+			{`{"issuer":"https://issuer.example","claimsMatchingExpression":{"value":"claims['sub'] matches 'a:*' or claims['sub'] eq 'b'","languageVersion":1}}`, "at column 28"},
+			{`{"issuer":"https://issuer.example","claimsMatchingExpression":{"value":"claims['sub'] matches 'a:***'","languageVersion":1}}`, "at column 26"},
+			{`{"issuer":"https://issuer.example","claimsMatchingExpression":{"value":"claims['aud'] eq 'x'","languageVersion":1}}`, "claims['sub']"},
+			{`{"issuer":"https://issuer.example","claimsMatchingExpression":{"value":"claims['sub'] eq 'x'","languageVersion":2}}`, "languageVersion 2"},
+			{`{"issuer":"https://issuer.example","claimsMatchingExpression":"claims['sub'] eq 'x'"}`, "claimsMatchingExpression"},
+			{`{"issuer":"https://issuer.example","subject":"system:serviceaccount:team-a:*"}`, "claims['sub'] matches 'system:serviceaccount:team-a:*'"},
+			{`{"issuer":"https://issuer.example","subject":"system:serviceaccount:a:b\n"}`, "subject"},
+		} {
+			routeCase{method: "PUT", path: base + "/refused", body: c.body, who: admin, status: 400, code: "BadParameter", msg: c.msg}.run(t, e)
+		}
+		listed = routeCase{method: "GET", path: base, who: admin, status: 200}.run(t, e)
+		if vs, _ := listed.body["value"].([]any); len(vs) != 1 {
+			t.Fatalf("listed %s", listed.raw)
+		}
 	})
 	t.Run("role assignments", func(t *testing.T) {
 		scope := "/subscriptions/" + e.sub + "/resourceGroups/default/providers/Microsoft.KeyVault/vaults/demo"

@@ -78,6 +78,9 @@ type Config struct {
 	Federation *federation.Verifier
 	// Roles decides who may act as a managed identity.
 	Roles Roles
+	// MaxFederatedCredentials bounds each identity's federated
+	// credentials; zero means DefaultMaxFederatedCredentials.
+	MaxFederatedCredentials int
 }
 
 // Default rate limits: far above what a client that caches its tokens
@@ -141,6 +144,9 @@ func Open(ctx context.Context, st Store, cfg Config, now func() time.Time) (*Aut
 		if _, err := a.RotateSigningKey(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if err := a.migrateAllFederated(ctx); err != nil {
+		return nil, err
 	}
 	return a, nil
 }

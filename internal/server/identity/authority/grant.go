@@ -168,10 +168,11 @@ func (a *Authority) verifyAssertion(ctx context.Context, p Principal, raw string
 		}
 		return a.verifyCertAssertion(ctx, p, tok)
 	}
-	if len(p.Federated) == 0 {
+	if p.FederatedCount == 0 && len(p.LegacyFederated) == 0 {
 		return invalidClient(70021, "No matching federated identity record found for presented assertion: %s has no federated credentials (assertion issuer %q, subject %q).", p.DisplayName, unverified.Issuer, unverified.Subject)
 	}
-	_, _, err = a.cfg.Federation.Verify(ctx, raw, p.Federated)
+	lookup := federatedLookup{a: a, tenant: p.TenantID, app: strings.ToLower(p.AppID), legacy: p.LegacyFederated}
+	_, _, err = a.cfg.Federation.Verify(ctx, raw, lookup)
 	var fe *federation.Error
 	if errors.As(err, &fe) {
 		if fe.Unavailable {

@@ -3,12 +3,8 @@ package authority
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"regexp"
-	"slices"
-	"strings"
 
-	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 )
 
@@ -20,9 +16,6 @@ var (
 	rgNameRE       = regexp.MustCompile(`^[-\w._()]{0,89}[-\w_()]$`)
 	credNameRE     = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{2,119}$`)
 )
-
-// MaxFederatedCredentials is Azure's limit per identity.
-const MaxFederatedCredentials = 20
 
 func validateRG(rg string) error {
 	if !rgNameRE.MatchString(rg) {
@@ -106,61 +99,6 @@ func (a *Authority) CreateNodePool(ctx context.Context, tenant, rg, name string)
 		return NodePool{}, err
 	}
 	return NodePool{Name: name, ResourceID: poolID, Agent: agent, AgentSecret: secret, SystemAssigned: sys}, nil
-}
-
-// ValidateFederatedCredential checks a credential as Entra ID does: an
-// https issuer, a subject, exactly one audience.
-func ValidateFederatedCredential(c federation.Credential) error {
-	if !credNameRE.MatchString(c.Name) {
-		return fmt.Errorf("%w: federated credential name %q is invalid: use 3-120 letters, digits, '-' and '_', starting with a letter or digit", ErrInvalid, c.Name)
-	}
-	u, err := url.Parse(c.Issuer)
-	if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("%w: issuer %q must be an https URL without query or fragment", ErrInvalid, c.Issuer)
-	}
-	if strings.TrimSpace(c.Subject) == "" || len(c.Subject) > 600 {
-		return fmt.Errorf("%w: subject must be 1 to 600 characters, such as system:serviceaccount:{namespace}:{name}", ErrInvalid)
-	}
-	if len(c.Audiences) != 1 || c.Audiences[0] == "" || len(c.Audiences[0]) > 600 {
-		return fmt.Errorf("%w: give exactly one audience (usually %s)", ErrInvalid, federation.DefaultAudience)
-	}
-	return nil
-}
-
-// AddFederatedCredential adds (or, by name, replaces) a federated identity
-// credential on a managed identity or service principal.
-func (a *Authority) AddFederatedCredential(ctx context.Context, tenant, appID string, c federation.Credential) (Principal, error) {
-	if err := ValidateFederatedCredential(c); err != nil {
-		return Principal{}, err
-	}
-	return a.updatePrincipal(ctx, tenant, appID, func(p *Principal) error {
-		if p.SystemAssigned {
-			return fmt.Errorf("%w: system-assigned identities cannot have federated credentials", ErrInvalid)
-		}
-		for _, old := range p.Federated {
-			if old.Name != c.Name && old.Issuer == c.Issuer && old.Subject == c.Subject {
-				return fmt.Errorf("%w: federated credential %s already trusts issuer %s and subject %s", ErrExists, old.Name, c.Issuer, c.Subject)
-			}
-		}
-		p.Federated = slices.DeleteFunc(p.Federated, func(o federation.Credential) bool { return o.Name == c.Name })
-		if len(p.Federated) >= MaxFederatedCredentials {
-			return fmt.Errorf("%w: %s already has %d federated credentials, the limit", ErrInvalid, p.DisplayName, MaxFederatedCredentials)
-		}
-		p.Federated = append(p.Federated, c)
-		return nil
-	})
-}
-
-// DeleteFederatedCredential removes a federated credential by name.
-func (a *Authority) DeleteFederatedCredential(ctx context.Context, tenant, appID, name string) (Principal, error) {
-	return a.updatePrincipal(ctx, tenant, appID, func(p *Principal) error {
-		n := len(p.Federated)
-		p.Federated = slices.DeleteFunc(p.Federated, func(o federation.Credential) bool { return o.Name == name })
-		if len(p.Federated) == n {
-			return fmt.Errorf("%w: %s has no federated credential named %s", ErrNotFound, p.DisplayName, name)
-		}
-		return nil
-	})
 }
 
 // NodePoolAgent returns the principal a node pool's agents authenticate as.

@@ -26,15 +26,19 @@ const (
 // Principal is a service principal or a managed identity. AppID is its
 // client id, ObjectID its object (principal) id.
 type Principal struct {
-	Type         string                  `json:"type"`
-	TenantID     string                  `json:"tenantId"`
-	AppID        string                  `json:"appId"`
-	ObjectID     string                  `json:"objectId"`
-	DisplayName  string                  `json:"displayName"`
-	Created      int64                   `json:"created"`
-	Secrets      []SecretCredential      `json:"secrets,omitempty"`
-	Certificates []CertCredential        `json:"certificates,omitempty"`
-	Federated    []federation.Credential `json:"federatedCredentials,omitempty"`
+	Type         string             `json:"type"`
+	TenantID     string             `json:"tenantId"`
+	AppID        string             `json:"appId"`
+	ObjectID     string             `json:"objectId"`
+	DisplayName  string             `json:"displayName"`
+	Created      int64              `json:"created"`
+	Secrets      []SecretCredential `json:"secrets,omitempty"`
+	Certificates []CertCredential   `json:"certificates,omitempty"`
+	// LegacyFederated holds the federated credentials of records written
+	// before they got their own records (federated.go); Open moves them.
+	LegacyFederated []federation.Credential `json:"federatedCredentials,omitempty"`
+	// FederatedCount is how many federated credentials the principal has.
+	FederatedCount int `json:"federatedCredentialCount,omitempty"`
 
 	// Managed identities only.
 	ResourceID     string `json:"resourceId,omitempty"`

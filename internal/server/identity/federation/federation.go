@@ -31,13 +31,56 @@ import (
 )
 
 // Credential is a federated identity credential: the external identity
-// (issuer and subject) allowed to act as a principal, for the audiences.
+// (issuer, and either an exact subject or a claims-matching expression)
+// allowed to act as a principal, for the audiences.
 type Credential struct {
-	Name        string   `json:"name"`
-	Issuer      string   `json:"issuer"`
-	Subject     string   `json:"subject"`
-	Audiences   []string `json:"audiences"`
-	Description string   `json:"description,omitempty"`
+	Name    string `json:"name"`
+	Issuer  string `json:"issuer"`
+	Subject string `json:"subject,omitempty"`
+	// ClaimsMatchingExpression, when set instead of Subject, admits every
+	// assertion whose claims satisfy it (see ParseExpression).
+	ClaimsMatchingExpression *Expression `json:"claimsMatchingExpression,omitempty"`
+	Audiences                []string    `json:"audiences"`
+	Description              string      `json:"description,omitempty"`
+}
+
+// Lookup finds the federated credentials an assertion may match, so that a
+// principal with many credentials costs a token a few indexed reads rather
+// than a scan of them all.
+type Lookup interface {
+	// TrustsIssuer reports whether any credential names issuer exactly.
+	TrustsIssuer(ctx context.Context, issuer string) (bool, error)
+	// Candidates returns at least the credentials of issuer whose Subject
+	// is subject, and those whose expression's SubjectPrefix is one of
+	// SubjectPrefixes(subject). It may return more; Verify checks each.
+	Candidates(ctx context.Context, issuer, subject string) ([]Credential, error)
+	// Sample returns up to n credentials of issuer, any n, for the
+	// message of a refused subject.
+	Sample(ctx context.Context, issuer string, n int) ([]Credential, error)
+}
+
+// List is a Lookup over credentials held in memory.
+type List []Credential
+
+// TrustsIssuer implements Lookup.
+func (l List) TrustsIssuer(_ context.Context, issuer string) (bool, error) {
+	return slices.ContainsFunc(l, func(c Credential) bool { return c.Issuer == issuer }), nil
+}
+
+// Candidates implements Lookup: every credential of issuer.
+func (l List) Candidates(_ context.Context, issuer, _ string) ([]Credential, error) {
+	return l.Sample(context.Background(), issuer, len(l))
+}
+
+// Sample implements Lookup.
+func (l List) Sample(_ context.Context, issuer string, n int) ([]Credential, error) {
+	var out []Credential
+	for _, c := range l {
+		if c.Issuer == issuer && len(out) < n {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
 
 // DefaultAudience is the audience Azure workload identity uses.
@@ -134,11 +177,13 @@ type Claims struct {
 	Expiry   time.Time
 }
 
-// Verify checks raw against creds and returns the credential it matched.
-// Checks run in this order, and the first failure is reported: the issuer
-// matches a credential exactly, the signature verifies with a key of the
-// issuer, the time window and lifetime, then subject and audience.
-func (v *Verifier) Verify(ctx context.Context, raw string, creds []Credential) (Credential, Claims, error) {
+// Verify checks raw against the credentials creds finds and returns the
+// credential it matched. Checks run in this order, and the first failure is
+// reported: some credential names the assertion's issuer exactly (before
+// anything is fetched from it), the signature verifies with a key of the
+// issuer, the time window and lifetime, then the subject (exactly, or by a
+// claims-matching expression over the verified claims) and the audience.
+func (v *Verifier) Verify(ctx context.Context, raw string, creds Lookup) (Credential, Claims, error) {
 	if len(raw) > maxAssertionBytes {
 		return Credential{}, Claims{}, reject(50027, "The client assertion is %d bytes, over the %d-byte limit.", len(raw), maxAssertionBytes)
 	}
@@ -150,43 +195,39 @@ func (v *Verifier) Verify(ctx context.Context, raw string, creds []Credential) (
 	if err := tok.UnsafeClaimsWithoutVerification(&unverified); err != nil {
 		return Credential{}, Claims{}, reject(50027, "The client assertion's claims do not parse: %v.", err)
 	}
-	var candidates []Credential
-	var issuers []string
-	for _, c := range creds {
-		issuers = append(issuers, c.Issuer)
-		if c.Issuer == unverified.Issuer {
-			candidates = append(candidates, c)
-		}
+	trusted, err := creds.TrustsIssuer(ctx, unverified.Issuer)
+	if err != nil {
+		return Credential{}, Claims{}, err
 	}
-	if len(candidates) == 0 {
-		return Credential{}, Claims{}, reject(700211, "No matching federated identity record found for presented assertion issuer: issuer %q does not match the configured issuer(s) %s.", unverified.Issuer, quoteAll(issuers))
+	if !trusted {
+		return Credential{}, Claims{}, reject(700211, "No matching federated identity record found for presented assertion issuer: no federated credential of this identity trusts issuer %q (issuers match exactly, trailing slash included).", unverified.Issuer)
 	}
 	keys, err := v.keysFor(ctx, unverified.Issuer, tok.Headers[0].KeyID)
 	if err != nil {
 		return Credential{}, Claims{}, err
 	}
 	var c jwt.Claims
-	if err := tok.Claims(keys, &c); err != nil {
+	var all map[string]any
+	if err := tok.Claims(keys, &c, &all); err != nil {
 		return Credential{}, Claims{}, reject(700027, "The client assertion's signature does not verify with issuer %s's key %q.", unverified.Issuer, tok.Headers[0].KeyID)
 	}
 	if err := v.checkTime(c); err != nil {
 		return Credential{}, Claims{}, err
 	}
-	var subjects []string
-	for _, cand := range candidates {
-		subjects = append(subjects, cand.Subject)
+	candidates, err := creds.Candidates(ctx, c.Issuer, c.Subject)
+	if err != nil {
+		return Credential{}, Claims{}, err
 	}
-	var bySubject []Credential
-	for _, cand := range candidates {
-		if cand.Subject == c.Subject {
-			bySubject = append(bySubject, cand)
+	matched := matchSubject(candidates, c, all)
+	if len(matched) == 0 {
+		some, err := creds.Sample(ctx, c.Issuer, maxListed)
+		if err != nil {
+			return Credential{}, Claims{}, err
 		}
-	}
-	if len(bySubject) == 0 {
-		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: subject %q does not match the configured subject(s) %s for issuer %s.", c.Subject, quoteAll(subjects), c.Issuer)
+		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: no federated credential for issuer %s admits subject %q, by its subject or by its claimsMatchingExpression%s.", c.Issuer, c.Subject, configured(some))
 	}
 	var audiences []string
-	for _, cand := range bySubject {
+	for _, cand := range matched {
 		audiences = append(audiences, cand.Audiences...)
 		for _, a := range c.Audience {
 			if slices.Contains(cand.Audiences, a) {
@@ -195,6 +236,66 @@ func (v *Verifier) Verify(ctx context.Context, raw string, creds []Credential) (
 		}
 	}
 	return Credential{}, Claims{}, reject(700212, "No matching federated identity record found for presented assertion audience: audience %s does not match the configured audience(s) %s.", quoteAll(c.Audience), quoteAll(audiences))
+}
+
+// maxListed bounds how many configured credentials a subject error names.
+const maxListed = 5
+
+// configured describes some of an issuer's credentials for an error.
+func configured(some []Credential) string {
+	var subjects, exprs []string
+	for _, c := range some {
+		if c.ClaimsMatchingExpression != nil {
+			exprs = append(exprs, fmt.Sprintf("%q", c.ClaimsMatchingExpression.Value))
+		} else {
+			subjects = append(subjects, fmt.Sprintf("%q", c.Subject))
+		}
+	}
+	var parts []string
+	if len(subjects) > 0 {
+		parts = append(parts, "subject(s) "+strings.Join(subjects, ", "))
+	}
+	if len(exprs) > 0 {
+		parts = append(parts, "claimsMatchingExpression(s) "+strings.Join(exprs, ", "))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	more := ""
+	if len(some) == maxListed {
+		more = ", among others"
+	}
+	return "; its credentials for that issuer have " + strings.Join(parts, " and ") + more
+}
+
+// matchSubject returns the candidates that admit the verified claims:
+// exact subjects first, then expressions, each in name order.
+func matchSubject(candidates []Credential, c jwt.Claims, all map[string]any) []Credential {
+	slices.SortFunc(candidates, func(a, b Credential) int {
+		if ea, eb := a.ClaimsMatchingExpression != nil, b.ClaimsMatchingExpression != nil; ea != eb {
+			if ea {
+				return 1
+			}
+			return -1
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	var matched []Credential
+	for _, cand := range candidates {
+		if cand.Issuer != c.Issuer { // a store's index may return more
+			continue
+		}
+		if cand.ClaimsMatchingExpression == nil {
+			if cand.Subject == c.Subject {
+				matched = append(matched, cand)
+			}
+			continue
+		}
+		if m, err := ParseExpression(*cand.ClaimsMatchingExpression); err == nil && m.Match(all) {
+			matched = append(matched, cand)
+		}
+	}
+	return matched
 }
 
 func (v *Verifier) checkTime(c jwt.Claims) error {

@@ -12,10 +12,10 @@ import (
 
 const sub = "system:serviceaccount:default:workload"
 
-func setup(t *testing.T) (*oidctest.Issuer, *Verifier, []Credential) {
+func setup(t *testing.T) (*oidctest.Issuer, *Verifier, List) {
 	iss := oidctest.New(t)
 	v := New(Config{Egress: egress.Policy{AllowPrivate: true}, Client: iss.Client()})
-	creds := []Credential{{Name: "k8s", Issuer: iss.URL, Subject: sub, Audiences: []string{DefaultAudience}}}
+	creds := List{{Name: "k8s", Issuer: iss.URL, Subject: sub, Audiences: []string{DefaultAudience}}}
 	return iss, v, creds
 }
 
@@ -49,7 +49,7 @@ func TestRejections(t *testing.T) {
 		"wrong subject": {func(i *oidctest.Issuer) string {
 			return i.Token(t, "system:serviceaccount:default:other", aud, now, time.Time{})
 		},
-			[]string{"subject", "default:other", sub}},
+			[]string{"subject", `"system:serviceaccount:default:other"`, "issuer"}},
 		"wrong audience": {func(i *oidctest.Issuer) string { return i.Token(t, sub, []string{"api://other"}, now, time.Time{}) },
 			[]string{"audience", "api://other", DefaultAudience}},
 		"expired": {func(i *oidctest.Issuer) string {
@@ -117,5 +117,35 @@ func TestUnknownKidRefreshesOnce(t *testing.T) {
 	}
 	if hits := iss.JWKSHits.Load(); hits != 2 {
 		t.Fatalf("JWKS fetched %d times after unknown kids, want 2 (rate-limited)", hits)
+	}
+}
+
+func TestExpressionCredential(t *testing.T) {
+	iss, v, _ := setup(t)
+	aud := []string{DefaultAudience}
+	creds := List{
+		{Name: "exact", Issuer: iss.URL, Subject: "system:serviceaccount:team-b:app", Audiences: aud},
+		{Name: "team-a", Issuer: iss.URL, ClaimsMatchingExpression: &Expression{Value: "claims['sub'] matches 'system:serviceaccount:team-a:*'", LanguageVersion: 1}, Audiences: aud},
+	}
+	ctx := context.Background()
+	for _, sub := range []string{"system:serviceaccount:team-a:app", "system:serviceaccount:team-a:other"} {
+		got, _, err := v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds)
+		if err != nil || got.Name != "team-a" {
+			t.Fatalf("%s: Verify = %+v, %v", sub, got, err)
+		}
+	}
+	if got, _, err := v.Verify(ctx, iss.Token(t, "system:serviceaccount:team-b:app", aud, time.Time{}, time.Time{}), creds); err != nil || got.Name != "exact" {
+		t.Fatalf("exact subject: Verify = %+v, %v", got, err)
+	}
+	for _, sub := range []string{"system:serviceaccount:team-b:other", "system:serviceaccount:team-a:x:y", "system:serviceaccount:team-ab:app"} {
+		_, _, err := v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds)
+		if err == nil || !strings.Contains(err.Error(), "AADSTS70021") || !strings.Contains(err.Error(), sub) || !strings.Contains(err.Error(), "system:serviceaccount:team-a:*") {
+			t.Errorf("%s: %v", sub, err)
+		}
+	}
+	// A matched expression still checks the audience.
+	_, _, err := v.Verify(ctx, iss.Token(t, "system:serviceaccount:team-a:app", []string{"api://other"}, time.Time{}, time.Time{}), creds)
+	if err == nil || !strings.Contains(err.Error(), "AADSTS700212") {
+		t.Errorf("wrong audience: %v", err)
 	}
 }
