@@ -37,6 +37,7 @@ var KeySeeds = map[string]string{
 	"empty-key":    "P \nG \nS \t\t0\nP \"\"",
 	"cas":          "C o/demo/secrets/h/a\nC o/demo/secrets/h/a\nP o/demo/secrets/h/b\nC o/demo/secrets/h/b\nD o/demo/secrets/h/a\nC o/demo/secrets/h/a\nG o/demo/secrets/h/a",
 	"long-key":     "P o/demo/secrets/h/" + strings.Repeat("n", 4100) + "\nP o/demo/secrets/h/" + strings.Repeat("k", 200) + "\nS o/demo/secrets/h/\t\t0",
+	"limit-key":    "P " + strings.Repeat("k", physical.MaxKeyBytes) + "\nG " + strings.Repeat("k", physical.MaxKeyBytes) + "\nP " + strings.Repeat("k", physical.MaxKeyBytes+1) + "\nS k\t\t0",
 }
 
 // Seeds returns KeySeeds as a seed corpus, for fuzzseed.Corpus.
@@ -91,9 +92,9 @@ func unquote(s string) string {
 // FuzzKeys runs arbitrary scripts against a backend and a model of the
 // Backend contract (a sorted map), and fails where they disagree: every
 // non-empty key is stored and read back byte for byte, scans return
-// exactly the model's keys in bytewise order, a key physical.ValidateKey
-// refuses fails its batch and writes nothing, and conditions hold
-// atomically for the whole batch.
+// exactly the model's keys in bytewise order, an empty or oversized key
+// (over physical.MaxKeyBytes) fails its batch with physical.ErrInvalidKey
+// and writes nothing, and conditions hold atomically for the whole batch.
 //
 // open is called once; the backend is emptied before each script.
 func FuzzKeys(f *testing.F, open func(t testing.TB) physical.Backend) {
@@ -120,7 +121,7 @@ func FuzzKeys(f *testing.F, open func(t testing.TB) physical.Backend) {
 				t.Fatalf("Apply(%s) = %v; the model accepts it", describe(conds, ops), err)
 			case wantErr != nil && err == nil:
 				t.Fatalf("Apply(%s) succeeded; want %v", describe(conds, ops), wantErr)
-			case wantErr != nil && wantErr != errInvalidKey && !errors.Is(err, wantErr):
+			case wantErr != nil && !errors.Is(err, wantErr):
 				t.Fatalf("Apply(%s) = %v; want an error matching %v", describe(conds, ops), err, wantErr)
 			}
 		}
@@ -172,20 +173,17 @@ func FuzzKeys(f *testing.F, open func(t testing.TB) physical.Backend) {
 	})
 }
 
-// errInvalidKey stands for the refusal of a key physical.ValidateKey refuses.
-var errInvalidKey = errors.New("invalid key")
-
 // modelApply applies a batch to the model as the contract says, or
 // returns the error the batch must fail with.
 func modelApply(model map[string][]byte, conds []physical.Cond, ops []physical.Op) error {
 	for _, c := range conds {
 		if err := physical.ValidateKey(c.Key); err != nil {
-			return errInvalidKey
+			return physical.ErrInvalidKey
 		}
 	}
 	for _, o := range ops {
 		if err := physical.ValidateKey(o.Key); err != nil {
-			return errInvalidKey
+			return physical.ErrInvalidKey
 		}
 	}
 	for _, c := range conds {
