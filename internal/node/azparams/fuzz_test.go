@@ -48,8 +48,8 @@ var objectsSeeds = map[string]string{
     objectAlias: tls.pfx
     filePermission: "0440"
 `,
-	"history": "array:\n  - |\n    objectName: app-secret\n    objectType: secret\n    objectVersion: latest\n    objectVersionHistory: 5\n    optional: true\n",
-	"hex-utf8": "array:\n  - |\n    objectName: blob\n    objectType: secret\n    objectEncoding: hex\n  - |\n    objectName: text\n    objectType: secret\n    objectEncoding: utf-8\n    filePermission: \"0600\"\n",
+	"history":         "array:\n  - |\n    objectName: app-secret\n    objectType: secret\n    objectVersion: latest\n    objectVersionHistory: 5\n    optional: true\n",
+	"hex-utf8":        "array:\n  - |\n    objectName: blob\n    objectType: secret\n    objectEncoding: hex\n  - |\n    objectName: text\n    objectType: secret\n    objectEncoding: utf-8\n    filePermission: \"0600\"\n",
 	"flow-style":      `{array: ["objectName: a\nobjectType: secret", "{objectName: b, objectType: key, objectAlias: keys/b.pem}"]}`,
 	"traversal":       "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: ../../etc/passwd\n",
 	"absolute":        "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: /etc/shadow\n",
