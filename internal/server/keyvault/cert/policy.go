@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/cofferhq/coffer/internal/crypto/certfmt"
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
@@ -215,6 +216,19 @@ func Normalize(p *Policy) error {
 	if s := x.SANs; s != nil {
 		if len(s.UPNs) > 0 {
 			return object.Invalidf("x509_props.sans.upns is not supported yet; use dns_names, emails, ipAddresses or uris.")
+		}
+		// X.509 writes these names as IA5Strings: ASCII only (an
+		// internationalized name goes in its punycode form, xn--...).
+		for _, f := range []struct {
+			field string
+			names []string
+		}{{"dns_names", s.DNSNames}, {"emails", s.Emails}, {"uris", s.URIs}} {
+			field := f.field
+			for _, n := range f.names {
+				if n == "" || strings.IndexFunc(n, func(r rune) bool { return r > unicode.MaxASCII }) >= 0 {
+					return object.Invalidf("x509_props.sans.%s: %q is empty or not ASCII; write internationalized names in their punycode form (xn--...).", field, n)
+				}
+			}
 		}
 		for _, ip := range s.IPAddresses {
 			if net.ParseIP(ip) == nil {
