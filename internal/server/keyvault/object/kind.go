@@ -161,11 +161,26 @@ func ExportJSON[T any](e Export[T]) json.RawMessage {
 	return b
 }
 
-// ImportJSON decodes an export from a Backup, checking its kind and name.
+// ImportJSON decodes an export from a Backup, checking its kind, its
+// name, and its versions: each a valid version id of that object, given
+// once, the current one among them. Their ids become store keys, so an
+// export is trusted no further than a request.
 func ImportJSON[T any](raw json.RawMessage, kind string) (Export[T], error) {
 	var e Export[T]
+	bad := fmt.Errorf("%w: the backup blob's %s are malformed", ErrInvalid, kind)
 	if err := json.Unmarshal(raw, &e); err != nil || e.Kind != kind || !ValidName(e.Head.Name) {
-		return e, fmt.Errorf("%w: the backup blob's %s are malformed", ErrInvalid, kind)
+		return e, bad
+	}
+	seen := map[string]bool{}
+	for _, v := range e.Versions {
+		id := strings.ToLower(v.ID)
+		if !ValidVersion(v.ID) || !strings.EqualFold(v.Name, e.Head.Name) || seen[id] {
+			return e, bad
+		}
+		seen[id] = true
+	}
+	if !seen[strings.ToLower(e.Head.Current)] {
+		return e, bad
 	}
 	return e, nil
 }

@@ -51,6 +51,11 @@ func TestSeedCorpus(t *testing.T) {
 			fuzzseed.S("other-tenant", with(func(b *object.Backup, _ *object.Export[Data]) { b.TenantID = "f8cdef31-a31e-4b4a-93e4-5f571e91255a" })),
 			fuzzseed.S("key-kind", with(func(_ *object.Backup, e *object.Export[Data]) { e.Kind = "keys" })),
 			fuzzseed.S("bad-name", with(func(_ *object.Backup, e *object.Export[Data]) { e.Head.Name = "../x" })),
+			fuzzseed.S("no-current", with(func(_ *object.Backup, e *object.Export[Data]) { e.Head.Current = "00000000000000000000000000000000" })),
+			fuzzseed.S("version-with-slash", with(func(_ *object.Backup, e *object.Export[Data]) { e.Versions[0].ID = "a/b" })),
+			fuzzseed.S("version-empty", with(func(_ *object.Backup, e *object.Export[Data]) { e.Versions[0].ID = ""; e.Head.Current = "" })),
+			fuzzseed.S("version-other-name", with(func(_ *object.Backup, e *object.Export[Data]) { e.Versions[0].Name = "other" })),
+			fuzzseed.S("no-versions", with(func(_ *object.Backup, e *object.Export[Data]) { e.Versions = nil })),
 			fuzzseed.S("oversized-value", with(func(_ *object.Backup, e *object.Export[Data]) {
 				e.Versions[0].Data.Value = string(make([]byte, 30<<10))
 			})),
