@@ -9,6 +9,17 @@ import (
 )
 
 func TestSeedCorpus(t *testing.T) {
+	fuzzseed.Corpus(t, "FuzzValidators", func(*testing.T) []fuzzseed.Seed {
+		return []fuzzseed.Seed{
+			fuzzseed.S("name", "db-password"),
+			fuzzseed.S("version", "3f2a9c1d8e7b4a60b1c2d3e4f5a6b7c8"),
+			fuzzseed.S("upper-version", "3F2A9C1D8E7B4A60B1C2D3E4F5A6B7C8"),
+			fuzzseed.S("longest-name", strings.Repeat("a", 127)),
+			fuzzseed.S("too-long-name", strings.Repeat("a", 128)),
+			fuzzseed.S("unicode", "cl\u00e9"),
+			fuzzseed.S("empty", ""),
+		}
+	})
 	fuzzseed.Corpus(t, "FuzzNamed", func(*testing.T) []fuzzseed.Seed {
 		const ver = "3f2a9c1d8e7b4a60b1c2d3e4f5a6b7c8"
 		return []fuzzseed.Seed{
