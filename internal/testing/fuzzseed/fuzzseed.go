@@ -5,8 +5,10 @@
 // Seeds are built in code, from real requests and real key material, so
 // that they can be regenerated when a wire format changes:
 //
-//	go test -run TestSeedCorpus ./internal/... -args -update-seeds
+//	scripts/fuzz.sh --update-seeds
 //
+// (which runs go test -run TestSeedCorpus PKG -args -update-seeds in every
+// package with fuzz targets).
 // Files whose names start with "seed-" belong to the generator; any other
 // file (a crash the fuzzer found, kept as a regression case) is never
 // touched by it.
