@@ -128,7 +128,7 @@ func FuzzNodePublishVolume(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(d.providers.close)
+	f.Cleanup(d.providers.Close)
 	root := filepath.Join(dir, "kubelet")
 	target := filepath.Join(root, "pods", "0b8f7e52-3c6f-4c59-9d3a-8f6f1d1c2b3a", "volumes", "kubernetes.io~csi", "secrets-store-inline", "mount")
 	if err := os.MkdirAll(filepath.Join(root, "plugins"), 0o755); err != nil {

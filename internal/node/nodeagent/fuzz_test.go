@@ -41,19 +41,19 @@ const (
 	bindingOf = "web-binding"
 )
 
-// cluster is the node as the agent sees it, held in memory: the fuzz
+// fuzzCluster is the node as the agent sees it, held in memory: the fuzz
 // target parses thousands of requests a second, and a kube-apiserver's
 // TokenReview for each new token would leave it a few. The Cluster
 // interface is the agent's own seam for that; test/nodeagent runs the
 // agent against a real apiserver.
-type cluster struct {
+type fuzzCluster struct {
 	pods  []*corev1.Pod
 	snap  podidentity.Snapshot
 	token map[string]nodeagent.Review
 }
 
-func (c *cluster) Synced() bool { return true }
-func (c *cluster) Pod(ns, name string) (*corev1.Pod, error) {
+func (c *fuzzCluster) Synced() bool { return true }
+func (c *fuzzCluster) Pod(ns, name string) (*corev1.Pod, error) {
 	for _, p := range c.pods {
 		if p.Namespace == ns && p.Name == name {
 			return p, nil
@@ -61,7 +61,7 @@ func (c *cluster) Pod(ns, name string) (*corev1.Pod, error) {
 	}
 	return nil, nodeagent.ErrNoPod
 }
-func (c *cluster) PodsByIP(ip string) ([]*corev1.Pod, error) {
+func (c *fuzzCluster) PodsByIP(ip string) ([]*corev1.Pod, error) {
 	var out []*corev1.Pod
 	for _, p := range c.pods {
 		if p.Status.PodIP == ip {
@@ -70,18 +70,18 @@ func (c *cluster) PodsByIP(ip string) ([]*corev1.Pod, error) {
 	}
 	return out, nil
 }
-func (c *cluster) Snapshot() (podidentity.Snapshot, error) { return c.snap, nil }
-func (c *cluster) Secret(_ context.Context, ns, name string) (*corev1.Secret, error) {
+func (c *fuzzCluster) Snapshot() (podidentity.Snapshot, error) { return c.snap, nil }
+func (c *fuzzCluster) Secret(_ context.Context, ns, name string) (*corev1.Secret, error) {
 	return nil, apierrors.NewNotFound(corev1.Resource("secrets"), name)
 }
-func (c *cluster) Review(_ context.Context, token string, _ []string) (nodeagent.Review, error) {
+func (c *fuzzCluster) Review(_ context.Context, token string, _ []string) (nodeagent.Review, error) {
 	if rv, ok := c.token[token]; ok {
 		return rv, nil
 	}
 	return nodeagent.Review{Error: "invalid bearer token"}, nil
 }
 
-func pod(name, uid, ip string, labels map[string]string) *corev1.Pod {
+func fuzzPod(name, uid, ip string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, UID: types.UID(uid), Labels: labels},
 		Spec: corev1.PodSpec{NodeName: "node-1", ServiceAccountName: "default"}, Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip}}
 }
@@ -163,8 +163,8 @@ func FuzzTokenRequest(f *testing.F) {
 	}
 	auth := &authclient.Client{HTTP: hc, Authority: strings.TrimSuffix(env.Admin.AuthorityHost, "/")}
 	resource := env.Endpoints.Resource()
-	c := &cluster{
-		pods: []*corev1.Pod{pod("web", webUID, webIP, map[string]string{podidentity.BindingLabel: bindingOf}), pod("other", otherUID, otherIP, nil)},
+	c := &fuzzCluster{
+		pods: []*corev1.Pod{fuzzPod("web", webUID, webIP, map[string]string{podidentity.BindingLabel: bindingOf}), fuzzPod("other", otherUID, otherIP, nil)},
 		snap: podidentity.Snapshot{
 			Identities: []podidentity.AzureIdentity{{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "bound"},
 				Spec: podidentity.AzureIdentitySpec{Type: podidentity.UserAssignedMSI, ClientID: n.Bound.ClientID, ResourceID: n.Bound.ID}}},
@@ -268,7 +268,7 @@ func FuzzTokenRequest(f *testing.F) {
 }
 
 // podIdentities is what the pod a token proves may use.
-func podIdentities(c *cluster, token, bound string) []string {
+func podIdentities(c *fuzzCluster, token, bound string) []string {
 	if rv, ok := c.token[token]; ok && rv.PodName == "web" {
 		return []string{bound}
 	}
