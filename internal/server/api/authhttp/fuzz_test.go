@@ -119,7 +119,7 @@ func newDirectory(t testing.TB) directory {
 // marked no-store.
 func FuzzTokenEndpoint(f *testing.F) {
 	d := newDirectory(f)
-	h := New(d.a, slog.New(slog.DiscardHandler))
+	h := New(d.a, nil, slog.New(slog.DiscardHandler))
 	fill := strings.NewReplacer(phTenant, d.tenant, strings.ToUpper(phTenant), strings.ToUpper(d.tenant), phClient, d.client, phSecret, d.secret, phMI, d.mi)
 	f.Fuzz(func(t *testing.T, tenant, contentType, body string) {
 		tenant, body = fill.Replace(tenant), fill.Replace(body)
