@@ -17,7 +17,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check bench-scale bench-get bench-report bench-scale-etcd exhaust
+.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check bench-scale bench-get bench-report bench-scale-etcd exhaust fuzz
 
 ifeq ($(E2E),0)
 test: deps kube-assets pebble lint vuln unit
@@ -50,6 +50,8 @@ lint:
 	$(GO) vet $(PKGS)
 	@echo "== staticcheck"
 	$(GO) tool staticcheck $(PKGS)
+	@echo "== fuzz corpora"
+	@GO="$(GO)" ./scripts/fuzz.sh --check
 
 # Known vulnerabilities, offline: govulncheck on the main module's packages
 # against a database built from the golang.org/x/vulndb module that
@@ -144,6 +146,14 @@ exhaust:
 # the vault requests of a quiet refresh cycle, and push latency p50/p99.
 bench-sync:
 	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench SyncController1000 -benchtime 1x -timeout 30m ./test/sync/
+
+# Native Go fuzzing: every fuzz target in turn, each for FUZZTIME (make fuzz
+# FUZZTIME=10m), with a table of executions and crashes at the end. `make
+# test` replays the committed seed corpora (and lint checks every target
+# has one); scripts/fuzz.sh --update-seeds regenerates them.
+FUZZTIME ?= 1m
+fuzz:
+	@FUZZTIME="$(FUZZTIME)" GO="$(GO)" ./scripts/fuzz.sh
 
 dev:
 	$(GO) run ./cmd/coffer dev

@@ -38,8 +38,9 @@ const (
 // directory or collide with the writer's own names.
 var ErrBadPath = errors.New("invalid payload path")
 
-// ValidatePath checks one payload path: relative, not empty nor ".", no ".."
-// element, no leading "..", no NUL, at most 4096 bytes, and clean.
+// ValidatePath checks one payload path: relative, not empty, not ".", no
+// ".." element, no leading "..", no NUL, no element over 255 bytes (the
+// longest file name Linux allows), at most 4096 bytes, and clean.
 func ValidatePath(p string) error {
 	bad := func(why string) error { return fmt.Errorf("%w %q: %s", ErrBadPath, p, why) }
 	switch {
@@ -59,6 +60,31 @@ func ValidatePath(p string) error {
 		return bad(`has a ".." element`)
 	case filepath.ToSlash(filepath.Clean(p)) != p:
 		return bad("not clean (a trailing slash, an empty or '.' element)")
+	case slices.ContainsFunc(strings.Split(p, "/"), func(e string) bool { return len(e) > maxNameBytes }):
+		return bad(fmt.Sprintf("has an element longer than %d bytes", maxNameBytes))
+	}
+	return nil
+}
+
+// The kernel's limits on a file name and on a whole path (Linux NAME_MAX
+// and PATH_MAX, the latter counting the terminating NUL).
+const (
+	maxNameBytes = 255
+	maxPathBytes = 4095
+)
+
+// genNameBytes bounds the name of a generation directory: the timestamp
+// prefix Write uses and MkdirTemp's random suffix.
+const genNameBytes = len("..2006_01_02_15_04_05.") + 20
+
+// fits reports whether every file of files can be opened under a new
+// generation in dir: a path the kernel cannot take fails with
+// ENAMETOOLONG halfway through a write otherwise.
+func fits(dir string, files []File) error {
+	for _, f := range files {
+		if n := len(dir) + 1 + genNameBytes + 1 + len(f.Path); n > maxPathBytes {
+			return fmt.Errorf("%w %.64q...: %d bytes long under %s, over the kernel's %d-byte path limit", ErrBadPath, f.Path, len(f.Path), dir, maxPathBytes)
+		}
 	}
 	return nil
 }
@@ -93,7 +119,7 @@ func Validate(files []File) error {
 // anything changed; an identical payload (paths, modes and bytes) writes
 // nothing. The steps:
 //
-//  1. Validate the payload.
+//  1. Validate the payload, and check that every path fits under dir.
 //  2. Read the current generation through "..data", refusing a link that
 //     is not to a generation of this directory (a planted "..data" would
 //     otherwise be read, then removed, wherever it points); if it equals
@@ -109,6 +135,9 @@ func Validate(files []File) error {
 func Write(dir string, files []File) (changed bool, err error) {
 	// 1.
 	if err := Validate(files); err != nil {
+		return false, err
+	}
+	if err := fits(dir, files); err != nil {
 		return false, err
 	}
 	// 2.

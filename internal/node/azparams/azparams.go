@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cofferhq/coffer/internal/node/atomicdir"
 )
 
 // ErrInvalid wraps every refusal; the message says what is wrong.
@@ -373,6 +375,11 @@ func (o *Object) validate(defaultMode fs.FileMode) error {
 		return fmt.Errorf("file name %q is the volume itself: give a file name", name)
 	case path.Clean(name) != name:
 		return fmt.Errorf("file name %q is not a clean path", name)
+	}
+	// The volume writer's own rule, so that a name it would refuse fails
+	// here, naming the object, rather than after the vault was read.
+	if err := atomicdir.ValidatePath(name); err != nil {
+		return fmt.Errorf("file name %q cannot be written in the volume: %v", name, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -63,10 +64,18 @@ func New(a *authority.Authority, defaultTenant DefaultTenant, log *slog.Logger) 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
 // Handles reports whether the handler has a route for r, so the server can
-// send other apex paths elsewhere.
+// send other apex paths elsewhere. A path that is not in its clean form
+// (//{tenant}/oauth2/v2.0/token) is not the authority's: the mux would
+// answer it with a redirect, which a token POST cannot follow, rather than
+// with an error the client can read.
 func (h *Handler) Handles(r *http.Request) bool {
 	_, pattern := h.mux.Handler(r)
-	return pattern != ""
+	p := r.URL.Path
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return pattern != "" && clean == p
 }
 
 type oauthErrorBody struct {

@@ -99,9 +99,7 @@ func (cr certRoutes) register(m *http.ServeMux) {
 	im.HandleFunc("PUT /certificates/issuers/{issuer}", cr.setIssuer)
 	im.HandleFunc("PATCH /certificates/issuers/{issuer}", cr.setIssuer)
 	im.HandleFunc("DELETE /certificates/issuers/{issuer}", cr.deleteIssuer)
-	im.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "NotFound", "", "No Key Vault operation matches "+r.Method+" "+r.URL.Path+".")
-	})
+	im.HandleFunc("/", notFound)
 	dispatch := func(w http.ResponseWriter, r *http.Request) {
 		if p := r.URL.Path; p == "/certificates/issuers" || strings.HasPrefix(p, "/certificates/issuers/") {
 			im.ServeHTTP(w, r)

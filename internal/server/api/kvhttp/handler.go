@@ -88,7 +88,7 @@ func New(d Deps) *Handler {
 		certRoutes{base{h, access.Certificates}}.register(m)
 	}
 	m.HandleFunc("/", notFound)
-	h.mux = collapseSlashes(m)
+	h.mux = refuseDotSegments(collapseSlashes(m))
 	return h
 }
 

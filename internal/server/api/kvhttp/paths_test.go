@@ -30,3 +30,24 @@ func TestCollapseSlashes(t *testing.T) {
 		}
 	}
 }
+
+func TestDotSegmentsRefused(t *testing.T) {
+	next := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	for path, want := range map[string]int{
+		"/secrets/.":          http.StatusBadRequest,
+		"/secrets/..":         http.StatusBadRequest,
+		"/secrets/a/../b":     http.StatusBadRequest,
+		"/keys/./create":      http.StatusBadRequest,
+		"/secrets/%2e%2E":     http.StatusBadRequest,
+		"/secrets/%2E":        http.StatusBadRequest,
+		"/secrets/a.b":        http.StatusTeapot,
+		"/secrets/...":        http.StatusTeapot,
+		"/secrets/a%2F..%2Fb": http.StatusTeapot, // one segment, which the name check refuses
+	} {
+		w := httptest.NewRecorder()
+		refuseDotSegments(next).ServeHTTP(w, httptest.NewRequest("PUT", "https://v.vault.example"+path+"?api-version=7.6", nil))
+		if w.Code != want {
+			t.Errorf("%s: %d, want %d", path, w.Code, want)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/cofferhq/coffer/internal/crypto/certfmt"
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
@@ -216,6 +217,19 @@ func Normalize(p *Policy) error {
 		if len(s.UPNs) > 0 {
 			return object.Invalidf("x509_props.sans.upns is not supported yet; use dns_names, emails, ipAddresses or uris.")
 		}
+		// X.509 writes these names as IA5Strings: ASCII only (an
+		// internationalized name goes in its punycode form, xn--...).
+		for _, f := range []struct {
+			field string
+			names []string
+		}{{"dns_names", s.DNSNames}, {"emails", s.Emails}, {"uris", s.URIs}} {
+			field := f.field
+			for _, n := range f.names {
+				if n == "" || strings.IndexFunc(n, func(r rune) bool { return r > unicode.MaxASCII }) >= 0 {
+					return object.Invalidf("x509_props.sans.%s: %q is empty or not ASCII; write internationalized names in their punycode form (xn--...).", field, n)
+				}
+			}
+		}
 		for _, ip := range s.IPAddresses {
 			if net.ParseIP(ip) == nil {
 				return object.Invalidf("x509_props.sans.ipAddresses: %q is not an IP address.", ip)
@@ -265,6 +279,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
+// parseOID reads a dotted OID and refuses what DER cannot encode, so that
+// a policy it accepts can always be issued: X.690 packs the first two arcs
+// into one number, which needs the first arc to be 0, 1 or 2 and, under 0
+// and 1, the second to be below 40. Arcs are plain decimals (no sign, no
+// leading zero) so that the OID reads back from a certificate as written,
+// and at most 2^31-1 so that 40*first+second cannot overflow.
 func parseOID(s string) (asn1.ObjectIdentifier, error) {
 	parts := strings.Split(s, ".")
 	if len(parts) < 2 {
@@ -272,11 +292,17 @@ func parseOID(s string) (asn1.ObjectIdentifier, error) {
 	}
 	oid := make(asn1.ObjectIdentifier, len(parts))
 	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 {
+		if p == "" || strings.Trim(p, "0123456789") != "" || (len(p) > 1 && p[0] == '0') {
 			return nil, fmt.Errorf("bad OID arc %q", p)
 		}
-		oid[i] = n
+		n, err := strconv.ParseInt(p, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("bad OID arc %q", p)
+		}
+		oid[i] = int(n)
+	}
+	if oid[0] > 2 || (oid[0] < 2 && oid[1] >= 40) {
+		return nil, fmt.Errorf("OID %q starts with arcs DER cannot encode", s)
 	}
 	return oid, nil
 }

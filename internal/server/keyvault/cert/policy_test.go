@@ -45,6 +45,13 @@ func TestNormalizeDefaultsAndRefusals(t *testing.T) {
 		"content type":   {&Policy{X509Props: &X509Props{Subject: "CN=x"}, SecretProps: &SecretProps{ContentType: "text/plain"}}, "contentType"},
 		"validity":       {&Policy{X509Props: &X509Props{Subject: "CN=x", ValidityMonths: 1201}}, "validity_months"},
 		"eku":            {&Policy{X509Props: &X509Props{Subject: "CN=x", EKUs: []string{"serverAuth"}}}, "OID"},
+		// DER packs the first two arcs into one number: 133.x and 1.40
+		// cannot be issued, so they are refused up front (found by FuzzPolicy).
+		"eku first arc":  {&Policy{X509Props: &X509Props{Subject: "CN=x", EKUs: []string{"133.6.1.5.5.7.3.2"}}}, "OID"},
+		"eku second arc": {&Policy{X509Props: &X509Props{Subject: "CN=x", EKUs: []string{"1.40.1"}}}, "OID"},
+		"eku sign":       {&Policy{X509Props: &X509Props{Subject: "CN=x", EKUs: []string{"1.+3.6"}}}, "OID"},
+		"eku zero":       {&Policy{X509Props: &X509Props{Subject: "CN=x", EKUs: []string{"1.3.06"}}}, "OID"},
+		"eku huge arc":   {&Policy{X509Props: &X509Props{Subject: "CN=x", EKUs: []string{"2.4294967296"}}}, "OID"},
 		"key usage":      {&Policy{X509Props: &X509Props{Subject: "CN=x", KeyUsage: []string{"sign"}}}, "key_usage"},
 		"upn":            {&Policy{X509Props: &X509Props{SANs: &SANs{UPNs: []string{"a@b"}}, Subject: "CN=x"}}, "upns"},
 		"ip":             {&Policy{X509Props: &X509Props{SANs: &SANs{IPAddresses: []string{"300.1.1.1"}}}}, "ipAddresses"},

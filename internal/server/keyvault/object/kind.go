@@ -161,11 +161,36 @@ func ExportJSON[T any](e Export[T]) json.RawMessage {
 	return b
 }
 
-// ImportJSON decodes an export from a Backup, checking its kind and name.
+// ImportJSON decodes an export from a Backup, checking its kind, its
+// name, and its versions: each a valid version id of that object, given
+// once, the current one among them. Their ids become store keys, so an
+// export is trusted no further than a request.
+//
+// Names are case-insensitive, so a version may spell its object's name
+// in another case; it is given the head's spelling, and ids and the
+// head's references are lowercased, as a write makes them: the store
+// relies on every version of an object carrying the head's name and a
+// lowercase id (FuzzRestorePlaintext restored a "db-paSsword" version
+// under the head "db-password").
 func ImportJSON[T any](raw json.RawMessage, kind string) (Export[T], error) {
 	var e Export[T]
+	bad := fmt.Errorf("%w: the backup blob's %s are malformed", ErrInvalid, kind)
 	if err := json.Unmarshal(raw, &e); err != nil || e.Kind != kind || !ValidName(e.Head.Name) {
-		return e, fmt.Errorf("%w: the backup blob's %s are malformed", ErrInvalid, kind)
+		return e, bad
+	}
+	seen := map[string]bool{}
+	for i := range e.Versions {
+		v := &e.Versions[i]
+		id := strings.ToLower(v.ID)
+		if !ValidVersion(v.ID) || !strings.EqualFold(v.Name, e.Head.Name) || seen[id] {
+			return e, bad
+		}
+		seen[id] = true
+		v.Name, v.ID = e.Head.Name, id
+	}
+	e.Head.Current, e.Head.Previous = strings.ToLower(e.Head.Current), strings.ToLower(e.Head.Previous)
+	if !seen[e.Head.Current] {
+		return e, bad
 	}
 	return e, nil
 }

@@ -130,10 +130,22 @@ type Leader interface {
 	Lead(ctx context.Context, job string) (context.Context, error)
 }
 
+// MaxKeyBytes bounds a key, for every engine alike: bbolt refuses keys
+// over 32 KiB, and the longest key Coffer makes (an object version of a
+// 127-character name) is a few hundred bytes.
+const MaxKeyBytes = 4096
+
+// ErrInvalidKey is returned, wrapped, for a key no engine may store: empty,
+// or longer than MaxKeyBytes. The error never quotes a long key in full.
+var ErrInvalidKey = errors.New("physical: invalid key")
+
 // ValidateKey reports whether key is acceptable to every engine.
 func ValidateKey(key string) error {
-	if key == "" {
-		return errors.New("physical: empty key")
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", ErrInvalidKey)
+	case len(key) > MaxKeyBytes:
+		return fmt.Errorf("%w: %.64q... is %d bytes, over the %d-byte limit", ErrInvalidKey, key, len(key), MaxKeyBytes)
 	}
 	return nil
 }

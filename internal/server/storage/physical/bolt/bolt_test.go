@@ -3,11 +3,14 @@ package bolt
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/server/storage/physical/physicaltest"
+	"github.com/cofferhq/coffer/internal/testing/fuzzseed"
 )
 
 func TestBackend(t *testing.T) {
@@ -51,4 +54,28 @@ func TestSecondOpenIsLocked(t *testing.T) {
 	if _, err := Open(path); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second Open = %v, want ErrLocked", err)
 	}
+}
+
+func TestSeedCorpus(t *testing.T) { fuzzseed.Corpus(t, "FuzzKeys", physicaltest.Seeds) }
+
+// FuzzKeys keeps its store on tmpfs when the machine has one: every
+// batch is fsynced, which costs tens of milliseconds on a virtual disk and
+// nothing on tmpfs, and the fuzzer needs thousands of batches a second.
+func FuzzKeys(f *testing.F) {
+	physicaltest.FuzzKeys(f, func(t testing.TB) physical.Backend {
+		dir := t.TempDir()
+		if shm, err := os.MkdirTemp("/dev/shm", "coffer-fuzz-"); err == nil {
+			dir = shm
+			t.Cleanup(func() { os.RemoveAll(shm) })
+		}
+		b, err := Open(filepath.Join(dir, "store.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One writer has no one to share a commit with: waiting for
+		// others would only slow the fuzzer.
+		b.db.MaxBatchDelay = time.Microsecond
+		t.Cleanup(func() { b.Close() })
+		return b
+	})
 }

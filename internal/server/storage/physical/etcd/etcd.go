@@ -371,8 +371,18 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev))
 		elses = append(elses, clientv3.OpGet(f.key, clientv3.WithCountOnly()))
 	}
+	// A batch's writes apply in order, so a key written twice keeps its
+	// last write (as on the other engines); etcd refuses a transaction
+	// that names a key twice, so only that last write is sent.
+	last := make(map[string]int, len(ops))
+	for i, o := range ops {
+		last[o.Key] = i
+	}
 	var thens []clientv3.Op
-	for _, o := range ops {
+	for i, o := range ops {
+		if last[o.Key] != i {
+			continue
+		}
 		if o.Delete {
 			thens = append(thens, clientv3.OpDelete(b.prefix+o.Key))
 		} else {
