@@ -113,13 +113,15 @@ func fuzzDirectory(t testing.TB) *Authority {
 				Subject: cert.Subject.String(), NotBefore: cert.NotBefore.Unix(), NotAfter: cert.NotAfter.Unix(), Registered: fzNow.Unix()}}},
 		{Type: TypeManagedIdentity, TenantID: fzTenant, AppID: fzMI, ObjectID: fzMIOID, DisplayName: "bound", Name: "bound", Created: fzNow.Unix(),
 			SubscriptionID: fzSub, ResourceGroup: "apps", ResourceID: fzMIResource},
-		{Type: TypeServicePrincipal, TenantID: fzTenant, AppID: fzFed, ObjectID: fzFedOID, DisplayName: "federated", Created: fzNow.Unix(),
-			Federated: []federation.Credential{{Name: "aks", Issuer: "https://oidc.example.com/9e1a7b2c-4d5e-4f60-8a1b-2c3d4e5f6a7b/",
-				Subject: "system:serviceaccount:default:workload", Audiences: []string{federation.DefaultAudience}}}},
+		{Type: TypeServicePrincipal, TenantID: fzTenant, AppID: fzFed, ObjectID: fzFedOID, DisplayName: "federated", Created: fzNow.Unix()},
 	} {
 		if err := a.createPrincipal(ctx, p); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := a.AddFederatedCredential(ctx, fzTenant, fzFed, federation.Credential{Name: "aks", Issuer: "https://oidc.example.com/9e1a7b2c-4d5e-4f60-8a1b-2c3d4e5f6a7b/",
+		Subject: "system:serviceaccount:default:workload", Audiences: []string{federation.DefaultAudience}}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := roles.Create(ctx, rbac.Assignment{ID: NewGUID(), TenantID: fzTenant, RoleID: rbac.ManagedIdentityOperatorID,
 		PrincipalID: fzAppOID, PrincipalType: TypeServicePrincipal, Scope: fzMIResource}); err != nil {

@@ -189,7 +189,7 @@ func FuzzVerify(f *testing.F) {
 		mu.Unlock()
 		v := New(Config{Client: client, Now: func() time.Time { return fuzzNow }})
 		raw := compact(header, claims, mode, key, foreign)
-		cred, got, err := v.Verify(ctx, raw, fuzzCreds)
+		cred, got, err := v.Verify(ctx, raw, List(fuzzCreds))
 		if err != nil {
 			var fe *Error
 			if !errors.As(err, &fe) {
