@@ -25,7 +25,7 @@ var serverFlags = map[string]string{
 	"TokenRateBurst": "--token-rate-burst", "FederationCAFile": "--federation-ca-file", "AllowPrivateIssuers": "--allow-private-issuers", "PurgeInterval": "--purge-interval",
 	"AuditLog": "--audit-log", "MetricsAddr": "--metrics-addr",
 	"AllowPrivateEndpoints": "--allow-private-endpoints", "EgressCAFile": "--egress-ca-file",
-	"ACMEHTTPListen": "--acme-http-listen", "EventInterval": "--event-interval",
+	"ACMEHTTPListen": "--acme-http-listen", "EventInterval": "--event-interval", "NoVaultWatch": "--no-vault-watch",
 }
 
 func (a *app) serverCmd() *cobra.Command {
@@ -81,6 +81,7 @@ func bindCommonServer(c *cobra.Command, o *server.Options, metricsDefault string
 	f.DurationVar(&o.EventScanInterval, "event-scan-interval", time.Minute, "how often every vault with event subscriptions is compared for NearExpiry and Expired events (writes are seen at once)")
 	f.StringVar(&o.ACMEHTTPListen, "acme-http-listen", "", "address to answer ACME http-01 challenges on, such as :80 (empty: off)")
 	f.StringVar(&o.EgressCAFile, "egress-ca-file", "", "PEM CAs to trust, besides the system roots, for event endpoints, ACME directories and DNS hooks")
+	f.BoolVar(&o.NoVaultWatch, "no-vault-watch", false, "do not serve the vault watch (for a proxy that does not stream answers): nodes hold one read per object instead")
 }
 
 // devFlags names the flag of each dev option, for its errors.

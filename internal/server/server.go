@@ -26,6 +26,7 @@ import (
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/daemon/httpclient"
 	"github.com/cofferhq/coffer/internal/protocol/azerror"
+	"github.com/cofferhq/coffer/internal/protocol/vaultwatch"
 	"github.com/cofferhq/coffer/internal/server/acme"
 	"github.com/cofferhq/coffer/internal/server/api/authhttp"
 	"github.com/cofferhq/coffer/internal/server/api/kvhttp"
@@ -96,6 +97,10 @@ type Options struct {
 	AuditLog string
 	// MetricsAddr serves /metrics and /healthz over plain HTTP; empty is off.
 	MetricsAddr string
+	// NoVaultWatch turns the vault watch off, for a proxy in front of the
+	// server that does not pass streamed answers on: nodes fall back to
+	// held reads, one per object (docs/vault-watch.md).
+	NoVaultWatch bool
 	// OverloadCapacity is how many vault requests may be in flight before
 	// overload protection refuses the principals that send more than
 	// their share (default 4 per CPU; negative turns it off).
@@ -345,11 +350,18 @@ func (s *Server) build(ctx context.Context) error {
 			s.changes.PublishAll()
 			s.Events.TouchAll()
 		}
+		accessChanged := false
 		for _, k := range c.Keys {
 			s.Events.Touch(k)
 			if vault, kind, name, ok := object.Named(k); ok {
 				s.changes.Publish(changes.Subject(vault, kind, name))
 			}
+			accessChanged = accessChanged || vault.IsKey(k) || rbac.IsKey(k)
+		}
+		if accessChanged {
+			// Vault watches authorize their objects again (held reads do
+			// on every pass anyway).
+			s.changes.AccessChanged()
 		}
 	})
 	capacity := s.cfg.OverloadCapacity
@@ -365,10 +377,16 @@ func (s *Server) build(ctx context.Context) error {
 	s.kv = kvhttp.New(kvhttp.Deps{
 		Endpoints: ep, Access: s.Access, Vaults: s.Vaults, Secrets: s.Secrets, Keys: s.Keys, Certs: s.Certs,
 		Verifier: s.Authority.Verifier(), Issuer: s.Authority.Issuer, Changes: s.changes, Limiter: s.Limiter, Log: s.log,
+		NoWatch: s.cfg.NoVaultWatch, Sync: b.Sync, Audit: s.Audit.Record,
 	})
-	s.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_held_reads",
-		Help: "Conditional reads held (Prefer: wait) at this moment; at " + strconv.Itoa(kvhttp.MaxHeld) + " further ones are answered at once with Preference-Applied: wait=0."},
-		func() float64 { return float64(s.kv.Held()) }))
+	s.Metrics.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_vault_watch_streams", Help: "Open vault watch streams (one per node and identity)."},
+			func() float64 { n, _ := s.kv.WatchStreams(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_vault_watch_objects", Help: "Objects the open vault watch streams watch."},
+			func() float64 { _, n := s.kv.WatchStreams(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_held_reads",
+			Help: "Conditional reads held (Prefer: wait) at this moment; at " + strconv.Itoa(kvhttp.MaxHeld) + " further ones are answered at once with Preference-Applied: wait=0."},
+			func() float64 { return float64(s.kv.Held()) }))
 	s.auth = authhttp.New(s.Authority, func(ctx context.Context) (string, error) {
 		st, ok, err := bootstrap.Load(ctx, b)
 		if err == nil && !ok {
@@ -498,6 +516,8 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		s.kv.ServeHTTP(w, r)
 	case endpoint.RouteApex:
 		switch {
+		case r.URL.Path == vaultwatch.Path:
+			s.kv.ServeWatch(w, r)
 		case strings.HasPrefix(r.URL.Path, mgmthttp.Prefix), mgmthttp.IsARMPath(r.URL.Path):
 			s.mgmt.ServeHTTP(w, r)
 		case s.auth.Handles(r):
@@ -555,6 +575,8 @@ func (s *Server) api(r *http.Request) string {
 		return "vault-held" // held reads last up to their wait: kept out of the vault's latency
 	case route == endpoint.RouteVault:
 		return "vault"
+	case route == endpoint.RouteApex && r.URL.Path == vaultwatch.Path:
+		return "vault-watch" // streams last as long as their token: kept out of the vault's latency
 	case route == endpoint.RouteApex && (strings.HasPrefix(r.URL.Path, mgmthttp.Prefix) || mgmthttp.IsARMPath(r.URL.Path)):
 		return "management"
 	case route == endpoint.RouteApex:
@@ -574,6 +596,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection: the vault
+// watch flushes its records and sets its own write deadlines.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {

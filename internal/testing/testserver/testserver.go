@@ -56,6 +56,8 @@ type Options struct {
 	// vault, as `coffer dev --write-hosts` writes /etc/hosts: for clients
 	// that resolve names through the system's resolver (test/azcli).
 	HostsFile string
+	// NoVaultWatch serves no vault watch, as a server before it did.
+	NoVaultWatch bool
 }
 
 // Env is a running test server.
@@ -88,7 +90,8 @@ func Start(t testing.TB, opt Options) *Env {
 			TokenLifetime: opt.TokenLifetime, Now: opt.Now, FederationRoots: opt.FederationRoots, AllowPrivateIssuers: opt.AllowPrivateIssuers, TokenRateLimit: opt.TokenRateLimit, OverloadCapacity: opt.OverloadCapacity,
 			PurgeInterval: opt.PurgeInterval, AllowPrivateEndpoints: opt.AllowPrivateEndpoints, EgressRoots: opt.EgressRoots,
 			ACMEHTTPListen: opt.ACMEHTTPListen, EventInterval: opt.EventInterval, EventScanInterval: opt.EventScanInterval,
-			Log: slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
+			NoVaultWatch: opt.NoVaultWatch,
+			Log:          slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})),
 		},
 	})
 	if err != nil {

@@ -197,7 +197,7 @@ func (cr certRoutes) get(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
-		return conditional(w, r, ct.Version, cr.out(c, ct), ct.Attributes, ct.Tags, ct.Policy), nil
+		return conditional(w, r, certETag(ct), cr.out(c, ct)), nil
 	})
 }
 

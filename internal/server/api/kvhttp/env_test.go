@@ -58,6 +58,24 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, envOptions{})
+}
+
+// envOptions change how an env is wired.
+type envOptions struct {
+	// reauthorize is the vault watch's re-authorization period.
+	reauthorize time.Duration
+	// missAccessChanges leaves out telling the feed of access changes,
+	// as if the server missed one: only the watch's timed passes see it.
+	missAccessChanges bool
+	// noWatch turns the vault watch off.
+	noWatch bool
+	// authorityNow is the authority's clock (and its verifier's).
+	authorityNow func() time.Time
+}
+
+func newEnvWith(t testing.TB, o envOptions) *env {
+	t.Helper()
 	ctx := context.Background()
 	e := &env{log: &syncbuf.Buffer{}}
 	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
@@ -78,7 +96,7 @@ func newEnv(t testing.TB) *env {
 	}
 	e.auth, err = authority.Open(ctx, b, authority.Config{
 		Host: e.ep.AuthorityURL(), Resources: []string{e.ep.Resource(), endpoint.ManagementResource}, RateLimit: -1, Roles: roles,
-	}, nil)
+	}, o.authorityNow)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,14 +115,19 @@ func newEnv(t testing.TB) *env {
 	certs := cert.New(b, b, keys, e.secrets, nil, log)
 	e.feed = changes.New()
 	b.Subscribe(func(c physical.Change) {
+		accessChanged := false
 		for _, k := range c.Keys {
 			if v, kind, name, ok := object.Named(k); ok {
 				e.feed.Publish(changes.Subject(v, kind, name))
 			}
+			accessChanged = accessChanged || vault.IsKey(k) || rbac.IsKey(k)
+		}
+		if accessChanged && !o.missAccessChanges {
+			e.feed.AccessChanged()
 		}
 	})
 	e.h = kvhttp.New(kvhttp.Deps{Endpoints: e.ep, Access: access.New(roles), Vaults: e.vaults, Secrets: e.secrets, Keys: keys, Certs: certs,
-		Verifier: e.auth.Verifier(), Issuer: e.auth.Issuer, Changes: e.feed, Log: log})
+		Verifier: e.auth.Verifier(), Issuer: e.auth.Issuer, Changes: e.feed, Log: log, WatchReauthorize: o.reauthorize, NoWatch: o.noWatch})
 	t.Cleanup(e.feed.Close)
 
 	e.admin = e.token(t, st.TenantID, st.AdminAppID, adminSecret, e.ep.Resource())

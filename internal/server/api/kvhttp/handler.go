@@ -51,6 +51,13 @@ type Handler struct {
 	held     atomic.Int64 // reads being held
 	log      *slog.Logger
 	mux      http.Handler
+
+	// The vault watch (watch.go).
+	noWatch     bool
+	sync        func(context.Context) (context.Context, error)
+	record      func(audit.Entry)
+	reauthorize time.Duration
+	watchCounters
 }
 
 // Deps are the domain services the handler calls.
@@ -70,12 +77,29 @@ type Deps struct {
 	// Limiter answers 429 Throttled for the vaults' static limits and
 	// overload protection; nil throttles nothing.
 	Limiter *throttle.Limiter
-	Log     *slog.Logger
+	// NoWatch turns the vault watch off (ServeWatch answers 404, as a
+	// server without it would); it needs Changes.
+	NoWatch bool
+	// Sync catches up with the store (see barrier.Barrier.Sync), for the
+	// vault watch's re-authorization passes; nil: a store only this
+	// process writes.
+	Sync func(context.Context) (context.Context, error)
+	// Audit records the vault watch's decisions about each object, which
+	// a stream's one request line cannot hold; nil records none.
+	Audit func(audit.Entry)
+	// WatchReauthorize is the period of the vault watch's
+	// re-authorization passes (default 30 s).
+	WatchReauthorize time.Duration
+	Log              *slog.Logger
 }
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, limiter: d.Limiter, log: d.Log}
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, limiter: d.Limiter, log: d.Log,
+		noWatch: d.NoWatch, sync: d.Sync, record: d.Audit, reauthorize: d.WatchReauthorize}
+	if h.reauthorize <= 0 {
+		h.reauthorize = defaultReauthorize
+	}
 	if h.log == nil {
 		h.log = slog.Default()
 	}

@@ -171,7 +171,7 @@ func (k keyRoutes) get(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
-		return conditional(w, r, out.Version, k.out(c, out), out.Attributes, out.KeyOps, out.Tags), nil
+		return conditional(w, r, keyETag(out), k.out(c, out)), nil
 	})
 }
 

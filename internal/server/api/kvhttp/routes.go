@@ -18,7 +18,10 @@ import (
 
 	"github.com/cofferhq/coffer/internal/server/api/httpjson"
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
+	"github.com/cofferhq/coffer/internal/server/keyvault/cert"
+	"github.com/cofferhq/coffer/internal/server/keyvault/key"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
+	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/storage/changes"
 )
 
@@ -236,22 +239,10 @@ func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) bool
 // conditional sets the ETag of a version read and, when the caller already
 // holds that exact state (If-None-Match), answers 304 instead of the body.
 // It runs after authorization and after the read's own checks (enabled,
-// validity), so a 304 grants nothing a 200 would not. The tag is the
-// version plus a digest of the version's mutable, non-secret state
-// (attributes, content type, tags, the representation asked for), so any
-// update changes it, however soon; the value never enters the digest, so
-// the tag reveals nothing about it. This is Coffer's extension for nodes
-// that cache values: Azure clients never send If-None-Match.
-func conditional(w http.ResponseWriter, r *http.Request, version string, body any, state ...any) any {
-	// One buffer, hashed once: a hash.Hash and its many small writes cost
-	// more than the digest itself on this path, which every read takes.
-	var buf [512]byte
-	b := buf[:0]
-	for _, part := range state {
-		b = appendState(b, part)
-	}
-	sum := sha256.Sum256(b)
-	etag := `"` + version + "." + hex.EncodeToString(sum[:8]) + `"`
+// validity), so a 304 grants nothing a 200 would not. The tag comes from
+// etagOf. This is Coffer's extension for nodes that cache values: Azure
+// clients never send If-None-Match.
+func conditional(w http.ResponseWriter, r *http.Request, etag string, body any) any {
 	w.Header().Set("ETag", etag)
 	if inm := r.Header.Get("If-None-Match"); inm != "" {
 		for t := range strings.SplitSeq(inm, ",") {
@@ -261,6 +252,34 @@ func conditional(w http.ResponseWriter, r *http.Request, version string, body an
 		}
 	}
 	return body
+}
+
+// etagOf is the ETag of a version read: the version plus a digest of the
+// version's mutable, non-secret state (attributes, content type, tags, the
+// representation asked for), so any update changes it, however soon; the
+// value never enters the digest, so the tag reveals nothing about it. The
+// reads and the vault watch compute it through the functions below, one
+// per kind, so both always agree.
+func etagOf(version string, state ...any) string {
+	// One buffer, hashed once: a hash.Hash and its many small writes cost
+	// more than the digest itself on this path, which every read takes.
+	var buf [512]byte
+	b := buf[:0]
+	for _, part := range state {
+		b = appendState(b, part)
+	}
+	sum := sha256.Sum256(b)
+	return `"` + version + "." + hex.EncodeToString(sum[:8]) + `"`
+}
+
+func secretETag(sec secret.Secret, outContentType string) string {
+	return etagOf(sec.Version, sec.Attributes, sec.ContentType, sec.Tags, outContentType)
+}
+
+func keyETag(k key.Key) string { return etagOf(k.Version, k.Attributes, k.KeyOps, k.Tags) }
+
+func certETag(ct cert.Certificate) string {
+	return etagOf(ct.Version, ct.Attributes, ct.Tags, ct.Policy)
 }
 
 // appendState appends a version's mutable state to b, by value and in a

@@ -102,7 +102,7 @@ func (s secretRoutes) get(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
-		return conditional(w, r, sec.Version, s.out(c, sec, true), sec.Attributes, sec.ContentType, sec.Tags, out), nil
+		return conditional(w, r, secretETag(sec, out), s.out(c, sec, true)), nil
 	})
 }
 

@@ -145,6 +145,13 @@ type Assignments struct {
 	roles map[string]map[string]Role         // tenant -> custom role id -> role
 }
 
+// IsKey reports whether a store key holds a role assignment or a role
+// definition: the server tells vault watches to authorize again when one
+// changes.
+func IsKey(key string) bool {
+	return strings.HasPrefix(key, prefix) || strings.HasPrefix(key, rolePrefix)
+}
+
 // Open loads every assignment from st.
 func Open(ctx context.Context, st Store, now func() time.Time) (*Assignments, error) {
 	if now == nil {

@@ -155,6 +155,11 @@ type Registry struct {
 	vaults map[string]*Vault
 }
 
+// IsKey reports whether a store key holds a vault's record (its settings
+// and access policies): the server tells vault watches to authorize again
+// when one changes.
+func IsKey(key string) bool { return strings.HasPrefix(key, prefix) }
+
 // Open loads every vault from st.
 func Open(ctx context.Context, st Store, now func() time.Time) (*Registry, error) {
 	if now == nil {

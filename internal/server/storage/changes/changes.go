@@ -12,10 +12,30 @@ import (
 // Feed wakes the watchers of an object when a write to it commits. It
 // carries no data: a woken watcher reads the object again, with the same
 // authorization as any read.
+//
+// A watcher is either a held read, which waits on one subject's channel
+// (Watch), or a Follower, which follows many subjects without a goroutine
+// per subject (Follow): the vault watch's streams, one per node and
+// identity.
 type Feed struct {
-	mu     sync.Mutex
-	topics map[string]*topic
-	closed bool
+	mu        sync.Mutex
+	topics    map[string]*topic
+	followed  map[string]map[Follower]struct{} // subject -> its followers
+	followers map[Follower]int                 // -> how many subjects it follows
+	closed    bool
+	done      chan struct{} // closed by Close
+}
+
+// Follower is told of the changes to the subjects it follows. Its methods
+// are called with the feed's lock held, from the store's dispatch
+// goroutine or a writer's: they must not block, nor call the feed.
+type Follower interface {
+	// Changed reports a committed write to subject.
+	Changed(subject string)
+	// Recheck reports that anything may have changed: with all, any
+	// subject (a gap in the store's watch); without, who may read what
+	// (a vault's access policies or the role assignments changed).
+	Recheck(all bool)
 }
 
 type topic struct {
@@ -24,7 +44,10 @@ type topic struct {
 }
 
 // New returns an empty feed.
-func New() *Feed { return &Feed{topics: map[string]*topic{}} }
+func New() *Feed {
+	return &Feed{topics: map[string]*topic{}, followed: map[string]map[Follower]struct{}{},
+		followers: map[Follower]int{}, done: make(chan struct{})}
+}
 
 // Subject names one object of a vault: kind is secrets, keys or
 // certificates. Names are case-insensitive, as in Key Vault.
@@ -62,6 +85,48 @@ func (f *Feed) Watch(subject string) (<-chan struct{}, func()) {
 	}
 }
 
+// Follow tells fl of every later change to the subjects, until the
+// function it returns is called. As with Watch, a follower must follow
+// before it reads.
+func (f *Feed) Follow(fl Follower, subjects ...string) (stop func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range subjects {
+		m := f.followed[s]
+		if m == nil {
+			m = map[Follower]struct{}{}
+			f.followed[s] = m
+		}
+		if _, dup := m[fl]; !dup {
+			m[fl] = struct{}{}
+			f.followers[fl]++
+		}
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			for _, s := range subjects {
+				m := f.followed[s]
+				if _, ok := m[fl]; !ok {
+					continue
+				}
+				delete(m, fl)
+				if len(m) == 0 {
+					delete(f.followed, s)
+				}
+				if f.followers[fl]--; f.followers[fl] <= 0 {
+					delete(f.followers, fl)
+				}
+			}
+		})
+	}
+}
+
+// Done is closed by Close: followers end their streams.
+func (f *Feed) Done() <-chan struct{} { return f.done }
+
 // Publish wakes every watcher of the subjects.
 func (f *Feed) Publish(subjects ...string) {
 	f.mu.Lock()
@@ -71,6 +136,20 @@ func (f *Feed) Publish(subjects ...string) {
 			close(t.ch)
 			delete(f.topics, s)
 		}
+		for fl := range f.followed[s] {
+			fl.Changed(s)
+		}
+	}
+}
+
+// AccessChanged tells every follower that who may read what may have
+// changed: a vault's access policies, or the role assignments. Held reads
+// need no telling: each pass authorizes again.
+func (f *Feed) AccessChanged() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for fl := range f.followers {
+		fl.Recheck(false)
 	}
 }
 
@@ -79,7 +158,11 @@ func (f *Feed) Publish(subjects ...string) {
 func (f *Feed) Close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
 	f.closed = true
+	close(f.done)
 	for s, t := range f.topics {
 		close(t.ch)
 		delete(f.topics, s)
@@ -93,12 +176,29 @@ func (f *Feed) Closed() bool {
 	return f.closed
 }
 
-// Watching returns the number of subjects being watched, for tests and
-// metrics.
+// Watching returns the number of subjects being watched, by held reads
+// or followers, for tests and metrics.
 func (f *Feed) Watching() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.topics)
+	n := len(f.topics)
+	for s := range f.followed {
+		if _, held := f.topics[s]; !held {
+			n++
+		}
+	}
+	return n
+}
+
+// Following returns the number of followers and of the subjects they
+// follow, counted once per follower, for tests and metrics.
+func (f *Feed) Following() (followers, subscriptions int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.followers {
+		subscriptions += n
+	}
+	return len(f.followers), subscriptions
 }
 
 // PublishAll wakes every watcher: after a gap in what the store reported,
@@ -109,5 +209,8 @@ func (f *Feed) PublishAll() {
 	for subject, t := range f.topics {
 		close(t.ch)
 		delete(f.topics, subject)
+	}
+	for fl := range f.followers {
+		fl.Recheck(true)
 	}
 }
