@@ -60,6 +60,9 @@ type stackOptions struct {
 	nodeAgent bool
 	// push turns on push rotation (with rotation).
 	push bool
+	// noVaultWatch starts a server without the vault watch, as one from
+	// before it: the provider falls back to held reads.
+	noVaultWatch bool
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
@@ -75,7 +78,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	// The authority trusts the apiserver's service-account issuer.
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1, NoVaultWatch: o.noVaultWatch})
 	if o.providerName == "" {
 		o.providerName = "azure"
 	}

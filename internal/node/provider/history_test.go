@@ -172,7 +172,7 @@ func TestExpandReadsTheCurrentVersion(t *testing.T) {
 
 	for name, want := range map[string][]string{"burst": {"5e", "0a", "c4"}, "off": {"0a", "c4"}} {
 		m := &azparams.Mount{Objects: []azparams.Object{{Name: name, Type: azparams.TypeSecret, History: 3}}}
-		entries, err := s.expand(context.Background(), m, vault.URL, "token")
+		entries, err := s.expand(context.Background(), m, reader{base: vault.URL, token: "token"})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}

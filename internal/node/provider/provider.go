@@ -71,10 +71,11 @@ type Server struct {
 	watch *watcher
 	good  *lastGood
 
-	requests *prometheus.CounterVec
-	mounts   *prometheus.CounterVec
-	latency  prometheus.Histogram
-	stale    prometheus.Counter
+	requests  *prometheus.CounterVec
+	fromWatch *prometheus.CounterVec
+	mounts    *prometheus.CounterVec
+	latency   prometheus.Histogram
+	stale     prometheus.Counter
 }
 
 // New validates cfg and returns a provider.
@@ -116,6 +117,8 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, cache: newCache(cfg.CacheBytes), good: newLastGood(cfg.CacheBytes),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_vault_requests_total",
 			Help: "Vault reads by object type and result: fetched (a value transferred), not_modified (a 304), throttled_retry (a 429 tried again) or error."}, []string{"object_type", "result"}),
+		fromWatch: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_watched_reads_total",
+			Help: "Object reads answered from the cache, without a vault request, because the mount's vault watch vouched for them."}, []string{"object_type"}),
 		mounts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_provider_mounts_total",
 			Help: "Mount requests by result: ok or an error code."}, []string{"result"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "coffer_provider_mount_duration_seconds", Help: "Mount latency.",
@@ -123,7 +126,7 @@ func New(cfg Config) (*Server, error) {
 		stale: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_provider_last_known_good_mounts_total",
 			Help: "Mounts answered with last-known-good files because the vault or the authority was unreachable (lastKnownGood)."}),
 	}
-	cfg.Registry.MustRegister(s.requests, s.mounts, s.latency, s.stale)
+	cfg.Registry.MustRegister(s.requests, s.fromWatch, s.mounts, s.latency, s.stale)
 	s.watch = newWatcher(cfg.Vault, s.cache, cfg.Registry, cfg.Log)
 	return s, nil
 }
@@ -291,7 +294,12 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 		return nil, err
 	}
 	token := tok.Value
-	entries, err := s.expand(ctx, m, base, token)
+	rd := reader{base: base, token: token}
+	principal := principalOf(tok.Claims)
+	if principal != "" {
+		rd.watch = streamKey(resource, principal)
+	}
+	entries, err := s.expand(ctx, m, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -309,7 +317,7 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 			defer func() { <-sem }()
 			f, err := e.got, error(nil)
 			if f == nil {
-				f, err = s.fetchPatiently(ctx, base, token, e.obj.Type, e.obj.Name, e.version)
+				f, err = s.fetchPatiently(ctx, rd, e.obj.Type, e.obj.Name, e.version)
 			}
 			if err != nil && e.obj.Optional && objectMissing(err) {
 				s.cfg.Log.Info("an optional object is missing; the volume goes without it", "object", e.obj.Type+"/"+e.obj.Name, "version", e.version)
@@ -351,7 +359,8 @@ func (s *Server) mountFrom(ctx context.Context, req *v1alpha1.MountRequest, m *a
 	if total > s.cfg.MaxResponseBytes {
 		return nil, fail(mounterr.InvalidParameter, "the volume's %d files total %d bytes, over the provider's %d-byte limit: mount fewer or smaller objects", len(results), total, s.cfg.MaxResponseBytes)
 	}
-	s.watch.register(req.GetTargetPath(), token, tok.Expires, slices.DeleteFunc(watched, func(it watchItem) bool { return it.name == "" }))
+	s.watch.register(registration{target: req.GetTargetPath(), token: token, expires: tok.Expires, resource: resource, principal: principal,
+		items: slices.DeleteFunc(watched, func(it watchItem) bool { return it.name == "" })})
 	return &v1alpha1.MountResponse{ObjectVersion: versions, Files: results}, nil
 }
 
@@ -451,14 +460,14 @@ func (s *Server) token(ctx context.Context, m *azparams.Mount, resource string) 
 // it, newest first (see historyOf for how ties within a second are
 // decided). The current version is read here, after the listing, and its
 // entry keeps what was read.
-func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token string) ([]entry, error) {
+func (s *Server) expand(ctx context.Context, m *azparams.Mount, rd reader) ([]entry, error) {
 	var out []entry
 	for _, o := range m.Objects {
 		if o.History <= 1 {
 			out = append(out, entry{obj: o, version: o.Version, path: o.FileName(), id: o.Type + "/" + o.Name})
 			continue
 		}
-		items, err := s.cfg.Vault.Versions(ctx, base, token, collection(o.Type), o.Name)
+		items, err := s.cfg.Vault.Versions(ctx, rd.base, rd.token, collection(o.Type), o.Name)
 		if err != nil && o.Optional && objectMissing(err) {
 			continue
 		}
@@ -467,7 +476,7 @@ func (s *Server) expand(ctx context.Context, m *azparams.Mount, base, token stri
 		}
 		// Read after the listing, so that every listed version but this
 		// one is older than it.
-		cur, err := s.fetchPatiently(ctx, base, token, o.Type, o.Name, "")
+		cur, err := s.fetchPatiently(ctx, rd, o.Type, o.Name, "")
 		current := ""
 		switch {
 		case err == nil:

@@ -2,12 +2,9 @@ package provider
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
@@ -17,28 +14,34 @@ import (
 )
 
 // Push rotation, the provider's half. After a mount, each object it read
-// at its latest version is watched with a held conditional read (Prefer:
-// wait) on the vault; when one changes, the volumes that hold it are
-// reported to the driver listening on the Push service, which refreshes
-// them through an ordinary Mount. One held read per object serves every
-// volume on the node that holds it. Nothing is watched while no driver
-// listens (the upstream driver never does).
+// at its latest version is watched on the vault; when one changes, the
+// volumes that hold it are reported to the driver listening on the Push
+// service, which refreshes them through an ordinary Mount. Nothing is
+// watched while no driver listens (the upstream driver never does).
 //
-// The held read's answer to a change carries the new value: it goes into
-// the object cache under its new ETag before the volumes are reported, so
-// each follow-up Mount's conditional read is answered 304 and the value
-// crosses the network once per change. Each Mount still asks the vault,
-// with its own volume's token: the vault authorizes every volume's read,
-// and a 304 is only the answer to an authorized one.
+// Objects are watched in one of two ways:
+//
+//   - A vault watch (stream.go, docs/vault-watch.md): one streaming
+//     request per vault server and identity carries every object that
+//     the node's volumes of that identity hold. While it is healthy, it
+//     also vouches for the objects' state, so a Mount answers them from
+//     the cache without asking the vault (see fresh): the vault authorized
+//     that identity for them, and tells the stream of every change and of
+//     every loss of access.
+//   - Held reads (held.go), one per object, shared by every volume on the
+//     node that holds it: against a server without the vault watch, or
+//     for a token whose identity cannot be read. Each Mount still reads
+//     the vault, conditionally, with its own token.
 const (
 	// holdFor is the wait asked of the vault per held read: under its
 	// 30-second cap, so the vault, not a timeout, ends each one.
 	holdFor = 25 * time.Second
-	// tokenSlack keeps a token from being used in a held read that could
-	// outlive it.
+	// tokenSlack keeps a token from being used in a held read or a watch
+	// that could outlive it.
 	tokenSlack = holdFor + 5*time.Second
-	// notHeldPause is how long a vault that does not hold reads is left
-	// alone before it is tried again.
+	// notHeldPause is how long a vault that does not hold reads, or a
+	// server without the vault watch, is left alone before it is tried
+	// again.
 	notHeldPause = 10 * time.Minute
 	// maxWatchedTargets bounds the volumes watched at once.
 	maxWatchedTargets = 10000
@@ -51,52 +54,69 @@ type watchItem struct {
 
 func (i watchItem) key() string { return cacheKey(i.base, i.objType, i.name, "") }
 
-// watcher holds the vault reads that watch mounted objects.
+// registration is what a successful mount tells the watcher about its
+// volume.
+type registration struct {
+	target  string
+	token   string
+	expires time.Time
+	// resource is the token's audience, the vault server's authority host
+	// (https://{suffix}): where the vault watch is asked for.
+	resource string
+	// principal names the token's identity (tenant and object id, read
+	// from the token); "" when unknown, which only held reads can serve.
+	principal string
+	items     []watchItem
+}
+
+// watchedTarget is one volume being watched.
+type watchedTarget struct {
+	stream  string // the key of its vault watch; "" for held reads
+	token   string
+	expires time.Time
+	// items are the objects it holds, by key, at the state it holds.
+	items map[string]watchItem
+}
+
+// watcher watches mounted objects on the vault.
 type watcher struct {
-	vault *kvclient.Client // with a timeout longer than holdFor
-	cache *cache           // the mounts' object cache, which held reads' answers seed
-	log   *slog.Logger
-	now   func() time.Time
+	vault  *kvclient.Client // held reads: a timeout longer than holdFor
+	stream *kvclient.Client // vault watches: no timeout of their own
+	cache  *cache           // the mounts' object cache, which held reads' answers seed
+	log    *slog.Logger
+	now    func() time.Time
 
 	watched prometheus.Gauge
+	streams prometheus.Gauge
 	pushes  prometheus.Counter
 
 	done chan struct{} // closed by close: the provider is stopping
 
 	mu        sync.Mutex
 	listeners map[chan string]struct{}
-	objects   map[string]*watchedObject // by watchItem.key
-	targets   map[string][]string       // target path -> object keys
+	targets   map[string]*watchedTarget
+	objects   map[string]*watchedObject // held reads, by watchItem.key
+	watches   map[string]*stream        // vault watches, by streamKey
 	notHeld   map[string]time.Time      // vault base -> when it answered without holding
-}
-
-// watchedObject is one object watched for every volume holding it.
-type watchedObject struct {
-	item   watchItem // etag: the newest state known
-	subs   map[string]subscriber
-	cancel context.CancelFunc
-}
-
-// subscriber is one volume's interest: the state it holds and the token
-// its mount proved, with which the object may be watched.
-type subscriber struct {
-	etag    string
-	token   string
-	expires time.Time
+	noWatch   map[string]time.Time      // resource -> when it answered without the vault watch
 }
 
 func newWatcher(vault *kvclient.Client, c *cache, reg prometheus.Registerer, log *slog.Logger) *watcher {
-	hc := &http.Client{Timeout: holdFor + 15*time.Second}
+	held := &http.Client{Timeout: holdFor + 15*time.Second}
+	streaming := &http.Client{}
 	if vault.HTTP != nil {
-		hc.Transport = vault.HTTP.Transport
+		held.Transport, streaming.Transport = vault.HTTP.Transport, vault.HTTP.Transport
 	}
-	w := &watcher{vault: &kvclient.Client{HTTP: hc}, cache: c, log: log, now: time.Now, done: make(chan struct{}),
+	w := &watcher{vault: &kvclient.Client{HTTP: held}, stream: &kvclient.Client{HTTP: streaming}, cache: c, log: log, now: time.Now, done: make(chan struct{}),
 		watched: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_provider_watched_objects",
-			Help: "Vault objects watched for push rotation (one held read each)."}),
+			Help: "Vault objects watched for push rotation, by a vault watch or a held read."}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_provider_vault_watches",
+			Help: "Vault watches open or being opened: one per vault server and identity."}),
 		pushes: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_provider_pushes_total",
 			Help: "Volumes reported to the driver because an object they hold changed."}),
-		listeners: map[chan string]struct{}{}, objects: map[string]*watchedObject{}, targets: map[string][]string{}, notHeld: map[string]time.Time{}}
-	reg.MustRegister(w.watched, w.pushes)
+		listeners: map[chan string]struct{}{}, targets: map[string]*watchedTarget{}, objects: map[string]*watchedObject{},
+		watches: map[string]*stream{}, notHeld: map[string]time.Time{}, noWatch: map[string]time.Time{}}
+	reg.MustRegister(w.watched, w.streams, w.pushes)
 	return w
 }
 
@@ -133,8 +153,9 @@ func (w *watcher) Watch(ctx context.Context, send func(target string) error) err
 	}
 }
 
-// close ends every Watch stream and held read, so a stopping provider's
-// graceful stop does not wait on streams that never end by themselves.
+// close ends every Watch stream, held read and vault watch, so a stopping
+// provider's graceful stop does not wait on streams that never end by
+// themselves.
 func (w *watcher) close() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -147,10 +168,9 @@ func (w *watcher) close() {
 
 // dropAllLocked stops watching everything.
 func (w *watcher) dropAllLocked() {
-	for key := range w.objects {
-		w.dropLocked(key)
+	for target := range w.targets {
+		w.forgetLocked(target)
 	}
-	clear(w.targets)
 }
 
 func (w *watcher) closedLocked() bool {
@@ -170,149 +190,80 @@ func (w *watcher) Forget(target string) {
 }
 
 func (w *watcher) forgetLocked(target string) {
-	for _, key := range w.targets[target] {
-		w.unsubscribeLocked(key, target)
-	}
-	delete(w.targets, target)
-}
-
-// unsubscribeLocked removes target from one object, and stops watching
-// the object if no volume is left.
-func (w *watcher) unsubscribeLocked(key, target string) {
-	if o := w.objects[key]; o != nil {
-		delete(o.subs, target)
-		if len(o.subs) == 0 {
-			w.dropLocked(key)
-		}
-	}
-}
-
-func (w *watcher) dropLocked(key string) {
-	if o := w.objects[key]; o != nil {
-		o.cancel()
-		delete(w.objects, key)
-		w.watched.Set(float64(len(w.objects)))
-	}
-}
-
-// register replaces what target watches with items, read by a mount
-// with token, good until expires. Objects the volume still holds keep
-// their held read: a remount every interval does not restart it.
-func (w *watcher) register(target, token string, expires time.Time, items []watchItem) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closedLocked() || len(w.listeners) == 0 || target == "" || len(items) == 0 || expires.Before(w.now().Add(tokenSlack)) {
-		w.forgetLocked(target)
+	t := w.targets[target]
+	if t == nil {
 		return
 	}
-	if _, known := w.targets[target]; !known && len(w.targets) >= maxWatchedTargets {
+	delete(w.targets, target)
+	if t.stream != "" {
+		w.unstreamLocked(target, t)
+		return
+	}
+	for key := range t.items {
+		w.unholdLocked(key, target)
+	}
+}
+
+// register replaces what a volume watches with what its mount read.
+// Objects the volume still holds stay watched as they were: a remount
+// every interval restarts nothing.
+func (w *watcher) register(r registration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := w.now()
+	if w.closedLocked() || len(w.listeners) == 0 || r.target == "" || len(r.items) == 0 || r.expires.Before(now.Add(tokenSlack)) {
+		w.forgetLocked(r.target)
+		return
+	}
+	old := w.targets[r.target]
+	if old == nil && len(w.targets) >= maxWatchedTargets {
 		w.log.Warn("push rotation: too many volumes watched; this one rotates on its interval only", "limit", maxWatchedTargets)
 		return
 	}
-	maps.DeleteFunc(w.notHeld, func(_ string, t time.Time) bool { return w.now().Sub(t) >= notHeldPause })
-	var keys []string
-	for _, it := range items {
-		if _, ok := w.notHeld[it.base]; ok {
-			continue
-		}
-		key := it.key()
-		o := w.objects[key]
-		if o == nil {
-			ctx, cancel := context.WithCancel(context.Background())
-			o = &watchedObject{item: it, subs: map[string]subscriber{}, cancel: cancel}
-			w.objects[key] = o
-			w.watched.Set(float64(len(w.objects)))
-			go w.poll(ctx, key, o)
-		}
-		// The mount has just read it: its state is the newest known.
-		o.item.etag = it.etag
-		o.subs[target] = subscriber{etag: it.etag, token: token, expires: expires}
-		keys = append(keys, key)
+	maps.DeleteFunc(w.notHeld, func(_ string, t time.Time) bool { return now.Sub(t) >= notHeldPause })
+	maps.DeleteFunc(w.noWatch, func(_ string, t time.Time) bool { return now.Sub(t) >= notHeldPause })
+	key := ""
+	if _, refused := w.noWatch[r.resource]; !refused && r.principal != "" && r.resource != "" {
+		key = streamKey(r.resource, r.principal)
 	}
-	for _, key := range w.targets[target] {
-		if !slices.Contains(keys, key) {
-			w.unsubscribeLocked(key, target)
-		}
+	if old != nil && old.stream != key {
+		// Its identity or its way of watching changed: start afresh.
+		w.forgetLocked(r.target)
+		old = nil
 	}
-	if len(keys) == 0 {
-		delete(w.targets, target)
+	t := &watchedTarget{stream: key, token: r.token, expires: r.expires, items: make(map[string]watchItem, len(r.items))}
+	for _, it := range r.items {
+		t.items[it.key()] = it
+	}
+	w.targets[r.target] = t
+	if key != "" {
+		w.streamLocked(r, t, old)
 		return
 	}
-	w.targets[target] = keys
+	w.holdLocked(r.target, t, old)
 }
 
-// poll holds reads of one object until it has no subscriber left.
-func (w *watcher) poll(ctx context.Context, key string, o *watchedObject) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		w.mu.Lock()
-		item := o.item
-		holder, token := w.tokenLocked(o)
-		if token == "" {
-			if w.objects[key] == o {
-				w.dropLocked(key)
-			}
-			w.mu.Unlock()
-			return
-		}
-		w.mu.Unlock()
-		start := time.Now()
-		d := decodingFor(item.objType)
-		held, err := w.vault.Wait(ctx, item.base, token, collection(item.objType), item.name, item.etag, holdFor, d.out)
-		if held.Changed && (held.ETag == "" || held.ETag == item.etag) {
-			// A 200 that is not a change (a proxy that ignores
-			// If-None-Match, say) would make this loop spin.
-			err = kvclient.ErrNotHeld
-		}
-		switch {
-		case ctx.Err() != nil:
-			return
-		case errors.Is(err, kvclient.ErrNotHeld):
-			w.log.Info("push rotation: the vault does not hold reads; its volumes rotate on their interval", "vault", item.base)
-			w.mu.Lock()
-			w.notHeld[item.base] = w.now()
-			if w.objects[key] == o {
-				w.dropLocked(key)
-			}
-			w.mu.Unlock()
-			return
-		case refused(err):
-			// That volume's identity may no longer read it: drop it (its
-			// refresh reports why, on the pod) and go on at once with
-			// another volume's token, so one refusal does not stop the
-			// pushes of every volume holding the object.
-			w.mu.Lock()
-			if _, ok := o.subs[holder]; ok {
-				delete(o.subs, holder)
-				w.notifyLocked(holder)
-			}
-			w.mu.Unlock()
-			continue
-		case err != nil:
-			// Gone or unreachable: interval rotation reports it on the
-			// volume; here, only try again later.
-			w.log.Debug("push rotation: a held read failed", "vault", item.base, "object", item.objType+"/"+item.name, "class", kvclient.Classify(err), "retry", backoff)
-			if !sleep(ctx, backoff+rand.N(backoff/2)) {
-				return
-			}
-			backoff = min(2*backoff, time.Minute)
-			continue
-		}
-		backoff = time.Second
-		if held.Changed {
-			w.seed(item, held, d)
-			w.changed(o, held.ETag)
-		} else if time.Since(start) < time.Second && !sleep(ctx, time.Second) {
-			return // answered at once (a vault at its cap, or stopping): not faster than once a second
+// countLocked updates the gauges.
+func (w *watcher) countLocked() {
+	n := len(w.objects)
+	for _, st := range w.watches {
+		n += len(st.objects)
+	}
+	w.watched.Set(float64(n))
+	w.streams.Set(float64(len(w.watches)))
+}
+
+// notifyLocked reports a volume to every listening driver. A driver that
+// is not keeping up misses it, and the volume waits for its interval.
+func (w *watcher) notifyLocked(target string) {
+	w.pushes.Inc()
+	for ch := range w.listeners {
+		select {
+		case ch <- target:
+		default:
+			w.log.Warn("push rotation: the driver is not keeping up; a volume waits for its interval", "target", target)
 		}
 	}
-}
-
-// refused reports whether the vault refused the token (401) or the
-// identity (403).
-func refused(err error) bool {
-	var ke *kvclient.Error
-	return errors.As(err, &ke) && (ke.Status == 401 || ke.Status == 403)
 }
 
 // sleep waits d, or until ctx ends (then false).
@@ -324,73 +275,5 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
-	}
-}
-
-// tokenLocked returns the volume whose token lasts longest, and that
-// token. A subscriber whose token is too close to expiry to hold a read
-// with is dropped and its volume reported: the driver's refresh mounts it
-// with a fresh token (the token cache no longer hands out one that close
-// to expiry), which watches it again.
-func (w *watcher) tokenLocked(o *watchedObject) (target, token string) {
-	until := w.now().Add(tokenSlack)
-	for t, s := range o.subs {
-		if s.expires.Before(w.now().Add(tokenSlack)) {
-			delete(o.subs, t)
-			w.notifyLocked(t)
-			continue
-		}
-		if !s.expires.Before(until) {
-			target, token, until = t, s.token, s.expires
-		}
-	}
-	return target, token
-}
-
-// seed caches the new state a held read brought, under its ETag, for the
-// follow-up mounts' conditional reads. An answer that did not decode, or
-// names no version, is left out: those mounts read it themselves, and
-// report what is wrong with it.
-func (w *watcher) seed(item watchItem, held kvclient.Held, d decoding) {
-	if held.Undecoded != nil {
-		// Its code only: a JSON syntax error quotes the body.
-		code := "unknown"
-		if ke := (*kvclient.Error)(nil); errors.As(held.Undecoded, &ke) {
-			code = ke.Code
-		}
-		w.log.Debug("push rotation: a held read's answer did not decode; the mounts read it again", "vault", item.base, "object", item.objType+"/"+item.name, "code", code)
-		return
-	}
-	f := d.get()
-	if f.Version == "" {
-		return
-	}
-	f.ETag = held.ETag
-	w.cache.put(item.key(), held.ETag, f)
-}
-
-// changed records an object's new state and reports each volume that
-// holds an older one.
-func (w *watcher) changed(o *watchedObject, etag string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	o.item.etag = etag
-	for target, s := range o.subs {
-		if s.etag != etag {
-			w.pushes.Inc()
-			w.notifyLocked(target)
-		}
-	}
-}
-
-// notifyLocked reports a volume to every listening driver. A driver that
-// is not keeping up misses it, and the volume waits for its interval.
-func (w *watcher) notifyLocked(target string) {
-	for ch := range w.listeners {
-		select {
-		case ch <- target:
-		default:
-			w.log.Warn("push rotation: the driver is not keeping up; a volume waits for its interval", "target", target)
-		}
 	}
 }

@@ -28,19 +28,19 @@ func TestWatchRenewsExpiringTokens(t *testing.T) {
 	// Its held reads go to a closed loopback port and only back off.
 	item := watchItem{base: "https://127.0.0.1:1", objType: azparams.TypeSecret, name: "db", etag: `"v1"`}
 
-	w.register("/pods/a/vol", "token-a", now.Add(tokenSlack-time.Second), []watchItem{item})
+	w.register(registration{target: "/pods/a/vol", token: "token-a", expires: now.Add(tokenSlack - time.Second), items: []watchItem{item}})
 	if len(w.objects) != 0 {
 		t.Fatal("a volume whose token expires within a held read is watched")
 	}
-	w.register("/pods/a/vol", "token-a", now.Add(time.Hour), []watchItem{item})
-	w.register("/pods/b/vol", "token-b", now.Add(2*time.Hour), []watchItem{item})
+	w.register(registration{target: "/pods/a/vol", token: "token-a", expires: now.Add(time.Hour), items: []watchItem{item}})
+	w.register(registration{target: "/pods/b/vol", token: "token-b", expires: now.Add(2 * time.Hour), items: []watchItem{item}})
 	o := w.objects[item.key()]
 	if len(w.objects) != 1 || o == nil || len(o.subs) != 2 {
 		t.Fatalf("two volumes of one object: %d objects watched", len(w.objects))
 	}
 	defer w.Forget("/pods/b/vol")
 	// A remount of the same objects keeps the held read.
-	w.register("/pods/a/vol", "token-a", now.Add(time.Hour), []watchItem{{base: item.base, objType: item.objType, name: item.name, etag: `"v2"`}})
+	w.register(registration{target: "/pods/a/vol", token: "token-a", expires: now.Add(time.Hour), items: []watchItem{{base: item.base, objType: item.objType, name: item.name, etag: `"v2"`}}})
 	if w.objects[item.key()] != o || o.item.etag != `"v2"` {
 		t.Fatal("a remount restarted the object's held read, or did not record the newer state")
 	}

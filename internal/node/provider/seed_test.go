@@ -144,13 +144,13 @@ func TestHeldReadSeedsTheCache(t *testing.T) {
 			// as the error it is) and is watched from its ETag.
 			etag := `"v1"`
 			if !test.big {
-				f, err := s.fetch(ctx, srv.URL, "token-a", test.objType, "db", "")
+				f, err := s.fetch(ctx, reader{base: srv.URL, token: "token-a"}, test.objType, "db", "")
 				if err != nil || f.Version != "v1" {
 					t.Fatalf("first read: %v, %+v", err, f)
 				}
 				etag = f.ETag
 			}
-			s.watch.register("/pods/a/vol", "token-a", time.Now().Add(time.Hour), []watchItem{{base: srv.URL, objType: test.objType, name: "db", etag: etag}})
+			s.watch.register(registration{target: "/pods/a/vol", token: "token-a", expires: time.Now().Add(time.Hour), items: []watchItem{{base: srv.URL, objType: test.objType, name: "db", etag: etag}}})
 			before, _ := vault.snapshot()
 			// Whether the held read reaches the vault before the change or
 			// after, the change is what answers it.
@@ -164,7 +164,7 @@ func TestHeldReadSeedsTheCache(t *testing.T) {
 				t.Fatal("the change was not reported")
 			}
 			// The follow-up mount, as another volume's identity would.
-			f, err := s.fetch(ctx, srv.URL, "token-b", test.objType, "db", "")
+			f, err := s.fetch(ctx, reader{base: srv.URL, token: "token-b"}, test.objType, "db", "")
 			switch {
 			case test.big && kvclient.Classify(err) != mounterr.Internal:
 				t.Fatalf("the follow-up read of an oversized object: %v", err)

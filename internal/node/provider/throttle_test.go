@@ -41,7 +41,7 @@ func TestThrottledReadsHonourRetryAfter(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	start := time.Now()
-	f, err := s.fetchPatiently(ctx, vault.URL, "token", "secret", "db", "")
+	f, err := s.fetchPatiently(ctx, reader{base: vault.URL, token: "token"}, "secret", "db", "")
 	if err != nil || f.Value != "s3cret" || calls.Load() != 3 {
 		t.Fatalf("after two 429s: %v, %d calls", err, calls.Load())
 	}
@@ -51,7 +51,7 @@ func TestThrottledReadsHonourRetryAfter(t *testing.T) {
 
 	calls.Store(0)
 	retryAfter = "60"
-	if _, err := s.fetchPatiently(ctx, vault.URL, "token", "secret", "other", ""); kvclient.Classify(err) != mounterr.Throttled || calls.Load() != 1 {
+	if _, err := s.fetchPatiently(ctx, reader{base: vault.URL, token: "token"}, "secret", "other", ""); kvclient.Classify(err) != mounterr.Throttled || calls.Load() != 1 {
 		t.Fatalf("a Retry-After of a minute: %v after %d calls, want Throttled after 1", err, calls.Load())
 	}
 }
