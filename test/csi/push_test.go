@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
@@ -104,8 +105,9 @@ func pushStackWith(t testing.TB, o stackOptions, pods ...string) *stack {
 }
 
 // spClass creates a class of objs, read by a service principal allowed to
-// get secrets (its credentials in Secret creds), and pods that use it.
-func (s *stack) spClass(t testing.TB, class string, objs []string, pods ...string) {
+// get secrets (its credentials in Secret creds), and pods that use it; it
+// returns the service principal.
+func (s *stack) spClass(t testing.TB, class string, objs []string, pods ...string) mgmthttp.SPOut {
 	t.Helper()
 	s.serviceAccount(t, "default", "default")
 	sp := servicePrincipal(t, s.env, "sp-"+class, []string{"get"}, nil, nil)
@@ -121,6 +123,7 @@ func (s *stack) spClass(t testing.TB, class string, objs []string, pods ...strin
 		}
 		s.apply(t, manifest)
 	}
+	return sp
 }
 
 // The first mounts through a provider, made at once (a node or driver
