@@ -155,6 +155,15 @@ FUZZTIME ?= 1m
 fuzz:
 	@FUZZTIME="$(FUZZTIME)" GO="$(GO)" ./scripts/fuzz.sh
 
+# The fleet simulation, against one `coffer dev` process built from this
+# tree: 1,000 watch clients × 50 objects (server memory, idle CPU, time from
+# a write to every node's refresh), and 250 real providers × 40 volumes × 2
+# objects (vault requests per rotation interval, with the watch and with
+# held reads). About four minutes.
+bench-fleet:
+	$(GO) test -run '^$$' -bench FleetWatch -benchtime 20x -timeout 30m ./test/fleet/
+	$(GO) test -run '^$$' -bench FleetRotation -benchtime 5x -timeout 30m ./test/fleet/
+
 dev:
 	$(GO) run ./cmd/coffer dev
 
