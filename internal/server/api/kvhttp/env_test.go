@@ -70,6 +70,8 @@ type envOptions struct {
 	missAccessChanges bool
 	// noWatch turns the vault watch off.
 	noWatch bool
+	// writeTimeout is the vault watch's write timeout.
+	writeTimeout time.Duration
 	// authorityNow is the authority's clock (and its verifier's).
 	authorityNow func() time.Time
 }
@@ -127,7 +129,7 @@ func newEnvWith(t testing.TB, o envOptions) *env {
 		}
 	})
 	e.h = kvhttp.New(kvhttp.Deps{Endpoints: e.ep, Access: access.New(roles), Vaults: e.vaults, Secrets: e.secrets, Keys: keys, Certs: certs,
-		Verifier: e.auth.Verifier(), Issuer: e.auth.Issuer, Changes: e.feed, Log: log, WatchReauthorize: o.reauthorize, NoWatch: o.noWatch})
+		Verifier: e.auth.Verifier(), Issuer: e.auth.Issuer, Changes: e.feed, Log: log, WatchReauthorize: o.reauthorize, WatchWriteTimeout: o.writeTimeout, NoWatch: o.noWatch})
 	t.Cleanup(e.feed.Close)
 
 	e.admin = e.token(t, st.TenantID, st.AdminAppID, adminSecret, e.ep.Resource())

@@ -53,10 +53,11 @@ type Handler struct {
 	mux      http.Handler
 
 	// The vault watch (watch.go).
-	noWatch     bool
-	sync        func(context.Context) (context.Context, error)
-	record      func(audit.Entry)
-	reauthorize time.Duration
+	noWatch      bool
+	sync         func(context.Context) (context.Context, error)
+	record       func(audit.Entry)
+	reauthorize  time.Duration
+	writeTimeout time.Duration
 	watchCounters
 }
 
@@ -90,15 +91,21 @@ type Deps struct {
 	// WatchReauthorize is the period of the vault watch's
 	// re-authorization passes (default 30 s).
 	WatchReauthorize time.Duration
-	Log              *slog.Logger
+	// WatchWriteTimeout bounds the write of one batch of the vault
+	// watch's records (default 30 s).
+	WatchWriteTimeout time.Duration
+	Log               *slog.Logger
 }
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
 	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, limiter: d.Limiter, log: d.Log,
-		noWatch: d.NoWatch, sync: d.Sync, record: d.Audit, reauthorize: d.WatchReauthorize}
+		noWatch: d.NoWatch, sync: d.Sync, record: d.Audit, reauthorize: d.WatchReauthorize, writeTimeout: d.WatchWriteTimeout}
 	if h.reauthorize <= 0 {
 		h.reauthorize = defaultReauthorize
+	}
+	if h.writeTimeout <= 0 {
+		h.writeTimeout = defaultWatchWriteTimeout
 	}
 	if h.log == nil {
 		h.log = slog.Default()

@@ -41,9 +41,9 @@ const (
 	// pass, and so the bound on how long a client may trust a stream that
 	// went silent (see vaultwatch.Authorized).
 	defaultReauthorize = 30 * time.Second
-	// watchWriteTimeout bounds one record's write: a client that stops
-	// reading loses its stream.
-	watchWriteTimeout = 30 * time.Second
+	// defaultWatchWriteTimeout bounds the write of a batch of records: a
+	// client that stops reading loses its stream.
+	defaultWatchWriteTimeout = 30 * time.Second
 	// maxWatchStreams and maxWatchObjects bound the server's watch state.
 	maxWatchStreams = 50000
 	maxWatchObjects = 1000000
@@ -484,17 +484,25 @@ func (h *Handler) currentETag(ctx context.Context, sub *watchSub) (string, error
 	return etag, nil
 }
 
-// send writes one record, within watchWriteTimeout.
+// send writes one record; the deadline it sets lasts until the flush
+// that ends the batch.
 func (s *watchStream) send(rec vaultwatch.Record) error {
 	b, _ := json.Marshal(rec)
-	_ = s.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.h.writeTimeout))
 	_, err := s.w.Write(append(b, '\n'))
 	return err
 }
 
+// flush sends what send wrote, within the write timeout, and then clears
+// the deadline: over HTTP/2 a write deadline is a timer on the stream
+// that resets it when it fires, written to or not, so a deadline left
+// armed would cut every stream that stays quiet for longer than the
+// timeout (as a stream does between two passes).
 func (s *watchStream) flush() error {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-	return s.rc.Flush()
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.h.writeTimeout))
+	err := s.rc.Flush()
+	_ = s.rc.SetWriteDeadline(time.Time{})
+	return err
 }
 
 // end sends End with reason.

@@ -29,6 +29,12 @@ func (e *env) openWatch(t *testing.T, tok string, objs ...vaultwatch.Object) (in
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(e.h.ServeWatch))
 	t.Cleanup(srv.Close)
+	return e.openWatchOn(t, srv, tok, objs...)
+}
+
+// openWatchOn is openWatch on srv.
+func (e *env) openWatchOn(t *testing.T, srv *httptest.Server, tok string, objs ...vaultwatch.Object) (int, *watchConn) {
+	t.Helper()
 	body, _ := json.Marshal(vaultwatch.Request{Objects: objs})
 	ctx, cancel := context.WithCancel(context.Background())
 	r, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+vaultwatch.Path+"?api-version=7.6", strings.NewReader(string(body)))
@@ -263,6 +269,32 @@ func TestWatchPassesConfirm(t *testing.T) {
 		if rec := c.next(t); rec.Type != vaultwatch.Authorized {
 			t.Fatalf("%+v, want Authorized", rec)
 		}
+	}
+}
+
+// A stream that stays quiet for longer than the write timeout lasts, over
+// HTTP/2 as over HTTP/1: the deadline of a write does not outlive it (an
+// HTTP/2 stream's write deadline resets the stream when it fires, being
+// written to or not).
+func TestWatchQuietStreamLasts(t *testing.T) {
+	tests := map[string]struct{ http2 bool }{"HTTP/1.1": {}, "HTTP/2": {http2: true}}
+	for name, test := range tests {
+		t.Run(name, func(t *testing.T) {
+			e := newEnvWith(t, envOptions{reauthorize: time.Second, writeTimeout: 100 * time.Millisecond})
+			e.setSecret(t, "demo", "s", "one")
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(e.h.ServeWatch))
+			srv.EnableHTTP2 = test.http2
+			srv.StartTLS()
+			t.Cleanup(srv.Close)
+			_, c := e.openWatchOn(t, srv, e.reader, secretAt("demo", "s", e.etag(t, "demo", "secrets", "s")))
+			c.until(t, vaultwatch.Ready)
+			// Passes come every second, ten write timeouts apart.
+			for range 2 {
+				if rec := c.next(t); rec.Type != vaultwatch.Authorized {
+					t.Fatalf("%+v, want Authorized", rec)
+				}
+			}
+		})
 	}
 }
 
