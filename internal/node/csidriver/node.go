@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+	"unique"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -42,13 +43,70 @@ type node struct {
 	d *Driver
 }
 
-// publication is one validated NodePublishVolume request.
+// publication is one validated NodePublishVolume request: what the driver
+// needs of it, not the request itself, since a published volume keeps its
+// newest one (see volume.req).
 type publication struct {
-	req                    *csi.NodePublishVolumeRequest
 	target                 string
 	spcName                string
 	podName, podNS, podUID string
 	serviceAccount         string
+	// What the provider is called with. context is the volume context,
+	// and secrets the nodePublishSecretRef data, both without the
+	// service-account tokens; tokens are those (from the secrets when
+	// kubelet put them there, else from the context), and hasTokens says
+	// whether kubelet sent any. A published volume keeps them only while
+	// rotation may call the provider between the kubelet's republishes
+	// (see withoutCall).
+	context, secrets map[string]string
+	tokens           string
+	hasTokens        bool
+}
+
+// newPublication copies what the driver keeps of a request. Every
+// request's volume context has the same keys, and most of its values
+// repeat across a node's volumes (namespace, class, service account):
+// they are interned, so a thousand volumes keep one copy of each rather
+// than a thousand.
+func newPublication(req *csi.NodePublishVolumeRequest) *publication {
+	vc := req.GetVolumeContext()
+	p := &publication{target: req.GetTargetPath(), spcName: intern(vc[ctxSPC]),
+		podName: vc[ctxPodName], podNS: intern(vc[ctxPodNS]), podUID: vc[ctxPodUID], serviceAccount: intern(vc[ctxSAName])}
+	p.context = make(map[string]string, len(vc))
+	for k, v := range vc {
+		switch k {
+		case ctxSATokens:
+			p.tokens, p.hasTokens = v, true
+		case ctxPodName, ctxPodUID:
+			p.context[intern(k)] = v // one per pod: interning would only add an entry
+		default:
+			p.context[intern(k)] = intern(v)
+		}
+	}
+	for k, v := range req.GetSecrets() {
+		if k == ctxSATokens {
+			p.tokens, p.hasTokens = v, true // the secrets' tokens win over the context's
+			continue
+		}
+		if p.secrets == nil {
+			p.secrets = make(map[string]string, len(req.GetSecrets()))
+		}
+		p.secrets[intern(k)] = v
+	}
+	return p
+}
+
+// intern returns the process's one copy of s.
+func intern(s string) string { return unique.Make(s).Value() }
+
+// withoutCall returns p without what calling the provider takes (the
+// volume context, the secrets, the tokens), for a volume that keeps its
+// request only to know that it is published: with rotation off, only the
+// kubelet's next request calls the provider again, with its own.
+func (p *publication) withoutCall() *publication {
+	c := *p
+	c.context, c.secrets, c.tokens, c.hasTokens = nil, nil, "", false
+	return &c
 }
 
 func (p *publication) pod() *corev1.ObjectReference {
@@ -70,9 +128,7 @@ func parsePublish(req *csi.NodePublishVolumeRequest) (*publication, error) {
 	case !req.GetReadonly():
 		return nil, invalid("Readonly is not true in request: secrets-store volumes are read-only (set readOnly: true on the pod's csi volume)")
 	}
-	vc := req.GetVolumeContext()
-	p := &publication{req: req, target: req.GetTargetPath(), spcName: vc[ctxSPC],
-		podName: vc[ctxPodName], podNS: vc[ctxPodNS], podUID: vc[ctxPodUID], serviceAccount: vc[ctxSAName]}
+	p := newPublication(req)
 	if p.spcName == "" {
 		return nil, invalid("secretProviderClass is not set in the volume attributes: give it in the pod's csi.volumeAttributes")
 	}
@@ -246,32 +302,16 @@ func (d *Driver) secretProviderClass(ctx context.Context, p *publication) (*secr
 // volume attribute kubelet sent over them, and the service-account tokens
 // (from the request's secrets when kubelet puts them there, else from the
 // volume context).
-func attributes(spc *secretsstorev1.SecretProviderClass, req *csi.NodePublishVolumeRequest) map[string]string {
-	out := make(map[string]string, len(spc.Spec.Parameters)+len(req.GetVolumeContext())+1)
+func attributes(spc *secretsstorev1.SecretProviderClass, p *publication) map[string]string {
+	out := make(map[string]string, len(spc.Spec.Parameters)+len(p.context)+1)
 	for k, v := range spc.Spec.Parameters {
 		out[k] = v
 	}
-	for k, v := range req.GetVolumeContext() {
+	for k, v := range p.context {
 		out[k] = v
 	}
-	if t, ok := req.GetSecrets()[ctxSATokens]; ok {
-		out[ctxSATokens] = t
-	}
-	return out
-}
-
-// publishSecrets are the nodePublishSecretRef data passed on to the
-// provider, without the tokens kubelet may carry in the same map.
-func publishSecrets(req *csi.NodePublishVolumeRequest) map[string]string {
-	var out map[string]string
-	for k, v := range req.GetSecrets() {
-		if k == ctxSATokens {
-			continue
-		}
-		if out == nil {
-			out = map[string]string{}
-		}
-		out[k] = v
+	if p.hasTokens {
+		out[ctxSATokens] = p.tokens
 	}
 	return out
 }
@@ -280,8 +320,8 @@ func publishSecrets(req *csi.NodePublishVolumeRequest) map[string]string {
 // returns the files, the object versions, and on failure the upstream
 // error_type.
 func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.SecretProviderClass, current map[string]string) ([]atomicdir.File, map[string]string, string, error) {
-	attrs, _ := json.Marshal(attributes(spc, p.req))
-	secrets, _ := json.Marshal(publishSecrets(p.req))
+	attrs, _ := json.Marshal(attributes(spc, p))
+	secrets, _ := json.Marshal(p.secrets)
 	perm, _ := json.Marshal(filePermission)
 	req := &v1alpha1.MountRequest{Attributes: string(attrs), Secrets: string(secrets), TargetPath: p.target, Permission: string(perm)}
 	for id, v := range current {
@@ -314,9 +354,11 @@ func (d *Driver) fill(ctx context.Context, p *publication, spc *secretsstorev1.S
 			return nil, nil, ReasonFileWriteError, fmt.Errorf("writing the files at %s: %w", p.target, err)
 		}
 	}
+	// A volume keeps its versions until it is unpublished, and volumes of
+	// one class hold the same objects, mostly at the same versions.
 	versions := make(map[string]string, len(resp.GetObjectVersion()))
 	for _, ov := range resp.GetObjectVersion() {
-		versions[ov.GetId()] = ov.GetVersion()
+		versions[intern(ov.GetId())] = intern(ov.GetVersion())
 	}
 	return files, versions, "", nil
 }

@@ -90,11 +90,8 @@ func (d *Driver) rotateOne(ctx context.Context, target string, pushed bool) {
 // expires before t. Tokens that cannot be read are left to the provider
 // to judge.
 func tokensExpire(p *publication, t time.Time) bool {
-	raw, ok := p.req.GetSecrets()[ctxSATokens]
-	if !ok {
-		raw, ok = p.req.GetVolumeContext()[ctxSATokens]
-	}
-	if !ok || raw == "" {
+	raw := p.tokens
+	if raw == "" {
 		return false
 	}
 	var tokens map[string]struct {

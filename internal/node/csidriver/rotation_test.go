@@ -25,7 +25,7 @@ func TestTokensExpire(t *testing.T) {
 		"no expiry given":                 {secrets: map[string]string{ctxSATokens: `{"a":{"token":"t"}}`}, want: false},
 		"one of two expired":              {secrets: map[string]string{ctxSATokens: `{"a":{"token":"t","expirationTimestamp":"2026-12-01T13:00:00Z"},"b":{"token":"t","expirationTimestamp":"2026-12-01T11:00:00Z"}}`}, want: true},
 	} {
-		p := &publication{req: &csi.NodePublishVolumeRequest{Secrets: c.secrets, VolumeContext: c.context}}
+		p := newPublication(&csi.NodePublishVolumeRequest{Secrets: c.secrets, VolumeContext: c.context})
 		if got := tokensExpire(p, now); got != c.want {
 			t.Errorf("%s: tokensExpire = %v, want %v", name, got, c.want)
 		}

@@ -57,7 +57,8 @@ type volume struct {
 	// req is the kubelet's newest request for the volume, nil when the
 	// volume is not published. Rotations between the kubelet's republishes
 	// use it, for its tokens; it holds the request's secrets in memory, as
-	// the call did, until the volume is unpublished.
+	// the call did, until the volume is unpublished. With rotation off it
+	// holds only the names (see Driver.kept).
 	req *publication
 	// versions are the object versions mounted, as the provider last
 	// reported them: replaced, never changed in place, so a copy of the
@@ -147,9 +148,20 @@ func (d *Driver) request(v *volume) *publication {
 // request of a published v with p: the newest request carries the
 // freshest tokens. The caller holds v.mu.
 func (d *Driver) remember(v *volume, p *publication) {
+	p = d.kept(p)
 	d.mu.Lock()
 	v.req = p
 	d.mu.Unlock()
+}
+
+// kept is what a published volume keeps of its request p: all of it while
+// rotation may call the provider between the kubelet's republishes, else
+// no more than the names.
+func (d *Driver) kept(p *publication) *publication {
+	if d.cfg.RotationEnabled {
+		return p
+	}
+	return p.withoutCall()
 }
 
 // mountedVersions returns v's object versions, and whether the driver
@@ -189,6 +201,7 @@ func (d *Driver) checked(v *volume) {
 // caller enqueues next finds the volume published. The caller holds v.mu.
 func (d *Driver) filledFirst(v *volume, p *publication, provider string, versions map[string]string) {
 	now := d.cfg.Now()
+	p = d.kept(p)
 	d.mu.Lock()
 	v.req = p
 	v.versions = versions
