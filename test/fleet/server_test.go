@@ -25,6 +25,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/cofferhq/coffer/internal/cli/client"
+	"github.com/cofferhq/coffer/internal/server"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 )
@@ -63,6 +64,15 @@ type serverProc struct {
 	admin   *client.Client
 }
 
+// serverGOGC is the server's GC target.
+const serverGOGC = server.DefaultGCPercent
+
+// liveHeap is the server's live heap at its last collection, in MiB: the
+// heap goal the collection set is the live heap times 1 + GOGC/100.
+func liveHeap(metrics string) float64 {
+	return sample(metrics, "go_memstats_next_gc_bytes") / (1 + serverGOGC/100.0) / (1 << 20)
+}
+
 var metricsLine = regexp.MustCompile(`msg="metrics and health listening" addr=(\S+)`)
 
 // startServer runs `coffer dev` on a free port and waits until it serves;
@@ -73,6 +83,9 @@ func startServer(b testing.TB, extra ...string) *serverProc {
 	dir := b.TempDir()
 	args := append([]string{"dev", "--data-dir", dir, "--port", "0", "--metrics-addr", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(coffer(b), args...)
+	// The server's own default, set here so that the live heap can be
+	// told from the heap goal (see liveHeap).
+	cmd.Env = append(os.Environ(), "GOGC="+strconv.Itoa(serverGOGC))
 	cmd.Stdout = io.Discard
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

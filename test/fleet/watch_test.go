@@ -153,7 +153,7 @@ func BenchmarkFleetWatch(b *testing.B) {
 	for i := range tokens {
 		tokens[i] = srv.token(b, srv.identity(b, "fleet-"+strconv.Itoa(i)))
 	}
-	rssBefore := rss(b, srv.pid)
+	rssBefore, liveBefore := rss(b, srv.pid), liveHeap(srv.scrape(b))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var retries atomic.Int64
@@ -266,7 +266,8 @@ func BenchmarkFleetWatch(b *testing.B) {
 	b.ReportMetric(100*idleCPU, "idle-CPU-%")
 	b.ReportMetric(idleReqs, "idle-vault-req")
 	b.ReportMetric(float64(retries.Load()), "refresh-retries")
-	b.ReportMetric(sample(m, "go_memstats_heap_inuse_bytes")/(1<<20), "server-heap-MiB")
+	b.ReportMetric(liveHeap(m), "server-live-heap-MiB")
+	b.ReportMetric((liveHeap(m)-liveBefore)*1024/fleetNodes, "live-KiB/stream")
 	b.ReportMetric(sample(m, "go_memstats_stack_inuse_bytes")/(1<<20), "server-stack-MiB")
 	b.ReportMetric(sample(m, "go_goroutines"), "server-goroutines")
 	b.ReportMetric(ms(pct(each, 50)), "refresh-p50-ms")
