@@ -17,7 +17,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cofferhq/coffer/internal/version.Version=$(VERSION)
 TEST_PKGS = $(shell $(GO) list ./cmd/... ./internal/... ./test/... | grep -v /test/e2e)
 
-.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync dev clean proto proto-check bench-scale bench-get bench-report bench-scale-etcd exhaust fuzz
+.PHONY: crash-trials test deps kube-assets pebble lint vuln vulndb-update unit e2e build bench bench-sync bench-fleet bench-node-memory dev clean proto proto-check bench-scale bench-get bench-report bench-scale-etcd exhaust fuzz
 
 ifeq ($(E2E),0)
 test: deps kube-assets pebble lint vuln unit
