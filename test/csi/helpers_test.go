@@ -7,11 +7,8 @@ package csi
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,20 +19,13 @@ import (
 
 	"github.com/cofferhq/coffer/internal/node/provider"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
+	"github.com/cofferhq/coffer/internal/testing/providertest"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
 // runningProvider is Coffer's provider on a unix socket in a temp dir,
 // built by the provider daemon's own entry point.
-type runningProvider struct {
-	Dir    string // holds {name}.sock
-	Name   string
-	Server *provider.Server
-	Reg    *prometheus.Registry
-
-	stop  func() // stops it, as a killed process would stop
-	start func() // starts it again, as a new process would
-}
+type runningProvider struct{ *providertest.Provider }
 
 func startProvider(t testing.TB, env *testserver.Env, name string) *runningProvider {
 	t.Helper()
@@ -53,47 +43,11 @@ func startProviderAt(t testing.TB, env *testserver.Env, name, suffix string) *ru
 // from the node agent on agentSocket (a path; empty: no node agent).
 func startProviderWith(t testing.TB, env *testserver.Env, name, suffix, agentSocket string) *runningProvider {
 	t.Helper()
-	// A short path: unix socket paths are limited to 108 bytes.
-	dir, err := os.MkdirTemp("", "prov")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	if agentSocket != "" {
 		agentSocket = "unix://" + agentSocket
 	}
-	rp := &runningProvider{Dir: dir, Name: name}
-	rp.start = func() {
-		d, err := provider.NewDaemon(provider.Options{
-			Endpoint: "unix://" + filepath.Join(dir, name+".sock"), Name: name, VaultSuffix: suffix,
-			CAFile: env.Admin.CAFile, NodeAgentSocket: agentSocket, Log: slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- d.Run(ctx) }()
-		var once sync.Once
-		rp.stop = func() {
-			once.Do(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("provider: %v", err)
-				}
-			})
-		}
-		t.Cleanup(rp.stop)
-		rp.Server, rp.Reg = d.Provider, d.Registry
-	}
-	rp.start()
-	return rp
-}
-
-// restart stops the provider and starts a new one on the same socket.
-func (p *runningProvider) restart() {
-	p.stop()
-	p.start()
+	return &runningProvider{providertest.Start(t, name, provider.Options{
+		VaultSuffix: suffix, CAFile: env.Admin.CAFile, NodeAgentSocket: agentSocket})}
 }
 
 // vaultRequests reads the provider's counter of vault reads with result.

@@ -75,7 +75,7 @@ func TestPushRotation(t *testing.T) {
 	// A restarted provider knows no volume: the driver reconnects and
 	// checks its volumes, which registers them again, and a change made
 	// meanwhile is not lost.
-	s.provider.restart()
+	s.provider.Restart()
 	setSecret(t, s.env, "secret1", "one, while the provider restarted")
 	waitFile(t, file, "one, while the provider restarted", 30*time.Second, "the driver did not check its volumes after the provider restarted")
 	s.waitWatched(t, 2, "after the provider restarted")
@@ -165,7 +165,7 @@ func TestPushAfterProviderRestartWithoutTicks(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.waitWatched(t, 1, "after the mount")
-	s.provider.restart()
+	s.provider.Restart()
 	setSecret(t, s.env, "pushed", "while restarting")
 	waitFile(t, filepath.Join(req.TargetPath, "pushed"), "while restarting", 30*time.Second, "the volume was not refreshed after the provider restarted")
 	s.waitWatched(t, 1, "after the refresh")

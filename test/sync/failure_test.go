@@ -104,7 +104,7 @@ func TestOutageKeepsTheLastGoodSecret(t *testing.T) {
 	good := s.waitSecret(t, "default", "db", "db", "good", time.Minute)
 	force := func(v string) { s.force(t, "default", "db", v) }
 
-	s.provider.stop()
+	s.provider.Stop()
 	force("provider-down")
 	c := s.waitCondition(t, "default", "db", syncv1.ConditionUpdate, metav1.ConditionFalse, syncv1.ReasonProviderError)
 	t.Logf("provider down: %s", c.Message)
@@ -114,7 +114,7 @@ func TestOutageKeepsTheLastGoodSecret(t *testing.T) {
 	}
 	s.waitCondition(t, "default", "db", syncv1.ConditionCreate, metav1.ConditionTrue, syncv1.ReasonCreateSucceeded)
 
-	s.provider.start()
+	s.provider.Start()
 	force("provider-back")
 	s.waitCondition(t, "default", "db", syncv1.ConditionUpdate, metav1.ConditionTrue, syncv1.ReasonValueChangeOrForceUpdateDetected)
 

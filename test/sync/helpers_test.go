@@ -43,6 +43,7 @@ import (
 	syncv1 "github.com/cofferhq/coffer/internal/sync/apis/v1alpha1"
 	"github.com/cofferhq/coffer/internal/sync/controller"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/providertest"
 	"github.com/cofferhq/coffer/internal/testing/testpath"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
@@ -77,47 +78,11 @@ func startStack(t testing.TB) *stack {
 
 // runningProvider is Coffer's provider on a unix socket in a temp dir,
 // built by the provider daemon's own entry point.
-type runningProvider struct {
-	Dir    string
-	Reg    *prometheus.Registry
-	stop   func()
-	start  func()
-	Server *provider.Server
-}
+type runningProvider = providertest.Provider
 
 func startProvider(t testing.TB, env *testserver.Env, name string) *runningProvider {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "prov") // short: socket paths are limited to 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	rp := &runningProvider{Dir: dir}
-	rp.start = func() {
-		d, err := provider.NewDaemon(provider.Options{
-			Endpoint: "unix://" + filepath.Join(dir, name+".sock"), Name: name, VaultSuffix: env.Endpoints.Apex(),
-			CAFile: env.Admin.CAFile, Log: slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- d.Run(ctx) }()
-		var once gosync.Once
-		rp.stop = func() {
-			once.Do(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("provider: %v", err)
-				}
-			})
-		}
-		t.Cleanup(rp.stop)
-		rp.Server, rp.Reg = d.Provider, d.Registry
-	}
-	rp.start()
-	return rp
+	return providertest.Start(t, name, provider.Options{VaultSuffix: env.Endpoints.Apex(), CAFile: env.Admin.CAFile})
 }
 
 // startFake runs the upstream module's fake provider on {dir}/{name}.sock
