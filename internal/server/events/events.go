@@ -8,12 +8,14 @@
 //
 //	evsubs/{vault}/{name}             a subscription: endpoint, types, signing secret
 //	evstate/{vault}/{kind}/{name}     what was last seen of an object
+//	evstate/{vault}/vault             a hash of the vault's access policies
 //	evq/{vault}/{sub}/{seq}           an event not yet delivered, in order
 //	evseq                             the queue's sequence counter
 //
 // Events are made by comparing the objects with what was last seen of them
 // (so a write on any replica, or one made while no replica led, is seen
-// once, on the next pass), and by the clock (NearExpiry, Expired). An
+// once, on the next pass; the vault's access policies are compared by
+// their hash), and by the clock (NearExpiry, Expired). An
 // object's state and the events it yields are written in one batch, so
 // each event is queued exactly once; delivery is at least once.
 package events
@@ -54,7 +56,15 @@ const (
 	Expired           = "Expired"
 	Updated           = "Updated"
 	Deleted           = "Deleted"
+
+	// VaultAccessPolicyChanged is Event Grid's event about the vault
+	// itself: its access policies or its permission model changed.
+	VaultAccessPolicyChanged = azurePrefix + "VaultAccessPolicyChanged"
 )
+
+// accessObj is what Touch marks dirty when a vault's record changes. It
+// has no "/", so it is never an object's "kind/name".
+const accessObj = "vault"
 
 // Object types as the events name them.
 var objectTypes = map[string]string{"secrets": "Secret", "keys": "Key", "certificates": "Certificate"}
@@ -79,6 +89,9 @@ func AllTypes() []string {
 					out = append(out, Type(kind, what))
 				}
 			}
+		}
+		if !extension {
+			out = append(out, VaultAccessPolicyChanged)
 		}
 	}
 	return out
@@ -156,6 +169,10 @@ func New(o Options) *Service {
 // belongs to is compared on the next pass rather than at the next full
 // one.
 func (s *Service) Touch(key string) {
+	if name, ok := vault.NameOf(key); ok {
+		s.touch(name, accessObj)
+		return
+	}
 	v, kind, name, ok := object.Named(key)
 	if !ok {
 		return
@@ -224,10 +241,16 @@ func (s *Service) Tick(ctx context.Context) {
 			var errs []error
 			for obj := range dirty[vaultName] {
 				kind, name, _ := strings.Cut(obj, "/")
-				if _, ok := objectTypes[kind]; !ok {
+				var err error
+				switch _, ok := objectTypes[kind]; {
+				case obj == accessObj:
+					err = s.scanAccess(ctx, v, vs)
+				case ok:
+					err = s.scanObject(ctx, v, kind, name, vs)
+				default:
 					continue
 				}
-				if err := s.scanObject(ctx, v, kind, name, vs); err != nil {
+				if err != nil {
 					errs = append(errs, err)
 					s.touch(vaultName, obj) // again on the next pass
 				}

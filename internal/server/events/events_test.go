@@ -220,3 +220,128 @@ func TestDeadLetter(t *testing.T) {
 		t.Fatalf("delivered %+v, want t's event (s's was dropped)", got)
 	}
 }
+
+// A change of a vault's access policies sends one VaultAccessPolicyChanged
+// to the subscriptions that take it (by default, as one of Azure's types),
+// seen from the vault's store key between full passes and by a full pass
+// of another process; writes that leave the policies alone send none, and
+// a subscription made after a change does not get it.
+func TestVaultAccessPolicyChanged(t *testing.T) {
+	phys, key := inmem.New(), rootkey.Generate()
+	stub := &endpointStub{}
+	srv := httptest.NewTLSServer(stub)
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	r := openScanning(t, phys, key, roots, 0, time.Hour)
+	ctx := context.Background()
+	v, err := r.vaults.Create(ctx, vault.Vault{Name: "demo", TenantID: "t", SubscriptionID: "s", CreatedBy: "owner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.events.Create(ctx, &v, Subscription{Name: "all", Endpoint: srv.URL}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.events.Create(ctx, &v, Subscription{Name: "secrets", Endpoint: srv.URL + "/secrets", IncludedEventTypes: []string{"Microsoft.KeyVault.SecretNewVersionCreated"}}); err != nil {
+		t.Fatal(err)
+	}
+	r.events.Tick(ctx) // the first pass is full: the policies as created are no change
+	if got := stub.events(); len(got) != 0 {
+		t.Fatalf("the first pass sent %+v", got)
+	}
+	setPolicy := func(r *replica, oid string, remove bool) {
+		t.Helper()
+		if _, err := r.vaults.Update(ctx, "demo", func(v *vault.Vault) error {
+			if remove {
+				v.AccessPolicies = slices.DeleteFunc(v.AccessPolicies, func(ap vault.AccessPolicy) bool { return ap.ObjectID == oid })
+			} else {
+				v.AccessPolicies = append(v.AccessPolicies, vault.AccessPolicy{TenantID: "t", ObjectID: oid, Permissions: vault.Permissions{Secrets: []string{"get"}}})
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	access := func() []CloudEvent {
+		var out []CloudEvent
+		for _, e := range stub.events() {
+			if e.Type == "Microsoft.KeyVault.VaultAccessPolicyChanged" {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+
+	setPolicy(r, "app", false)
+	r.events.Tick(ctx)
+	r.events.Tick(ctx)
+	got := access()
+	if len(got) != 1 {
+		t.Fatalf("after set-policy: %d VaultAccessPolicyChanged, want 1 (all: %+v)", len(got), stub.events())
+	}
+	e := got[0]
+	want := Data{ID: "https://demo.vault.test/", VaultName: "demo", ObjectType: "Vault", ObjectName: "demo"}
+	if e.Data != want || e.Subject != "demo" || e.Source != v.ID() {
+		t.Fatalf("event %+v, want data %+v about %s", e, want, v.ID())
+	}
+
+	// A secret's write and a setting other than access send no such event.
+	if _, err := r.secrets.Set(ctx, &v, "s", secret.SetParams{Value: new("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.vaults.Update(ctx, "demo", func(v *vault.Vault) error { v.EnforceValidity = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	r.events.Tick(ctx)
+	if got := access(); len(got) != 1 {
+		t.Fatalf("a secret's write and a settings change sent %d more VaultAccessPolicyChanged", len(got)-1)
+	}
+
+	// Another process's full pass sees what this one did not compare, once
+	// for both.
+	setPolicy(r, "app", true)
+	r2 := open(t, phys, key, roots, 0)
+	r2.events.Tick(ctx)
+	r.events.Tick(ctx)
+	r2.events.Tick(ctx)
+	if got := access(); len(got) != 2 {
+		t.Fatalf("after delete-policy: %d VaultAccessPolicyChanged in all, want 2", len(got))
+	}
+
+	// A subscription made after a change: no event for it, on first sight
+	// of the vault.
+	late, err := r.vaults.Create(ctx, vault.Vault{Name: "late", TenantID: "t", SubscriptionID: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setPolicyOn := func(name string) {
+		if _, err := r.vaults.Update(ctx, name, func(v *vault.Vault) error {
+			v.AccessPolicies = append(v.AccessPolicies, vault.AccessPolicy{TenantID: "t", ObjectID: "x", Permissions: vault.Permissions{Keys: []string{"get"}}})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPolicyOn("late")
+	// Date the change a minute back (the registry's clock would need a
+	// second to pass otherwise); the digest is the same, so it stays.
+	if _, err := r.vaults.Update(ctx, "late", func(v *vault.Vault) error { v.AccessChanged -= 60; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.events.Create(ctx, &late, Subscription{Name: "late", Endpoint: srv.URL + "/late"}); err != nil {
+		t.Fatal(err)
+	}
+	r.events.Tick(ctx)
+	r2.events.Tick(ctx)
+	if got := access(); len(got) != 2 {
+		t.Fatalf("a change before the subscription was sent: %+v", got[2:])
+	}
+	if st, err := r.b.Get(ctx, "evstate/late/vault"); err != nil || !strings.Contains(string(st.Value), `"digest"`) || strings.Contains(string(st.Value), `"x"`) {
+		t.Fatalf("the late vault's state: %s, %v; want a digest only", st.Value, err)
+	}
+	setPolicyOn("late")
+	r.events.Tick(ctx)
+	if got := access(); len(got) != 3 || got[2].Data.VaultName != "late" {
+		t.Fatalf("a change after the subscription: %+v", got)
+	}
+}

@@ -94,6 +94,9 @@ type queued struct {
 
 func (s *Service) scan(ctx context.Context, v *vault.Vault, subs []Subscription) error {
 	var errs []error
+	if err := s.scanAccess(ctx, v, subs); err != nil {
+		errs = append(errs, fmt.Errorf("access policies: %w", err))
+	}
 	for _, kind := range []string{"secrets", "keys", "certificates"} {
 		if err := s.scanKind(ctx, v, kind, subs); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", kind, err))
@@ -330,10 +333,73 @@ func (s *Service) event(v *vault.Vault, kind, name, version, what string, nbf, e
 	}}
 }
 
-// commit writes an object's new state (nil: forget it) and queues its
-// events for the subscriptions that want them and existed when they
+// accessState is what was last seen of a vault's access policies: their
+// digest, never the policies.
+type accessState struct {
+	Digest string `json:"digest"`
+}
+
+// scanAccess compares the vault's access policies and permission model,
+// as stored (not as this replica's registry last loaded them), with what
+// was last seen, and queues a VaultAccessPolicyChanged if they differ.
+//
+// The event is dated by the vault's AccessChanged, so a subscription made
+// after the change does not get it. That also decides the first sight of a
+// vault (a vault is compared only once it has a subscription): a change
+// since the subscription was made is still sent, and a vault never changed
+// since its creation (AccessChanged 0) sends nothing. Changes between two
+// passes make one event, as an object's do.
+func (s *Service) scanAccess(ctx context.Context, v *vault.Vault, subs []Subscription) error {
+	rec, err := s.st.Get(ctx, vault.Key(v.Name))
+	if errors.Is(err, barrier.ErrNotFound) {
+		return nil // the vault is gone, and with it its subscriptions
+	}
+	if err != nil {
+		return err
+	}
+	var cur vault.Vault
+	if err := json.Unmarshal(rec.Value, &cur); err != nil {
+		return fmt.Errorf("vault %s: %w", v.Name, err)
+	}
+	next := accessState{Digest: cur.AccessDigest()}
+	stateKey := statePrefix + v.Name + "/" + accessObj
+	var prev accessState
+	var rev barrier.Rev
+	had := false
+	switch prec, err := s.st.Get(ctx, stateKey); {
+	case err == nil:
+		had, rev = json.Unmarshal(prec.Value, &prev) == nil, prec.Rev
+	case !errors.Is(err, barrier.ErrNotFound):
+		return err
+	}
+	if had && prev.Digest == next.Digest {
+		return nil
+	}
+	var evs []queued
+	if cur.AccessChanged != 0 || had {
+		at := s.o.Now()
+		if cur.AccessChanged != 0 {
+			at = time.Unix(cur.AccessChanged, 0)
+		}
+		evs = append(evs, s.accessEvent(v, at))
+	}
+	return s.commit(ctx, stateKey, rev, next, evs, subs)
+}
+
+// accessEvent makes the vault's VaultAccessPolicyChanged. Event Grid's data
+// names the vault as the object; it has no version and no validity.
+func (s *Service) accessEvent(v *vault.Vault, at time.Time) queued {
+	return queued{at: at.Unix(), Event: CloudEvent{
+		SpecVersion: "1.0", Type: VaultAccessPolicyChanged, Source: v.ID(), ID: newEventID(),
+		Time: at.UTC().Format(time.RFC3339Nano), Subject: v.Name, DataContentType: "application/json",
+		Data: Data{ID: s.o.Endpoints.VaultURL(v.Name), VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name},
+	}}
+}
+
+// commit writes a new state (next, marshalled; nil: forget it) and queues
+// its events for the subscriptions that want them and existed when they
 // happened, in one batch conditional on the state it read.
-func (s *Service) commit(ctx context.Context, stateKey string, rev barrier.Rev, next *state, evs []queued, subs []Subscription) error {
+func (s *Service) commit(ctx context.Context, stateKey string, rev barrier.Rev, next any, evs []queued, subs []Subscription) error {
 	conds := []barrier.Cond{{Key: stateKey, Rev: rev}}
 	var ops []barrier.Op
 	if next == nil {

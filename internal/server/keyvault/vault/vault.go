@@ -4,6 +4,8 @@ package vault
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,9 +81,31 @@ type Vault struct {
 	PurgeProtection bool           `json:"enablePurgeProtection"`
 	EnforceValidity bool           `json:"enforceSecretValidity,omitempty"`
 	AccessPolicies  []AccessPolicy `json:"accessPolicies"`
+	// AccessChanged is when (Unix seconds, by the registry's clock) the
+	// access policies or the permission model last changed, 0 if never
+	// since creation: the events service dates its VaultAccessPolicyChanged
+	// by it, so a subscription made after a change does not get it.
+	AccessChanged int64 `json:"accessChanged,omitempty"`
 	// Throttle holds the vault's static limits (429 Throttled); none by
 	// default, where only overload protection applies.
 	Throttle throttle.Limits `json:"throttle,omitzero"`
+}
+
+// AccessDigest is a hash of what decides access by access policy: the
+// permission model and the policies. Two vaults with the same digest grant
+// the same; the events service keeps it to see a change without keeping
+// the policies themselves.
+func (v *Vault) AccessDigest() string {
+	in := struct {
+		RBAC     bool           `json:"rbac"`
+		Policies []AccessPolicy `json:"policies"`
+	}{RBAC: v.RBAC}
+	if len(v.AccessPolicies) > 0 {
+		in.Policies = v.AccessPolicies
+	}
+	b, _ := json.Marshal(in)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // MaxAccessPolicies is Azure's limit of access policies per vault.
@@ -159,6 +183,15 @@ type Registry struct {
 // and access policies): the server tells vault watches to authorize again
 // when one changes.
 func IsKey(key string) bool { return strings.HasPrefix(key, prefix) }
+
+// Key is the store key of a vault's record.
+func Key(name string) string { return prefix + strings.ToLower(name) }
+
+// NameOf returns the vault whose record a store key holds.
+func NameOf(key string) (string, bool) {
+	name, ok := strings.CutPrefix(key, prefix)
+	return name, ok && name != ""
+}
 
 // Open loads every vault from st.
 func Open(ctx context.Context, st Store, now func() time.Time) (*Registry, error) {
@@ -262,8 +295,12 @@ func (r *Registry) Update(ctx context.Context, name string, fn func(*Vault) erro
 	if err := json.Unmarshal(rec.Value, &v); err != nil {
 		return Vault{}, err
 	}
+	before := v.AccessDigest()
 	if err := fn(&v); err != nil {
 		return Vault{}, err
+	}
+	if v.AccessDigest() != before {
+		v.AccessChanged = r.now().Unix()
 	}
 	if v.Name != name {
 		return Vault{}, fmt.Errorf("%w: a vault cannot be renamed", ErrInvalid)
