@@ -360,3 +360,99 @@ func asManagement(err error, me **client.ManagementError) bool {
 	*me = e
 	return ok
 }
+
+// Access policy changes (set-policy and delete-policy, as the CLI calls
+// them) send one Microsoft.KeyVault.VaultAccessPolicyChanged each, with
+// Event Grid's data, to a subscription with the default types and to one
+// that names the type; a secret's write sends none.
+func TestVaultAccessPolicyChangedEvents(t *testing.T) {
+	all, named := startReceiver(t), startReceiver(t)
+	env := testserver.Start(t, testserver.Options{AllowPrivateEndpoints: true, EgressRoots: all.roots(),
+		EventInterval: 20 * time.Millisecond, EventScanInterval: 50 * time.Millisecond})
+	ctx := context.Background()
+	const typ = "Microsoft.KeyVault.VaultAccessPolicyChanged"
+	for _, c := range []struct {
+		name  string
+		rcv   *ceReceiver
+		types []string
+	}{{"defaults", all, nil}, {"policies", named, []string{"microsoft.keyvault.vaultaccesspolicychanged"}}} {
+		var sub events.Subscription
+		if err := env.Client.Manage(ctx, "PUT", "vaults/demo/event-subscriptions/"+c.name, mgmthttp.EventSubscriptionIn{Endpoint: c.rcv.url(), IncludedEventTypes: c.types}, &sub); err != nil {
+			t.Fatalf("subscription %s: %v", c.name, err)
+		}
+		if c.types != nil && (len(sub.IncludedEventTypes) != 1 || sub.IncludedEventTypes[0] != typ) {
+			t.Fatalf("subscription %s has types %v, want [%s]", c.name, sub.IncludedEventTypes, typ)
+		}
+		secret := []byte(sub.Secret)
+		c.rcv.secret.Store(&secret)
+	}
+	sc := adminClient(t, env)
+	write := func(name string) string {
+		t.Helper()
+		s, err := sc.SetSecret(ctx, name, azsecrets.SetSecretParameters{Value: to.Ptr("v")}, nil)
+		if err != nil {
+			t.Fatal(client.Describe(err))
+		}
+		all.await("Microsoft.KeyVault.SecretNewVersionCreated", name)
+		return string(*s.ID)
+	}
+	perms := []string{"get", "list"}
+	policy := mgmthttp.PolicyIn{ObjectID: "3c1d2b7e-0000-4000-8000-00000000a11c", Secrets: &perms}
+	awaitCount := func(r *ceReceiver, n int) {
+		t.Helper()
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			got := 0
+			for _, tp := range r.types("demo") {
+				if tp == typ {
+					got++
+				}
+			}
+			if got == n {
+				return
+			}
+			if got > n || time.Now().After(deadline) {
+				t.Fatalf("%d %s events, want %d; got %v", got, typ, n, r.types(""))
+			}
+		}
+	}
+
+	id := write("before")
+	if err := env.Client.Manage(ctx, "POST", "vaults/demo/set-policy", policy, nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitCount(all, 1)
+	awaitCount(named, 1)
+	e := all.await(typ, "demo")
+	d := eventData(t, e)
+	vaultURL := id[:strings.Index(id, "/secrets/")+1]
+	if d.ID != vaultURL || d.VaultName != "demo" || d.ObjectType != "Vault" || d.ObjectName != "demo" || d.Version != "" || d.NBF != nil || d.EXP != nil {
+		t.Fatalf("event data %+v, want the vault %s", d, vaultURL)
+	}
+	if e.Source() != "/subscriptions/"+env.Subscription+"/resourceGroups/default/providers/Microsoft.KeyVault/vaults/demo" {
+		t.Fatalf("event source %s", e.Source())
+	}
+	write("between")
+	if err := env.Client.Manage(ctx, "POST", "vaults/demo/delete-policy", mgmthttp.PolicyIn{ObjectID: policy.ObjectID}, nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitCount(all, 2)
+	awaitCount(named, 2)
+	write("after")
+	// Each subscription's events arrive in the order they were queued, so
+	// by the last secret's event every earlier one is in.
+	want := []string{"Microsoft.KeyVault.SecretNewVersionCreated", typ, "Microsoft.KeyVault.SecretNewVersionCreated", typ, "Microsoft.KeyVault.SecretNewVersionCreated"}
+	if got := all.types(""); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("events, in order:\n got %v\nwant %v", got, want)
+	}
+	if got := named.types(""); strings.Join(got, " ") != typ+" "+typ {
+		t.Fatalf("the subscription naming %s got %v", typ, got)
+	}
+	for _, r := range []*ceReceiver{all, named} {
+		r.mu.Lock()
+		bad := r.badSig
+		r.mu.Unlock()
+		if bad != 0 {
+			t.Fatalf("%d deliveries failed the signature check", bad)
+		}
+	}
+}
