@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"github.com/cofferhq/coffer/internal/cli"
 	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/protocol/webhooksig"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
@@ -361,31 +364,43 @@ func asManagement(err error, me **client.ManagementError) bool {
 	return ok
 }
 
-// Access policy changes (set-policy and delete-policy, as the CLI calls
-// them) send one Microsoft.KeyVault.VaultAccessPolicyChanged each, with
-// Event Grid's data, to a subscription with the default types and to one
-// that names the type; a secret's write sends none.
+// Access policy changes (`coffer vault set-policy` and `delete-policy`, run
+// in-process) send one Microsoft.KeyVault.VaultAccessPolicyChanged each,
+// with Event Grid's data, to a subscription with the default types and to
+// one that names the type (made with the CLI's --included-event-types); a
+// secret's write sends none.
 func TestVaultAccessPolicyChangedEvents(t *testing.T) {
 	all, named := startReceiver(t), startReceiver(t)
 	env := testserver.Start(t, testserver.Options{AllowPrivateEndpoints: true, EgressRoots: all.roots(),
 		EventInterval: 20 * time.Millisecond, EventScanInterval: 50 * time.Millisecond})
 	ctx := context.Background()
-	const typ = "Microsoft.KeyVault.VaultAccessPolicyChanged"
-	for _, c := range []struct {
-		name  string
-		rcv   *ceReceiver
-		types []string
-	}{{"defaults", all, nil}, {"policies", named, []string{"microsoft.keyvault.vaultaccesspolicychanged"}}} {
-		var sub events.Subscription
-		if err := env.Client.Manage(ctx, "PUT", "vaults/demo/event-subscriptions/"+c.name, mgmthttp.EventSubscriptionIn{Endpoint: c.rcv.url(), IncludedEventTypes: c.types}, &sub); err != nil {
-			t.Fatalf("subscription %s: %v", c.name, err)
-		}
-		if c.types != nil && (len(sub.IncludedEventTypes) != 1 || sub.IncludedEventTypes[0] != typ) {
-			t.Fatalf("subscription %s has types %v, want [%s]", c.name, sub.IncludedEventTypes, typ)
-		}
-		secret := []byte(sub.Secret)
-		c.rcv.secret.Store(&secret)
+	envFile := filepath.Join(t.TempDir(), "dev.env")
+	if err := env.Admin.Write(envFile); err != nil {
+		t.Fatal(err)
 	}
+	coffer := func(args ...string) []byte {
+		t.Helper()
+		var out, errb bytes.Buffer
+		if code := cli.Main(append(args, "--env-file", envFile), strings.NewReader(""), &out, &errb); code != 0 {
+			t.Fatalf("coffer %s: exit %d: %s%s", strings.Join(args, " "), code, out.String(), errb.String())
+		}
+		return out.Bytes()
+	}
+	const typ = "Microsoft.KeyVault.VaultAccessPolicyChanged"
+	var sub events.Subscription
+	if err := env.Client.Manage(ctx, "PUT", "vaults/demo/event-subscriptions/defaults", mgmthttp.EventSubscriptionIn{Endpoint: all.url()}, &sub); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte(sub.Secret)
+	all.secret.Store(&secret)
+	out := coffer("vault", "event-subscription", "create", "--vault-name", "demo", "--name", "policies", "--endpoint", named.url(),
+		"--included-event-types", "microsoft.keyvault.vaultaccesspolicychanged", "-o", "json")
+	sub = events.Subscription{}
+	if err := json.Unmarshal(out, &sub); err != nil || len(sub.IncludedEventTypes) != 1 || sub.IncludedEventTypes[0] != typ || sub.Secret == "" {
+		t.Fatalf("the CLI's subscription: %s (%v), want types [%s] and a secret", out, err, typ)
+	}
+	namedSecret := []byte(sub.Secret)
+	named.secret.Store(&namedSecret)
 	sc := adminClient(t, env)
 	write := func(name string) string {
 		t.Helper()
@@ -396,8 +411,7 @@ func TestVaultAccessPolicyChangedEvents(t *testing.T) {
 		all.await("Microsoft.KeyVault.SecretNewVersionCreated", name)
 		return string(*s.ID)
 	}
-	perms := []string{"get", "list"}
-	policy := mgmthttp.PolicyIn{ObjectID: "3c1d2b7e-0000-4000-8000-00000000a11c", Secrets: &perms}
+	const oid = "3c1d2b7e-0000-4000-8000-00000000a11c"
 	awaitCount := func(r *ceReceiver, n int) {
 		t.Helper()
 		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -417,9 +431,7 @@ func TestVaultAccessPolicyChangedEvents(t *testing.T) {
 	}
 
 	id := write("before")
-	if err := env.Client.Manage(ctx, "POST", "vaults/demo/set-policy", policy, nil); err != nil {
-		t.Fatal(err)
-	}
+	coffer("vault", "set-policy", "--name", "demo", "--object-id", oid, "--secret-permissions", "get,list")
 	awaitCount(all, 1)
 	awaitCount(named, 1)
 	e := all.await(typ, "demo")
@@ -432,9 +444,7 @@ func TestVaultAccessPolicyChangedEvents(t *testing.T) {
 		t.Fatalf("event source %s", e.Source())
 	}
 	write("between")
-	if err := env.Client.Manage(ctx, "POST", "vaults/demo/delete-policy", mgmthttp.PolicyIn{ObjectID: policy.ObjectID}, nil); err != nil {
-		t.Fatal(err)
-	}
+	coffer("vault", "delete-policy", "--name", "demo", "--object-id", oid)
 	awaitCount(all, 2)
 	awaitCount(named, 2)
 	write("after")
