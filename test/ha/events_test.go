@@ -24,17 +24,25 @@ import (
 // Three replicas share one etcd: writes through any of them yield one
 // event each, sent by one replica (not one per replica), and after the
 // replicas stop one by one, the one left still sends, all of them at least
-// once.
+// once. Access policy changes through two replicas yield one
+// VaultAccessPolicyChanged each, sent once.
 func TestEventsOneSenderAcrossReplicas(t *testing.T) {
 	var mu sync.Mutex
 	got := map[string]int{} // version -> deliveries
+	policyChanges := 0
 	rcv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var e events.CloudEvent
 		b, _ := io.ReadAll(r.Body)
-		if json.Unmarshal(b, &e) == nil && e.Type == "Microsoft.KeyVault.SecretNewVersionCreated" {
-			mu.Lock()
+		if json.Unmarshal(b, &e) != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch e.Type {
+		case "Microsoft.KeyVault.SecretNewVersionCreated":
 			got[e.Data.Version]++
-			mu.Unlock()
+		case events.VaultAccessPolicyChanged:
+			policyChanges++
 		}
 	}))
 	defer rcv.Close()
@@ -84,6 +92,29 @@ func TestEventsOneSenderAcrossReplicas(t *testing.T) {
 		if got[v] != 1 {
 			t.Errorf("version %s delivered %d times with no failover; one sender should send it once", v, got[v])
 		}
+	}
+	mu.Unlock()
+
+	// Two changes, through two replicas, each awaited: one event each.
+	get := []string{"get"}
+	for i, oid := range []string{"5a0c7d1e-0000-4000-8000-0000000000a1", "5a0c7d1e-0000-4000-8000-0000000000a2"} {
+		manage(t, ha.Client(1+i), "POST", "vaults/demo/set-policy", mgmthttp.PolicyIn{ObjectID: oid, Secrets: &get}, nil)
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			mu.Lock()
+			n := policyChanges
+			mu.Unlock()
+			if n > i {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no VaultAccessPolicyChanged arrived for set-policy %d", i+1)
+			}
+		}
+	}
+	await(write([]int{0}, 1, 60)) // in order behind the policy events
+	mu.Lock()
+	if policyChanges != 2 {
+		t.Errorf("%d VaultAccessPolicyChanged for two set-policy calls through two replicas; want one each, from one sender", policyChanges)
 	}
 	mu.Unlock()
 
