@@ -29,34 +29,9 @@ import (
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/testing/agenttest"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/testbin"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
-
-var (
-	benchBinOnce sync.Once
-	benchBin     string
-	benchBinErr  error
-)
-
-// cofferBinary builds cmd/coffer once per run, without the race detector,
-// for figures of a process as it ships.
-func cofferBinary(b testing.TB) string {
-	benchBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bin")
-		if err != nil {
-			benchBinErr = err
-			return
-		}
-		benchBin = filepath.Join(dir, "coffer")
-		if out, err := exec.Command("go", "build", "-o", benchBin, "../../cmd/coffer").CombinedOutput(); err != nil {
-			benchBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if benchBinErr != nil {
-		b.Fatal(benchBinErr)
-	}
-	return benchBin
-}
 
 // processRSS is a process's resident set, in MiB.
 func processRSS(b testing.TB, pid int) float64 { return procStatus(b, pid, "VmRSS:") }
@@ -177,7 +152,7 @@ func BenchmarkDriverMemory(b *testing.B) {
 
 	endpoint := filepath.Join(dir, "csi.sock")
 	root := filepath.Join(dir, "pods")
-	cmd := exec.Command(cofferBinary(b), "csi-driver", "--nodeid", "node-1", "--endpoint", "unix://"+endpoint,
+	cmd := exec.Command(testbin.Coffer(b), "csi-driver", "--nodeid", "node-1", "--endpoint", "unix://"+endpoint,
 		"--provider-volume", providers, "--metrics-addr", "127.0.0.1:0", "--kubeconfig", kube.KubeconfigFile(b),
 		"--enable-secret-rotation", "--rotation-poll-interval", "2m")
 	var out agenttest.SyncBuffer
@@ -289,7 +264,7 @@ func BenchmarkProviderMemory(b *testing.B) {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "coffer.sock")
-	cmd := exec.Command(cofferBinary(b), "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", env.Endpoints.Apex(),
+	cmd := exec.Command(testbin.Coffer(b), "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", env.Endpoints.Apex(),
 		"--ca-file", env.Admin.CAFile, "--metrics-addr", "127.0.0.1:0", "--node-agent-socket", "")
 	var out agenttest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -13,11 +13,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,33 +26,8 @@ import (
 	"github.com/cofferhq/coffer/internal/server"
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
+	"github.com/cofferhq/coffer/internal/testing/testbin"
 )
-
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// coffer builds cmd/coffer once per run, without the race detector: the
-// figures are the server's, not the detector's.
-func coffer(b testing.TB) string {
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fleet-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "coffer")
-		if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/coffer").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		b.Fatal(buildErr)
-	}
-	return binary
-}
 
 // serverProc is a `coffer dev` process.
 type serverProc struct {
@@ -82,7 +55,7 @@ func startServer(b testing.TB, extra ...string) *serverProc {
 	b.Helper()
 	dir := b.TempDir()
 	args := append([]string{"dev", "--data-dir", dir, "--port", "0", "--metrics-addr", "127.0.0.1:0"}, extra...)
-	cmd := exec.Command(coffer(b), args...)
+	cmd := exec.Command(testbin.Coffer(b), args...)
 	// The server's own default, set here so that the live heap can be
 	// told from the heap goal (see liveHeap).
 	cmd.Env = append(os.Environ(), "GOGC="+strconv.Itoa(serverGOGC))

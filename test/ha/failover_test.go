@@ -32,6 +32,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/cofferhq/coffer/internal/testing/etcdtest"
+	"github.com/cofferhq/coffer/internal/testing/testbin"
 )
 
 // replicaProc is one `coffer server` process.
@@ -67,17 +68,6 @@ type processes struct {
 	bin     string
 	args    []string
 	replica []*replicaProc
-}
-
-func buildCoffer(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "coffer")
-	// Not -race: the load of this test is the point, and the in-process
-	// replica tests run the same code under the race detector.
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/coffer").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 func (p *processes) start(i int) {
@@ -196,7 +186,7 @@ var registerModel = porcupine.Model{
 // that every acknowledged write reads back from every replica.
 func TestFailoverUnderLoad(t *testing.T) {
 	etcd := etcdtest.Start(t, 3)
-	bin := buildCoffer(t)
+	bin := testbin.Coffer(t)
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "root.key")
 	if err := rootkey.WriteFile(keyFile, rootkey.Generate()); err != nil {

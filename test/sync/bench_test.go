@@ -20,7 +20,7 @@ import (
 
 	syncv1 "github.com/cofferhq/coffer/internal/sync/apis/v1alpha1"
 	"github.com/cofferhq/coffer/internal/testing/agenttest"
-	"github.com/cofferhq/coffer/internal/testing/testpath"
+	"github.com/cofferhq/coffer/internal/testing/testbin"
 )
 
 // BenchmarkSyncController1000 is the benchmark: 1,000 SecretSyncs
@@ -48,7 +48,7 @@ func BenchmarkSyncController1000(b *testing.B) {
 	poll := 30 * time.Second
 	s := startStack(b)
 	ctx := context.Background()
-	bin := buildCoffer(b)
+	bin := testbin.Coffer(b)
 
 	b.Log("setup: namespaces, identities, vault secrets, classes and SecretSyncs")
 	var nsNames []string
@@ -157,17 +157,6 @@ func (s *stack) syncedSecrets(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return len(list.Items)
-}
-
-// buildCoffer builds the coffer binary, without the race detector, whose
-// memory would not be the binary's.
-func buildCoffer(t testing.TB) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "coffer")
-	if out, err := exec.Command("go", "build", "-o", bin, testpath.Repo(t, "cmd/coffer")).CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // startBinary runs bin with args, killed by pid when the test ends, and
