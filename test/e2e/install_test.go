@@ -294,7 +294,7 @@ func (in *installation) upgrade(t *testing.T) {
 	}
 }
 
-// uninstall deletes the examples' pods, then runs `coffer uninstall`, and
+// uninstall deletes the examples' Deployments and pods, then runs `coffer uninstall`, and
 // checks that nothing of Coffer's is left: in its namespace only what the
 // test made itself, and no cluster-wide object, CRD or CSI registration.
 // Coffer's store stays in the test's etcd, as the uninstall says.
@@ -302,6 +302,16 @@ func (in *installation) uninstall(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	cs := in.c.Clientset
+	// The Deployments first (the secretObjects scale-down's): their
+	// ReplicaSets would replace the pods deleted below.
+	background := metav1.DeletePropagationBackground
+	if err := cs.AppsV1().Deployments("default").DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &background}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, in.c, "the examples' ReplicaSets to go", 2*time.Minute, func() bool {
+		l, err := cs.AppsV1().ReplicaSets("default").List(ctx, metav1.ListOptions{})
+		return err == nil && len(l.Items) == 0
+	})
 	if err := cs.CoreV1().Pods("default").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
