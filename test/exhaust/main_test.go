@@ -26,7 +26,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,6 +34,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 )
 
 var binary string
@@ -80,29 +80,11 @@ func fds() uint64 {
 	return lim.Cur
 }
 
-// lockedBuffer collects a process's output for later scans.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // devServer is a running `coffer dev` process.
 type devServer struct {
 	cmd     *exec.Cmd
 	Env     devenv.Env
-	Stderr  *lockedBuffer
+	Stderr  *syncbuf.Buffer
 	done    chan struct{}
 	metrics string // host:port of /metrics
 }
@@ -118,7 +100,7 @@ func startDev(t *testing.T) *devServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &devServer{cmd: cmd, Stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d := &devServer{cmd: cmd, Stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = d.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -12,12 +12,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 )
 
 var binary string
@@ -44,31 +44,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects a process's output for later scans.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // devServer is a running `coffer dev` process.
 type devServer struct {
 	cmd    *exec.Cmd
 	dir    string
 	Env    devenv.Env
-	Stdout *lockedBuffer
-	Stderr *lockedBuffer
+	Stdout *syncbuf.Buffer
+	Stderr *syncbuf.Buffer
 	done   chan struct{}
 }
 
@@ -83,7 +65,7 @@ func startDev(t *testing.T, dir string, extra ...string) *devServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &devServer{cmd: cmd, dir: dir, Stdout: &lockedBuffer{}, Stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d := &devServer{cmd: cmd, dir: dir, Stdout: &syncbuf.Buffer{}, Stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = d.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 )
 
 // `coffer provider`, as a node runs it, serves a mount from `coffer dev`
@@ -39,7 +40,7 @@ func TestProviderCommand(t *testing.T) {
 	sock := filepath.Join(sockDir, "azure.sock")
 	cmd := exec.Command(binary, "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", u.Host, "--ca-file", d.Env.CAFile, "--metrics-addr", "127.0.0.1:0")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr := &lockedBuffer{}
+	stderr := &syncbuf.Buffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/server/dev/devenv"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 	"software.sslmate.com/src/go-pkcs12"
 )
 
@@ -60,7 +61,7 @@ func TestServerRequiresTLSAndRootKey(t *testing.T) {
 	key := rootkey.Generate()
 	cmd := exec.Command(binary, "server", "--data-dir", dir, "--dns-suffix", "kv.test", "--listen", "127.0.0.1:0", "--insecure-http", "--metrics-addr", "")
 	cmd.Env = append(cmd.Environ(), rootkey.EnvVar+"="+key.Encode())
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
