@@ -203,6 +203,12 @@ type Server struct {
 
 	rotMu     sync.Mutex
 	closeOnce sync.Once
+	// handlers counts the requests being served. http.Server.Shutdown does
+	// not wait for the handler of an HTTP/2 stream that the client reset
+	// (a closed vault watch, a cancelled held read): it may still be
+	// running, about to read the store and write its audit line, so Run
+	// waits for it before it closes them.
+	handlers atomic.Int64
 }
 
 // New validates o, binds the listeners, opens the store and builds every
@@ -619,6 +625,8 @@ func requestID() string {
 // not logged: it could hold request data; its stack is enough to find the bug.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.handlers.Add(1)
+		defer s.handlers.Add(-1)
 		start := time.Now()
 		h := w.Header()
 		id := requestID()
@@ -732,7 +740,25 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	s.awaitHandlers(shutCtx)
 	return nil
+}
+
+// awaitHandlers waits, until ctx ends, for the handlers that Shutdown did
+// not wait for. Each has seen its request's context cancelled, so this is
+// short; one still running when ctx ends finds the store closed, and its
+// audit line is counted as dropped.
+func (s *Server) awaitHandlers(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.handlers.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			s.log.Warn("requests still running after the shutdown deadline; closing the store under them", "requests", s.handlers.Load())
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // sweep runs the singleton jobs (the purge of deleted objects past their

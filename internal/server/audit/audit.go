@@ -140,6 +140,12 @@ type Log struct {
 	done    chan struct{}
 	once    sync.Once
 	prev    string
+
+	// closeMu orders Record against Close: a request that outlives the
+	// server's shutdown must not send on the closed channel, which would
+	// panic in the middle of that shutdown.
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 // Open opens (creating, mode 0600) the log file at path and continues its
@@ -183,11 +189,18 @@ func New(sink Sink, prev string, opt Options) *Log {
 	return l
 }
 
-// Record queues e. It never blocks: if the buffer is full, e is dropped and
-// counted.
+// Record queues e. It never blocks: if the buffer is full, or the log is
+// closed, e is dropped and counted.
 func (l *Log) Record(e Entry) {
 	if e.Time == "" {
 		e.Time = l.opt.Now().UTC().Format(time.RFC3339Nano)
+	}
+	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
+	if l.closed {
+		l.dropped.Add(1)
+		l.metrics.Dropped.Inc()
+		return
 	}
 	select {
 	case l.in <- e:
@@ -201,7 +214,12 @@ func (l *Log) Record(e Entry) {
 // Close writes what is queued (giving up after a few seconds if the sink
 // fails) and closes the file.
 func (l *Log) Close() error {
-	l.once.Do(func() { close(l.in) })
+	l.once.Do(func() {
+		l.closeMu.Lock()
+		l.closed = true
+		close(l.in)
+		l.closeMu.Unlock()
+	})
 	select {
 	case <-l.done:
 	case <-time.After(5 * time.Second):

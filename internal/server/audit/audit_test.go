@@ -193,3 +193,33 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRecordAfterCloseIsDropped: a request that outlives the server's
+// shutdown records after the log closed; that must count a dropped line,
+// not panic on the closed channel, and may race with Close itself.
+func TestRecordAfterCloseIsDropped(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l, err := Open(filepath.Join(t.TempDir(), "audit.log"), Options{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				l.Record(Entry{Operation: "racing", Status: 200})
+			}
+		}()
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	before := testutil.ToFloat64(l.Metrics().Dropped)
+	l.Record(Entry{Operation: "late", Status: 200})
+	if got := testutil.ToFloat64(l.Metrics().Dropped); got != before+1 {
+		t.Fatalf("dropped after a late Record = %v, want %v", got, before+1)
+	}
+}
