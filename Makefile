@@ -161,8 +161,8 @@ fuzz:
 # objects (vault requests per rotation interval, with the watch and with
 # held reads). About four minutes.
 bench-fleet:
-	$(GO) test -run '^$$' -bench FleetWatch -benchtime 20x -timeout 30m ./test/fleet/
-	$(GO) test -run '^$$' -bench FleetRotation -benchtime 5x -timeout 30m ./test/fleet/
+	COFFER_FLEET_OUT=$(CURDIR)/.cache/bench/fleet.json $(GO) test -run '^$$' -bench FleetWatch -benchtime 20x -timeout 30m ./test/fleet/
+	COFFER_FLEET_OUT=$(CURDIR)/.cache/bench/fleet.json $(GO) test -run '^$$' -bench FleetRotation -benchtime 5x -timeout 30m ./test/fleet/
 
 # The resident memory of the node's daemons as they ship (built without the
 # race detector, each in its own process): the CSI driver at idle, 110 and

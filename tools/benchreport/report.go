@@ -77,12 +77,9 @@ func Render(in Inputs, chartDir string) (Page, error) {
 
 	w("## Fleet simulation\n\n")
 	if f := in.Fleet; f == nil {
-		// The simulation itself (1,000 nodes × 50 objects over multiplexed
-		// watches) is built on branch watch; until it lands the page says
-		// so rather than show a figure.
-		w("Not yet measured: the fleet simulation of 1,000 nodes × 50 objects (issue 16, parts 2–3) is\n")
-		w("not part of this tree yet. When it runs it writes `%s` (format below), and this section\n", fleetFile)
-		w("shows server RSS, idle CPU, write-to-refresh p50/p99 and vault requests per rotation interval.\n\n")
+		w("Not measured: run `make bench-fleet` (it writes `%s`): the fleet simulation of 1,000 nodes × 50\n", fleetFile)
+		w("objects shows server RSS, idle CPU and write-to-refresh p50/p99, and the rotation simulation of\n")
+		w("250 nodes × 40 pods × 2 objects the vault requests per rotation interval.\n\n")
 	} else {
 		w("Nodes watching objects through one server (measured %s).\n\n", date(f.MeasuredAt))
 		w("| simulation | nodes | objects per node | server RSS (MiB) | idle CPU (%% of a core) | write to every node refreshed, p50 (ms) | p99 (ms) | vault requests per rotation interval, unchanged |\n")
