@@ -49,7 +49,7 @@ func TestFederatedIssuerSSRF(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, d := exchange(t, strict, issuer)
-			if code != 401 || !strings.Contains(d, "refused") || !strings.Contains(d, "AllowPrivateIssuers") {
+			if code != 401 || !strings.Contains(d, "refused") || !strings.Contains(d, "--allow-private-issuers") || strings.Contains(d, "endpoints") {
 				t.Fatalf("%d %s", code, d)
 			}
 		})

@@ -31,6 +31,10 @@ type Policy struct {
 	// otherwise internal addresses: for an installation whose receivers
 	// and CA live on its own network, and for tests.
 	AllowPrivate bool
+	// Setting names what allows internal addresses, for the refusals'
+	// errors: the flag, or the flag and chart value, an operator would
+	// set. Empty, it is the server's --allow-private-endpoints.
+	Setting string
 	// Roots verify the endpoints' TLS certificates; nil is the system pool.
 	Roots *x509.CertPool
 }
@@ -52,10 +56,10 @@ func (p Policy) CheckURL(raw string) (*url.URL, error) {
 	host := u.Hostname()
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if !p.AllowPrivate && Internal(ip) {
-			return nil, fmt.Errorf("%w: %s is an internal address (loopback, link-local or private); an operator can allow these with the server's AllowPrivateEndpoints setting", ErrRefused, host)
+			return nil, fmt.Errorf("%w: %s is an internal address (loopback, link-local or private); an operator can allow these with %s", ErrRefused, host, p.setting())
 		}
 	} else if !p.AllowPrivate && (strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost")) {
-		return nil, fmt.Errorf("%w: %s names this machine; an operator can allow it with the server's AllowPrivateEndpoints setting", ErrRefused, host)
+		return nil, fmt.Errorf("%w: %s names this machine; an operator can allow it with %s", ErrRefused, host, p.setting())
 	}
 	return u, nil
 }
@@ -72,6 +76,13 @@ func Internal(ip netip.Addr) bool {
 
 var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 
+func (p Policy) setting() string {
+	if p.Setting == "" {
+		return "coffer server --allow-private-endpoints"
+	}
+	return p.Setting
+}
+
 // control refuses a connection to an internal address, after resolution.
 func (p Policy) control(_, address string, _ syscall.RawConn) error {
 	if p.AllowPrivate {
@@ -82,7 +93,7 @@ func (p Policy) control(_, address string, _ syscall.RawConn) error {
 		return fmt.Errorf("%w: cannot parse dialed address %q", ErrRefused, address)
 	}
 	if Internal(ap.Addr()) {
-		return fmt.Errorf("%w: %s is an internal address", ErrRefused, ap.Addr())
+		return fmt.Errorf("%w: %s is an internal address (loopback, link-local or private); an operator can allow these with %s", ErrRefused, ap.Addr(), p.setting())
 	}
 	return nil
 }

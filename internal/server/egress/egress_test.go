@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -76,5 +77,29 @@ func TestClientFollowsNoRedirect(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusFound {
 		t.Fatalf("status %d: the redirect was followed", resp.StatusCode)
+	}
+}
+
+// A refusal names the setting that would allow the address, the one its
+// policy was given: an issuer's refusal must not send an operator to the
+// event endpoints' flag.
+func TestRefusalNamesTheSetting(t *testing.T) {
+	for _, tc := range []struct {
+		p    Policy
+		want string
+	}{
+		{Policy{}, "--allow-private-endpoints"},
+		{Policy{Setting: "coffer server --allow-private-issuers"}, "--allow-private-issuers"},
+	} {
+		for _, raw := range []string{"https://10.0.0.1/", "https://localhost/"} {
+			_, err := tc.p.CheckURL(raw)
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%+v refused %s with %v, want ErrRefused naming %s", tc.p, raw, err, tc.want)
+			}
+		}
+		err := tc.p.control("tcp", "127.0.0.1:443", nil)
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v refused a dial with %v, want ErrRefused naming %s", tc.p, err, tc.want)
+		}
 	}
 }

@@ -453,7 +453,7 @@ func (v *Verifier) getJSON(ctx context.Context, u string, limit int64, out any) 
 // client's dialer.
 func (v *Verifier) checkURL(u string) error {
 	if _, err := v.cfg.Egress.CheckURL(u); err != nil {
-		return reject(50166, "External OIDC endpoint %s is refused: %v. Federated issuers must be public unless the server's operator allows private issuers (AllowPrivateIssuers).", u, err)
+		return reject(50166, "External OIDC endpoint %s is refused: %v. Federated issuers must be public unless the server's operator allows private ones.", u, err)
 	}
 	return nil
 }
