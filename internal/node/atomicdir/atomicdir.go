@@ -308,5 +308,8 @@ func Current(dir string) ([]File, error) {
 		out = append(out, File{Path: filepath.ToSlash(rel), Mode: fi.Mode().Perm(), Contents: b})
 		return nil
 	})
+	// A walk is in order of each directory's names, which is not path
+	// order: "cert/b" comes before "cert a.crt" though ' ' sorts before '/'.
+	slices.SortFunc(out, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
 	return out, err
 }
