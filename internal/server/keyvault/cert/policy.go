@@ -214,6 +214,13 @@ func Normalize(p *Policy) error {
 		return object.Invalidf("x509_props needs a subject (such as CN=example.com) or subject alternative names.")
 	}
 	if s := x.SANs; s != nil {
+		// An empty list says what an absent one does; store one form, so
+		// that a policy read back normalizes to itself.
+		for _, l := range []*[]string{&s.DNSNames, &s.Emails, &s.UPNs, &s.IPAddresses, &s.URIs} {
+			if len(*l) == 0 {
+				*l = nil
+			}
+		}
 		if len(s.UPNs) > 0 {
 			return object.Invalidf("x509_props.sans.upns is not supported yet; use dns_names, emails, ipAddresses or uris.")
 		}
