@@ -122,7 +122,8 @@ type Backend struct {
 
 	revs     fetcher // shared quorum reads of the current revision
 	progress sync.Mutex
-	asked    int64 // a progress notification was requested for this revision
+	asked    int64     // a progress notification was requested for this revision
+	askedAt  time.Time // when it was last requested
 
 	metrics *metrics
 

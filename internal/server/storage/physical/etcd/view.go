@@ -275,7 +275,7 @@ func (b *Backend) Sync(ctx context.Context) (context.Context, error) {
 		}
 		select {
 		case <-ch:
-		case <-time.After(100 * time.Millisecond): // a lost progress request is asked again
+		case <-time.After(progressRetry): // a lost progress request is asked again
 		case <-sctx.Done():
 			return ctx, fmt.Errorf("%w: this replica has not caught up with the cluster (at revision %d of %d): %v", physical.ErrUnavailable, seen, rev, sctx.Err())
 		case <-b.ctx.Done():
@@ -284,19 +284,26 @@ func (b *Backend) Sync(ctx context.Context) (context.Context, error) {
 	}
 }
 
+// progressRetry is how long a requested progress notification may take
+// before it is requested again.
+const progressRetry = 100 * time.Millisecond
+
 // requestProgress asks the watch for a progress notification, once per
-// revision however many requests wait for it.
+// revision and progressRetry however many requests wait for it. Asking
+// again matters: a request lost with a watch stream that broke and came
+// back would otherwise leave every later request for the same revision
+// waiting out its deadline until some write moved the view.
 func (b *Backend) requestProgress(ctx context.Context, rev int64) {
 	b.progress.Lock()
 	defer b.progress.Unlock()
 	b.mu.Lock()
 	ok := b.watchOK
 	b.mu.Unlock()
-	if b.asked >= rev || !ok {
+	if !ok || b.asked >= rev && time.Since(b.askedAt) < progressRetry {
 		return
 	}
 	if err := b.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err == nil {
-		b.asked = rev
+		b.asked, b.askedAt = max(b.asked, rev), time.Now()
 	}
 }
 
