@@ -169,7 +169,13 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 		DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 3 * time.Second,
 		// The client's own retries are not worth a line each: the engine
 		// reports what fails, once, in its errors and its watch's log.
-		Logger: zap.NewNop(), AutoSyncInterval: time.Minute,
+		Logger: zap.NewNop(),
+		// No AutoSyncInterval: syncing replaces the endpoints given with
+		// the ones the members advertise, which Coffer may not reach (a
+		// Service name or a proxy in front of the cluster, a unix socket).
+		// With it, a minute after start every new request waited on an
+		// unreachable address until its deadline, while the watch went on
+		// over the old connection; FuzzKeys found it as a stalled worker.
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: connect to %s: %w", strings.Join(o.Endpoints, ","), err)
