@@ -310,7 +310,7 @@ func (s *Server) build(ctx context.Context) error {
 		Resources:     []string{ep.Resource(), endpoint.ManagementResource},
 		TokenLifetime: s.cfg.TokenLifetime,
 		RateLimit:     s.cfg.TokenRateLimit, RateBurst: s.cfg.TokenRateBurst,
-		Federation: federation.New(federation.Config{Egress: egress.Policy{AllowPrivate: s.cfg.AllowPrivateIssuers, Setting: IssuersSetting, Roots: s.cfg.FederationRoots}, Now: s.cfg.Now}),
+		Federation: federation.New(federation.Config{Egress: egress.Policy{AllowPrivate: s.cfg.AllowPrivateIssuers, Setting: issuersSetting, Roots: s.cfg.FederationRoots}, Now: s.cfg.Now}),
 		Roles:      s.Roles,
 	}, s.cfg.Now)
 	if err != nil {
@@ -854,6 +854,6 @@ func (s *Server) PurgeDue(ctx context.Context) {
 	}
 }
 
-// IssuersSetting is what an operator sets to allow private federated
+// issuersSetting is what an operator sets to allow private federated
 // issuers, as refusals name it.
-const IssuersSetting = "coffer server --allow-private-issuers (the chart's server.allowPrivateIssuers)"
+const issuersSetting = "coffer server --allow-private-issuers (the chart's server.allowPrivateIssuers)"
