@@ -7,8 +7,10 @@ package federation_test
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/api/mgmthttp"
 	"github.com/cofferhq/coffer/internal/server/identity/federation"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 	"github.com/cofferhq/coffer/internal/testing/testserver"
 )
 
@@ -36,7 +39,8 @@ func TestNamespaceWideCredential(t *testing.T) {
 	kube := kubetest.Start(t, kubetest.Options{})
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(kube.CAData)
-	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1})
+	log := &syncbuf.Buffer{}
+	env := testserver.Start(t, testserver.Options{FederationRoots: roots, AllowPrivateIssuers: true, TokenRateLimit: -1, Log: log})
 	ctx := context.Background()
 
 	var mi mgmthttp.IdentityOut
@@ -115,9 +119,35 @@ func TestNamespaceWideCredential(t *testing.T) {
 			t.Errorf("%s/%s, of another namespace, got team-a's secret", who[0], who[1])
 			continue
 		}
+		// The caller learns its own subject, not what the identity trusts;
+		// the operator finds that in the log, under the refusal's trace ID.
 		msg := client.Describe(err)
-		if sub := "system:serviceaccount:" + who[0] + ":" + who[1]; !strings.Contains(msg, "AADSTS70021") || !strings.Contains(msg, sub) || !strings.Contains(msg, expression) {
-			t.Errorf("%s/%s: the refusal does not name the subject %s and the expression: %s", who[0], who[1], sub, msg)
+		if sub := "system:serviceaccount:" + who[0] + ":" + who[1]; !strings.Contains(msg, "AADSTS70021") || !strings.Contains(msg, sub) {
+			t.Errorf("%s/%s: the refusal does not name the subject %s: %s", who[0], who[1], sub, msg)
+		}
+		if strings.Contains(msg, "team-a:*") {
+			t.Errorf("%s/%s: the refusal tells the caller what the identity trusts: %s", who[0], who[1], msg)
+		}
+		trace := traceRE.FindStringSubmatch(msg)
+		if trace == nil {
+			t.Errorf("%s/%s: no trace ID in the refusal: %s", who[0], who[1], msg)
+			continue
+		}
+		if !logNames(log.String(), trace[1], "team-a:*") {
+			t.Errorf("%s/%s: no log line of trace %s names the expression; the log:\n%s", who[0], who[1], trace[1], log.String())
 		}
 	}
+}
+
+var traceRE = regexp.MustCompile(`\(trace ID ([0-9a-f-]{36})\)`)
+
+// logNames reports whether a line of the JSON log carries trace and want.
+func logNames(log, trace, want string) bool {
+	for line := range strings.Lines(log) {
+		var l struct{ Trace, Detail string }
+		if json.Unmarshal([]byte(line), &l) == nil && l.Trace == trace && strings.Contains(l.Detail, want) {
+			return true
+		}
+	}
+	return false
 }

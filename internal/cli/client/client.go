@@ -237,7 +237,12 @@ func Describe(err error) string {
 				Description string `json:"error_description"`
 			}
 			if b, rerr := io.ReadAll(io.LimitReader(afe.RawResponse.Body, 1<<20)); rerr == nil && json.Unmarshal(b, &eb) == nil && eb.Description != "" {
-				d, _, _ := strings.Cut(eb.Description, " Trace ID:")
+				// Entra's trailer repeats one ID three ways; keep it once,
+				// since it is what finds the refusal in the server's log.
+				d, trailer, _ := strings.Cut(eb.Description, " Trace ID: ")
+				if id, _, _ := strings.Cut(trailer, " "); id != "" {
+					d += " (trace ID " + id + ")"
+				}
 				return fmt.Sprintf("authentication failed (%s): %s", eb.Error, d)
 			}
 		}

@@ -93,6 +93,9 @@ func (h *Handler) oauthError(w http.ResponseWriter, e *authority.OAuthError) {
 		w.Header().Set("Retry-After", fmt.Sprint(e.RetryAfter))
 	}
 	now := time.Now().UTC().Format("2006-01-02 15:04:05Z")
+	if e.Detail != "" {
+		h.log.Info("token request refused", "aadsts", e.AADSTS, "trace", trace, "detail", e.Detail)
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	httpjson.Write(w, e.Status, oauthErrorBody{
 		Error:            e.Code,

@@ -28,6 +28,9 @@ type OAuthError struct {
 	Description string
 	// RetryAfter is set on throttling and outages (seconds).
 	RetryAfter int
+	// Detail is for the server's log only: what the caller must not be
+	// told but the operator needs to see why it was refused.
+	Detail string
 }
 
 func (e *OAuthError) Error() string {

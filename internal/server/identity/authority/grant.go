@@ -180,7 +180,9 @@ func (a *Authority) verifyAssertion(ctx context.Context, p Principal, raw string
 			e.RetryAfter = 5
 			return e
 		}
-		return invalidClient(fe.AADSTS, "%s", fe.Message)
+		e := invalidClient(fe.AADSTS, "%s", fe.Message)
+		e.Detail = fe.Detail
+		return e
 	}
 	return err
 }

@@ -91,6 +91,11 @@ const DefaultAudience = "api://AzureADTokenExchange"
 type Error struct {
 	AADSTS  int
 	Message string
+	// Detail is for the server's log, never for the caller: what the
+	// identity is configured to trust. A caller holding any valid token of
+	// a trusted issuer (every pod of a cluster, say) must not learn which
+	// subjects would be admitted, as Entra ID does not tell them either.
+	Detail string
 	// Unavailable is set when the issuer could not be reached; retrying
 	// later may succeed.
 	Unavailable bool
@@ -224,7 +229,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string, creds Lookup) (Creden
 		if err != nil {
 			return Credential{}, Claims{}, err
 		}
-		return Credential{}, Claims{}, reject(70021, "No matching federated identity record found for presented assertion subject: no federated credential for issuer %s admits subject %q, by its subject or by its claimsMatchingExpression%s.", c.Issuer, c.Subject, configured(some))
+		e := reject(70021, "No matching federated identity record found for presented assertion subject: no federated credential for issuer %s admits subject %q, by its subject or by its claimsMatchingExpression. The identity's credentials are listed by `coffer identity federated-credential list`; the server's log names some of them under this request's trace ID.", c.Issuer, c.Subject)
+		e.Detail = configured(some)
+		return Credential{}, Claims{}, e
 	}
 	var audiences []string
 	for _, cand := range matched {
@@ -265,7 +272,7 @@ func configured(some []Credential) string {
 	if len(some) == maxListed {
 		more = ", among others"
 	}
-	return "; its credentials for that issuer have " + strings.Join(parts, " and ") + more
+	return "its credentials for that issuer have " + strings.Join(parts, " and ") + more
 }
 
 // matchSubject returns the candidates that admit the verified claims:

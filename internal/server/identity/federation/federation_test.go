@@ -2,6 +2,7 @@ package federation
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -139,8 +140,15 @@ func TestExpressionCredential(t *testing.T) {
 	}
 	for _, sub := range []string{"system:serviceaccount:team-b:other", "system:serviceaccount:team-a:x:y", "system:serviceaccount:team-ab:app"} {
 		_, _, err := v.Verify(ctx, iss.Token(t, sub, aud, time.Time{}, time.Time{}), creds)
-		if err == nil || !strings.Contains(err.Error(), "AADSTS70021") || !strings.Contains(err.Error(), sub) || !strings.Contains(err.Error(), "system:serviceaccount:team-a:*") {
+		// The caller is told its subject; only the log is told what the
+		// identity trusts.
+		var fe *Error
+		if !errors.As(err, &fe) || fe.AADSTS != 70021 || !strings.Contains(err.Error(), sub) {
 			t.Errorf("%s: %v", sub, err)
+		} else if strings.Contains(err.Error(), "team-a:*") || strings.Contains(err.Error(), "team-b:app") {
+			t.Errorf("%s: the refusal tells the caller what the identity trusts: %v", sub, err)
+		} else if !strings.Contains(fe.Detail, "system:serviceaccount:team-a:*") || !strings.Contains(fe.Detail, `"system:serviceaccount:team-b:app"`) {
+			t.Errorf("%s: the log detail does not name the configured subject and expression: %q", sub, fe.Detail)
 		}
 	}
 	// A matched expression still checks the audience.
