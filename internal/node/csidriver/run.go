@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
@@ -96,7 +95,9 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	// Only the core group's client, for events: the kubernetes package
+	// would link every API group's client into the node binary.
+	core, err := typedcorev1.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -121,7 +122,7 @@ func NewDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("the kubernetes cache did not sync: %w", context.Cause(ctx))
 	}
 	d.events = record.NewBroadcaster()
-	d.events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
+	d.events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.Events("")})
 	name := o.Name
 	if name == "" {
 		name = Name

@@ -13,7 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -27,9 +28,12 @@ const podIPIndex = "coffer.podIP"
 // KubeCluster reads pods of one node and the pod-identity objects from
 // watch caches, and reviews tokens and reads Secrets through the API.
 type KubeCluster struct {
-	node   string
-	cache  cache.Cache
-	cs     kubernetes.Interface
+	node  string
+	cache cache.Cache
+	// The two typed clients it needs, not kubernetes.Interface: that
+	// package links every API group's client into the node binary.
+	core   corev1client.CoreV1Interface
+	authn  authenticationv1client.AuthenticationV1Interface
 	synced atomic.Bool
 
 	// changed counts pod-identity object events; the decoded snapshot is
@@ -63,11 +67,15 @@ func NewKubeCluster(ctx context.Context, rc *rest.Config, node string, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes cache: %w", err)
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	core, err := corev1client.NewForConfig(rc)
 	if err != nil {
 		return nil, err
 	}
-	k := &KubeCluster{node: node, cache: c, cs: cs, onChange: onChange, log: log}
+	authn, err := authenticationv1client.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	k := &KubeCluster{node: node, cache: c, core: core, authn: authn, onChange: onChange, log: log}
 	if err := c.IndexField(ctx, &corev1.Pod{}, podIPIndex, podIPs); err != nil {
 		return nil, err
 	}
@@ -221,12 +229,12 @@ func (k *KubeCluster) Snapshot() (podidentity.Snapshot, error) {
 // Secret implements Cluster. Secrets are read one at a time, never
 // watched: the agent should not hold every Secret of the cluster.
 func (k *KubeCluster) Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-	return k.cs.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	return k.core.Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 }
 
 // Review implements Cluster with the TokenReview API.
 func (k *KubeCluster) Review(ctx context.Context, token string, audiences []string) (Review, error) {
-	tr, err := k.cs.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+	tr, err := k.authn.TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
