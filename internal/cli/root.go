@@ -15,7 +15,6 @@ import (
 
 	"github.com/cofferhq/coffer/internal/version"
 
-	"github.com/cofferhq/coffer/internal/cli/client"
 	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/spf13/cobra"
 )
@@ -42,7 +41,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "ERROR: "+client.Describe(err))
+		fmt.Fprintln(stderr, "ERROR: "+describeError(err))
 		var ue usageError
 		if errors.As(err, &ue) {
 			return 2
@@ -85,30 +84,7 @@ func (a *app) root() *cobra.Command {
 		}
 		return nil
 	}
-	root.AddCommand(
-		a.devCmd(),
-		a.installCmd(),
-		a.uninstallCmd(),
-		a.serverCmd(),
-		a.operatorCmd(),
-		a.vaultCmd(),
-		a.spCmd(),
-		a.identityCmd(),
-		a.nodePoolCmd(),
-		a.roleCmd(),
-		a.secretCmd(),
-		a.keyCmd(),
-		a.certificateCmd(),
-		a.csiDriverCmd(),
-		a.providerCmd(),
-		a.webhookCmd(),
-		a.syncControllerCmd(),
-		a.nodeAgentCmd(),
-		a.podIdentityCmd(),
-		a.auditCmd(),
-		a.benchCmd(),
-		a.migrateManifestsCmd(),
-	)
+	root.AddCommand(a.commands()...)
 	return root
 }
 
@@ -128,15 +104,6 @@ func (a *app) logger(json bool) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(a.stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(a.stderr, opts))
-}
-
-// client loads credentials and returns a client.
-func (a *app) client() (*client.Client, error) {
-	env, err := client.LoadEnv(a.envFile)
-	if err != nil {
-		return nil, err
-	}
-	return client.New(env)
 }
 
 // requireFlags returns a usage error naming every empty required flag.
