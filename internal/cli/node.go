@@ -6,19 +6,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/rest"
 
-	"github.com/cofferhq/coffer/internal/daemon/kube"
 	"github.com/cofferhq/coffer/internal/node/csidriver"
 	"github.com/cofferhq/coffer/internal/node/provider"
 )
-
-// kubeConfig is the in-cluster configuration, or --kubeconfig's, for the
-// CLI verbs that talk to a cluster.
-func kubeConfig(path string) (*rest.Config, error) {
-	rc, err := kube.Config(nil, "Kubeconfig", path)
-	return rc, optionError(err, map[string]string{"Kubeconfig": "--kubeconfig"})
-}
 
 // csiDriverFlags names the flag of each driver option, for its errors.
 var csiDriverFlags = map[string]string{

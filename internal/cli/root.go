@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/cofferhq/coffer/internal/version"
@@ -106,20 +105,6 @@ func (a *app) logger(json bool) *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.stderr, opts))
 }
 
-// requireFlags returns a usage error naming every empty required flag.
-func requireFlags(c *cobra.Command, names ...string) error {
-	var missing []string
-	for _, n := range names {
-		if f := c.Flags().Lookup(n); f != nil && f.Value.String() == "" {
-			missing = append(missing, "--"+n)
-		}
-	}
-	if len(missing) > 0 {
-		return usagef("%s: missing required flag(s) %s", c.CommandPath(), strings.Join(missing, ", "))
-	}
-	return nil
-}
-
 // optionError turns a daemon's option error into a usage error that names
 // the command's flags instead of the library's option fields; other errors
 // pass unchanged.
@@ -128,16 +113,4 @@ func optionError(err error, flags map[string]string) error {
 		return usagef("%s", msg)
 	}
 	return err
-}
-
-// mergeFlags returns base with more's entries added or replaced.
-func mergeFlags(base, more map[string]string) map[string]string {
-	m := make(map[string]string, len(base)+len(more))
-	for k, v := range base {
-		m[k] = v
-	}
-	for k, v := range more {
-		m[k] = v
-	}
-	return m
 }
