@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -171,6 +172,43 @@ func TestShippedBinaryDeps(t *testing.T) {
 			if strings.HasPrefix(imp, "helm.sh/") {
 				t.Errorf("%s imports %s: only %s may use Helm's library", p.path, imp, helmUser)
 			}
+		}
+	}
+}
+
+// nodeBanned are what the node build (`-tags node`, which the node image
+// runs) must not link: the server and its store, the management CLI and
+// the installer, the other processes, and the libraries only they use.
+// Each would add its packages' pages and initializers to every node's
+// DaemonSets.
+var nodeBanned = []string{
+	module + "internal/server", module + "internal/cli/", module + "internal/webhook", module + "internal/sync/controller",
+	"helm.sh/", "github.com/Azure/azure-sdk-for-go/", "github.com/AzureAD/", "go.etcd.io/",
+}
+
+// TestNodeBuildDeps checks what the node build links.
+func TestNodeBuildDeps(t *testing.T) {
+	bin := list(t, "-tags", "node", "./cmd/coffer")
+	if len(bin) != 1 || len(bin[0].deps) == 0 {
+		t.Fatalf("go list -tags node ./cmd/coffer: %+v", bin)
+	}
+	for _, d := range bin[0].all {
+		for _, b := range nodeBanned {
+			// An entry ending in / bans what is below it; any other, the
+			// package and what is below it.
+			if strings.HasSuffix(b, "/") && strings.HasPrefix(d, b) || d == b || strings.HasPrefix(d, b+"/") {
+				t.Errorf("the node build links %s: move what needs it behind //go:build !node in internal/cli", d)
+			}
+		}
+		// The umbrella clientset and informer factory link every API
+		// group's client; the node code uses the typed clients it needs.
+		if d == "k8s.io/client-go/kubernetes" || d == "k8s.io/client-go/informers" {
+			t.Errorf("the node build links %s: use the typed client of the group instead", d)
+		}
+	}
+	for _, want := range []string{"internal/node/csidriver", "internal/node/provider", "internal/node/nodeagent"} {
+		if !slices.Contains(bin[0].deps, want) {
+			t.Errorf("the node build does not link %s", want)
 		}
 	}
 }

@@ -38,8 +38,7 @@ func processRSS(b testing.TB, pid int) float64 { return procStatus(b, pid, "VmRS
 
 // processAnon is the anonymous part of a process's resident set, in MiB:
 // its own memory, without the pages of its binary and other files, which
-// a bigger binary (Coffer's holds the server too) makes larger without any
-// memory being the process's own.
+// a bigger binary makes larger without any memory being the process's own.
 func processAnon(b testing.TB, pid int) float64 { return procStatus(b, pid, "RssAnon:") }
 
 // procStatus is the value of one kB field of /proc/<pid>/status, in MiB.
@@ -90,7 +89,8 @@ func heapGoal(b testing.TB, addr string) float64 {
 }
 
 // BenchmarkDriverMemory measures the resident memory of the real `coffer
-// csi-driver` process, driven as a kubelet drives it (NodePublishVolume
+// csi-driver` process, of the node build the node image ships (see
+// testbin.CofferNode), driven as a kubelet drives it (NodePublishVolume
 // over its socket, with the pod's service-account token in the volume
 // context), against a real kube-apiserver, with the upstream fake provider
 // serving 10 files per volume, as in issue 16's measurement of the
@@ -152,7 +152,7 @@ func BenchmarkDriverMemory(b *testing.B) {
 
 	endpoint := filepath.Join(dir, "csi.sock")
 	root := filepath.Join(dir, "pods")
-	cmd := exec.Command(testbin.Coffer(b), "csi-driver", "--nodeid", "node-1", "--endpoint", "unix://"+endpoint,
+	cmd := exec.Command(testbin.CofferNode(b), "csi-driver", "--nodeid", "node-1", "--endpoint", "unix://"+endpoint,
 		"--provider-volume", providers, "--metrics-addr", "127.0.0.1:0", "--kubeconfig", kube.KubeconfigFile(b),
 		"--enable-secret-rotation", "--rotation-poll-interval", "2m")
 	var out agenttest.SyncBuffer
@@ -248,7 +248,7 @@ func BenchmarkDriverMemory(b *testing.B) {
 }
 
 // BenchmarkProviderMemory measures the resident memory of the real `coffer
-// provider` process at idle and with 110 volumes of 10 secrets each
+// provider` process, of the node build, at idle and with 110 volumes of 10 secrets each
 // (1,100 objects over 100 secrets, read through one service principal),
 // mounted as Coffer's driver mounts them, with a push listener connected,
 // so that the provider also holds its vault watch.
@@ -264,7 +264,7 @@ func BenchmarkProviderMemory(b *testing.B) {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "coffer.sock")
-	cmd := exec.Command(testbin.Coffer(b), "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", env.Endpoints.Apex(),
+	cmd := exec.Command(testbin.CofferNode(b), "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", env.Endpoints.Apex(),
 		"--ca-file", env.Admin.CAFile, "--metrics-addr", "127.0.0.1:0", "--node-agent-socket", "")
 	var out agenttest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -358,13 +358,13 @@ func buildImages(src, dir string, p progress) ([]string, error) {
 	built, err := images.Build(src, out,
 		images.Image{Ref: cluster.PauseImage, Package: "./internal/cli/localcluster/pause", Binary: "pause"},
 		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app", Links: links},
-		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer"},
+		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer", Variants: map[string]string{"coffer-node": "node"}},
 	)
 	if err != nil {
 		return nil, err
 	}
 	// Only the tarballs are kept.
-	for _, n := range names {
+	for _, n := range append(names, "coffer-node") {
 		os.Remove(filepath.Join(out, n))
 	}
 	p.detail("built %s in %s", version, time.Since(start).Round(time.Second))

@@ -13,11 +13,14 @@ import (
 	"github.com/cofferhq/coffer/internal/testing/testpath"
 )
 
-var (
+// build is one build of cmd/coffer, made at most once per test process.
+type build struct {
 	once sync.Once
 	bin  string
 	err  error
-)
+}
+
+var full, node build
 
 // Coffer builds cmd/coffer once per test process and returns its path.
 // It is built without the race detector: these tests measure, load or
@@ -25,20 +28,34 @@ var (
 // code under the detector.
 func Coffer(t testing.TB) string {
 	t.Helper()
+	return full.get(t)
+}
+
+// CofferNode builds the node build of cmd/coffer (`-tags node`: the CSI
+// driver, the provider and the node agent only), as the node image ships
+// it, once per test process, and returns its path.
+func CofferNode(t testing.TB) string {
+	t.Helper()
+	return node.get(t, "-tags", "node")
+}
+
+func (b *build) get(t testing.TB, flags ...string) string {
+	t.Helper()
 	src := testpath.Repo(t, "cmd/coffer")
-	once.Do(func() {
+	b.once.Do(func() {
 		dir, e := os.MkdirTemp("", "coffer-bin")
 		if e != nil {
-			err = e
+			b.err = e
 			return
 		}
-		bin = filepath.Join(dir, "coffer")
-		if out, e := exec.Command("go", "build", "-o", bin, src).CombinedOutput(); e != nil {
-			err = fmt.Errorf("go build ./cmd/coffer: %v\n%s", e, out)
+		b.bin = filepath.Join(dir, "coffer")
+		args := append(append([]string{"build"}, flags...), "-o", b.bin, src)
+		if out, e := exec.Command("go", args...).CombinedOutput(); e != nil {
+			b.err = fmt.Errorf("go %v: %v\n%s", args, e, out)
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return bin
+	return b.bin
 }

@@ -37,6 +37,10 @@ type Image struct {
 	// Links are paths (such as bin/sleep) made symlinks to the binary, for
 	// a busybox-like binary that acts on the name it is run by.
 	Links []string
+	// Variants are more builds of Package in the image, by file name, each
+	// with its build tags: coffer-node is cmd/coffer built with -tags node,
+	// which the chart's DaemonSets run.
+	Variants map[string]string
 }
 
 // Version is the version the images report, as `make build` sets it: git
@@ -56,23 +60,21 @@ func Version(root string) string {
 func Build(root, dir string, imgs ...Image) ([]string, error) {
 	var out []string
 	for _, im := range imgs {
-		bin := filepath.Join(dir, im.Binary)
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/cofferhq/coffer/internal/version.Version="+Version(root), "-o", bin, im.Package)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("building %s: %v\n%s", im.Package, err, b)
+		files := map[string][]byte{}
+		builds := map[string]string{im.Binary: ""}
+		maps.Copy(builds, im.Variants)
+		for binary, tags := range builds {
+			data, err := compile(root, filepath.Join(dir, binary), im.Package, tags)
+			if err != nil {
+				return nil, err
+			}
+			files[binary] = data
 		}
-		data, err := os.ReadFile(bin)
-		if err != nil {
-			return nil, err
-		}
-		files := map[string][]byte{im.Binary: data}
 		for p, b := range im.Files {
 			files[p] = b
 		}
 		path := filepath.Join(dir, im.Binary+".tar")
-		if err := Write(path, im.Ref, []string{"/" + im.Binary}, files, im.Links...); err != nil {
+		if err := Write(path, im.Ref, []string{"/" + im.Binary}, files, slices.Collect(maps.Keys(builds)), im.Links...); err != nil {
 			return nil, err
 		}
 		out = append(out, path)
@@ -80,15 +82,31 @@ func Build(root, dir string, imgs ...Image) ([]string, error) {
 	return out, nil
 }
 
-// Write writes a one-layer image holding files (the entrypoint's binary
+// compile builds pkg statically, with tags if not empty, into bin and
+// returns the binary.
+func compile(root, bin, pkg, tags string) ([]byte, error) {
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w -X github.com/cofferhq/coffer/internal/version.Version=" + Version(root), "-o", bin}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building %s (tags %q): %v\n%s", pkg, tags, err, b)
+	}
+	return os.ReadFile(bin)
+}
+
+// Write writes a one-layer image holding files (those named in exes
 // executable, the rest read-only) and links (symlinks to the entrypoint's
 // binary) as a docker-archive tarball at path.
-func Write(path, ref string, entrypoint []string, files map[string][]byte, links ...string) error {
+func Write(path, ref string, entrypoint []string, files map[string][]byte, exes []string, links ...string) error {
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		return fmt.Errorf("image name %q: %w", ref, err)
 	}
-	layerTar, err := layer(files, entrypoint[0], links)
+	layerTar, err := layer(files, entrypoint[0], exes, links)
 	if err != nil {
 		return err
 	}
@@ -115,7 +133,7 @@ func Write(path, ref string, entrypoint []string, files map[string][]byte, links
 
 // layer makes a tar of files and links, with the directories they need,
 // in a fixed order: the same inputs make the same image.
-func layer(files map[string][]byte, exe string, links []string) ([]byte, error) {
+func layer(files map[string][]byte, exe string, exes, links []string) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	epoch := time.Unix(0, 0)
@@ -135,7 +153,7 @@ func layer(files map[string][]byte, exe string, links []string) ([]byte, error) 
 	for _, p := range paths {
 		b := files[p]
 		mode := int64(0o644)
-		if "/"+p == exe {
+		if slices.Contains(exes, p) {
 			mode = 0o755
 		}
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: p, Mode: mode, Size: int64(len(b)), ModTime: epoch}); err != nil {
