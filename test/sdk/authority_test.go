@@ -96,10 +96,11 @@ func TestTokenForOneIdentityIsNotAnother(t *testing.T) {
 		return url.Values{"grant_type": {"client_credentials"}, "client_id": {clientID}, "scope": {env.Endpoints.Resource() + "/.default"},
 			"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {assertion}}
 	}
-	// A's assertion with B's client id: refused, naming the subject mismatch.
+	// A's assertion with B's client id: refused, naming the presented subject
+	// but not the one B trusts.
 	status, body, _ := tokenFor(t, env, form(b.ClientID, assertA))
 	desc, _ := body["error_description"].(string)
-	if status != 401 || !strings.Contains(desc, "subject") || !strings.Contains(desc, "default:app") || strings.Contains(desc, assertA[20:60]) {
+	if status != 401 || !strings.Contains(desc, "subject") || !strings.Contains(desc, "default:app") || strings.Contains(desc, "default:other") || strings.Contains(desc, assertA[20:60]) {
 		t.Fatalf("A's assertion as B: %d %s", status, desc)
 	}
 	// B's own token carries B's object id and is denied A's secret.
