@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/node/csidriver"
 	"github.com/cofferhq/coffer/internal/node/provider"
 )
@@ -35,6 +36,7 @@ flags, so its DaemonSet arguments carry over, and talks to any provider that
 speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			daemon.LeanGC()
 			o.Log = a.logger(true).With("component", "csi-driver")
 			if verbosity >= 5 {
 				o.Log = slog.New(slog.NewJSONHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("component", "csi-driver")
@@ -97,6 +99,7 @@ call over the v1alpha1 gRPC protocol. It reads the Azure provider's parameters
 to serve existing SecretProviderClasses with provider: azure, or coffer.sock.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			daemon.LeanGC()
 			o.Log = a.logger(true).With("component", "provider")
 			d, err := provider.NewDaemon(o)
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/node/nodeagent"
 )
 
@@ -39,6 +40,7 @@ able to use a pod's address gets its identities. Callers from the node's own
 addresses get the node's identities (--system-identity, --vm-identity).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			daemon.LeanGC()
 			if o.NodeName == "" {
 				o.NodeName = os.Getenv("NODE_NAME")
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
+	"github.com/cofferhq/coffer/internal/daemon"
 	"github.com/cofferhq/coffer/internal/testing/agenttest"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
 )
@@ -38,6 +40,13 @@ func TestDriverBinaryRegistersWithKubelet(t *testing.T) {
 	cmd := exec.Command(bin, "csi-driver", "--nodeid", "node-1", "--endpoint", "unix://"+endpoint,
 		"--registration-dir", regDir, "--kubelet-registration-path", "/var/lib/kubelet/plugins/csi-secrets-store/csi.sock",
 		"--provider-volume", filepath.Join(dir, "providers"), "--metrics-addr", "127.0.0.1:0", "--kubeconfig", kube.KubeconfigFile(t))
+	// Without GOGC in its environment, the driver takes the node daemons'
+	// collector target (see daemon.LeanGC).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GOGC=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	var out agenttest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -50,6 +59,9 @@ func TestDriverBinaryRegistersWithKubelet(t *testing.T) {
 		<-exited
 	})
 	metrics := out.LoggedAddr(t, "metrics and health listening")
+	if got := metricValue(t, metrics, "go_gc_gogc_percent"); got != daemon.NodeGCPercent {
+		t.Fatalf("go_gc_gogc_percent = %v, want the node daemons' %d", got, daemon.NodeGCPercent)
+	}
 	regSock := filepath.Join(regDir, "secrets-store.csi.k8s.io-reg.sock")
 	eventually(t, "the registration socket", func() bool { _, err := os.Stat(regSock); return err == nil })
 	conn, err := grpc.NewClient("unix:"+regSock, grpc.WithTransportCredentials(insecure.NewCredentials()))

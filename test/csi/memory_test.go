@@ -65,6 +65,11 @@ func procStatus(b testing.TB, pid int, field string) float64 {
 // the heap size at which its next collection starts, which is what its
 // resident memory follows (the live heap times 1 + GOGC/100).
 func heapGoal(b testing.TB, addr string) float64 {
+	return metricValue(b, addr, "go_memstats_next_gc_bytes") / (1 << 20)
+}
+
+// metricValue is the value of an unlabelled metric in the /metrics at addr.
+func metricValue(b testing.TB, addr, name string) float64 {
 	b.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -76,15 +81,15 @@ func heapGoal(b testing.TB, addr string) float64 {
 		b.Fatal(err)
 	}
 	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "go_memstats_next_gc_bytes "); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				b.Fatal(err)
 			}
-			return f / (1 << 20)
+			return f
 		}
 	}
-	b.Fatal("no go_memstats_next_gc_bytes in /metrics")
+	b.Fatalf("no %s in /metrics", name)
 	return 0
 }
 
@@ -244,6 +249,7 @@ func BenchmarkDriverMemory(b *testing.B) {
 		b.ReportMetric(anons[0], "idle-anon-MiB")
 		b.ReportMetric(anons[1], "110-anon-MiB")
 		b.ReportMetric(anons[2], "1000-anon-MiB")
+		b.ReportMetric(metricValue(b, metrics, "go_gc_gogc_percent"), "gogc")
 	}
 }
 
@@ -330,5 +336,6 @@ func BenchmarkProviderMemory(b *testing.B) {
 		b.ReportMetric(anon110, "110-anon-MiB")
 		b.ReportMetric(idleGoal, "idle-heap-goal-MiB")
 		b.ReportMetric(heapGoal(b, metrics), "110-heap-goal-MiB")
+		b.ReportMetric(metricValue(b, metrics, "go_gc_gogc_percent"), "gogc")
 	}
 }
