@@ -53,6 +53,9 @@ lint:
 	@echo "== the node build (-tags node)"
 	$(GO) vet -tags node ./cmd/coffer ./internal/cli
 	$(GO) tool staticcheck -tags node ./cmd/coffer ./internal/cli
+	@echo "== the provider build (-tags node,provider)"
+	$(GO) vet -tags node,provider ./cmd/coffer ./internal/cli
+	$(GO) tool staticcheck -tags node,provider ./cmd/coffer ./internal/cli
 	@echo "== fuzz corpora"
 	@GO="$(GO)" ./scripts/fuzz.sh --check
 
@@ -83,6 +86,7 @@ e2e: deps kube-assets
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/coffer ./cmd/coffer
 	$(GO) build -tags node -ldflags "$(LDFLAGS)" -o bin/coffer-node ./cmd/coffer
+	$(GO) build -tags node,provider -ldflags "$(LDFLAGS)" -o bin/coffer-provider ./cmd/coffer
 
 # Performance figures: secret GET and durable PUT over HTTPS keep-alive with
 # 32 clients, and the machine's HTTPS ceiling for comparison; key signing

@@ -193,12 +193,8 @@ func TestNodeBuildDeps(t *testing.T) {
 		t.Fatalf("go list -tags node ./cmd/coffer: %+v", bin)
 	}
 	for _, d := range bin[0].all {
-		for _, b := range nodeBanned {
-			// An entry ending in / bans what is below it; any other, the
-			// package and what is below it.
-			if strings.HasSuffix(b, "/") && strings.HasPrefix(d, b) || d == b || strings.HasPrefix(d, b+"/") {
-				t.Errorf("the node build links %s: move what needs it behind //go:build !node in internal/cli", d)
-			}
+		if bannedBy(d, nodeBanned) {
+			t.Errorf("the node build links %s: move what needs it behind //go:build !node in internal/cli", d)
 		}
 		// The umbrella clientset and informer factory link every API
 		// group's client; the node code uses the typed clients it needs.
@@ -211,4 +207,34 @@ func TestNodeBuildDeps(t *testing.T) {
 			t.Errorf("the node build does not link %s", want)
 		}
 	}
+}
+
+// TestProviderBuildDeps checks what the provider build links: what the
+// node build may not, nor the driver, the node agent or any of client-go
+// and the Kubernetes API machinery, none of which the provider uses.
+func TestProviderBuildDeps(t *testing.T) {
+	bin := list(t, "-tags", "node,provider", "./cmd/coffer")
+	if len(bin) != 1 || len(bin[0].deps) == 0 {
+		t.Fatalf("go list -tags node,provider ./cmd/coffer: %+v", bin)
+	}
+	banned := append(slices.Clone(nodeBanned), module+"internal/node/csidriver", module+"internal/node/nodeagent", "k8s.io/client-go/", "k8s.io/apimachinery/")
+	for _, d := range bin[0].all {
+		if bannedBy(d, banned) {
+			t.Errorf("the provider build links %s: move what needs it behind //go:build !(node && provider) in internal/cli", d)
+		}
+	}
+	if !slices.Contains(bin[0].deps, "internal/node/provider") {
+		t.Errorf("the provider build does not link internal/node/provider")
+	}
+}
+
+// bannedBy reports whether package d is one of banned: an entry ending in
+// / bans what is below it; any other, the package and what is below it.
+func bannedBy(d string, banned []string) bool {
+	for _, b := range banned {
+		if strings.HasSuffix(b, "/") && strings.HasPrefix(d, b) || d == b || strings.HasPrefix(d, b+"/") {
+			return true
+		}
+	}
+	return false
 }

@@ -1,12 +1,8 @@
-//go:build node
+//go:build node && !provider
 
 package cli
 
-import (
-	"strings"
-
-	"github.com/spf13/cobra"
-)
+import "github.com/spf13/cobra"
 
 // commands returns the node build's subcommands: the daemons that run on
 // every node. The node image runs this build (`go build -tags node`) so
@@ -20,15 +16,4 @@ func (a *app) commands() []*cobra.Command {
 		a.providerCmd(),
 		a.nodeAgentCmd(),
 	}
-}
-
-// describeError turns an error into the one line the CLI prints. The node
-// daemons' errors are their own, not Azure SDK responses, so the first
-// line is the description.
-func describeError(err error) string {
-	s := strings.TrimSpace(err.Error())
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return strings.TrimSpace(s[:i])
-	}
-	return s
 }

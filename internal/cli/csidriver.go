@@ -1,3 +1,5 @@
+//go:build !(node && provider)
+
 package cli
 
 import (

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	cofferimages "github.com/cofferhq/coffer/internal/cli/localcluster/images"
 	"github.com/cofferhq/coffer/internal/testing/chartrender"
 	"github.com/cofferhq/coffer/internal/testing/kubetest"
 	"github.com/cofferhq/coffer/internal/testing/testpath"
@@ -658,4 +659,54 @@ func findIn(objs []*unstructured.Unstructured, kind, name, ns string) *unstructu
 		}
 	}
 	return nil
+}
+
+// TestChartCommandsAreInTheImage checks that every container of the chart
+// runs a binary the coffer image holds (images.CofferVariants, which the
+// e2e image and `coffer dev --kubernetes` build), and that each node
+// DaemonSet runs the smallest build that has its subcommand.
+func TestChartCommandsAreInTheImage(t *testing.T) {
+	in := map[string]bool{"/coffer": true}
+	for name := range cofferimages.CofferVariants {
+		in["/"+name] = true
+	}
+	objs, err := render(t, load(t), merge(required(), map[string]any{"syncController": map[string]any{"enabled": true, "namespaces": []any{"apps"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, o := range objs {
+		for _, field := range []string{"containers", "initContainers"} {
+			cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", field)
+			for _, c := range cs {
+				m := c.(map[string]any)
+				cmd, _ := m["command"].([]any)
+				if len(cmd) == 0 {
+					continue
+				}
+				seen++
+				if bin, _ := cmd[0].(string); !in[bin] {
+					t.Errorf("%s %s container %s runs %v, which the coffer image does not hold (it holds %v)", o.GetKind(), o.GetName(), m["name"], cmd[0], in)
+				}
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no container of the chart names a command")
+	}
+	for ds, want := range map[string]string{"coffer-csi-driver": "/coffer-node", "coffer-node-agent": "/coffer-node", "coffer-provider": "/coffer-provider"} {
+		o := find(objs, "DaemonSet", ds)
+		if o == nil {
+			t.Fatalf("no DaemonSet %s", ds)
+		}
+		cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		found := false
+		for _, c := range cs {
+			cmd, _ := c.(map[string]any)["command"].([]any)
+			found = found || len(cmd) > 0 && cmd[0] == want
+		}
+		if !found {
+			t.Errorf("DaemonSet %s does not run %s", ds, want)
+		}
+	}
 }

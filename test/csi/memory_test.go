@@ -254,7 +254,7 @@ func BenchmarkDriverMemory(b *testing.B) {
 }
 
 // BenchmarkProviderMemory measures the resident memory of the real `coffer
-// provider` process, of the node build, at idle and with 110 volumes of 10 secrets each
+// provider` process, of the provider build (testbin.CofferProvider), at idle and with 110 volumes of 10 secrets each
 // (1,100 objects over 100 secrets, read through one service principal),
 // mounted as Coffer's driver mounts them, with a push listener connected,
 // so that the provider also holds its vault watch.
@@ -270,7 +270,7 @@ func BenchmarkProviderMemory(b *testing.B) {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "coffer.sock")
-	cmd := exec.Command(testbin.CofferNode(b), "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", env.Endpoints.Apex(),
+	cmd := exec.Command(testbin.CofferProvider(b), "provider", "--endpoint", "unix://"+sock, "--vault-dns-suffix", env.Endpoints.Apex(),
 		"--ca-file", env.Admin.CAFile, "--metrics-addr", "127.0.0.1:0", "--node-agent-socket", "")
 	var out agenttest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -55,7 +55,7 @@ func buildImages(root string) error {
 	if _, err := images.Build(repo, dir,
 		images.Image{Ref: cluster.PauseImage, Package: "./internal/cli/localcluster/pause", Binary: "pause"},
 		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app", Links: links},
-		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer", Variants: map[string]string{"coffer-node": "node"}},
+		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer", Variants: images.CofferVariants},
 	); err != nil {
 		return err
 	}

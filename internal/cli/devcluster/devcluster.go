@@ -19,12 +19,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -358,13 +360,13 @@ func buildImages(src, dir string, p progress) ([]string, error) {
 	built, err := images.Build(src, out,
 		images.Image{Ref: cluster.PauseImage, Package: "./internal/cli/localcluster/pause", Binary: "pause"},
 		images.Image{Ref: AppImage, Package: "./test/e2e/app", Binary: "app", Links: links},
-		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer", Variants: map[string]string{"coffer-node": "node"}},
+		images.Image{Ref: CofferImage, Package: "./cmd/coffer", Binary: "coffer", Variants: images.CofferVariants},
 	)
 	if err != nil {
 		return nil, err
 	}
 	// Only the tarballs are kept.
-	for _, n := range append(names, "coffer-node") {
+	for _, n := range append(names, slices.Collect(maps.Keys(images.CofferVariants))...) {
 		os.Remove(filepath.Join(out, n))
 	}
 	p.detail("built %s in %s", version, time.Since(start).Round(time.Second))

@@ -20,7 +20,7 @@ type build struct {
 	err  error
 }
 
-var full, node build
+var full, node, prov build
 
 // Coffer builds cmd/coffer once per test process and returns its path.
 // It is built without the race detector: these tests measure, load or
@@ -37,6 +37,14 @@ func Coffer(t testing.TB) string {
 func CofferNode(t testing.TB) string {
 	t.Helper()
 	return node.get(t, "-tags", "node")
+}
+
+// CofferProvider builds the provider build of cmd/coffer (`-tags
+// node,provider`: the provider only), as the node image ships it for the
+// provider's DaemonSet, once per test process, and returns its path.
+func CofferProvider(t testing.TB) string {
+	t.Helper()
+	return prov.get(t, "-tags", "node,provider")
 }
 
 func (b *build) get(t testing.TB, flags ...string) string {

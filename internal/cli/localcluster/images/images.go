@@ -38,10 +38,15 @@ type Image struct {
 	// a busybox-like binary that acts on the name it is run by.
 	Links []string
 	// Variants are more builds of Package in the image, by file name, each
-	// with its build tags: coffer-node is cmd/coffer built with -tags node,
-	// which the chart's DaemonSets run.
+	// with its build tags (see CofferVariants).
 	Variants map[string]string
 }
+
+// CofferVariants are the builds of cmd/coffer that the coffer image holds
+// beside /coffer, by file name, with their build tags: the node build,
+// which the driver and node-agent DaemonSets run, and the provider build,
+// which the provider's DaemonSet runs.
+var CofferVariants = map[string]string{"coffer-node": "node", "coffer-provider": "node,provider"}
 
 // Version is the version the images report, as `make build` sets it: git
 // describe of root, or "dev".
