@@ -92,18 +92,18 @@ func VaultName(i int) string { return fmt.Sprintf("scale-%04d", i) }
 // NewStore makes a store: in dir, with the dev server's bootstrap (root key,
 // TLS, tenant, administrator), or on etcd (etc not nil) with the same made
 // by hand as a first `coffer server` would need; then the given number of
-// vaults, the big object (bbolt only) and the listed vault's extra objects,
+// vaults, the big object and the listed vault's extra objects,
 // all in vault 0.
 func NewStore(ctx context.Context, dir string, vaults int, etc *Etcd) (*Store, error) {
-	s := &Store{Dir: dir, Etcd: etc, Vaults: vaults, BigVault: VaultName(0)}
+	s := &Store{Dir: dir, Etcd: etc, Vaults: vaults, BigVault: VaultName(0), BigName: "big"}
 	var err error
 	if s.files, err = pki.EnsureDev(filepath.Join(dir, "tls"), endpoint.DefaultSuffix, time.Now()); err != nil {
 		return nil, err
 	}
-	if etc == nil {
-		s.BigName = "big"
-	} else if err := rootkey.WriteFile(filepath.Join(dir, "root.key"), rootkey.Generate()); err != nil {
-		return nil, err
+	if etc != nil {
+		if err := rootkey.WriteFile(filepath.Join(dir, "root.key"), rootkey.Generate()); err != nil {
+			return nil, err
+		}
 	}
 	err = s.with(ctx, func(ctx context.Context, srv *server.Server) error {
 		if etc != nil {
@@ -125,14 +125,12 @@ func NewStore(ctx context.Context, dir string, vaults int, etc *Etcd) (*Store, e
 			}
 		}
 		coll := srv.Secrets.Collection()
-		var changes []object.Change
-		if s.BigName != "" {
-			ch, _, _, err := coll.StageImport(ctx, s.BigVault, export(s.BigName, BigVersions))
-			if err != nil {
-				return err
-			}
-			changes = append(changes, ch)
+		// On its own: on etcd, it is more than one transaction holds, and
+		// Import writes it in several.
+		if _, _, err := coll.Import(ctx, s.BigVault, export(s.BigName, BigVersions)); err != nil {
+			return fmt.Errorf("import the object of %d versions: %w", BigVersions, err)
 		}
+		var changes []object.Change
 		for i := range ListObjects {
 			ch, _, _, err := coll.StageImport(ctx, s.BigVault, export(fmt.Sprintf("l-%02d", i), 1))
 			if err != nil {

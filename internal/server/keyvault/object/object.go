@@ -116,6 +116,10 @@ type Head struct {
 	Previous       string `json:"previous,omitempty"`
 	DeletedDate    int64  `json:"deletedDate,omitempty"`
 	ScheduledPurge int64  `json:"scheduledPurgeDate,omitempty"`
+	// Purging marks a soft-deleted object whose purge has begun and is
+	// done in several batches (see PurgeBatch): it can no longer be
+	// recovered, only purged, which finishes the removal.
+	Purging bool `json:"purging,omitempty"`
 	// Meta is object-level data of the kind (a certificate's policy).
 	Meta json.RawMessage `json:"meta,omitempty"`
 }

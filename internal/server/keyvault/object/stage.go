@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -189,6 +190,10 @@ func (c *Collection[T]) stageMove(ctx context.Context, vault, name string, toDel
 	if err != nil {
 		return Change{}, Head{}, Version[T]{}, err
 	}
+	if h.Purging {
+		return Change{}, Head{}, Version[T]{}, Errorf(ErrDeleted, "ObjectIsBeingPurged",
+			"%s is being purged: some of its versions are already gone, so it cannot be recovered. Purge it again to finish.", name)
+	}
 	v, _, err := getJSON[Version[T]](ctx, c.st, c.versionKey(vault, name, h.Current))
 	if err != nil {
 		return Change{}, Head{}, Version[T]{}, err
@@ -265,7 +270,31 @@ func (c *Collection[T]) StagePurge(ctx context.Context, vault, name string) (Cha
 	return ch, nil
 }
 
+// batchLimits are the most writes and bytes the store takes in one Apply,
+// if it has limits (a Barrier on etcd: 128 operations and 1.5 MiB a
+// transaction by default, while an object may have many more versions;
+// one a day for a year is 365, and a backup may hold 500).
+func (c *Collection[T]) batchLimits() (ops, bytes int, ok bool) {
+	l, ok := c.st.(interface{ BatchLimits() (int, int, bool) })
+	if !ok {
+		return 0, 0, false
+	}
+	return l.BatchLimits()
+}
+
+// fits reports whether ops fit in one batch of the store.
+func (c *Collection[T]) fits(ops []barrier.Op) bool {
+	maxOps, maxBytes, ok := c.batchLimits()
+	return !ok || len(ops) <= maxOps && opBytes(ops) <= maxBytes
+}
+
 // Purge permanently removes a soft-deleted object and all its versions.
+// An object of more versions than one batch of the store may delete (see
+// batchLimits) is removed in several batches:
+// the first marks it Purging, so that nothing can recover it half removed;
+// the others delete its older versions; the last its current version and
+// the deleted record. A purge that stops midway (a crash, an outage) leaves
+// a Purging object, which the next purge, asked for or scheduled, finishes.
 func (c *Collection[T]) Purge(ctx context.Context, vault, name string) error {
 	defer c.lock(vault, name)()
 	return retry(func() error {
@@ -273,8 +302,61 @@ func (c *Collection[T]) Purge(ctx context.Context, vault, name string) error {
 		if err != nil {
 			return err
 		}
+		if !c.fits(ch.Ops) {
+			return c.purgeInBatches(ctx, vault, name)
+		}
 		return Apply(ctx, c.st, ch)
 	})
+}
+
+// purgeInBatches is Purge for an object too large for one batch.
+// Each batch rests on the deleted record's revision, which only the first
+// batch changes, so a batch fails with a conflict (and Purge starts again)
+// if another replica changed the object meanwhile.
+func (c *Collection[T]) purgeInBatches(ctx context.Context, vault, name string) error {
+	key := c.deletedKey(vault, name)
+	h, rev, err := getJSON[Head](ctx, c.st, key)
+	if err != nil {
+		return err
+	}
+	if !h.Purging {
+		h.Purging = true
+		op, err := put(key, h)
+		if err != nil {
+			return err
+		}
+		if err := c.st.Apply(ctx, []barrier.Cond{{Key: key, Rev: rev}}, []barrier.Op{op}); err != nil {
+			return err
+		}
+		if _, rev, err = getJSON[Head](ctx, c.st, key); err != nil {
+			return err
+		}
+	}
+	cond := []barrier.Cond{{Key: key, Rev: rev}}
+	current := c.versionKey(vault, name, h.Current)
+	size, _, ok := c.batchLimits()
+	if !ok {
+		size = 100
+	}
+	for {
+		vers, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", size+1)
+		if err != nil {
+			return err
+		}
+		var ops []barrier.Op
+		for _, v := range vers {
+			if v.Key != current && len(ops) < size {
+				ops = append(ops, barrier.Op{Key: v.Key, Delete: true})
+			}
+		}
+		if len(ops) == 0 {
+			break
+		}
+		if err := c.st.Apply(ctx, cond, ops); err != nil {
+			return err
+		}
+	}
+	return c.st.Apply(ctx, cond, []barrier.Op{{Key: current, Delete: true}, {Key: key, Delete: true}})
 }
 
 // DueForPurge returns the soft-deleted objects of vault whose scheduled
@@ -380,10 +462,84 @@ func (c *Collection[T]) Import(ctx context.Context, vault string, e Export[T]) (
 	if err != nil {
 		return Head{}, Version[T]{}, err
 	}
-	if err := Apply(ctx, c.st, ch); errors.Is(err, barrier.ErrConflict) {
+	if !c.fits(ch.Ops) {
+		err = c.importInBatches(ctx, vault, h, ch)
+	} else {
+		err = Apply(ctx, c.st, ch)
+	}
+	if errors.Is(err, barrier.ErrConflict) {
 		return Head{}, Version[T]{}, ErrExists
 	} else if err != nil {
 		return Head{}, Version[T]{}, err
 	}
 	return h, v, nil
+}
+
+func opBytes(ops []barrier.Op) int {
+	n := 0
+	for _, op := range ops {
+		n += len(op.Key) + len(op.Value)
+	}
+	return n
+}
+
+// importInBatches is Import for an object too large for one batch (see
+// batchLimits). The object is written as a deleted object being purged, so
+// that nothing reads or recovers it half written: first its deleted
+// record, then its versions, then, in the last batch, the record becomes
+// its live head. An import that stops midway leaves a deleted object
+// marked Purging, which a purge removes, or the scheduled purge an hour
+// later; until then the name is in use and a new import of it is refused.
+// An import that fails between batches removes what it wrote.
+func (c *Collection[T]) importInBatches(ctx context.Context, vault string, h Head, ch Change) error {
+	name := h.Name
+	key := c.deletedKey(vault, name)
+	d := h
+	now := c.now()
+	d.DeletedDate, d.ScheduledPurge, d.Purging = now.Unix(), now.Add(time.Hour).Unix(), true
+	dop, err := put(key, d)
+	if err != nil {
+		return err
+	}
+	// ch.Ops[0] is the head; each version's op has its absence condition
+	// at the same place in ch.Conds after the head's two. The current
+	// version goes with the deleted record, which lists and reads of
+	// deleted objects show with it.
+	vers, conds := slices.Clone(ch.Ops[1:]), slices.Clone(ch.Conds[2:])
+	i := slices.IndexFunc(vers, func(op barrier.Op) bool { return op.Key == c.versionKey(vault, name, h.Current) })
+	first := []barrier.Op{dop, vers[i]}
+	firstConds := []barrier.Cond{{Key: c.headKey(vault, name)}, {Key: key}, conds[i]}
+	vers, conds = slices.Delete(vers, i, i+1), slices.Delete(conds, i, i+1)
+	if err := c.st.Apply(ctx, firstConds, first); err != nil {
+		return err
+	}
+	_, rev, err := getJSON[Head](ctx, c.st, key)
+	if err != nil {
+		return err
+	}
+	written := func(err error) error {
+		if cerr := c.purgeInBatches(ctx, vault, name); cerr != nil && !errors.Is(cerr, ErrNotFound) {
+			return fmt.Errorf("%w (and removing what was written: %v; purge %s to finish)", err, cerr, name)
+		}
+		return err
+	}
+	// Each batch's conditions are the record's and one per version, plus
+	// the fence of a write made by a leader, and count as operations too.
+	maxOps, maxBytes, _ := c.batchLimits()
+	maxOps -= 2
+	for len(vers) > 0 {
+		n, size := 0, 0
+		for n < len(vers) && n < maxOps && (n == 0 || size+len(vers[n].Key)+len(vers[n].Value) <= maxBytes) {
+			size += len(vers[n].Key) + len(vers[n].Value)
+			n++
+		}
+		if err := c.st.Apply(ctx, append([]barrier.Cond{{Key: key, Rev: rev}}, conds[:n]...), vers[:n]); err != nil {
+			return written(err)
+		}
+		vers, conds = vers[n:], conds[n:]
+	}
+	if err := c.st.Apply(ctx, []barrier.Cond{{Key: key, Rev: rev}, {Key: c.headKey(vault, name)}}, []barrier.Op{{Key: key, Delete: true}, ch.Ops[0]}); err != nil {
+		return written(err)
+	}
+	return nil
 }

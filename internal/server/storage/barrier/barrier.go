@@ -183,6 +183,18 @@ func StoreRootKeyID(ctx context.Context, phys physical.Backend) (string, error) 
 	return id, err
 }
 
+// BatchLimits are the engine's limits for one Apply, in plaintext: a
+// sealed value is larger than the value, so the bytes are two thirds of
+// the engine's. ok is false if the engine has none (bbolt, in-memory).
+func (b *Barrier) BatchLimits() (ops, bytes int, ok bool) {
+	l, ok := b.phys.(physical.Limited)
+	if !ok {
+		return 0, 0, false
+	}
+	ops, bytes = l.BatchLimits()
+	return ops, bytes * 2 / 3, true
+}
+
 // Open unseals the store's keyring with root, creating the keyring (one fresh
 // data key) if the store is new.
 func Open(ctx context.Context, phys physical.Backend, root rootkey.Key) (*Barrier, error) {

@@ -24,15 +24,23 @@ var ErrClosed = errors.New("physical: backend closed")
 // stale data is ever returned. Callers answer 503 and clients retry.
 var ErrUnavailable = errors.New("physical: storage unavailable")
 
+// Limited is a Backend that bounds one atomic commit; a Backend without
+// the method has no bound of its own.
+type Limited interface {
+	// BatchLimits are the most writes (and conditions) and bytes one
+	// Apply may carry.
+	BatchLimits() (ops, bytes int)
+}
+
 // TooLargeError is a batch over an engine's limit for one atomic commit.
 type TooLargeError struct {
-	Bytes, Ops       int // the batch's size and number of writes
+	Bytes, Ops       int // the batch's size, and its writes or conditions, whichever are more
 	MaxBytes, MaxOps int // the engine's limits
 }
 
 func (e *TooLargeError) Error() string {
 	if e.Ops > e.MaxOps {
-		return fmt.Sprintf("the change writes %d keys in one atomic batch, over the storage engine's limit of %d", e.Ops, e.MaxOps)
+		return fmt.Sprintf("the change has %d writes or conditions in one atomic batch, over the storage engine's limit of %d", e.Ops, e.MaxOps)
 	}
 	return fmt.Sprintf("the change is %d bytes in one atomic batch, over the storage engine's limit of %d bytes", e.Bytes, e.MaxBytes)
 }

@@ -48,6 +48,10 @@ const (
 	DefaultMaxTxnOps       = 128
 )
 
+// BatchLimits are the cluster's limits for one transaction (Options'
+// MaxTxnOps and MaxRequestBytes).
+func (b *Backend) BatchLimits() (ops, bytes int) { return b.o.MaxTxnOps, b.o.MaxRequestBytes }
+
 // Options configure the engine.
 type Options struct {
 	// Endpoints are the cluster's client URLs (https://host:2379, or
@@ -359,8 +363,17 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 	for _, o := range ops {
 		size += len(b.prefix) + len(o.Key) + len(o.Value) + 16
 	}
-	if size > b.o.MaxRequestBytes || len(ops) > b.o.MaxTxnOps {
-		return &physical.TooLargeError{Bytes: size, Ops: len(ops), MaxBytes: b.o.MaxRequestBytes, MaxOps: b.o.MaxTxnOps}
+	f, fenced := ctx.Value(fenceKey{}).(fence)
+	// etcd bounds a transaction's comparisons (and the reads of its else
+	// branch, one per comparison here) as it bounds its writes.
+	n := len(ops)
+	if fenced {
+		n = max(n, len(conds)+1)
+	} else {
+		n = max(n, len(conds))
+	}
+	if size > b.o.MaxRequestBytes || n > b.o.MaxTxnOps {
+		return &physical.TooLargeError{Bytes: size, Ops: n, MaxBytes: b.o.MaxRequestBytes, MaxOps: b.o.MaxTxnOps}
 	}
 	var cmps []clientv3.Cmp
 	var elses []clientv3.Op
@@ -373,7 +386,6 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 		}
 		elses = append(elses, clientv3.OpGet(k))
 	}
-	f, fenced := ctx.Value(fenceKey{}).(fence)
 	if fenced {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev))
 		elses = append(elses, clientv3.OpGet(f.key, clientv3.WithCountOnly()))

@@ -133,6 +133,14 @@ func TestBatchLimits(t *testing.T) {
 	if err := b.Apply(ctx, nil, many); !errors.As(err, &tl) || !strings.Contains(err.Error(), fmt.Sprint(DefaultMaxTxnOps)) {
 		t.Fatalf("a batch of too many keys: %v, want a TooLargeError naming the limit", err)
 	}
+	// etcd counts a transaction's comparisons against the same limit.
+	var conds []physical.Cond
+	for i := range DefaultMaxTxnOps + 1 {
+		conds = append(conds, physical.Cond{Key: fmt.Sprint("absent-", i)})
+	}
+	if err := b.Apply(ctx, conds, many[:1]); !errors.As(err, &tl) || !strings.Contains(err.Error(), "conditions") {
+		t.Fatalf("a batch of too many conditions: %v, want a TooLargeError naming them", err)
+	}
 	// A certificate version writes the certificate, its managed key and
 	// its managed secret (a PFX with a chain) with their heads: well
 	// under the limit, even with large values.
