@@ -116,10 +116,11 @@ type Head struct {
 	Previous       string `json:"previous,omitempty"`
 	DeletedDate    int64  `json:"deletedDate,omitempty"`
 	ScheduledPurge int64  `json:"scheduledPurgeDate,omitempty"`
-	// Purging marks a soft-deleted object whose purge has begun and is
-	// done in several batches (see PurgeBatch): it can no longer be
+	// Purging marks a soft-deleted object that a purge or an import done
+	// in several batches owns (see Collection.batchLimits): it holds
+	// that operation's random token. Such an object can no longer be
 	// recovered, only purged, which finishes the removal.
-	Purging bool `json:"purging,omitempty"`
+	Purging string `json:"purging,omitempty"`
 	// Meta is object-level data of the kind (a certificate's policy).
 	Meta json.RawMessage `json:"meta,omitempty"`
 }

@@ -130,7 +130,7 @@ func restored(t *testing.T, c *Collection[data], e Export[data]) {
 	ctx := context.Background()
 	name := e.Head.Name
 	cur, h, err := c.Get(ctx, "demo", name, "")
-	if err != nil || h.Current != e.Head.Current || h.Purging || h.DeletedDate != 0 {
+	if err != nil || h.Current != e.Head.Current || h.Purging != "" || h.DeletedDate != 0 {
 		t.Fatalf("%s after import: %+v, %v", name, h, err)
 	}
 	i := slices.IndexFunc(e.Versions, func(v Version[data]) bool { return v.ID == e.Head.Current })
@@ -197,7 +197,7 @@ func TestPurgeInBatchesResumes(t *testing.T) {
 		t.Fatalf("cut-off Purge = %v", err)
 	}
 	h, cur, err := c.GetDeleted(ctx, "demo", "big")
-	if err != nil || !h.Purging || cur.Data.Value != fmt.Sprint(n-1) {
+	if err != nil || h.Purging == "" || cur.Data.Value != fmt.Sprint(n-1) {
 		t.Fatalf("half-purged object: %+v %v, %v; want it Purging with its current version", h, cur.Data, err)
 	}
 	if left, _ := c.st.Scan(ctx, c.versionPrefix("demo", "big"), "", 0); len(left) != n-testOps {
@@ -241,7 +241,7 @@ func TestImportInBatchesCutOff(t *testing.T) {
 	if _, _, err := c.Get(ctx, "demo", "big", ""); !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDeleted) {
 		t.Fatalf("a half-imported object reads as %v", err)
 	}
-	if items, _, err := c.ListDeleted(ctx, "demo", "", 25); err != nil || len(items) != 1 || !items[0].Head.Purging {
+	if items, _, err := c.ListDeleted(ctx, "demo", "", 25); err != nil || len(items) != 1 || items[0].Head.Purging == "" {
 		t.Fatalf("ListDeleted with a half-imported object: %+v, %v", items, err)
 	}
 	if _, _, err := c.Import(ctx, "demo", e); !errors.Is(err, ErrExists) {
@@ -269,15 +269,142 @@ func TestImportInBatchesCutOff(t *testing.T) {
 	restored(t, c, e)
 }
 
-// countingStore records the largest batch applied through it.
+// countingStore records the largest batch applied through it, and
+// refuses one over its limits as the etcd engine does, counting the
+// conditions, and a leader's fence, as operations. Before the Apply
+// numbered at, it calls before.
 type countingStore struct {
 	Store
 	largest *int
+	n, at   int
+	before  func()
 }
 
 func (s *countingStore) BatchLimits() (int, int, bool) { return testOps, testBytes, true }
 
 func (s *countingStore) Apply(ctx context.Context, conds []barrier.Cond, ops []barrier.Op) error {
-	*s.largest = max(*s.largest, len(ops))
+	if s.n++; s.n == s.at && s.before != nil {
+		s.before()
+	}
+	n := max(len(ops), len(conds)+1)
+	if s.largest != nil {
+		*s.largest = max(*s.largest, n)
+	}
+	if n > testOps || opBytes(ops) > testBytes {
+		return &physical.TooLargeError{Ops: n, MaxOps: testOps, Bytes: opBytes(ops), MaxBytes: testBytes}
+	}
 	return s.Store.Apply(ctx, conds, ops)
+}
+
+// Imports at the edge of one batch: testOps-2 versions is the largest
+// that fits (with its head, two conditions for the name and one a
+// version, and the fence), and the one above it is written in batches.
+func TestImportAtTheBatchLimit(t *testing.T) {
+	ctx := context.Background()
+	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New[data](b, "secrets", nil)
+	for _, n := range []int{testOps - 3, testOps - 2, testOps - 1, testOps, testOps + 1} {
+		name := fmt.Sprintf("edge-%d", n)
+		e := exported(t, c, name, n, 10)
+		var largest int
+		limited := New[data](&countingStore{Store: b, largest: &largest}, "secrets", nil)
+		if _, _, err := limited.Import(ctx, "demo", e); err != nil {
+			t.Fatalf("Import of %d versions: %v", n, err)
+		}
+		restored(t, c, e)
+		if _, _, err := c.Delete(ctx, "demo", name, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := limited.Purge(ctx, "demo", name); err != nil {
+			t.Fatalf("Purge of %d versions: %v", n, err)
+		}
+		gone(t, c, name)
+		if largest > testOps {
+			t.Fatalf("%d versions: a batch of %d operations", n, largest)
+		}
+	}
+}
+
+// A purge on another replica (a Collection of its own, whose lock this
+// one does not share) in the middle of an import in batches takes the
+// object over: the import fails, and nothing of it is left, neither the
+// versions written before the purge nor after.
+func TestPurgeDuringImportInBatches(t *testing.T) {
+	ctx := context.Background()
+	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New[data](b, "secrets", nil)
+	e := exported(t, c, "big", 2*testOps+5, 10)
+	// The import's batches: 1 the record and the current version, 2 and
+	// 3 the other versions, 4 the live head.
+	for at := 2; at <= 4; at++ {
+		other := New[data](&countingStore{Store: b}, "secrets", nil)
+		var purged error
+		st := &countingStore{Store: b, at: at, before: func() { purged = other.Purge(ctx, "demo", "big") }}
+		_, _, err := New[data](st, "secrets", nil).Import(ctx, "demo", e)
+		if purged != nil {
+			t.Fatalf("purge before batch %d of the import: %v", at, purged)
+		}
+		if !errors.Is(err, ErrExists) {
+			t.Fatalf("an import purged before its batch %d = %v, want it refused", at, err)
+		}
+		gone(t, c, "big")
+		if _, _, err := c.Delete(ctx, "demo", "big", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Purge(ctx, "demo", "big"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A purge on another replica whose batches interleave with an import's:
+// the purge lists the versions, then the import writes more before the
+// purge deletes them. The purge's claim must fail the import's later
+// batches, or the import would go on and leave versions the purge never
+// saw, or end live with some of its versions deleted.
+func TestPurgeInterleavedWithImport(t *testing.T) {
+	ctx := context.Background()
+	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New[data](b, "secrets", nil)
+	e := exported(t, c, "big", 2*testOps+5, 10)
+	scanned, resume := make(chan struct{}), make(chan struct{})
+	purged := make(chan error, 1)
+	// The purge's first Apply is its claim; before its second, the
+	// versions are listed: it waits there for the import's next batch.
+	other := New[data](&countingStore{Store: b, at: 2, before: func() {
+		close(scanned)
+		<-resume
+	}}, "secrets", nil)
+	st := &countingStore{Store: b, at: 2, before: func() {
+		go func() { purged <- other.Purge(ctx, "demo", "big") }()
+		select {
+		case <-scanned:
+		case <-time.After(time.Minute):
+			t.Error("the purge did not reach its first deletion")
+		}
+	}}
+	_, _, err = New[data](st, "secrets", nil).Import(ctx, "demo", e)
+	close(resume)
+	var perr error
+	select {
+	case perr = <-purged:
+	case <-time.After(time.Minute):
+		t.Fatal("the purge did not finish")
+	}
+	if !errors.Is(err, ErrExists) {
+		t.Fatalf("an import whose object a purge claimed = %v, want it refused", err)
+	}
+	if perr != nil && !errors.Is(perr, ErrNotFound) {
+		t.Fatalf("the purge: %v", perr)
+	}
+	gone(t, c, "big")
 }

@@ -190,7 +190,7 @@ func (c *Collection[T]) stageMove(ctx context.Context, vault, name string, toDel
 	if err != nil {
 		return Change{}, Head{}, Version[T]{}, err
 	}
-	if h.Purging {
+	if h.Purging != "" {
 		return Change{}, Head{}, Version[T]{}, Errorf(ErrDeleted, "ObjectIsBeingPurged",
 			"%s is being purged: some of its versions are already gone, so it cannot be recovered. Purge it again to finish.", name)
 	}
@@ -252,22 +252,24 @@ func (c *Collection[T]) applyMove(vault, name string, stage func() (Change, Head
 // StagePurge stages the permanent removal of a soft-deleted object and all
 // its versions.
 func (c *Collection[T]) StagePurge(ctx context.Context, vault, name string) (Change, error) {
-	rec, err := c.st.Get(ctx, c.deletedKey(vault, name))
-	if errors.Is(err, barrier.ErrNotFound) {
-		return Change{}, ErrNotFound
-	}
+	ch, _, err := c.stagePurge(ctx, vault, name)
+	return ch, err
+}
+
+func (c *Collection[T]) stagePurge(ctx context.Context, vault, name string) (Change, Head, error) {
+	h, rev, err := getJSON[Head](ctx, c.st, c.deletedKey(vault, name))
 	if err != nil {
-		return Change{}, err
+		return Change{}, Head{}, err
 	}
 	vers, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", 0)
 	if err != nil {
-		return Change{}, err
+		return Change{}, Head{}, err
 	}
-	ch := Change{Conds: []barrier.Cond{{Key: c.deletedKey(vault, name), Rev: rec.Rev}}, Ops: []barrier.Op{{Key: c.deletedKey(vault, name), Delete: true}}}
+	ch := Change{Conds: []barrier.Cond{{Key: c.deletedKey(vault, name), Rev: rev}}, Ops: []barrier.Op{{Key: c.deletedKey(vault, name), Delete: true}}}
 	for _, v := range vers {
 		ch.Ops = append(ch.Ops, barrier.Op{Key: v.Key, Delete: true})
 	}
-	return ch, nil
+	return ch, h, nil
 }
 
 // batchLimits are the most writes and bytes the store takes in one Apply,
@@ -282,10 +284,52 @@ func (c *Collection[T]) batchLimits() (ops, bytes int, ok bool) {
 	return l.BatchLimits()
 }
 
-// fits reports whether ops fit in one batch of the store.
-func (c *Collection[T]) fits(ops []barrier.Op) bool {
+// fits reports whether ch fits in one batch of the store. Conditions
+// count as operations too (etcd bounds its comparisons as it bounds its
+// writes), with one more for the fence of a write made by a leader.
+func (c *Collection[T]) fits(ch Change) bool {
 	maxOps, maxBytes, ok := c.batchLimits()
-	return !ok || len(ops) <= maxOps && opBytes(ops) <= maxBytes
+	return !ok || max(len(ch.Ops), len(ch.Conds)+1) <= maxOps && opBytes(ch.Ops) <= maxBytes
+}
+
+// claim makes the operation of a new random token the owner of the
+// deleted record at key, edited by edit, and returns the record and its
+// revision. Rewriting the record fails the later batches of whichever
+// purge or import owned it before, on this replica or another, so that
+// only one writes the object's versions at a time.
+func (c *Collection[T]) claim(ctx context.Context, key string, edit func(*Head)) (Head, barrier.Rev, error) {
+	h, rev, err := getJSON[Head](ctx, c.st, key)
+	if err != nil {
+		return Head{}, nil, err
+	}
+	token := NewVersionID()
+	h.Purging = token
+	edit(&h)
+	op, err := put(key, h)
+	if err != nil {
+		return Head{}, nil, err
+	}
+	if err := c.st.Apply(ctx, []barrier.Cond{{Key: key, Rev: rev}}, []barrier.Op{op}); err != nil {
+		return Head{}, nil, err
+	}
+	return c.owned(ctx, key, token)
+}
+
+// owned re-reads the deleted record at key, which the operation of token
+// has just written, for its revision. A record another operation wrote
+// since is a conflict: the caller starts again.
+func (c *Collection[T]) owned(ctx context.Context, key, token string) (Head, barrier.Rev, error) {
+	h, rev, err := getJSON[Head](ctx, c.st, key)
+	if errors.Is(err, ErrNotFound) {
+		return Head{}, nil, barrier.ErrConflict
+	}
+	if err != nil {
+		return Head{}, nil, err
+	}
+	if h.Purging != token {
+		return Head{}, nil, barrier.ErrConflict
+	}
+	return h, rev, nil
 }
 
 // Purge permanently removes a soft-deleted object and all its versions.
@@ -294,49 +338,45 @@ func (c *Collection[T]) fits(ops []barrier.Op) bool {
 // the first marks it Purging, so that nothing can recover it half removed;
 // the others delete its older versions; the last its current version and
 // the deleted record. A purge that stops midway (a crash, an outage) leaves
-// a Purging object, which the next purge, asked for or scheduled, finishes.
+// a Purging object, due at once, which the next purge, asked for or
+// scheduled, finishes. An object another operation is purging or importing
+// in batches is purged in batches too, which takes it over.
 func (c *Collection[T]) Purge(ctx context.Context, vault, name string) error {
 	defer c.lock(vault, name)()
 	return retry(func() error {
-		ch, err := c.StagePurge(ctx, vault, name)
+		ch, h, err := c.stagePurge(ctx, vault, name)
 		if err != nil {
 			return err
 		}
-		if !c.fits(ch.Ops) {
+		if !c.fits(ch) || h.Purging != "" {
 			return c.purgeInBatches(ctx, vault, name)
 		}
 		return Apply(ctx, c.st, ch)
 	})
 }
 
-// purgeInBatches is Purge for an object too large for one batch.
-// Each batch rests on the deleted record's revision, which only the first
-// batch changes, so a batch fails with a conflict (and Purge starts again)
-// if another replica changed the object meanwhile.
+// purgeInBatches is Purge for an object too large for one batch. Its
+// first batch claims the deleted record, and every later one rests on the
+// revision it wrote, so a batch fails with a conflict (and Purge starts
+// again) if another operation claimed or changed the object meanwhile;
+// the versions are listed only once the claim is made, so none written
+// by an earlier owner can be missed.
 func (c *Collection[T]) purgeInBatches(ctx context.Context, vault, name string) error {
 	key := c.deletedKey(vault, name)
-	h, rev, err := getJSON[Head](ctx, c.st, key)
+	now := c.now().Unix()
+	h, rev, err := c.claim(ctx, key, func(h *Head) { h.ScheduledPurge = min(h.ScheduledPurge, now) })
 	if err != nil {
 		return err
 	}
-	if !h.Purging {
-		h.Purging = true
-		op, err := put(key, h)
-		if err != nil {
-			return err
-		}
-		if err := c.st.Apply(ctx, []barrier.Cond{{Key: key, Rev: rev}}, []barrier.Op{op}); err != nil {
-			return err
-		}
-		if _, rev, err = getJSON[Head](ctx, c.st, key); err != nil {
-			return err
-		}
-	}
 	cond := []barrier.Cond{{Key: key, Rev: rev}}
 	current := c.versionKey(vault, name, h.Current)
+	// One condition, and a leader's fence, beside the deletions.
 	size, _, ok := c.batchLimits()
 	if !ok {
 		size = 100
+	}
+	if size < 2 {
+		return fmt.Errorf("the storage engine takes %d operations in one batch: too few to purge %s in batches", size, name)
 	}
 	for {
 		vers, err := c.st.Scan(ctx, c.versionPrefix(vault, name), "", size+1)
@@ -462,7 +502,7 @@ func (c *Collection[T]) Import(ctx context.Context, vault string, e Export[T]) (
 	if err != nil {
 		return Head{}, Version[T]{}, err
 	}
-	if !c.fits(ch.Ops) {
+	if !c.fits(ch) {
 		err = c.importInBatches(ctx, vault, h, ch)
 	} else {
 		err = Apply(ctx, c.st, ch)
@@ -496,7 +536,8 @@ func (c *Collection[T]) importInBatches(ctx context.Context, vault string, h Hea
 	key := c.deletedKey(vault, name)
 	d := h
 	now := c.now()
-	d.DeletedDate, d.ScheduledPurge, d.Purging = now.Unix(), now.Add(time.Hour).Unix(), true
+	token := NewVersionID()
+	d.DeletedDate, d.ScheduledPurge, d.Purging = now.Unix(), now.Add(time.Hour).Unix(), token
 	dop, err := put(key, d)
 	if err != nil {
 		return err
@@ -513,7 +554,7 @@ func (c *Collection[T]) importInBatches(ctx context.Context, vault string, h Hea
 	if err := c.st.Apply(ctx, firstConds, first); err != nil {
 		return err
 	}
-	_, rev, err := getJSON[Head](ctx, c.st, key)
+	_, rev, err := c.owned(ctx, key, token)
 	if err != nil {
 		return err
 	}
@@ -527,6 +568,9 @@ func (c *Collection[T]) importInBatches(ctx context.Context, vault string, h Hea
 	// the fence of a write made by a leader, and count as operations too.
 	maxOps, maxBytes, _ := c.batchLimits()
 	maxOps -= 2
+	if maxOps < 1 {
+		return written(fmt.Errorf("the storage engine takes %d operations in one batch: too few to import %s in batches", maxOps+2, name))
+	}
 	for len(vers) > 0 {
 		n, size := 0, 0
 		for n < len(vers) && n < maxOps && (n == 0 || size+len(vers[n].Key)+len(vers[n].Value) <= maxBytes) {

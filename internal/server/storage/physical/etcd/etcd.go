@@ -415,7 +415,7 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 	b.metrics.observe("txn", start)
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrTooManyOps) {
-			return &physical.TooLargeError{Bytes: size, Ops: len(ops), MaxBytes: size - 1, MaxOps: b.o.MaxTxnOps}
+			return &physical.TooLargeError{Bytes: size, Ops: n, MaxBytes: size - 1, MaxOps: b.o.MaxTxnOps}
 		}
 		return b.unavailable("commit", err)
 	}
