@@ -334,8 +334,43 @@ func (s *Service) purge(ctx context.Context, v *vault.Vault, name string) error 
 		if err := also(&changes, func() (object.Change, error) { return s.keys.StagePurge(ctx, v.Name, name) }, func() (object.Change, error) { return s.secrets.StagePurge(ctx, v.Name, name) }); err != nil {
 			return err
 		}
+		if !s.certs.Fits(changes...) {
+			return s.purgeInBatches(ctx, v, name)
+		}
 		return object.Apply(ctx, s.st, changes...)
 	})
+}
+
+// purgeInBatches purges a certificate whose versions, with its key's and
+// secret's, are more than one batch of the store holds (etcd's
+// transaction: 128 operations by default, about 40 versions of the
+// three). It marks the three as being purged in one batch, so that none
+// can be recovered without the others, then purges the key and the secret
+// and, last, the certificate, each in batches. One cut off midway leaves
+// the certificate being purged, which the next purge finishes.
+func (s *Service) purgeInBatches(ctx context.Context, v *vault.Vault, name string) error {
+	certMark, err := s.certs.StageMarkPurging(ctx, v.Name, name)
+	if err != nil {
+		return err
+	}
+	marks := []object.Change{certMark}
+	if err := also(&marks, func() (object.Change, error) { return s.keys.StageMarkPurging(ctx, v.Name, name) },
+		func() (object.Change, error) { return s.secrets.StageMarkPurging(ctx, v.Name, name) }); err != nil {
+		return err
+	}
+	if err := object.Apply(ctx, s.st, marks...); err != nil {
+		return err
+	}
+	for _, purge := range []func() error{
+		func() error { return s.keys.PurgeInBatches(ctx, v.Name, name) },
+		func() error { return s.secrets.PurgeInBatches(ctx, v.Name, name) },
+		func() error { return s.certs.PurgeInBatches(ctx, v.Name, name) },
+	} {
+		if err := purge(); err != nil && !errors.Is(err, object.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
 }
 
 // PurgeDue purges the vault's deleted certificates past their retention.

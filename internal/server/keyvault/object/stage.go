@@ -292,6 +292,42 @@ func (c *Collection[T]) fits(ch Change) bool {
 	return !ok || max(len(ch.Ops), len(ch.Conds)+1) <= maxOps && opBytes(ch.Ops) <= maxBytes
 }
 
+// Fits reports whether changes fit together in one batch of the store.
+func (c *Collection[T]) Fits(changes ...Change) bool {
+	var all Change
+	for _, ch := range changes {
+		all.Conds = append(all.Conds, ch.Conds...)
+		all.Ops = append(all.Ops, ch.Ops...)
+	}
+	return c.fits(all)
+}
+
+// StageMarkPurging stages marking a soft-deleted object as being purged,
+// due at once, so that it can no longer be recovered: a caller that
+// purges several objects together in batches (a certificate with its key
+// and secret) marks them all in one batch first, then purges each with
+// PurgeInBatches.
+func (c *Collection[T]) StageMarkPurging(ctx context.Context, vault, name string) (Change, error) {
+	key := c.deletedKey(vault, name)
+	h, rev, err := getJSON[Head](ctx, c.st, key)
+	if err != nil {
+		return Change{}, err
+	}
+	h.Purging, h.ScheduledPurge = NewVersionID(), min(h.ScheduledPurge, c.now().Unix())
+	op, err := put(key, h)
+	if err != nil {
+		return Change{}, err
+	}
+	return Change{Conds: []barrier.Cond{{Key: key, Rev: rev}}, Ops: []barrier.Op{op}}, nil
+}
+
+// PurgeInBatches purges a soft-deleted object as Purge does one too large
+// for one batch, whatever its size. The caller holds the lock of the
+// object, or of the object that owns it (Lock).
+func (c *Collection[T]) PurgeInBatches(ctx context.Context, vault, name string) error {
+	return c.purgeInBatches(ctx, vault, name)
+}
+
 // claim makes the operation of a new random token the owner of the
 // deleted record at key, edited by edit, and returns the record and its
 // revision. Rewriting the record fails the later batches of whichever

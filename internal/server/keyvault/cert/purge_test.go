@@ -1,0 +1,102 @@
+package cert
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/server/keyvault/object"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
+	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+	"github.com/cofferhq/coffer/internal/server/storage/physical/etcd"
+	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
+	"github.com/cofferhq/coffer/internal/testing/etcdtest"
+)
+
+// A certificate of more versions than one etcd transaction can purge with
+// its key and secret (3 × 45 versions and 3 records, over etcd's default
+// 128 operations) is purged, all three, on a real etcd member.
+func TestPurgeLargeCertificateOnEtcd(t *testing.T) {
+	ctx := context.Background()
+	eng, err := etcd.New(ctx, etcd.Options{Endpoints: etcdtest.Start(t, 1).Endpoints(), Prefix: "/cert-purge/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	st, err := barrier.Open(ctx, eng, rootkey.Generate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newService(t, st)
+	v := &vault.Vault{Name: "demo", TenantID: "t", RetentionDays: 7}
+	const versions = 45
+	for i := range versions {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), NotBefore: time.Now(), NotAfter: time.Now().AddDate(1, 0, 0), Subject: pkix.Name{CommonName: "big"}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, _ := x509.MarshalPKCS8PrivateKey(key)
+		value := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		if _, err := s.Import(ctx, v, "big", value, "", nil, nil, nil); err != nil {
+			t.Fatalf("import %d: %v", i, err)
+		}
+	}
+	if _, err := s.Delete(ctx, v, "big"); err != nil {
+		t.Fatal(err)
+	}
+	if n := stored(t, eng, "/big"); n < 3*versions {
+		t.Fatalf("%d keys of the certificate, key and secret in etcd, want at least %d", n, 3*versions)
+	}
+	ch, err := s.certs.StagePurge(ctx, v.Name, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kch, _ := s.keys.StagePurge(ctx, v.Name, "big")
+	sch, _ := s.secrets.StagePurge(ctx, v.Name, "big")
+	if s.certs.Fits(ch, kch, sch) {
+		t.Fatalf("the purge of %d versions of a certificate, key and secret fits in one etcd transaction: the test needs more", versions)
+	}
+	if err := s.Purge(ctx, v, "big"); err != nil {
+		t.Fatalf("Purge of a certificate of %d versions on etcd: %v", versions, err)
+	}
+	if _, err := s.GetDeleted(ctx, v, "big"); !errors.Is(err, object.ErrNotFound) {
+		t.Fatalf("GetDeleted after purge = %v", err)
+	}
+	if _, _, err := s.keys.GetDeleted(ctx, v.Name, "big"); !errors.Is(err, object.ErrNotFound) {
+		t.Fatalf("the managed key after purge: %v", err)
+	}
+	if _, _, err := s.secrets.GetDeleted(ctx, v.Name, "big"); !errors.Is(err, object.ErrNotFound) {
+		t.Fatalf("the managed secret after purge: %v", err)
+	}
+	// Nothing of the three is left in etcd: no record, no version.
+	if n := stored(t, eng, "/big"); n != 0 {
+		t.Fatalf("%d keys of the certificate, key and secret left after purge", n)
+	}
+}
+
+// stored counts the keys of vault demo in eng whose path contains s.
+func stored(t *testing.T, eng *etcd.Backend, s string) int {
+	t.Helper()
+	all, err := eng.Scan(context.Background(), "o/demo/", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range all {
+		if strings.Contains(e.Key, s) {
+			n++
+		}
+	}
+	return n
+}
