@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/cofferhq/coffer/internal/crypto/certfmt"
@@ -472,10 +473,53 @@ func (s *Service) Restore(ctx context.Context, v *vault.Vault, blob []byte) (Cer
 	if err != nil {
 		return Certificate{}, namesake(err, "secret", name)
 	}
-	if err := object.Apply(ctx, s.st, certCh, keyCh, secCh); errors.Is(err, barrier.ErrConflict) {
+	if s.certs.Fits(certCh, keyCh, secCh) {
+		err = object.Apply(ctx, s.st, certCh, keyCh, secCh)
+	} else {
+		err = s.restoreInBatches(ctx, v, ce, ke, se)
+	}
+	if errors.Is(err, barrier.ErrConflict) {
 		return Certificate{}, kind.Map(object.ErrExists, name, "")
 	} else if err != nil {
 		return Certificate{}, err
 	}
 	return s.toCert(cv, h), nil
+}
+
+// restoreInBatches restores a certificate whose versions, with its key's
+// and secret's, are more than one batch of the store holds (etcd's
+// transaction). The three are written as deleted objects being purged,
+// their records and current versions in one batch, then each one's other
+// versions, and are made live together in one last batch; if a step
+// fails, what was written is purged.
+func (s *Service) restoreInBatches(ctx context.Context, v *vault.Vault, ce object.Export[Data], ke object.Export[key.Data], se object.Export[secret.Data]) error {
+	certFirst, cb, err := s.certs.StageImportStart(ctx, v.Name, ce)
+	if err != nil {
+		return err
+	}
+	keyFirst, kb, err := s.keys.StageImportStart(ctx, v.Name, ke)
+	if err != nil {
+		return err
+	}
+	secFirst, sb, err := s.secrets.StageImportStart(ctx, v.Name, se)
+	if err != nil {
+		return err
+	}
+	if err := object.Apply(ctx, s.st, certFirst, keyFirst, secFirst); err != nil {
+		return err
+	}
+	if err = s.certs.ImportVersions(ctx, cb); err == nil {
+		if err = s.keys.ImportVersions(ctx, kb); err == nil {
+			err = s.secrets.ImportVersions(ctx, sb)
+		}
+	}
+	if err == nil {
+		err = object.Apply(ctx, s.st, s.certs.StageImportFinish(cb), s.keys.StageImportFinish(kb), s.secrets.StageImportFinish(sb))
+	}
+	if err != nil {
+		if perr := s.purgeInBatches(ctx, v, ce.Head.Name); perr != nil && !errors.Is(perr, object.ErrNotFound) {
+			return fmt.Errorf("%w (and removing what was written: %v; purge the certificate %s to finish)", err, perr, ce.Head.Name)
+		}
+	}
+	return err
 }

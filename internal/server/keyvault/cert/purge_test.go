@@ -24,8 +24,9 @@ import (
 
 // A certificate of more versions than one etcd transaction can purge with
 // its key and secret (3 × 45 versions and 3 records, over etcd's default
-// 128 operations) is purged, all three, on a real etcd member.
-func TestPurgeLargeCertificateOnEtcd(t *testing.T) {
+// 128 operations) is purged, all three, on a real etcd member, and
+// restored from its backup.
+func TestLargeCertificatePurgeAndRestoreOnEtcd(t *testing.T) {
 	ctx := context.Background()
 	eng, err := etcd.New(ctx, etcd.Options{Endpoints: etcdtest.Start(t, 1).Endpoints(), Prefix: "/cert-purge/"})
 	if err != nil {
@@ -51,6 +52,10 @@ func TestPurgeLargeCertificateOnEtcd(t *testing.T) {
 		if _, err := s.Import(ctx, v, "big", value, "", nil, nil, nil); err != nil {
 			t.Fatalf("import %d: %v", i, err)
 		}
+	}
+	blob, err := s.Backup(ctx, v, "big")
+	if err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.Delete(ctx, v, "big"); err != nil {
 		t.Fatal(err)
@@ -82,6 +87,28 @@ func TestPurgeLargeCertificateOnEtcd(t *testing.T) {
 	// Nothing of the three is left in etcd: no record, no version.
 	if n := stored(t, eng, "/big"); n != 0 {
 		t.Fatalf("%d keys of the certificate, key and secret left after purge", n)
+	}
+	// The backup restores, all three with every version, though that too
+	// is more than one transaction holds.
+	c, err := s.Restore(ctx, v, blob)
+	if err != nil {
+		t.Fatalf("Restore of a certificate of %d versions on etcd: %v", versions, err)
+	}
+	certs, _, err := s.ListVersions(ctx, v, "big", "", 0)
+	if err != nil || len(certs) != versions || c.Name != "big" {
+		t.Fatalf("after restore: %d versions, %v", len(certs), err)
+	}
+	if _, _, err := s.keys.Get(ctx, v.Name, "big", ""); err != nil {
+		t.Fatalf("the managed key after restore: %v", err)
+	}
+	if sv, _, err := s.secrets.Get(ctx, v.Name, "big", ""); err != nil || len(sv.Data.Value) == 0 {
+		t.Fatalf("the managed secret after restore: %v", err)
+	}
+	if n := stored(t, eng, "/big"); n < 3*versions+3 {
+		t.Fatalf("%d keys after restore, want the %d versions and the heads of all three", n, 3*versions)
+	}
+	if _, err := s.GetDeleted(ctx, v, "big"); !errors.Is(err, object.ErrNotFound) && !errors.Is(err, object.ErrDeleted) {
+		t.Fatalf("the restored certificate is still deleted: %v", err)
 	}
 }
 

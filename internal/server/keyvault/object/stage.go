@@ -568,58 +568,111 @@ func opBytes(ops []barrier.Op) int {
 // later; until then the name is in use and a new import of it is refused.
 // An import that fails between batches removes what it wrote.
 func (c *Collection[T]) importInBatches(ctx context.Context, vault string, h Head, ch Change) error {
+	first, bi, err := c.stageImportStart(vault, h, ch)
+	if err != nil {
+		return err
+	}
+	if err := Apply(ctx, c.st, first); err != nil {
+		return err
+	}
+	err = c.ImportVersions(ctx, bi)
+	if err == nil {
+		err = Apply(ctx, c.st, c.StageImportFinish(bi))
+	}
+	if err != nil {
+		if cerr := c.purgeInBatches(ctx, vault, h.Name); cerr != nil && !errors.Is(cerr, ErrNotFound) {
+			return fmt.Errorf("%w (and removing what was written: %v; purge %s to finish)", err, cerr, h.Name)
+		}
+	}
+	return err
+}
+
+// BatchImport is an import written in several batches: see
+// Collection.StageImportStart.
+type BatchImport struct {
+	vault, name, key, token string
+	rev                     barrier.Rev
+	head                    barrier.Op
+	vers                    []barrier.Op
+	conds                   []barrier.Cond
+}
+
+// StageImportStart stages the first batch of an import in batches, for a
+// caller that imports several objects together (a certificate with its key
+// and secret): it applies the first batches of all of them as one, then
+// ImportVersions for each, then their StageImportFinish changes as one.
+// If any step fails, the caller purges what was written (the objects are
+// deleted and being purged until the last batch). The name must be
+// unused, as for StageImport.
+func (c *Collection[T]) StageImportStart(ctx context.Context, vault string, e Export[T]) (Change, *BatchImport, error) {
+	ch, h, _, err := c.StageImport(ctx, vault, e)
+	if err != nil {
+		return Change{}, nil, err
+	}
+	return c.stageImportStart(vault, h, ch)
+}
+
+// stageImportStart turns ch, StageImport's change for head h, into the
+// first batch of an import in batches: the deleted record, marked with a
+// new token, and the current version, which lists and reads of deleted
+// objects show with it.
+func (c *Collection[T]) stageImportStart(vault string, h Head, ch Change) (Change, *BatchImport, error) {
 	name := h.Name
-	key := c.deletedKey(vault, name)
+	bi := &BatchImport{vault: vault, name: name, key: c.deletedKey(vault, name), token: NewVersionID(), head: ch.Ops[0]}
 	d := h
 	now := c.now()
-	token := NewVersionID()
-	d.DeletedDate, d.ScheduledPurge, d.Purging = now.Unix(), now.Add(time.Hour).Unix(), token
-	dop, err := put(key, d)
+	d.DeletedDate, d.ScheduledPurge, d.Purging = now.Unix(), now.Add(time.Hour).Unix(), bi.token
+	dop, err := put(bi.key, d)
 	if err != nil {
-		return err
+		return Change{}, nil, err
 	}
 	// ch.Ops[0] is the head; each version's op has its absence condition
-	// at the same place in ch.Conds after the head's two. The current
-	// version goes with the deleted record, which lists and reads of
-	// deleted objects show with it.
+	// at the same place in ch.Conds after the head's two.
 	vers, conds := slices.Clone(ch.Ops[1:]), slices.Clone(ch.Conds[2:])
 	i := slices.IndexFunc(vers, func(op barrier.Op) bool { return op.Key == c.versionKey(vault, name, h.Current) })
-	first := []barrier.Op{dop, vers[i]}
-	firstConds := []barrier.Cond{{Key: c.headKey(vault, name)}, {Key: key}, conds[i]}
-	vers, conds = slices.Delete(vers, i, i+1), slices.Delete(conds, i, i+1)
-	if err := c.st.Apply(ctx, firstConds, first); err != nil {
-		return err
-	}
-	_, rev, err := c.owned(ctx, key, token)
+	first := Change{Conds: []barrier.Cond{{Key: c.headKey(vault, name)}, {Key: bi.key}, conds[i]}, Ops: []barrier.Op{dop, vers[i]}}
+	bi.vers, bi.conds = slices.Delete(vers, i, i+1), slices.Delete(conds, i, i+1)
+	return first, bi, nil
+}
+
+// ImportVersions writes the versions of an import in batches whose first
+// batch was applied, each batch within the store's limits and resting on
+// the deleted record that batch wrote.
+func (c *Collection[T]) ImportVersions(ctx context.Context, bi *BatchImport) error {
+	_, rev, err := c.owned(ctx, bi.key, bi.token)
 	if err != nil {
 		return err
 	}
-	written := func(err error) error {
-		if cerr := c.purgeInBatches(ctx, vault, name); cerr != nil && !errors.Is(cerr, ErrNotFound) {
-			return fmt.Errorf("%w (and removing what was written: %v; purge %s to finish)", err, cerr, name)
-		}
-		return err
-	}
+	bi.rev = rev
 	// Each batch's conditions are the record's and one per version, plus
 	// the fence of a write made by a leader, and count as operations too.
-	maxOps, maxBytes, _ := c.batchLimits()
+	maxOps, maxBytes, ok := c.batchLimits()
+	if !ok {
+		maxOps, maxBytes = len(bi.vers)+2, opBytes(bi.vers)+1
+	}
 	maxOps -= 2
 	if maxOps < 1 {
-		return written(fmt.Errorf("the storage engine takes %d operations in one batch: too few to import %s in batches", maxOps+2, name))
+		return fmt.Errorf("the storage engine takes %d operations in one batch: too few to import %s in batches", maxOps+2, bi.name)
 	}
+	vers, conds := bi.vers, bi.conds
 	for len(vers) > 0 {
 		n, size := 0, 0
 		for n < len(vers) && n < maxOps && (n == 0 || size+len(vers[n].Key)+len(vers[n].Value) <= maxBytes) {
 			size += len(vers[n].Key) + len(vers[n].Value)
 			n++
 		}
-		if err := c.st.Apply(ctx, append([]barrier.Cond{{Key: key, Rev: rev}}, conds[:n]...), vers[:n]); err != nil {
-			return written(err)
+		if err := c.st.Apply(ctx, append([]barrier.Cond{{Key: bi.key, Rev: rev}}, conds[:n]...), vers[:n]); err != nil {
+			return err
 		}
 		vers, conds = vers[n:], conds[n:]
 	}
-	if err := c.st.Apply(ctx, []barrier.Cond{{Key: key, Rev: rev}, {Key: c.headKey(vault, name)}}, []barrier.Op{{Key: key, Delete: true}, ch.Ops[0]}); err != nil {
-		return written(err)
-	}
 	return nil
+}
+
+// StageImportFinish stages the last batch of an import in batches, once
+// ImportVersions has written its versions: the deleted record becomes the
+// object's live head.
+func (c *Collection[T]) StageImportFinish(bi *BatchImport) Change {
+	return Change{Conds: []barrier.Cond{{Key: bi.key, Rev: bi.rev}, {Key: c.headKey(bi.vault, bi.name)}},
+		Ops: []barrier.Op{{Key: bi.key, Delete: true}, bi.head}}
 }
