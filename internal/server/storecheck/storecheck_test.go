@@ -2,6 +2,7 @@ package storecheck
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/identity/rbac"
 	"github.com/cofferhq/coffer/internal/server/keyvault/cert"
 	"github.com/cofferhq/coffer/internal/server/keyvault/key"
+	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
@@ -431,6 +433,32 @@ func TestCheck(t *testing.T) {
 		defer empty.Close()
 		if _, err := Check(ctx, empty, f.root); !errors.Is(err, ErrEmpty) {
 			t.Fatalf("Check of an empty store = %v, want ErrEmpty", err)
+		}
+	})
+
+	// A certificate purge cut off between its batches: the three marked
+	// as being purged, the managed key already gone. That is no damage:
+	// the next purge finishes it.
+	t.Run("APurgeCutOffMidwayIsNotDamage", func(t *testing.T) {
+		b := st.clone(t, "bolt")
+		br, _ := barrier.Open(ctx, b, f.root)
+		for _, k := range []string{"o/demo/certificates/d/old", "o/demo/keys/d/old", "o/demo/secrets/d/old"} {
+			rec, err := br.Get(ctx, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var h object.Head
+			if err := json.Unmarshal(rec.Value, &h); err != nil {
+				t.Fatal(err)
+			}
+			h.Purging = object.NewVersionID()
+			raw, _ := json.Marshal(h)
+			put(t, b, k, br.Seal(k, raw))
+		}
+		del(t, b, append(under(t, b, "o/demo/keys/v/old/"), "o/demo/keys/d/old")...)
+		rep, err := Check(ctx, b, f.root)
+		if err != nil || rep.Damaged() || rep.Counts["objects being purged"] != 2 {
+			t.Fatalf("Check = %v (%d objects being purged), %v", rep.Problems, rep.Counts["objects being purged"], err)
 		}
 	})
 
