@@ -42,16 +42,7 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 			if verbosity >= 5 {
 				o.Log = slog.New(slog.NewJSONHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("component", "csi-driver")
 			}
-			// The additional directories are searched first, as upstream.
-			o.ProviderDirs = nil
-			for _, p := range strings.Split(additional, ",") {
-				if p = strings.TrimSpace(p); p != "" {
-					o.ProviderDirs = append(o.ProviderDirs, p)
-				}
-			}
-			if providerVolume != "" {
-				o.ProviderDirs = append(o.ProviderDirs, providerVolume)
-			}
+			o.ProviderDirs = providerDirs(additional, providerVolume)
 			d, err := csidriver.NewDaemon(c.Context(), o)
 			if err != nil {
 				return optionError(err, csiDriverFlags)
@@ -81,4 +72,20 @@ speaks the upstream v1alpha1 protocol ({provider-volume}/{name}.sock).`,
 	f.BoolVar(&ignoredBool, "provider-health-check", false, "accepted for compatibility; ignored")
 	f.DurationVar(&ignoredDur, "provider-health-check-interval", 2*time.Minute, "accepted for compatibility; ignored")
 	return c
+}
+
+// providerDirs are the directories searched for provider sockets: the
+// comma-separated additional ones first, as upstream, then the provider
+// volume.
+func providerDirs(additional, providerVolume string) []string {
+	var dirs []string
+	for _, p := range strings.Split(additional, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			dirs = append(dirs, p)
+		}
+	}
+	if providerVolume != "" {
+		dirs = append(dirs, providerVolume)
+	}
+	return dirs
 }

@@ -49,15 +49,7 @@ It serves --namespaces only, unless --cluster-wide. Replicas elect a leader
 controller's flags.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			o.ProviderDirs = nil
-			for _, p := range strings.Split(additional, ",") {
-				if p = strings.TrimSpace(p); p != "" {
-					o.ProviderDirs = append(o.ProviderDirs, p)
-				}
-			}
-			if providerVolume != "" {
-				o.ProviderDirs = append(o.ProviderDirs, providerVolume)
-			}
+			o.ProviderDirs = providerDirs(additional, providerVolume)
 			o.TokenAudiences = nil
 			for _, aud := range strings.Split(audiences, ",") {
 				if aud = strings.TrimSpace(aud); aud != "" {
