@@ -12,7 +12,6 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/server/storage/physical/etcd"
-	"github.com/cofferhq/coffer/internal/server/storage/physical/inmem"
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 	"github.com/cofferhq/coffer/internal/testing/etcdtest"
 )
@@ -182,11 +181,8 @@ func (f *failingStore) Apply(ctx context.Context, conds []barrier.Cond, ops []ba
 
 func TestPurgeInBatchesResumes(t *testing.T) {
 	ctx := context.Background()
-	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := New[data](b, "secrets", nil)
+	c, _ := newColl(t)
+	b := c.st
 	n := 3*testOps + 7
 	manyVersions(t, c, "big", n)
 	var largest int
@@ -226,11 +222,8 @@ func TestPurgeInBatchesResumes(t *testing.T) {
 
 func TestImportInBatchesCutOff(t *testing.T) {
 	ctx := context.Background()
-	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := New[data](b, "secrets", nil)
+	c, _ := newColl(t)
+	b := c.st
 	e := exported(t, c, "big", 2*testOps+5, 10)
 	// Cut off for good after the first batch: what was written is a
 	// deleted object being purged, with its current version, which lists
@@ -301,11 +294,8 @@ func (s *countingStore) Apply(ctx context.Context, conds []barrier.Cond, ops []b
 // version, and the fence), and the one above it is written in batches.
 func TestImportAtTheBatchLimit(t *testing.T) {
 	ctx := context.Background()
-	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := New[data](b, "secrets", nil)
+	c, _ := newColl(t)
+	b := c.st
 	for _, n := range []int{testOps - 3, testOps - 2, testOps - 1, testOps, testOps + 1} {
 		name := fmt.Sprintf("edge-%d", n)
 		e := exported(t, c, name, n, 10)
@@ -334,11 +324,8 @@ func TestImportAtTheBatchLimit(t *testing.T) {
 // versions written before the purge nor after.
 func TestPurgeDuringImportInBatches(t *testing.T) {
 	ctx := context.Background()
-	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := New[data](b, "secrets", nil)
+	c, _ := newColl(t)
+	b := c.st
 	e := exported(t, c, "big", 2*testOps+5, 10)
 	// The import's batches: 1 the record and the current version, 2 and
 	// 3 the other versions, 4 the live head.
@@ -370,11 +357,8 @@ func TestPurgeDuringImportInBatches(t *testing.T) {
 // saw, or end live with some of its versions deleted.
 func TestPurgeInterleavedWithImport(t *testing.T) {
 	ctx := context.Background()
-	b, err := barrier.Open(ctx, inmem.New(), rootkey.Generate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := New[data](b, "secrets", nil)
+	c, _ := newColl(t)
+	b := c.st
 	e := exported(t, c, "big", 2*testOps+5, 10)
 	scanned, resume := make(chan struct{}), make(chan struct{})
 	purged := make(chan error, 1)
@@ -392,7 +376,7 @@ func TestPurgeInterleavedWithImport(t *testing.T) {
 			t.Error("the purge did not reach its first deletion")
 		}
 	}}
-	_, _, err = New[data](st, "secrets", nil).Import(ctx, "demo", e)
+	_, _, err := New[data](st, "secrets", nil).Import(ctx, "demo", e)
 	close(resume)
 	var perr error
 	select {

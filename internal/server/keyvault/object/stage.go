@@ -308,17 +308,24 @@ func (c *Collection[T]) Fits(changes ...Change) bool {
 // and secret) marks them all in one batch first, then purges each with
 // PurgeInBatches.
 func (c *Collection[T]) StageMarkPurging(ctx context.Context, vault, name string) (Change, error) {
+	ch, _, err := c.stageMark(ctx, vault, name)
+	return ch, err
+}
+
+// stageMark is StageMarkPurging, and returns the new token the mark holds.
+func (c *Collection[T]) stageMark(ctx context.Context, vault, name string) (Change, string, error) {
 	key := c.deletedKey(vault, name)
 	h, rev, err := getJSON[Head](ctx, c.st, key)
 	if err != nil {
-		return Change{}, err
+		return Change{}, "", err
 	}
-	h.Purging, h.ScheduledPurge = NewVersionID(), min(h.ScheduledPurge, c.now().Unix())
+	token := NewVersionID()
+	h.Purging, h.ScheduledPurge = token, min(h.ScheduledPurge, c.now().Unix())
 	op, err := put(key, h)
 	if err != nil {
-		return Change{}, err
+		return Change{}, "", err
 	}
-	return Change{Conds: []barrier.Cond{{Key: key, Rev: rev}}, Ops: []barrier.Op{op}}, nil
+	return Change{Conds: []barrier.Cond{{Key: key, Rev: rev}}, Ops: []barrier.Op{op}}, token, nil
 }
 
 // PurgeInBatches purges a soft-deleted object as Purge does one too large
@@ -328,27 +335,19 @@ func (c *Collection[T]) PurgeInBatches(ctx context.Context, vault, name string) 
 	return c.purgeInBatches(ctx, vault, name)
 }
 
-// claim makes the operation of a new random token the owner of the
-// deleted record at key, edited by edit, and returns the record and its
-// revision. Rewriting the record fails the later batches of whichever
-// purge or import owned it before, on this replica or another, so that
-// only one writes the object's versions at a time.
-func (c *Collection[T]) claim(ctx context.Context, key string, edit func(*Head)) (Head, barrier.Rev, error) {
-	h, rev, err := getJSON[Head](ctx, c.st, key)
+// claim marks the soft-deleted object as being purged by a new token and
+// returns its record and revision. Rewriting the record fails the later
+// batches of whichever purge or import owned it before, on this replica
+// or another, so that only one writes the object's versions at a time.
+func (c *Collection[T]) claim(ctx context.Context, vault, name string) (Head, barrier.Rev, error) {
+	ch, token, err := c.stageMark(ctx, vault, name)
 	if err != nil {
 		return Head{}, nil, err
 	}
-	token := NewVersionID()
-	h.Purging = token
-	edit(&h)
-	op, err := put(key, h)
-	if err != nil {
+	if err := Apply(ctx, c.st, ch); err != nil {
 		return Head{}, nil, err
 	}
-	if err := c.st.Apply(ctx, []barrier.Cond{{Key: key, Rev: rev}}, []barrier.Op{op}); err != nil {
-		return Head{}, nil, err
-	}
-	return c.owned(ctx, key, token)
+	return c.owned(ctx, c.deletedKey(vault, name), token)
 }
 
 // owned re-reads the deleted record at key, which the operation of token
@@ -399,8 +398,7 @@ func (c *Collection[T]) Purge(ctx context.Context, vault, name string) error {
 // by an earlier owner can be missed.
 func (c *Collection[T]) purgeInBatches(ctx context.Context, vault, name string) error {
 	key := c.deletedKey(vault, name)
-	now := c.now().Unix()
-	h, rev, err := c.claim(ctx, key, func(h *Head) { h.ScheduledPurge = min(h.ScheduledPurge, now) })
+	h, rev, err := c.claim(ctx, vault, name)
 	if err != nil {
 		return err
 	}
