@@ -50,9 +50,11 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if l.open.Add(1) <= l.max {
 			return &cappedConn{Conn: c, l: l}, nil
 		}
+		// Counted before the close, so that whoever sees the close also
+		// sees the count.
+		l.refused.Add(1)
 		l.open.Add(-1)
 		c.Close()
-		l.refused.Add(1)
 		l.warn()
 	}
 }
