@@ -153,6 +153,7 @@ func (a *app) operatorInit() *cobra.Command {
 // storeFlags names the flag of each store option, for its errors.
 var storeFlags = map[string]string{
 	"Storage": "--storage", "DataDir": "--data-dir", "RootKeyFile": "--root-key-file", "EtcdEndpoints": "--etcd-endpoints",
+	"EtcdMaxTxnOps": "--etcd-max-txn-ops", "EtcdMaxRequestBytes": "--etcd-max-request-bytes", "EtcdViewBytes": "--etcd-view-bytes",
 }
 
 // bindStoreFlags binds the flags that say which store to open, shared by
@@ -167,6 +168,9 @@ func bindStoreFlags(c *cobra.Command, o *server.StoreOptions) {
 	f.StringVar(&o.Etcd.CertFile, "etcd-cert-file", "", "PEM client certificate for etcd")
 	f.StringVar(&o.Etcd.KeyFile, "etcd-key-file", "", "PEM private key of the etcd client certificate")
 	f.StringVar(&o.Etcd.Prefix, "etcd-prefix", "/coffer/", "key prefix of this installation in etcd, so several can share a cluster")
+	f.IntVar(&o.Etcd.MaxTxnOps, "etcd-max-txn-ops", 0, "the etcd cluster's --max-txn-ops (0: etcd's default, 128); larger objects are written in fewer transactions")
+	f.IntVar(&o.Etcd.MaxRequestBytes, "etcd-max-request-bytes", 0, "the etcd cluster's --max-request-bytes (0: etcd's default, 1.5 MiB)")
+	f.IntVar(&o.Etcd.ViewBytes, "etcd-view-bytes", 0, "bytes of values each replica holds in memory, the most recently used (0: 64 MiB); every key is held regardless")
 }
 
 func (a *app) generateRootKey() *cobra.Command {

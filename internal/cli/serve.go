@@ -4,6 +4,7 @@ package cli
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,15 +20,21 @@ import (
 	"github.com/cofferhq/coffer/internal/server/endpoint"
 )
 
-// serverFlags names the flag of each server option, for its errors.
-var serverFlags = map[string]string{
-	"Storage": "--storage", "EtcdEndpoints": "--etcd-endpoints", "DataDir": "--data-dir", "RootKeyFile": "--root-key-file", "Listen": "--listen", "DNSSuffix": "--dns-suffix",
+// serverFlags names the flag of each server option, for its errors: the
+// store's (storeFlags) and the server's own.
+var serverFlags = withStoreFlags(map[string]string{
+	"Listen": "--listen", "DNSSuffix": "--dns-suffix",
 	"PublicPort": "--public-port", "TLSCertFile": "--tls-cert-file", "TLSKeyFile": "--tls-key-file",
 	"InsecureHTTP": "--insecure-http", "TokenLifetime": "--token-lifetime", "TokenRateLimit": "--token-rate-limit",
 	"TokenRateBurst": "--token-rate-burst", "FederationCAFile": "--federation-ca-file", "AllowPrivateIssuers": "--allow-private-issuers", "PurgeInterval": "--purge-interval",
 	"AuditLog": "--audit-log", "MetricsAddr": "--metrics-addr",
 	"AllowPrivateEndpoints": "--allow-private-endpoints", "EgressCAFile": "--egress-ca-file",
 	"ACMEHTTPListen": "--acme-http-listen", "EventInterval": "--event-interval", "NoVaultWatch": "--no-vault-watch",
+})
+
+func withStoreFlags(m map[string]string) map[string]string {
+	maps.Copy(m, storeFlags)
+	return m
 }
 
 func (a *app) serverCmd() *cobra.Command {

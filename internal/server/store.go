@@ -35,6 +35,13 @@ type EtcdOptions struct {
 	CAFile, CertFile, KeyFile string
 	// Prefix holds the installation's keys (default /coffer/).
 	Prefix string
+	// MaxTxnOps and MaxRequestBytes are the cluster's --max-txn-ops and
+	// --max-request-bytes (default etcd's defaults): a cluster run with
+	// higher limits lets larger objects be written in fewer transactions.
+	MaxTxnOps, MaxRequestBytes int
+	// ViewBytes bounds the values each replica holds in memory (default
+	// etcd.DefaultViewBytes).
+	ViewBytes int
 }
 
 // StoreOptions say which store to open.
@@ -61,6 +68,15 @@ func (o *StoreOptions) Validate() error {
 	case StorageEtcd:
 		if len(o.Etcd.Endpoints) == 0 {
 			return daemon.Invalid("EtcdEndpoints", "are required with Storage etcd: the cluster's client URLs, such as https://etcd-0.etcd:2379")
+		}
+		if o.Etcd.MaxTxnOps < 0 {
+			return daemon.Invalid("EtcdMaxTxnOps", "%d is negative: give the cluster's --max-txn-ops, or 0 for etcd's default of %d", o.Etcd.MaxTxnOps, etcd.DefaultMaxTxnOps)
+		}
+		if o.Etcd.MaxRequestBytes < 0 {
+			return daemon.Invalid("EtcdMaxRequestBytes", "%d is negative: give the cluster's --max-request-bytes, or 0 for etcd's default of %d", o.Etcd.MaxRequestBytes, etcd.DefaultMaxRequestBytes)
+		}
+		if o.Etcd.ViewBytes < 0 {
+			return daemon.Invalid("EtcdViewBytes", "%d is negative: give the bytes of values each replica may hold, or 0 for the default of %d", o.Etcd.ViewBytes, etcd.DefaultViewBytes)
 		}
 	default:
 		return daemon.Invalid("Storage", "%q is not an engine: use bolt (one replica, embedded) or etcd (several replicas)", o.Storage)
@@ -96,7 +112,8 @@ func OpenEngine(ctx context.Context, o StoreOptions, reg prometheus.Registerer, 
 	// in the interface would not be a nil Engine.
 	if o.Storage == StorageEtcd {
 		e, err := etcd.New(ctx, etcd.Options{Endpoints: o.Etcd.Endpoints, CAFile: o.Etcd.CAFile, CertFile: o.Etcd.CertFile,
-			KeyFile: o.Etcd.KeyFile, Prefix: o.Etcd.Prefix, Registerer: reg, Log: log})
+			KeyFile: o.Etcd.KeyFile, Prefix: o.Etcd.Prefix, MaxTxnOps: o.Etcd.MaxTxnOps, MaxRequestBytes: o.Etcd.MaxRequestBytes,
+			ViewBytes: o.Etcd.ViewBytes, Registerer: reg, Log: log})
 		if err != nil {
 			return nil, err
 		}

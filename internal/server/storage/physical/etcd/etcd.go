@@ -4,12 +4,15 @@
 // Every key lives under a prefix, so installations can share a cluster. A
 // batch is one etcd transaction: each condition a Compare, each write a Put
 // or a Delete. Each process keeps a local view of its prefix, filled by one
-// list and kept current by one watch. Reads in a context marked Synced are
-// served from that view; Sync makes them linearizable in the way
-// Kubernetes' consistent reads from cache do (KEP-2340): it fetches the
-// cluster's current revision with a quorum read, shared by every request
-// that arrived before the fetch began, then waits until the view (and
-// every subscriber) has reached it. Other reads go to the cluster.
+// list and kept current by one watch: every key with the revision that last
+// wrote it, and the values read or written last, within a bound
+// (ViewBytes). Reads in a context marked Synced are served from that view,
+// and a value it does not hold is read from the cluster, at the key's
+// revision or later. Sync makes them linearizable in the way Kubernetes'
+// consistent reads from cache do (KEP-2340): it fetches the cluster's
+// current revision with a quorum read, shared by every request that
+// arrived before the fetch began, then waits until the view (and every
+// subscriber) has reached it. Other reads go to the cluster.
 package etcd
 
 import (
@@ -70,6 +73,9 @@ type Options struct {
 	// MaxRequestBytes and MaxTxnOps are the cluster's limits for one
 	// request (default etcd's defaults).
 	MaxRequestBytes, MaxTxnOps int
+	// ViewBytes bounds the values the local view holds (default
+	// DefaultViewBytes).
+	ViewBytes int
 	// Name identifies this process in elections (default its hostname and
 	// pid).
 	Name string
@@ -89,8 +95,8 @@ func (o Options) Identity() string {
 
 // entry is one key of the local view.
 type entry struct {
-	key   string // without the prefix
-	value []byte
+	key string // without the prefix
+	rev int64  // the revision that last wrote it
 }
 
 func less(a, b entry) bool { return a.key < b.key }
@@ -113,6 +119,7 @@ type Backend struct {
 
 	mu      sync.Mutex
 	view    *btree.BTreeG[entry]
+	vals    *values       // the values held, of keys in view
 	viewRev int64         // every event up to it is in view
 	viewCh  chan struct{} // closed when viewRev moves
 	queue   []batch       // waiting for the dispatcher
@@ -161,6 +168,9 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	if o.MaxTxnOps <= 0 {
 		o.MaxTxnOps = DefaultMaxTxnOps
 	}
+	if o.ViewBytes <= 0 {
+		o.ViewBytes = DefaultViewBytes
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -186,7 +196,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	}
 	bctx, cancel := context.WithCancel(context.Background())
 	b := &Backend{cli: cli, o: o, prefix: o.Prefix, log: o.Log.With("component", "etcd"), ctx: bctx, cancel: cancel,
-		done: make(chan struct{}), view: btree.NewG(32, less), viewCh: make(chan struct{}), queueCh: make(chan struct{}, 1),
+		done: make(chan struct{}), view: btree.NewG(32, less), vals: newValues(o.ViewBytes), viewCh: make(chan struct{}), queueCh: make(chan struct{}, 1),
 		seenCh: make(chan struct{}), metrics: newMetrics(o.Registerer)}
 	b.revs.get = b.currentRevision
 	rev, err := b.relist(ctx)
@@ -286,11 +296,21 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if physical.IsSynced(ctx) {
 		b.mu.Lock()
 		e, ok := b.view.Get(entry{key: key})
-		b.mu.Unlock()
-		if !ok {
-			return nil, physical.ErrNotFound
+		var v []byte
+		held := false
+		if ok {
+			if v, held = b.vals.get(key, e.rev); held {
+				v = clone(v)
+			}
 		}
-		return clone(e.value), nil
+		b.mu.Unlock()
+		switch {
+		case !ok:
+			return nil, physical.ErrNotFound
+		case held:
+			return v, nil
+		}
+		return b.fetch(ctx, key, e.rev)
 	}
 	cctx, cancel := b.call(ctx)
 	defer cancel()
@@ -317,16 +337,28 @@ func (b *Backend) Scan(ctx context.Context, prefix, after string, limit int) ([]
 	}
 	if physical.IsSynced(ctx) {
 		var out []physical.Entry
+		held := true
 		b.mu.Lock()
 		b.view.AscendGreaterOrEqual(entry{key: start}, func(e entry) bool {
 			if !strings.HasPrefix(e.key, prefix) || limit > 0 && len(out) >= limit {
 				return false
 			}
-			out = append(out, physical.Entry{Key: e.key, Value: clone(e.value)})
+			v, ok := b.vals.get(e.key, e.rev)
+			if !ok {
+				held = false
+				return false
+			}
+			out = append(out, physical.Entry{Key: e.key, Value: clone(v)})
 			return true
 		})
 		b.mu.Unlock()
-		return out, nil
+		if held {
+			return out, nil
+		}
+		// A value the view does not hold: the cluster's answer is as
+		// recent as the view's, or more, and so linearizable too. Values
+		// scanned are not held: one scan of a large prefix would push out
+		// every value that requests read.
 	}
 	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(b.prefix + prefix))}
 	if limit > 0 {

@@ -23,10 +23,18 @@ var prefixes atomic.Int64
 // one cluster never see each other's keys.
 func newBackend(t *testing.T, c *etcdtest.Cluster, prefix string) *Backend {
 	t.Helper()
-	if prefix == "" {
-		prefix = fmt.Sprintf("/test/%s/%d/", t.Name(), prefixes.Add(1))
+	return newBackendWith(t, c, Options{Prefix: prefix})
+}
+
+// newBackendWith opens an engine with o on c, on its own prefix unless o
+// names one.
+func newBackendWith(t *testing.T, c *etcdtest.Cluster, o Options) *Backend {
+	t.Helper()
+	if o.Prefix == "" {
+		o.Prefix = fmt.Sprintf("/test/%s/%d/", t.Name(), prefixes.Add(1))
 	}
-	b, err := New(context.Background(), Options{Endpoints: c.Endpoints(), Prefix: prefix})
+	o.Endpoints = c.Endpoints()
+	b, err := New(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +49,16 @@ func TestBackend(t *testing.T) {
 	t.Run("Synced", func(t *testing.T) {
 		physicaltest.Exercise(t, func(t *testing.T) physical.Backend { return syncedReads{newBackend(t, c, "")} })
 	})
+	// Again with a view that holds no value, so that every synced read
+	// goes to the cluster, and with one that holds a few, so that values
+	// are pushed out as others are read and written.
+	for _, n := range []int{1, 400} {
+		t.Run(fmt.Sprintf("SyncedViewBytes=%d", n), func(t *testing.T) {
+			physicaltest.Exercise(t, func(t *testing.T) physical.Backend {
+				return syncedReads{newBackendWith(t, c, Options{ViewBytes: n})}
+			})
+		})
+	}
 }
 
 // syncedReads reads through Sync, as a request does.
@@ -67,9 +85,18 @@ func (s syncedReads) Scan(ctx context.Context, prefix, after string, limit int) 
 // the other, and every subscriber hears of it in commit order.
 func TestReplicas(t *testing.T) {
 	c := etcdtest.Start(t, 1)
-	prefix := "/replicas/"
-	a, b := newBackend(t, c, prefix), newBackend(t, c, prefix)
-	other := newBackend(t, c, "/other-installation/")
+	// The reader holds every value, then none: each synced read then
+	// goes to the cluster.
+	for i, n := range []int{0, 1} {
+		t.Run(fmt.Sprintf("ViewBytes=%d", n), func(t *testing.T) {
+			prefix := fmt.Sprintf("/replicas-%d/", i)
+			testReplicas(t, newBackend(t, c, prefix), newBackendWith(t, c, Options{Prefix: prefix, ViewBytes: n}),
+				newBackend(t, c, fmt.Sprintf("/other-installation-%d/", i)))
+		})
+	}
+}
+
+func testReplicas(t *testing.T, a, b, other *Backend) {
 	var mu sync.Mutex
 	var heard []string
 	b.Subscribe(func(ch physical.Change) {

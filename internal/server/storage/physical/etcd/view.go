@@ -13,19 +13,21 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 )
 
-// listPage bounds one page of the list that fills the view.
-const listPage = 1000
+// listPage bounds one page of the list that fills the view: of keys and
+// revisions only, so about 100 bytes each.
+const listPage = 10000
 
-// relist reads the whole prefix at one revision into a new view, reports
-// the keys that differ from the old view as one Reset change, and returns
-// the revision.
+// relist reads the keys of the whole prefix at one revision into a new
+// view, reports the keys that differ from the old view as one Reset change,
+// and returns the revision. The values held of keys that did not change
+// stay; the others are dropped, and read again when asked for.
 func (b *Backend) relist(ctx context.Context) (int64, error) {
 	next := btree.NewG(32, less)
 	var rev int64
 	from := b.prefix
 	end := clientv3.GetPrefixRangeEnd(b.prefix)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage), clientv3.WithKeysOnly()}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev)) // every page at the first page's revision
 		}
@@ -39,7 +41,7 @@ func (b *Backend) relist(ctx context.Context) (int64, error) {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			next.ReplaceOrInsert(entry{key: b.keyOf(kv), value: kv.Value})
+			next.ReplaceOrInsert(entry{key: b.keyOf(kv), rev: kv.ModRevision})
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
@@ -48,22 +50,24 @@ func (b *Backend) relist(ctx context.Context) (int64, error) {
 	}
 	b.mu.Lock()
 	old := b.view
-	changed := diff(old, next)
 	b.view = next
 	b.advanceLocked(rev)
-	first := old.Len() == 0 && b.seen == 0
-	if !first {
+	if first := old.Len() == 0 && b.seen == 0; !first {
+		changed := diff(old, next)
+		for _, k := range changed {
+			b.vals.drop(k)
+		}
 		b.enqueueLocked(batch{rev: rev, change: physical.Change{Keys: changed, Reset: true}})
 	}
 	b.mu.Unlock()
 	return rev, nil
 }
 
-// diff lists the keys whose value differs between two views.
+// diff lists the keys written or deleted between two views.
 func diff(a, b *btree.BTreeG[entry]) []string {
 	var out []string
 	a.Ascend(func(e entry) bool {
-		if o, ok := b.Get(e); !ok || string(o.value) != string(e.value) {
+		if o, ok := b.Get(e); !ok || o.rev != e.rev {
 			out = append(out, e.key)
 		}
 		return true
@@ -167,8 +171,12 @@ func (b *Backend) watch(from int64) error {
 			cur.change.Keys = append(cur.change.Keys, k)
 			if ev.Type == clientv3.EventTypeDelete {
 				b.view.Delete(entry{key: k})
+				b.vals.drop(k)
 			} else {
-				b.view.ReplaceOrInsert(entry{key: k, value: ev.Kv.Value})
+				// What was just written is likely read next: by this
+				// process, or by the nodes its watchers tell.
+				b.view.ReplaceOrInsert(entry{key: k, rev: rev})
+				b.vals.put(k, rev, ev.Kv.Value)
 			}
 			from = rev
 		}
