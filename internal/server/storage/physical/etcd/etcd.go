@@ -3,16 +3,20 @@
 //
 // Every key lives under a prefix, so installations can share a cluster. A
 // batch is one etcd transaction: each condition a Compare, each write a Put
-// or a Delete. Each process keeps a local view of its prefix, filled by one
-// list and kept current by one watch: every key with the revision that last
-// wrote it, and the values read or written last, within a bound
-// (ViewBytes). Reads in a context marked Synced are served from that view,
-// and a value it does not hold is read from the cluster, at the key's
-// revision or later. Sync makes them linearizable in the way Kubernetes'
-// consistent reads from cache do (KEP-2340): it fetches the cluster's
-// current revision with a quorum read, shared by every request that
-// arrived before the fetch began, then waits until the view (and every
-// subscriber) has reached it. Other reads go to the cluster.
+// or a Delete.
+//
+// Each process keeps a local view of its prefix, kept current by one watch:
+// what it read or saw written last, within a bound (ViewBytes), the value of
+// a key or the fact that it is absent, each at its revision. The view lists
+// nothing at start, so a replica starts in the same time however large the
+// store, and its memory does not grow with it. Reads in a context marked
+// Synced are served from the view; what it does not hold is read from the
+// cluster, at a revision the view has reached or later. Sync makes those
+// reads linearizable in the way Kubernetes' consistent reads from cache do
+// (KEP-2340): it fetches the cluster's current revision with a quorum read,
+// shared by every request that arrived before the fetch began, then waits
+// until the view (and every subscriber) has reached it. Other reads go to
+// the cluster.
 package etcd
 
 import (
@@ -27,7 +31,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/btree"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -93,14 +96,6 @@ func (o Options) Identity() string {
 	return fmt.Sprintf("%s/%d", host, os.Getpid())
 }
 
-// entry is one key of the local view.
-type entry struct {
-	key string // without the prefix
-	rev int64  // the revision that last wrote it
-}
-
-func less(a, b entry) bool { return a.key < b.key }
-
 // batch is a committed revision on its way to the subscribers.
 type batch struct {
 	rev    int64
@@ -118,8 +113,7 @@ type Backend struct {
 	done   chan struct{} // the watch and dispatch loops have ended
 
 	mu      sync.Mutex
-	view    *btree.BTreeG[entry]
-	vals    *values       // the values held, of keys in view
+	vals    *values       // the local view: what is held of the prefix
 	viewRev int64         // every event up to it is in view
 	viewCh  chan struct{} // closed when viewRev moves
 	queue   []batch       // waiting for the dispatcher
@@ -196,16 +190,25 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	}
 	bctx, cancel := context.WithCancel(context.Background())
 	b := &Backend{cli: cli, o: o, prefix: o.Prefix, log: o.Log.With("component", "etcd"), ctx: bctx, cancel: cancel,
-		done: make(chan struct{}), view: btree.NewG(32, less), vals: newValues(o.ViewBytes), viewCh: make(chan struct{}), queueCh: make(chan struct{}, 1),
+		done: make(chan struct{}), vals: newValues(o.ViewBytes), viewCh: make(chan struct{}), queueCh: make(chan struct{}, 1),
 		seenCh: make(chan struct{}), metrics: newMetrics(o.Registerer)}
 	b.revs.get = b.currentRevision
-	rev, err := b.relist(ctx)
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_etcd_view_bytes",
+			Help: "Bytes the local view holds of the store's values, of at most --etcd-view-bytes."}, func() float64 {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return float64(b.vals.bytes)
+		}))
+	}
+	rev, err := b.currentRevision(ctx)
 	if err != nil {
 		cancel()
 		cli.Close()
 		return nil, err
 	}
 	b.mu.Lock()
+	b.advanceLocked(rev)
 	b.seen = rev
 	b.mu.Unlock()
 	var wg sync.WaitGroup
@@ -295,22 +298,22 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	}
 	if physical.IsSynced(ctx) {
 		b.mu.Lock()
-		e, ok := b.view.Get(entry{key: key})
+		r, ok := b.vals.get(key)
 		var v []byte
-		held := false
-		if ok {
-			if v, held = b.vals.get(key, e.rev); held {
-				v = clone(v)
-			}
+		if ok && r.exists {
+			v = clone(r.value)
 		}
+		least := b.viewRev
 		b.mu.Unlock()
-		switch {
-		case !ok:
-			return nil, physical.ErrNotFound
-		case held:
-			return v, nil
+		if !ok {
+			b.metrics.fetched.Inc()
+			return b.fetch(ctx, key, least)
 		}
-		return b.fetch(ctx, key, e.rev)
+		b.metrics.held.Inc()
+		if !r.exists {
+			return nil, physical.ErrNotFound
+		}
+		return v, nil
 	}
 	cctx, cancel := b.call(ctx)
 	defer cancel()
@@ -335,30 +338,14 @@ func (b *Backend) Scan(ctx context.Context, prefix, after string, limit int) ([]
 	if after >= prefix {
 		start = after + "\x00"
 	}
+	// The view holds no listing: a synced scan reads the cluster, at a
+	// revision the view has reached or later. What it reads is not held:
+	// one scan of a large prefix would push out every value requests read.
+	var least int64
 	if physical.IsSynced(ctx) {
-		var out []physical.Entry
-		held := true
 		b.mu.Lock()
-		b.view.AscendGreaterOrEqual(entry{key: start}, func(e entry) bool {
-			if !strings.HasPrefix(e.key, prefix) || limit > 0 && len(out) >= limit {
-				return false
-			}
-			v, ok := b.vals.get(e.key, e.rev)
-			if !ok {
-				held = false
-				return false
-			}
-			out = append(out, physical.Entry{Key: e.key, Value: clone(v)})
-			return true
-		})
+		least = b.viewRev
 		b.mu.Unlock()
-		if held {
-			return out, nil
-		}
-		// A value the view does not hold: the cluster's answer is as
-		// recent as the view's, or more, and so linearizable too. Values
-		// scanned are not held: one scan of a large prefix would push out
-		// every value that requests read.
 	}
 	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(b.prefix + prefix))}
 	if limit > 0 {
@@ -367,7 +354,7 @@ func (b *Backend) Scan(ctx context.Context, prefix, after string, limit int) ([]
 	cctx, cancel := b.call(ctx)
 	defer cancel()
 	t0 := time.Now()
-	resp, err := b.cli.Get(cctx, b.prefix+start, opts...)
+	resp, err := b.read(cctx, least, b.prefix+start, opts...)
 	b.metrics.observe("scan", t0)
 	if err != nil {
 		return nil, b.unavailable("scan", err)

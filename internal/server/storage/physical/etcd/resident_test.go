@@ -3,57 +3,84 @@ package etcd
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 	"github.com/cofferhq/coffer/internal/testing/etcdtest"
 )
 
+func held(vs *values, key string, rev int64) bool {
+	r, ok := vs.get(key)
+	return ok && r.rev == rev
+}
+
 func TestValuesBound(t *testing.T) {
 	vs := newValues(3 * (64 + 2 + 10))
 	for i := range 5 {
-		vs.put(fmt.Sprintf("k%d", i), int64(i+1), make([]byte, 10))
+		vs.put(&resident{key: fmt.Sprintf("k%d", i), rev: int64(i + 1), exists: true, value: make([]byte, 10)})
 	}
 	if vs.bytes > vs.max {
 		t.Fatalf("holds %d bytes, over its bound of %d", vs.bytes, vs.max)
 	}
-	if _, ok := vs.get("k1", 2); ok {
+	if _, ok := vs.get("k1"); ok {
 		t.Fatal("k1, among the least recently used, is still held")
 	}
-	if _, ok := vs.get("k4", 5); !ok {
+	if !held(vs, "k4", 5) {
 		t.Fatal("k4, the last put, is not held")
 	}
-	if _, ok := vs.get("k4", 4); ok {
-		t.Fatal("k4 is answered at a revision it was not held at")
-	}
 	// k2 is used, so k3 is the next out.
-	if _, ok := vs.get("k2", 3); !ok {
+	if !held(vs, "k2", 3) {
 		t.Fatal("k2 is not held")
 	}
-	vs.put("k5", 6, make([]byte, 10))
-	if _, ok := vs.get("k3", 4); ok {
+	vs.put(&resident{key: "k5", rev: 6, exists: true, value: make([]byte, 10)})
+	if _, ok := vs.get("k3"); ok {
 		t.Fatal("k3 was used least recently but is still held")
 	}
-	if _, ok := vs.get("k2", 3); !ok {
+	if !held(vs, "k2", 3) {
 		t.Fatal("k2, used recently, was pushed out")
 	}
-	vs.put("huge", 7, make([]byte, vs.max))
-	if _, ok := vs.get("huge", 7); ok || vs.bytes > vs.max {
+	vs.put(&resident{key: "huge", rev: 7, exists: true, value: make([]byte, vs.max)})
+	if _, ok := vs.get("huge"); ok || vs.bytes > vs.max {
 		t.Fatalf("a value larger than the bound is held (%d of %d bytes)", vs.bytes, vs.max)
 	}
-	vs.drop("k2")
-	vs.drop("k4")
-	vs.drop("k5")
+	for _, k := range []string{"k2", "k4", "k5"} {
+		vs.drop(k)
+	}
 	if vs.bytes != 0 || vs.order.Len() != 0 || len(vs.byKey) != 0 {
 		t.Fatalf("after dropping everything: %d bytes, %d in order, %d by key", vs.bytes, vs.order.Len(), len(vs.byKey))
 	}
 }
 
-// TestViewHoldsKeysNotValues checks that a process starting on a store
-// lists keys only, reads a value from the cluster the first time it is
-// asked for, and that a list again after a lost watch keeps the values of
-// keys that did not change and drops the others.
-func TestViewHoldsKeysNotValues(t *testing.T) {
+// An event older than what a read already holds is not applied: the read
+// saw a later state.
+func TestValuesObserveKeepsTheLater(t *testing.T) {
+	vs := newValues(1 << 20)
+	vs.observe(&resident{key: "k", rev: 12, exists: true, value: []byte("B")})
+	vs.observe(&resident{key: "k", rev: 10, exists: true, value: []byte("A")})
+	if r, _ := vs.get("k"); string(r.value) != "B" {
+		t.Fatalf("an older event replaced a later read: %q", r.value)
+	}
+	// Absent at 20: a write at 15, and its delete, are older.
+	vs.observe(&resident{key: "gone", rev: 20})
+	vs.observe(&resident{key: "gone", rev: 15, exists: true, value: []byte("x")})
+	if r, _ := vs.get("gone"); r.exists {
+		t.Fatal("an older write replaced a later absence")
+	}
+	vs.observe(&resident{key: "gone", rev: 21, exists: true, value: []byte("y")})
+	if r, _ := vs.get("gone"); !r.exists || string(r.value) != "y" {
+		t.Fatal("a later write was not applied")
+	}
+}
+
+// TestViewStartsEmpty checks that a process starting on a store lists
+// nothing, reads what it is asked for from the cluster once and then from
+// its view (an absent key too), follows other processes' writes, and
+// forgets everything when it must follow again after a gap.
+func TestViewStartsEmpty(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	ctx := context.Background()
 	w := newBackend(t, c, "")
@@ -64,14 +91,30 @@ func TestViewHoldsKeysNotValues(t *testing.T) {
 	if err := w.Apply(ctx, nil, ops); err != nil {
 		t.Fatal(err)
 	}
-	r := newBackendWith(t, c, Options{Prefix: w.Prefix()})
-	held := func() int {
+	reg := prometheus.NewRegistry()
+	r := newBackendWith(t, c, Options{Prefix: w.Prefix(), Registerer: reg})
+	reads := func(held, fetched float64) {
+		t.Helper()
+		if h, f := testutil.ToFloat64(r.metrics.held), testutil.ToFloat64(r.metrics.fetched); h != held || f != fetched {
+			t.Fatalf("reads counted %v held and %v fetched, want %v and %v", h, f, held, fetched)
+		}
+	}
+	var mu sync.Mutex
+	var resets int
+	r.Subscribe(func(ch physical.Change) {
+		if ch.Reset {
+			mu.Lock()
+			resets++
+			mu.Unlock()
+		}
+	})
+	holds := func() int {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return len(r.vals.byKey)
 	}
-	if n := held(); n != 0 {
-		t.Fatalf("a fresh process holds %d values; it should list keys only", n)
+	if n := holds(); n != 0 {
+		t.Fatalf("a fresh process holds %d keys; it should list nothing", n)
 	}
 	read := func(key, want string) {
 		t.Helper()
@@ -79,48 +122,35 @@ func TestViewHoldsKeysNotValues(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v, err := r.Get(sctx, key); err != nil || string(v) != want {
+		v, err := r.Get(sctx, key)
+		if want == "" {
+			if err != physical.ErrNotFound {
+				t.Fatalf("synced read of absent %s = %q, %v", key, v, err)
+			}
+			return
+		}
+		if err != nil || string(v) != want {
 			t.Fatalf("synced read of %s = %q, %v; want %q", key, v, err, want)
 		}
 	}
 	read("k03", "v03")
 	read("k04", "v04")
-	if n := held(); n != 2 {
-		t.Fatalf("after reading two values the view holds %d", n)
+	read("absent", "")
+	if n := holds(); n != 3 {
+		t.Fatalf("after reading three keys the view holds %d", n)
 	}
-	// k04 changes and k05 is deleted; then r's view is set back to what
-	// it held before, as if its watch had missed both events.
-	if err := w.Apply(ctx, nil, []physical.Op{{Key: "k04", Value: []byte("new")}, {Key: "k05", Delete: true}}); err != nil {
+	reads(0, 3)
+	// Another process writes k03, deletes k04 and creates the absent key.
+	if err := w.Apply(ctx, nil, []physical.Op{{Key: "k03", Value: []byte("new")}, {Key: "k04", Delete: true}, {Key: "absent", Value: []byte("here")}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.waitView(ctx, mustRev(t, w)); err != nil {
-		t.Fatal(err)
-	}
-	r.mu.Lock()
-	r.view.ReplaceOrInsert(entry{key: "k04", rev: 1})
-	r.vals.put("k04", 1, []byte("v04"))
-	r.view.ReplaceOrInsert(entry{key: "k05", rev: 1})
-	r.mu.Unlock()
-	if _, err := r.relist(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r.mu.Lock()
-	_, kept := r.vals.byKey["k03"]
-	_, stale := r.vals.byKey["k04"]
-	r.mu.Unlock()
-	if !kept {
-		t.Fatal("the list again dropped k03, which did not change")
-	}
-	if stale {
-		t.Fatal("the list again kept k04's old value")
-	}
-	read("k04", "new")
+	read("k03", "new")
+	read("k04", "")
+	read("absent", "here")
+	reads(3, 3) // the watch brought all three
 	sctx, err := r.Sync(ctx)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := r.Get(sctx, "k05"); err != physical.ErrNotFound {
-		t.Fatalf("deleted k05 read as %v", err)
 	}
 	es, err := r.Scan(sctx, "k", "", 0)
 	if err != nil || len(es) != 19 {
@@ -128,20 +158,30 @@ func TestViewHoldsKeysNotValues(t *testing.T) {
 	}
 	for _, e := range es {
 		want := "v" + e.Key[1:]
-		if e.Key == "k04" {
+		if e.Key == "k03" {
 			want = "new"
 		}
 		if string(e.Value) != want {
 			t.Fatalf("synced scan: %s = %q, want %q", e.Key, e.Value, want)
 		}
 	}
-}
-
-func mustRev(t *testing.T, b *Backend) int64 {
-	t.Helper()
-	rev, err := b.currentRevision(context.Background())
-	if err != nil {
+	if _, err := r.restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return rev
+	if n := holds(); n != 0 {
+		t.Fatalf("after following again the view still holds %d keys", n)
+	}
+	read("k03", "new")
+	reads(3, 4)
+	if n, err := testutil.GatherAndCount(reg, "coffer_etcd_view_bytes"); err != nil || n != 1 {
+		t.Fatalf("coffer_etcd_view_bytes: %d series, %v", n, err)
+	}
+	if _, err := r.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if resets != 1 {
+		t.Fatalf("subscribers heard %d resets, want 1", resets)
+	}
 }

@@ -4,82 +4,28 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
-	"github.com/google/btree"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
 )
 
-// listPage bounds one page of the list that fills the view: of keys and
-// revisions only, so about 100 bytes each.
-const listPage = 10000
-
-// relist reads the keys of the whole prefix at one revision into a new
-// view, reports the keys that differ from the old view as one Reset change,
-// and returns the revision. The values held of keys that did not change
-// stay; the others are dropped, and read again when asked for.
-func (b *Backend) relist(ctx context.Context) (int64, error) {
-	next := btree.NewG(32, less)
-	var rev int64
-	from := b.prefix
-	end := clientv3.GetPrefixRangeEnd(b.prefix)
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage), clientv3.WithKeysOnly()}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev)) // every page at the first page's revision
-		}
-		cctx, cancel := b.call(ctx)
-		resp, err := b.cli.Get(cctx, from, opts...)
-		cancel()
-		if err != nil {
-			return 0, b.unavailable("list", err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			next.ReplaceOrInsert(entry{key: b.keyOf(kv), rev: kv.ModRevision})
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+// restart follows the prefix again after the watch lost events (a
+// compaction, a broken stream): the view forgets everything it holds and
+// moves to the cluster's current revision, and subscribers hear a Reset.
+// It returns that revision, for the next watch.
+func (b *Backend) restart(ctx context.Context) (int64, error) {
+	rev, err := b.currentRevision(ctx)
+	if err != nil {
+		return 0, err
 	}
 	b.mu.Lock()
-	old := b.view
-	b.view = next
+	b.vals = newValues(b.o.ViewBytes)
 	b.advanceLocked(rev)
-	if first := old.Len() == 0 && b.seen == 0; !first {
-		changed := diff(old, next)
-		for _, k := range changed {
-			b.vals.drop(k)
-		}
-		b.enqueueLocked(batch{rev: rev, change: physical.Change{Keys: changed, Reset: true}})
-	}
+	b.enqueueLocked(batch{rev: rev, change: physical.Change{Reset: true}})
 	b.mu.Unlock()
 	return rev, nil
-}
-
-// diff lists the keys written or deleted between two views.
-func diff(a, b *btree.BTreeG[entry]) []string {
-	var out []string
-	a.Ascend(func(e entry) bool {
-		if o, ok := b.Get(e); !ok || o.rev != e.rev {
-			out = append(out, e.key)
-		}
-		return true
-	})
-	b.Ascend(func(e entry) bool {
-		if _, ok := a.Get(e); !ok {
-			out = append(out, e.key)
-		}
-		return true
-	})
-	sort.Strings(out)
-	return out
 }
 
 // advanceLocked moves the view's revision forward and wakes its waiters.
@@ -101,8 +47,8 @@ func (b *Backend) enqueueLocked(bt batch) {
 }
 
 // watchLoop applies the watch's events to the view, from revision from+1.
-// After a compaction or a broken stream it lists the prefix again, which
-// reports a Reset: a missed change then still wakes whoever waits for it.
+// After a compaction or a broken stream it restarts, which reports a
+// Reset: a missed change then still wakes whoever waits for it.
 func (b *Backend) watchLoop(from int64) {
 	backoff := 100 * time.Millisecond
 	for b.ctx.Err() == nil {
@@ -111,14 +57,14 @@ func (b *Backend) watchLoop(from int64) {
 			return
 		}
 		b.setWatch(false, err)
-		b.log.Warn("etcd watch ended; listing again", "error", err, "retryIn", backoff)
+		b.log.Warn("etcd watch ended; following again", "error", err, "retryIn", backoff)
 		select {
 		case <-b.ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
-		rev, lerr := b.relist(b.ctx)
+		rev, lerr := b.restart(b.ctx)
 		if lerr != nil {
 			b.setWatch(false, lerr)
 			continue
@@ -169,15 +115,9 @@ func (b *Backend) watch(from int64) error {
 			}
 			k := b.keyOf(ev.Kv)
 			cur.change.Keys = append(cur.change.Keys, k)
-			if ev.Type == clientv3.EventTypeDelete {
-				b.view.Delete(entry{key: k})
-				b.vals.drop(k)
-			} else {
-				// What was just written is likely read next: by this
-				// process, or by the nodes its watchers tell.
-				b.view.ReplaceOrInsert(entry{key: k, rev: rev})
-				b.vals.put(k, rev, ev.Kv.Value)
-			}
+			// What was just written is likely read next: by this
+			// process, or by the nodes its watchers tell.
+			b.vals.observe(&resident{key: k, rev: rev, exists: ev.Type != clientv3.EventTypeDelete, value: ev.Kv.Value})
 			from = rev
 		}
 		if cur != nil {
