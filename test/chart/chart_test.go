@@ -365,6 +365,23 @@ func TestChartServerOnEtcd(t *testing.T) {
 	if a := containerArgs(podContainer(t, sts, "initContainers", "init")); slices.Contains(a, "--data-dir=/data") || !slices.Contains(a, "--skip-if-initialised") {
 		t.Errorf("init on etcd: %v", a)
 	}
+	if a := strings.Join(containerArgs(podContainer(t, sts, "containers", "server")), " "); strings.Contains(a, "--etcd-view-bytes") || strings.Contains(a, "--etcd-max-") {
+		t.Errorf("the engine's bounds are given although no value sets them: %s", a)
+	}
+	tuned, err := render(t, c, merge(etcdValues(3), map[string]any{"server": map[string]any{"storage": map[string]any{"etcd": map[string]any{
+		"viewBytes": 268435456, "maxTxnOps": 1024, "maxRequestBytes": 10485760}}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"initContainers/init", "containers/server"} {
+		field, cname, _ := strings.Cut(name, "/")
+		a := containerArgs(podContainer(t, find(tuned, "StatefulSet", "coffer-server"), field, cname))
+		for _, w := range []string{"--etcd-view-bytes=268435456", "--etcd-max-txn-ops=1024", "--etcd-max-request-bytes=10485760"} {
+			if !slices.Contains(a, w) {
+				t.Errorf("%s lacks %s: %v", name, w, a)
+			}
+		}
+	}
 	if a := containerArgs(podContainer(t, sts, "containers", "server")); !slices.Contains(a, "--data-dir=/data") || !slices.Contains(a, "--metrics-addr=:9464") {
 		t.Errorf("the server keeps its audit log in /data and serves its status: %v", a)
 	}

@@ -26,6 +26,15 @@ install ever runs two writers on one bolt file.
 - --storage=etcd
 - --etcd-endpoints={{ join "," $s.etcd.endpoints }}
 - --etcd-prefix={{ $s.etcd.prefix }}
+{{- with $s.etcd.viewBytes }}
+- --etcd-view-bytes={{ int64 . }}
+{{- end }}
+{{- with $s.etcd.maxTxnOps }}
+- --etcd-max-txn-ops={{ int64 . }}
+{{- end }}
+{{- with $s.etcd.maxRequestBytes }}
+- --etcd-max-request-bytes={{ int64 . }}
+{{- end }}
 {{- if $s.etcd.tls.secretName }}
 - --etcd-ca-file=/etc/coffer/etcd/ca.crt
 - --etcd-cert-file=/etc/coffer/etcd/tls.crt
