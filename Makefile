@@ -108,32 +108,33 @@ bench: bench-sync
 # SCALE_SIZES secret versions across 1,000 vaults (through the storage
 # layer, in large batches), and at each size a fresh `coffer server` process
 # measured: start-to-ready, RSS, GET p50/p99, a list page, and backup and
-# restore of a 500-version object. Writes .cache/bench/scale.json, which
+# restore of a 500-version object. Writes docs/performance/data/scale.json, which
 # make bench-report reads. SCALE_SIZES=1000,10000 for a quick run.
 SCALE_SIZES ?= 1000,10000,100000,1000000
 SCALE_REPEAT ?= 5
 bench-scale:
-	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 4h ./test/scale/ -args -scale.sizes=$(SCALE_SIZES) -scale.repeat=$(SCALE_REPEAT) -scale.out=$(CURDIR)/.cache/bench/scale.json
+	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 4h ./test/scale/ -args -scale.sizes=$(SCALE_SIZES) -scale.repeat=$(SCALE_REPEAT) -scale.out=$(CURDIR)/docs/performance/data/scale.json
 
 # The same on the etcd engine (one member, on this machine), written to
-# .cache/bench/scale-etcd.json. Backup and restore of 500 versions are more
+# docs/performance/data/scale-etcd.json. Backup and restore of 500 versions are more
 # than one etcd transaction holds; the server writes them in several.
 bench-scale-etcd:
-	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 4h ./test/scale/ -args -scale.engine=etcd -scale.sizes=$(SCALE_SIZES) -scale.repeat=$(SCALE_REPEAT) -scale.out=$(CURDIR)/.cache/bench/scale-etcd.json
+	KUBEBUILDER_ASSETS="$$(GO="$(GO)" ./scripts/kube-assets.sh)" $(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 4h ./test/scale/ -args -scale.engine=etcd -scale.sizes=$(SCALE_SIZES) -scale.repeat=$(SCALE_REPEAT) -scale.out=$(CURDIR)/docs/performance/data/scale-etcd.json
 
 # A secret GET against the machine's limit (`coffer bench get --ceiling`
-# against a fresh `coffer dev`), written to .cache/bench/get.json for
+# against a fresh `coffer dev`), written to docs/performance/data/get.json for
 # make bench-report.
 bench-get:
 	@GO="$(GO)" ./scripts/bench-get.sh
 
 # docs/performance.md and its SVG charts (docs/performance/), generated from
-# whatever the bench targets left in .cache/bench: bench-get, bench-scale and
-# the fleet simulation's fleet.json. A missing input is reported as not
+# what the bench targets wrote to docs/performance/data (committed, so that
+# one target can be run again alone): bench-get, bench-scale and the fleet
+# simulation's fleet.json. A missing input is reported as not
 # measured. The generator is the separate module tools/benchreport, so that
 # its plotting library stays out of the server's dependencies.
 bench-report:
-	cd tools/benchreport && GOWORK=off $(GO) run . -in $(CURDIR)/.cache/bench -out $(CURDIR)/docs/performance.md
+	cd tools/benchreport && GOWORK=off $(GO) run . -in $(CURDIR)/docs/performance/data -out $(CURDIR)/docs/performance.md
 
 # Twenty kill -9 trials at random moments of a mixed load, each followed by
 # operator verify and a read-back of every acknowledged write (make test
@@ -169,8 +170,8 @@ fuzz:
 # objects (vault requests per rotation interval, with the watch and with
 # held reads). About four minutes.
 bench-fleet:
-	COFFER_FLEET_OUT=$(CURDIR)/.cache/bench/fleet.json $(GO) test -run '^$$' -bench FleetWatch -benchtime 20x -timeout 30m ./test/fleet/
-	COFFER_FLEET_OUT=$(CURDIR)/.cache/bench/fleet.json $(GO) test -run '^$$' -bench FleetRotation -benchtime 5x -timeout 30m ./test/fleet/
+	COFFER_FLEET_OUT=$(CURDIR)/docs/performance/data/fleet.json $(GO) test -run '^$$' -bench FleetWatch -benchtime 20x -timeout 30m ./test/fleet/
+	COFFER_FLEET_OUT=$(CURDIR)/docs/performance/data/fleet.json $(GO) test -run '^$$' -bench FleetRotation -benchtime 5x -timeout 30m ./test/fleet/
 
 # The resident memory of the node's daemons as they ship (built without the
 # race detector, each in its own process): the CSI driver at idle, 110 and

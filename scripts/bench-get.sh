@@ -2,13 +2,13 @@
 # Measures a secret GET against the machine's limit, for make bench-report:
 # builds coffer, starts `coffer dev` on a fresh data directory and a free
 # loopback port, runs `coffer bench get --ceiling` against it, and writes
-# its JSON to ${1:-<repo>/.cache/bench/get.json}. The server is stopped and
+# its JSON to ${1:-<repo>/docs/performance/data/get.json}. The server is stopped and
 # the data directory removed however the run ends.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export GOTOOLCHAIN="$(awk '$1 == "toolchain" { print $2 }' "$root/go.mod")"
 GO="${GO:-go}"
-out="${1:-$root/.cache/bench/get.json}"
+out="${1:-$root/docs/performance/data/get.json}"
 duration="${BENCH_GET_DURATION:-5s}"
 
 work="$(mktemp -d)"

@@ -32,7 +32,7 @@ type fleetFile struct {
 }
 
 // fleetOut is where the runs are recorded: make bench-fleet sets it to
-// .cache/bench/fleet.json. Unset, nothing is written, so that a benchmark
+// docs/performance/data/fleet.json. Unset, nothing is written, so that a benchmark
 // run by hand leaves no file behind.
 const fleetOutEnv = "COFFER_FLEET_OUT"
 

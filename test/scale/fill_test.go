@@ -78,8 +78,8 @@ type Store struct {
 	Objects []Ref
 	// Versions counts the filler versions (the big object excluded).
 	Versions int
-	// BigVault and BigName locate the object with BigVersions versions;
-	// BigName is empty on etcd, whose transactions cannot hold it.
+	// BigVault and BigName locate the object with BigVersions versions
+	// (on etcd, more than one transaction holds: it is written in several).
 	BigVault, BigName string
 
 	files                       pki.Files

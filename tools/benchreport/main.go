@@ -1,5 +1,5 @@
 // Command benchreport writes docs/performance.md and its SVG charts from the
-// files the benchmark targets leave in .cache/bench (make bench-report). It
+// files the benchmark targets leave in docs/performance/data (make bench-report). It
 // is a module of its own so that the plotting library never enters the
 // server's dependency graph.
 package main
@@ -13,7 +13,7 @@ import (
 )
 
 func main() {
-	in := flag.String("in", ".cache/bench", "directory of the benchmark results")
+	in := flag.String("in", "docs/performance/data", "directory of the benchmark results")
 	out := flag.String("out", "docs/performance.md", "page to write")
 	charts := flag.String("charts", "performance", "directory of the charts, relative to the page's")
 	flag.Parse()
