@@ -516,6 +516,7 @@ func (s *Service) restoreInBatches(ctx context.Context, v *vault.Vault, ce objec
 	if err == nil {
 		err = object.Apply(ctx, s.st, s.certs.StageImportFinish(cb), s.keys.StageImportFinish(kb), s.secrets.StageImportFinish(sb))
 	}
+	err = object.Interrupted(ce.Head.Name, err)
 	if err != nil {
 		if perr := s.purgeInBatches(ctx, v, ce.Head.Name); perr != nil && !errors.Is(perr, object.ErrNotFound) {
 			return fmt.Errorf("%w (and removing what was written: %v; purge the certificate %s to finish)", err, perr, ce.Head.Name)

@@ -340,6 +340,9 @@ func TestPurgeDuringImportInBatches(t *testing.T) {
 		if !errors.Is(err, ErrExists) {
 			t.Fatalf("an import purged before its batch %d = %v, want it refused", at, err)
 		}
+		if !strings.Contains(err.Error(), "interrupted") {
+			t.Fatalf("an import purged before its batch %d says %q; it should say it was interrupted, not that the name is in use", at, err)
+		}
 		gone(t, c, "big")
 		if _, _, err := c.Delete(ctx, "demo", "big", time.Hour); err != nil {
 			t.Fatal(err)
@@ -384,8 +387,8 @@ func TestPurgeInterleavedWithImport(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("the purge did not finish")
 	}
-	if !errors.Is(err, ErrExists) {
-		t.Fatalf("an import whose object a purge claimed = %v, want it refused", err)
+	if !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("an import whose object a purge claimed = %v, want it refused as interrupted", err)
 	}
 	if perr != nil && !errors.Is(perr, ErrNotFound) {
 		t.Fatalf("the purge: %v", perr)

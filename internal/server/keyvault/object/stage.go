@@ -577,10 +577,22 @@ func (c *Collection[T]) importInBatches(ctx context.Context, vault string, h Hea
 	if err == nil {
 		err = Apply(ctx, c.st, c.StageImportFinish(bi))
 	}
+	err = Interrupted(h.Name, err)
 	if err != nil {
 		if cerr := c.purgeInBatches(ctx, vault, h.Name); cerr != nil && !errors.Is(cerr, ErrNotFound) {
 			return fmt.Errorf("%w (and removing what was written: %v; purge %s to finish)", err, cerr, h.Name)
 		}
+	}
+	return err
+}
+
+// Interrupted is the error of an import in batches whose later batch found
+// its record taken over (err a conflict): the name was free when the import
+// began, so "already exists" would mislead; another request, a purge on
+// this replica or another, removed what it had written.
+func Interrupted(name string, err error) error {
+	if errors.Is(err, barrier.ErrConflict) {
+		return Errorf(ErrExists, "", "The restore of %s was interrupted: another request purged it while its versions were being written. Restore it again.", name)
 	}
 	return err
 }
