@@ -623,6 +623,10 @@ func requestID() string {
 // middleware adds request ids, writes the request's audit line and metrics,
 // logs it at debug level, and turns a panic into a 500. A panic's value is
 // not logged: it could hold request data; its stack is enough to find the bug.
+// nosniff is every response's X-Content-Type-Options. Shared: a header
+// value slice is only ever replaced, or copied by Clone.
+var nosniff = []string{"nosniff"}
+
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.handlers.Add(1)
@@ -630,13 +634,15 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		h := w.Header()
 		id := requestID()
-		h.Set("x-ms-request-id", id)
+		// Set by their canonical keys, which Set would build again on
+		// every request.
+		h["X-Ms-Request-Id"] = []string{id}
 		info := &audit.Info{}
 		r = r.WithContext(audit.WithInfo(r.Context(), info))
 		if cid := r.Header.Get("x-ms-client-request-id"); cid != "" && len(cid) <= 100 {
-			h.Set("x-ms-client-request-id", sanitize(cid))
+			h["X-Ms-Client-Request-Id"] = []string{sanitize(cid)}
 		}
-		h.Set("X-Content-Type-Options", "nosniff")
+		h["X-Content-Type-Options"] = nosniff
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			if p := recover(); p != nil {

@@ -65,7 +65,13 @@ func (e Endpoints) Resource() string { return "https://" + e.Apex() }
 
 // VaultBase is a vault's base URL without a trailing slash.
 func (e Endpoints) VaultBase(vault string) string {
-	return "https://" + e.hostport(strings.ToLower(vault)+"."+e.Suffix)
+	vault = strings.ToLower(vault)
+	if e.Port == 443 {
+		return "https://" + vault + "." + e.Suffix
+	}
+	// One concatenation: every object's response builds it.
+	var port [5]byte
+	return "https://" + vault + "." + e.Suffix + ":" + string(strconv.AppendInt(port[:0], int64(e.Port), 10))
 }
 
 // VaultURL is a vault's URL as Azure prints it, with a trailing slash.
@@ -90,14 +96,18 @@ func (e Endpoints) Parse(host string) (Route, string) {
 	}
 	h = strings.ToLower(strings.TrimSuffix(h, "."))
 	switch {
-	case h == e.Suffix || h == "localhost" || net.ParseIP(h) != nil:
+	case h == e.Suffix || h == "localhost":
 		return RouteApex, ""
-	case strings.HasSuffix(h, "."+e.Suffix):
-		name := strings.TrimSuffix(h, "."+e.Suffix)
+	case len(h) > len(e.Suffix) && h[len(h)-len(e.Suffix)-1] == '.' && strings.HasSuffix(h, e.Suffix):
+		// Tested before the IP literal: every vault request comes here,
+		// and parsing a host name as an IP allocates its error.
+		name := h[:len(h)-len(e.Suffix)-1]
 		if name == "" || strings.Contains(name, ".") {
 			return RouteUnknown, ""
 		}
 		return RouteVault, name
+	case net.ParseIP(h) != nil:
+		return RouteApex, ""
 	}
 	return RouteUnknown, ""
 }

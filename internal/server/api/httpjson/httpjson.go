@@ -11,6 +11,10 @@ import (
 	"github.com/cofferhq/coffer/internal/protocol/jsonenc"
 )
 
+// contentType is every JSON response's; shared, as a header value slice is
+// only ever replaced, or copied by Clone.
+var contentType = []string{"application/json; charset=utf-8"}
+
 // Write sends v as a JSON response with the given status.
 func Write(w http.ResponseWriter, status int, v any) {
 	var body []byte
@@ -25,8 +29,8 @@ func Write(w http.ResponseWriter, status int, v any) {
 		return
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/json; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h["Content-Type"] = contentType
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(status)
 	w.Write(body)
 }

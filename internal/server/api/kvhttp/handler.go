@@ -46,11 +46,14 @@ type Handler struct {
 	certs    *cert.Service
 	verifier *token.Verifier
 	issuer   func(tenant string) string
-	feed     *changes.Feed
-	limiter  *throttle.Limiter
-	held     atomic.Int64 // reads being held
-	log      *slog.Logger
-	mux      http.Handler
+	// audiences are the vault resource, with and without its slash: the
+	// same for every request, so built once.
+	audiences []string
+	feed      *changes.Feed
+	limiter   *throttle.Limiter
+	held      atomic.Int64 // reads being held
+	log       *slog.Logger
+	mux       http.Handler
 
 	// The vault watch (watch.go).
 	noWatch      bool
@@ -99,7 +102,7 @@ type Deps struct {
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, feed: d.Changes, limiter: d.Limiter, log: d.Log,
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, audiences: []string{d.Endpoints.Resource(), d.Endpoints.Resource() + "/"}, feed: d.Changes, limiter: d.Limiter, log: d.Log,
 		noWatch: d.NoWatch, sync: d.Sync, record: d.Audit, reauthorize: d.WatchReauthorize, writeTimeout: d.WatchWriteTimeout}
 	if h.reauthorize <= 0 {
 		h.reauthorize = defaultReauthorize
@@ -256,10 +259,9 @@ func (h *Handler) Held() int64 { return h.held.Load() }
 
 func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {
 	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	resource := h.ep.Resource()
 	c, err := h.verifier.Verify(strings.TrimSpace(raw), token.Expect{
 		Issuer:    h.issuer(v.TenantID),
-		Audiences: []string{resource, resource + "/"},
+		Audiences: h.audiences,
 		TenantID:  v.TenantID,
 	})
 	if err != nil {

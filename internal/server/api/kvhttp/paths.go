@@ -48,7 +48,7 @@ func collapseSlashes(next http.Handler) http.Handler {
 // the caller named.
 func refuseDotSegments(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, seg := range strings.Split(r.URL.EscapedPath(), "/") {
+		for seg := range strings.SplitSeq(r.URL.EscapedPath(), "/") {
 			if s, err := url.PathUnescape(seg); err == nil && (s == "." || s == "..") {
 				writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request URI contains a '.' or '..' segment; object names and versions are letters, digits and hyphens.")
 				return

@@ -59,11 +59,13 @@ type attributesIn struct {
 
 // id is an object's identifier: {vault}/{collection}/{name}[/{version}].
 func (b base) id(c *call, collection, name, version string) string {
-	id := b.h.ep.VaultBase(c.vault.Name) + "/" + collection + "/" + name
-	if version != "" {
-		id += "/" + version
+	// One concatenation, not one per part: every object's response has
+	// an id, and often a kid or a sid too.
+	base := b.h.ep.VaultBase(c.vault.Name)
+	if version == "" {
+		return base + "/" + collection + "/" + name
 	}
-	return id
+	return base + "/" + collection + "/" + name + "/" + version
 }
 
 // deletedInfo is what a deleted object adds to its shape.

@@ -126,14 +126,17 @@ func (v *Vault) Retention() time.Duration {
 
 // RecoveryLevel is Azure's deletion recovery level for objects in the vault.
 func (v *Vault) RecoveryLevel() string {
-	level := "Recoverable"
-	if v.RetentionDays < maxRetentionDays {
-		level = "CustomizedRecoverable"
+	// Whole constants, not concatenated: every object's response names it.
+	custom := v.RetentionDays < maxRetentionDays
+	switch {
+	case custom && v.PurgeProtection:
+		return "CustomizedRecoverable"
+	case custom:
+		return "CustomizedRecoverable+Purgeable"
+	case v.PurgeProtection:
+		return "Recoverable"
 	}
-	if !v.PurgeProtection {
-		level += "+Purgeable"
-	}
-	return level
+	return "Recoverable+Purgeable"
 }
 
 // Validate checks settings and fills defaults.
