@@ -1,26 +1,47 @@
 package daemon
 
 import (
-	"os"
-	"runtime/debug"
 	"testing"
+	"time"
 )
 
-func TestLeanGC(t *testing.T) {
-	prev := debug.SetGCPercent(100)
-	t.Cleanup(func() { debug.SetGCPercent(prev) })
-
-	t.Setenv("GOGC", "") // restored at the end; unset for the first case
-	os.Unsetenv("GOGC")
-	LeanGC()
-	if got := debug.SetGCPercent(100); got != NodeGCPercent {
-		t.Fatalf("without GOGC: the target is %d, want %d", got, NodeGCPercent)
+// TestWatchFreeHeap scripts what each read of the heap returns, in order:
+// the first read is at the start, then one per tick, and one more after
+// each release.
+func TestWatchFreeHeap(t *testing.T) {
+	type heap struct{ free, cycles uint64 }
+	script := []heap{
+		{0, 3},        // start
+		{8 << 20, 5},  // collections ran since the start: a burst
+		{8 << 20, 9},  // still collecting
+		{8 << 20, 9},  // quiet, with freed heap: release
+		{0, 10},       // after the release (it collected)
+		{1 << 20, 10}, // quiet, little freed heap
+		{4 << 20, 11}, // freed heap, but a collection ran
+		{4 << 20, 11}, // quiet again: release
+		{0, 12},
 	}
-
-	// GOGC is read by the runtime at start; LeanGC leaves whatever it set.
-	t.Setenv("GOGC", "100")
-	LeanGC()
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Fatalf("with GOGC=100: the target is %d, want 100", got)
+	ticks := 6
+	var reads, releases int
+	var releasedAt []int
+	read := func() (uint64, uint64) {
+		h := script[reads]
+		reads++
+		return h.free, h.cycles
+	}
+	release := func() { releases++; releasedAt = append(releasedAt, reads) }
+	tick := make(chan time.Time)
+	done := make(chan struct{})
+	go func() { watchFreeHeap(tick, read, release); close(done) }()
+	for range ticks {
+		tick <- time.Time{}
+	}
+	close(tick)
+	<-done
+	if reads != len(script) {
+		t.Fatalf("%d reads, want %d", reads, len(script))
+	}
+	if releases != 2 || releasedAt[0] != 4 || releasedAt[1] != 8 {
+		t.Fatalf("released after reads %v, want after the 4th and the 8th", releasedAt)
 	}
 }
