@@ -76,8 +76,8 @@ type Options struct {
 	// MaxRequestBytes and MaxTxnOps are the cluster's limits for one
 	// request (default etcd's defaults).
 	MaxRequestBytes, MaxTxnOps int
-	// ViewBytes bounds the values the local view holds (default
-	// DefaultViewBytes).
+	// ViewBytes bounds what the local view holds: values, and absences,
+	// with their keys (default DefaultViewBytes).
 	ViewBytes int
 	// Name identifies this process in elections (default its hostname and
 	// pid).
@@ -136,7 +136,8 @@ type Backend struct {
 	leads map[*leadership]struct{}
 }
 
-// New connects, lists the prefix into the local view, and starts watching.
+// New connects, reads the cluster's current revision, and starts watching
+// from it with an empty view.
 func New(ctx context.Context, o Options) (*Backend, error) {
 	if len(o.Endpoints) == 0 {
 		return nil, errors.New("etcd: no endpoints")
@@ -193,6 +194,12 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 		done: make(chan struct{}), vals: newValues(o.ViewBytes), viewCh: make(chan struct{}), queueCh: make(chan struct{}, 1),
 		seenCh: make(chan struct{}), metrics: newMetrics(o.Registerer)}
 	b.revs.get = b.currentRevision
+	rev, err := b.currentRevision(ctx)
+	if err != nil {
+		cancel()
+		cli.Close()
+		return nil, err
+	}
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_etcd_view_bytes",
 			Help: "Bytes the local view holds of the store's values, of at most --etcd-view-bytes."}, func() float64 {
@@ -200,12 +207,6 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 			defer b.mu.Unlock()
 			return float64(b.vals.bytes)
 		}))
-	}
-	rev, err := b.currentRevision(ctx)
-	if err != nil {
-		cancel()
-		cli.Close()
-		return nil, err
 	}
 	b.mu.Lock()
 	b.advanceLocked(rev)

@@ -3,9 +3,11 @@ package etcd
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
@@ -30,11 +32,10 @@ type resident struct {
 // first out. It is guarded by the Backend's mu.
 //
 // Every resident is the key's state at the view's revision. Two rules keep
-// it so. The watch applies an event only if it is newer than what is held
-// (a read may have already held a later state). A read from the cluster is
-// held only if it was at the view's revision or later: one from before it
-// might miss an event the watch has applied to a resident since pushed
-// out.
+// it so. A read from the cluster is made at the view's revision, and held
+// only if the view has not moved since: an event the watch applied
+// meanwhile found nothing held to update. The watch applies an event only
+// if it is newer than what is held.
 type values struct {
 	max   int
 	bytes int
@@ -94,21 +95,33 @@ func (vs *values) drop(key string) {
 	vs.bytes -= cost(r)
 }
 
-// read reads the cluster at revision least or later: from the member this
-// process talks to when it has reached least, and otherwise (or with least
-// 0) with a quorum read.
+// read reads the cluster as it was at revision least, the view's when the
+// read began (0: as it is now, with a quorum read). Reading at exactly the
+// view's revision, not at whatever a member has reached, keeps every synced
+// answer in step with the view: a scan and a get of the same request agree,
+// and no answer runs ahead of the view, from which a later one, from the
+// view or from another member, would go back. The member this process
+// talks to answers if it has reached least; one that has not answers after
+// a quorum read has caught it up.
 func (b *Backend) read(ctx context.Context, least int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	if least > 0 {
-		resp, err := b.cli.Get(ctx, key, append(opts, clientv3.WithSerializable())...)
-		if err == nil && resp.Header.Revision >= least {
-			return resp, nil
-		}
+	if least == 0 {
+		return b.cli.Get(ctx, key, opts...)
 	}
-	return b.cli.Get(ctx, key, opts...)
+	opts = append(opts, clientv3.WithRev(least))
+	resp, err := b.cli.Get(ctx, key, append(opts, clientv3.WithSerializable())...)
+	if errors.Is(err, rpctypes.ErrFutureRev) {
+		resp, err = b.cli.Get(ctx, key, opts...)
+	}
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		// The view lags so far behind that the cluster has compacted its
+		// revision: its watch fails next, and the view starts again.
+		return nil, fmt.Errorf("%w: this replica's view (revision %d) is older than the cluster's compaction", physical.ErrUnavailable, least)
+	}
+	return resp, err
 }
 
 // fetch reads a key the view does not hold, at revision least (the view's
-// when the read began) or later, and holds what it read.
+// when the read began), and holds what it read.
 func (b *Backend) fetch(ctx context.Context, key string, least int64) ([]byte, error) {
 	cctx, cancel := b.call(ctx)
 	defer cancel()
@@ -118,15 +131,14 @@ func (b *Backend) fetch(ctx context.Context, key string, least int64) ([]byte, e
 	if err != nil {
 		return nil, b.unavailable("get", err)
 	}
-	if at := resp.Header.Revision; at < least {
-		return nil, fmt.Errorf("%w: the cluster answered at revision %d, older than this replica's view (%d)", physical.ErrUnavailable, at, least)
-	}
-	r := &resident{key: key, rev: resp.Header.Revision}
+	r := &resident{key: key, rev: least}
 	if len(resp.Kvs) > 0 {
 		r.exists, r.rev, r.value = true, resp.Kvs[0].ModRevision, resp.Kvs[0].Value
 	}
+	// Held only if the view has not moved since: an event for this key
+	// after least would have found nothing held to update.
 	b.mu.Lock()
-	if resp.Header.Revision >= b.viewRev {
+	if b.viewRev == least {
 		b.vals.observe(r)
 	}
 	b.mu.Unlock()

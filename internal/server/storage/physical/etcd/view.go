@@ -50,26 +50,40 @@ func (b *Backend) enqueueLocked(bt batch) {
 // After a compaction or a broken stream it restarts, which reports a
 // Reset: a missed change then still wakes whoever waits for it.
 func (b *Backend) watchLoop(from int64) {
-	backoff := 100 * time.Millisecond
 	for b.ctx.Err() == nil {
 		err := b.watch(from)
 		if b.ctx.Err() != nil {
 			return
 		}
 		b.setWatch(false, err)
-		b.log.Warn("etcd watch ended; following again", "error", err, "retryIn", backoff)
+		b.log.Warn("etcd watch ended; following again", "error", err)
+		// Only a restart gives a revision to watch from again: watching
+		// from the old one would replay every event since, over what the
+		// view (and each subscriber) already holds.
+		var ok bool
+		if from, ok = b.restartUntilDone(); !ok {
+			return
+		}
+	}
+}
+
+// restartUntilDone restarts, with backoff, until it succeeds (false: the
+// engine closed first).
+func (b *Backend) restartUntilDone() (int64, bool) {
+	backoff := 100 * time.Millisecond
+	for {
 		select {
 		case <-b.ctx.Done():
-			return
+			return 0, false
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
-		rev, lerr := b.restart(b.ctx)
-		if lerr != nil {
-			b.setWatch(false, lerr)
-			continue
+		rev, err := b.restart(b.ctx)
+		if err == nil {
+			return rev, true
 		}
-		from, backoff = rev, 100*time.Millisecond
+		b.setWatch(false, err)
+		b.log.Warn("etcd: cannot follow the store again yet", "error", err, "retryIn", backoff)
+		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
