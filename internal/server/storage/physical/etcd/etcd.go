@@ -11,7 +11,7 @@
 // nothing at start, so a replica starts in the same time however large the
 // store, and its memory does not grow with it. Reads in a context marked
 // Synced are served from the view; what it does not hold is read from the
-// cluster, at a revision the view has reached or later. Sync makes those
+// cluster as it was at the view's revision. Sync makes those
 // reads linearizable in the way Kubernetes' consistent reads from cache do
 // (KEP-2340): it fetches the cluster's current revision with a quorum read,
 // shared by every request that arrived before the fetch began, then waits
@@ -339,9 +339,9 @@ func (b *Backend) Scan(ctx context.Context, prefix, after string, limit int) ([]
 	if after >= prefix {
 		start = after + "\x00"
 	}
-	// The view holds no listing: a synced scan reads the cluster, at a
-	// revision the view has reached or later. What it reads is not held:
-	// one scan of a large prefix would push out every value requests read.
+	// The view holds no listing: a synced scan reads the cluster as it was
+	// at the view's revision. What it reads is not held: one scan of a
+	// large prefix would push out every value requests read.
 	var least int64
 	if physical.IsSynced(ctx) {
 		b.mu.Lock()

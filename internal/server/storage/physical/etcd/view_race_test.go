@@ -101,7 +101,7 @@ func (g *gatedWatcher) Watch(ctx context.Context, key string, opts ...clientv3.O
 // makes the watch loop follow again through a gatedWatcher.
 func instrument(t *testing.T, b *Backend, failRestart bool) (*hookKV, *gatedWatcher) {
 	t.Helper()
-	waitWatching(b)
+	waitWatching(t, b)
 	b.mu.Lock() // orders the swap before the watch goroutine's next use
 	h := &hookKV{KV: b.cli.KV, before: map[string]func() error{}, after: map[string]func(){}}
 	b.cli.KV = h
@@ -114,24 +114,19 @@ func instrument(t *testing.T, b *Backend, failRestart bool) (*hookKV, *gatedWatc
 	b.cli.Watcher = g
 	b.mu.Unlock()
 	orig.Close() // the watch stream closes: the loop restarts
-	select {
-	case <-g.started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the watch did not follow again")
-	}
-	for {
-		b.mu.Lock()
-		ok := b.watchOK
-		b.mu.Unlock()
-		if ok {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await(t, g.started, "the watch to follow again")
+	waitWatching(t, b)
 	return h, g
 }
 
-func waitWatching(b *Backend) {
+// waitDeadline bounds every wait of these tests on the engine's goroutines:
+// generous, for a loaded machine, and still a failure rather than a hang.
+const waitDeadline = time.Minute
+
+// waitWatching waits until b's watch is established.
+func waitWatching(t *testing.T, b *Backend) {
+	t.Helper()
+	deadline := time.Now().Add(waitDeadline)
 	for {
 		b.mu.Lock()
 		ok := b.watchOK
@@ -139,7 +134,22 @@ func waitWatching(b *Backend) {
 		if ok {
 			return
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the watch was not established within %v", waitDeadline)
+		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// await receives from ch within waitDeadline.
+func await[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitDeadline):
+		t.Fatalf("waited %v for %s", waitDeadline, what)
+		panic("unreachable")
 	}
 }
 
@@ -202,7 +212,7 @@ func TestRacingFetchesNeverGoBack(t *testing.T) {
 		v, _ := r.Get(sctx, "k") // F1: reads k=old, then stalls before holding
 		f1 <- string(v[:3])
 	}()
-	<-paused
+	await(t, paused, "the first read to reach its pause")
 	if err := w.Apply(ctx, nil, []physical.Op{{Key: "k", Value: val("new")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +227,7 @@ func TestRacingFetchesNeverGoBack(t *testing.T) {
 		}
 	}
 	close(release)
-	<-f1
+	await(t, f1, "the first read to return")
 	v, err = r.Get(sctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -274,17 +284,8 @@ func TestFailedRestartDoesNotReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitWatching(r)
-	r.mu.Lock()
-	h := &hookKV{KV: r.cli.KV, before: map[string]func() error{}, after: map[string]func(){}}
-	r.cli.KV = h
-	h.before[r.prefix] = func() error { return errors.New("injected: etcdserver: no leader") }
-	g := newGatedWatcher(r.cli)
-	orig := r.cli.Watcher
-	r.cli.Watcher = g
-	r.mu.Unlock()
-	orig.Close()
-	deadline := time.Now().Add(30 * time.Second)
+	instrument(t, r, true)
+	deadline := time.Now().Add(waitDeadline)
 	for resets.Load() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the engine did not restart after the failed one")
