@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/server/storage/physical"
@@ -24,7 +25,9 @@ var ErrLocked = errors.New("the store file is locked by another process (is a co
 // Backend stores entries in one bbolt bucket. Concurrent Apply calls are
 // coalesced into group commits, so many writers share one fsync.
 type Backend struct {
-	db *bbolt.DB
+	db     *bbolt.DB
+	hot    hotReads
+	closed atomic.Bool
 }
 
 var (
@@ -66,6 +69,13 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if b.closed.Load() {
+		return nil, physical.ErrClosed
+	}
+	if v, ok := b.hot.load(key); ok {
+		return bytes.Clone(v), nil
+	}
+	gen := b.hot.begin()
 	var out []byte
 	err := b.db.View(func(tx *bbolt.Tx) error {
 		v := tx.Bucket(bucket).Get([]byte(key))
@@ -75,6 +85,9 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 		out = bytes.Clone(v)
 		return nil
 	})
+	if err == nil {
+		b.hot.remember(gen, key, bytes.Clone(out))
+	}
 	return out, mapErr(err)
 }
 
@@ -118,6 +131,8 @@ func (b *Backend) Apply(ctx context.Context, conds []physical.Cond, ops []physic
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	b.hot.writeStarts(ops)
+	defer b.hot.writeEnds()
 	err := b.db.Batch(func(tx *bbolt.Tx) error {
 		bk := tx.Bucket(bucket)
 		for _, c := range conds {
@@ -167,7 +182,11 @@ func (b *Backend) ForEach(ctx context.Context, prefix string, fn func(physical.E
 }
 
 // Close implements physical.Backend.
-func (b *Backend) Close() error { return b.db.Close() }
+func (b *Backend) Close() error {
+	b.closed.Store(true)
+	b.hot.clear()
+	return b.db.Close()
+}
 
 // Path returns the store file's path.
 func (b *Backend) Path() string { return b.db.Path() }
