@@ -151,19 +151,26 @@ func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call)
 // before any body is read, since the SDK's first request has its body
 // stripped.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.ServeContext(r.Context(), w, r)
+}
+
+// ServeContext is ServeHTTP for a request whose context is to be ctx: the
+// request is copied to carry it once, with the call's own value, rather
+// than once per layer.
+func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *http.Request) {
 	_, name := h.ep.Parse(r.Host)
-	info := audit.From(r.Context())
+	info := audit.From(ctx)
 	info.Vault = name
 	v, err := h.vaults.Get(name)
 	if err != nil {
-		h.fail(w, r, access.Secrets, err)
+		h.fail(w, r.WithContext(ctx), access.Secrets, err)
 		return
 	}
 	p, err := h.authenticate(r, v)
 	if err != nil {
 		info.Decision = "unauthenticated"
 		drain(r)
-		h.fail(w, r, access.Secrets, err)
+		h.fail(w, r.WithContext(ctx), access.Secrets, err)
 		return
 	}
 	info.Tenant, info.Principal, info.AppID = p.TenantID, p.ObjectID, p.AppID
@@ -182,12 +189,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !d.OK {
 			info.Decision = "throttled"
 			drain(r)
-			h.throttled(w, r, d)
+			h.throttled(w, r.WithContext(ctx), d)
 			return
 		}
 		defer d.Release()
 	}
-	ctx := context.WithValue(r.Context(), callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info, query: query})
+	ctx = context.WithValue(ctx, callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info, query: query})
 	h.mux.ServeHTTP(w, r.WithContext(ctx))
 }
 
