@@ -8,9 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -102,7 +102,7 @@ type Deps struct {
 
 // New returns the data-plane handler.
 func New(d Deps) *Handler {
-	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: d.Issuer, audiences: []string{d.Endpoints.Resource(), d.Endpoints.Resource() + "/"}, feed: d.Changes, limiter: d.Limiter, log: d.Log,
+	h := &Handler{ep: d.Endpoints, access: d.Access, vaults: d.Vaults, secrets: d.Secrets, keys: d.Keys, certs: d.Certs, verifier: d.Verifier, issuer: memoIssuer(d.Issuer), audiences: []string{d.Endpoints.Resource(), d.Endpoints.Resource() + "/"}, feed: d.Changes, limiter: d.Limiter, log: d.Log,
 		noWatch: d.NoWatch, sync: d.Sync, record: d.Audit, reauthorize: d.WatchReauthorize, writeTimeout: d.WatchWriteTimeout}
 	if h.reauthorize <= 0 {
 		h.reauthorize = defaultReauthorize
@@ -126,6 +126,29 @@ func New(d Deps) *Handler {
 	return h
 }
 
+// memoIssuer remembers each tenant's issuer, which every request checks
+// its token against: building the string was an allocation per request.
+// Tenants are few; past maxMemoTenants, the rest are built each time.
+func memoIssuer(issuer func(string) string) func(string) string {
+	if issuer == nil {
+		return nil
+	}
+	var m sync.Map
+	var n atomic.Int32
+	return func(tenant string) string {
+		if v, ok := m.Load(tenant); ok {
+			return v.(string)
+		}
+		iss := issuer(tenant)
+		if n.Add(1) <= maxMemoTenants {
+			m.Store(tenant, iss)
+		}
+		return iss
+	}
+}
+
+const maxMemoTenants = 1024
+
 // notFound answers a request no operation matches, by path or by method,
 // in Key Vault's error shape; every mux of the handler ends in it, so
 // ServeMux's plain-text 404 and 405 never reach a client.
@@ -139,7 +162,7 @@ type call struct {
 	principal  access.Principal
 	apiVersion string
 	audit      *audit.Info
-	query      url.Values // parsed once: every route reads it, and parsing allocates
+	rawQuery   string // read with queryGet: most requests carry one parameter
 }
 
 type callKey struct{}
@@ -174,8 +197,7 @@ func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *ht
 		return
 	}
 	info.Tenant, info.Principal, info.AppID = p.TenantID, p.ObjectID, p.AppID
-	query := r.URL.Query()
-	ver := query.Get("api-version")
+	ver := queryGet(r.URL.RawQuery, "api-version")
 	switch {
 	case ver == "":
 		writeErr(w, http.StatusBadRequest, "BadParameter", "", "The 'api-version' query parameter is missing. Coffer supports 2015-06-01, 2016-10-01, 7.0 to 7.6, their previews, 2025-07-01 and "+Latest+".")
@@ -194,7 +216,7 @@ func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *ht
 		}
 		defer d.Release()
 	}
-	ctx = context.WithValue(ctx, callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info, query: query})
+	ctx = context.WithValue(ctx, callKey{}, &call{vault: v, principal: p, apiVersion: ver, audit: info, rawQuery: r.URL.RawQuery})
 	h.mux.ServeHTTP(w, r.WithContext(ctx))
 }
 

@@ -48,12 +48,34 @@ func collapseSlashes(next http.Handler) http.Handler {
 // the caller named.
 func refuseDotSegments(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for seg := range strings.SplitSeq(r.URL.EscapedPath(), "/") {
-			if s, err := url.PathUnescape(seg); err == nil && (s == "." || s == "..") {
-				writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request URI contains a '.' or '..' segment; object names and versions are letters, digits and hyphens.")
-				return
-			}
+		if hasDotSegment(r.URL.EscapedPath()) {
+			writeErr(w, http.StatusBadRequest, "BadParameter", "", "The request URI contains a '.' or '..' segment; object names and versions are letters, digits and hyphens.")
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// hasDotSegment reports whether an escaped path has a "." or ".." segment,
+// also percent-encoded. It allocates nothing: it runs on every request.
+func hasDotSegment(esc string) bool {
+	if !strings.ContainsAny(esc, ".%") {
+		return false // the common case: no segment can be a dot
+	}
+	for len(esc) > 0 {
+		seg := esc
+		if i := strings.IndexByte(esc, '/'); i >= 0 {
+			seg, esc = esc[:i], esc[i+1:]
+		} else {
+			esc = ""
+		}
+		// A dot segment is "." or "..", each dot perhaps "%2e" or "%2E":
+		// at most six bytes, all of them among ".%2eE".
+		if len(seg) > 0 && len(seg) <= 6 && strings.Trim(seg, ".%2eE") == "" {
+			if s, err := url.PathUnescape(seg); err == nil && (s == "." || s == "..") {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -97,7 +97,7 @@ func (s secretRoutes) set(w http.ResponseWriter, r *http.Request) {
 
 func (s secretRoutes) get(w http.ResponseWriter, r *http.Request) {
 	s.serve(w, r, access.SecretGet, func(c *call) (any, error) {
-		out := c.query.Get("outContentType")
+		out := queryGet(c.rawQuery, "outContentType")
 		sec, err := s.h.secrets.Get(r.Context(), c.vault, r.PathValue("name"), r.PathValue("version"), out)
 		if err != nil {
 			return nil, err
