@@ -5,12 +5,14 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,20 +156,33 @@ type Expect struct {
 	IssuerFor func(tenant string) string
 }
 
-// Verifier checks tokens. Signature checks are cached by the token's SHA-256
-// for as long as the key set is unchanged; time, issuer and audience are
-// checked on every call.
+// Verifier checks tokens. Signature checks are cached for as long as the
+// key set is unchanged; time, issuer and audience are checked on every
+// call.
+//
+// The cache is found by a seeded hash of the token and holds the token
+// itself, which a hit must equal byte for byte: the hash only finds the
+// entry, so a collision, found by chance or by design, is a miss and a
+// full check. It replaced a SHA-256 of the token, the largest single cost
+// of a vault GET in the server's own code (about 1.8 us for a 1.1 KB
+// token, against 0.1 us).
 type Verifier struct {
 	keys   Keys
 	now    func() time.Time
 	leeway time.Duration
 
-	cache    sync.Map // [32]byte -> *cached
-	cacheLen atomic.Int64
-	cacheMax int64
+	seed       maphash.Seed
+	cache      sync.Map // uint64 -> *cached
+	cacheLen   atomic.Int64
+	cacheBytes atomic.Int64
+	cacheMax   int64
 }
 
+// maxCacheBytes bounds the tokens the cache holds.
+const maxCacheBytes = 32 << 20
+
 type cached struct {
+	raw    string
 	claims Claims
 	gen    uint64
 }
@@ -177,7 +192,7 @@ func NewVerifier(keys Keys, now func() time.Time) *Verifier {
 	if now == nil {
 		now = time.Now
 	}
-	return &Verifier{keys: keys, now: now, leeway: DefaultLeeway, cacheMax: 50_000}
+	return &Verifier{keys: keys, now: now, leeway: DefaultLeeway, cacheMax: 50_000, seed: maphash.MakeSeed()}
 }
 
 // Verify checks raw and returns its claims.
@@ -188,13 +203,10 @@ func (v *Verifier) Verify(raw string, want Expect) (*Claims, error) {
 	if len(raw) > MaxTokenBytes {
 		return nil, fail("AKV10000", "The bearer token is %d bytes, over the %d-byte limit.", len(raw), MaxTokenBytes)
 	}
-	// Hash the string's bytes in place: the conversion to []byte escapes
-	// into the hash and so copied every token on every request. Sum256
-	// only reads its input.
-	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
+	sum := maphash.String(v.seed, raw)
 	gen := v.keys.Generation()
 	var c Claims
-	if e, ok := v.cache.Load(sum); ok && e.(*cached).gen == gen {
+	if e, ok := v.cache.Load(sum); ok && e.(*cached).gen == gen && equal(e.(*cached).raw, raw) {
 		c = e.(*cached).claims
 	} else {
 		parsed, err := v.verifySignature(raw)
@@ -202,7 +214,7 @@ func (v *Verifier) Verify(raw string, want Expect) (*Claims, error) {
 			return nil, err
 		}
 		c = *parsed
-		v.remember(sum, &cached{claims: c, gen: gen})
+		v.remember(sum, &cached{raw: strings.Clone(raw), claims: c, gen: gen})
 	}
 	if err := v.checkClaims(&c, want); err != nil {
 		return nil, err
@@ -260,11 +272,32 @@ func (v *Verifier) checkClaims(c *Claims, want Expect) error {
 	return nil
 }
 
-func (v *Verifier) remember(sum [32]byte, e *cached) {
-	if v.cacheLen.Add(1) > v.cacheMax {
+func (v *Verifier) remember(sum uint64, e *cached) {
+	size := int64(len(e.raw)) + 256 // the claims and the map's own
+	if v.cacheLen.Add(1) > v.cacheMax || v.cacheBytes.Add(size) > maxCacheBytes {
 		// Rare: drop everything rather than track recency on the hot path.
 		v.cache.Clear()
 		v.cacheLen.Store(1)
+		v.cacheBytes.Store(size)
 	}
 	v.cache.Store(sum, e)
+}
+
+// equal compares two tokens in time that depends on their length only,
+// eight bytes at a time: a byte-wise compare of a 1 KB token was a
+// tenth of what the hash it replaced cost.
+func equal(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var d uint64
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		d |= binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(a[i:]), 8)) ^
+			binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(b[i:]), 8))
+	}
+	for ; i < len(a); i++ {
+		d |= uint64(a[i] ^ b[i])
+	}
+	return d == 0 // the one branch: on the answer, which the caller acts on anyway
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"hash/maphash"
 	"strings"
 	"testing"
 	"time"
@@ -159,5 +160,45 @@ func TestRemovedKeyInvalidatesCache(t *testing.T) {
 	delete(ks, k.ID)
 	if _, err := v.Verify(raw, want); err == nil {
 		t.Fatal("a token signed by a removed key was served from the cache")
+	}
+}
+
+// TestCacheCollisionIsAMiss plants a verified token's entry under the hash
+// of a forged one, as a hash collision would: the forged token must be
+// checked in full and refused, never answered with the entry's claims.
+func TestCacheCollisionIsAMiss(t *testing.T) {
+	k, v := setup(t)
+	raw, err := k.Sign(claims())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(raw, want); err != nil {
+		t.Fatal(err)
+	}
+	e, ok := v.cache.Load(maphash.String(v.seed, raw))
+	if !ok {
+		t.Fatal("a verified token was not cached")
+	}
+	// The same length, one byte of the signature changed.
+	forged := raw[:len(raw)-2] + string(raw[len(raw)-2]^1) + raw[len(raw)-1:]
+	v.cache.Store(maphash.String(v.seed, forged), e)
+	if _, err := v.Verify(forged, want); err == nil {
+		t.Fatal("a forged token was accepted from the entry of the token it collides with")
+	}
+	if _, err := v.Verify(raw, want); err != nil {
+		t.Fatalf("the genuine token after the forged one: %v", err)
+	}
+}
+
+func TestEqual(t *testing.T) {
+	base := strings.Repeat("abcdefghij", 11) // 110 bytes: words and a tail
+	for i := range len(base) {
+		other := base[:i] + string(base[i]^0x20) + base[i+1:]
+		if equal(base, other) {
+			t.Fatalf("equal reports a difference at byte %d as equal", i)
+		}
+	}
+	if !equal(base, strings.Clone(base)) || !equal("", "") || equal(base, base[:100]) {
+		t.Fatal("equal is wrong on equal strings or on lengths")
 	}
 }
