@@ -124,7 +124,10 @@ func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operatio
 	} else if wait > 0 {
 		defer b.h.releaseSlot()
 	}
-	deadline := time.Now().Add(wait)
+	var deadline time.Time // read the clock only for a held read: it costs on every request
+	if wait > 0 {
+		deadline = time.Now().Add(wait)
+	}
 	for pass := 0; ; pass++ {
 		if pass > 0 {
 			if err := b.h.recheck(r); err != nil {
