@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures a secret GET against the machine's limit, for make bench-report:
 # builds coffer, starts `coffer dev` on a fresh data directory and a free
-# loopback port, runs `coffer bench get --ceiling` against it, and writes
+# loopback port, runs `coffer bench get --ceiling --rounds 3` against it
+# (the server and the bare handler alternate, and the medians are kept:
+# one round's ratio varies by a tenth here), and writes
 # its JSON to ${1:-<repo>/docs/performance/data/get.json}. The server is stopped and
 # the data directory removed however the run ends.
 set -euo pipefail
@@ -10,6 +12,7 @@ export GOTOOLCHAIN="$(awk '$1 == "toolchain" { print $2 }' "$root/go.mod")"
 GO="${GO:-go}"
 out="${1:-$root/docs/performance/data/get.json}"
 duration="${BENCH_GET_DURATION:-5s}"
+rounds="${BENCH_GET_ROUNDS:-3}"
 
 work="$(mktemp -d)"
 pid=""
@@ -33,6 +36,6 @@ for _ in $(seq 600); do
 done
 [[ -s "$work/data/dev.env" ]] || { cat "$work/dev.log" >&2; echo "bench-get: coffer dev wrote no dev.env within 60s" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"
-"$work/coffer" --env-file "$work/data/dev.env" -o json bench get --ceiling --duration "$duration" >"$work/get.json"
+"$work/coffer" --env-file "$work/data/dev.env" -o json bench get --ceiling --rounds "$rounds" --duration "$duration" >"$work/get.json"
 mv -f "$work/get.json" "$out"
 echo "bench-get: wrote $out" >&2

@@ -33,6 +33,7 @@ type benchOptions struct {
 	duration, warmup time.Duration
 	valueSize        int
 	ceiling          bool
+	rounds           int
 }
 
 func (a *app) benchCmd() *cobra.Command {
@@ -57,10 +58,13 @@ warm-up are recorded.`,
 against a bare TLS handler in a child process of its own (as the server is)
 that answers every request with the bytes the vault answered, and the two
 results are printed with their ratio: what the server achieves against what
-this machine's TLS and HTTP stack allow.`,
+this machine's TLS and HTTP stack allow. With --rounds N, the two alternate N
+times and each figure is the median of its N rounds (the ratio is of the
+medians); the rounds are listed too.`,
 		RunE: func(c *cobra.Command, _ []string) error { return a.runBench(c.Context(), o, false) },
 	}
 	get.Flags().BoolVar(&o.ceiling, "ceiling", false, "also measure a bare handler serving the same bytes, and print the ratio")
+	get.Flags().IntVar(&o.rounds, "rounds", 1, "with --ceiling, rounds of the server then the bare handler, alternating; the medians are reported")
 	fixed := &cobra.Command{
 		Use: "serve-fixed", Hidden: true, Args: cobra.NoArgs,
 		Short: "Serve one fixed response over TLS (the ceiling of coffer bench get --ceiling)",
@@ -81,6 +85,12 @@ func (a *app) runBench(ctx context.Context, o benchOptions, write bool) error {
 	server.TuneGC() // the load generator shares the CPUs: keep its GC out of the way too
 	if o.workers < 1 || o.workers > 4096 {
 		return usagef("--concurrency must be 1 to 4096")
+	}
+	if o.rounds < 1 || o.rounds > 100 {
+		return usagef("--rounds must be 1 to 100")
+	}
+	if o.rounds > 1 && !o.ceiling {
+		return usagef("--rounds alternates the server with the bare handler: give --ceiling too")
 	}
 	if o.valueSize < 1 || o.valueSize > 25*1024 {
 		return usagef("--value-size must be 1 to 25600")
@@ -136,24 +146,45 @@ func (a *app) runBench(ctx context.Context, o benchOptions, write bool) error {
 		if err != nil {
 			return fmt.Errorf("read the answer to copy: %w", err)
 		}
-		ceil, err := a.runCeiling(ctx, o, base, path(name), tok, answer)
+		ceiling, stop, err := a.startCeiling(ctx, o, base, path(name), tok, answer)
 		if err != nil {
 			return fmt.Errorf("ceiling: %w", err)
 		}
-		ratio := struct {
-			Throughput float64 `json:"throughput"`
-			P99        float64 `json:"p99"`
-		}{r.PerSec / ceil.PerSec, ms(r.P99) / ms(ceil.P99)}
+		defer stop()
+		var servers, ceilings []bench.Result
+		var rounds []benchRound
+		for i := range o.rounds {
+			if i > 0 {
+				fmt.Fprintf(a.stderr, "bench: round %d of %d\n", i+1, o.rounds)
+				r = bench.Run(ctx, o.workers, o.warmup, o.duration, op)
+			}
+			c := ceiling()
+			servers, ceilings = append(servers, r), append(ceilings, c)
+			rounds = append(rounds, benchRound{r, c, ratioOf(r, c)})
+		}
+		srv, ceil := bench.Median(servers), bench.Median(ceilings)
+		ratio := ratioOf(srv, ceil)
 		if a.output == "json" {
-			enc := json.NewEncoder(a.stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(struct {
+			out := struct {
 				Server  bench.Result `json:"server"`
 				Ceiling bench.Result `json:"ceiling"`
-				Ratio   any          `json:"ratio"`
-			}{r, ceil, ratio})
+				Ratio   benchRatio   `json:"ratio"`
+				Rounds  []benchRound `json:"rounds,omitempty"`
+			}{srv, ceil, ratio, nil}
+			if o.rounds > 1 {
+				out.Rounds = rounds
+			}
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
 		}
-		fmt.Fprintf(a.stdout, "%s: %s\nbare handler, same bytes: %s\nratio: %.2fx the throughput, %.2fx the p99\n", kind, r, ceil, ratio.Throughput, ratio.P99)
+		if o.rounds > 1 {
+			for i, rd := range rounds {
+				fmt.Fprintf(a.stdout, "round %d: %.2fx the throughput, %.2fx the p99\n", i+1, rd.Ratio.Throughput, rd.Ratio.P99)
+			}
+			fmt.Fprintf(a.stdout, "medians of %d rounds:\n", o.rounds)
+		}
+		fmt.Fprintf(a.stdout, "%s: %s\nbare handler, same bytes: %s\nratio: %.2fx the throughput, %.2fx the p99\n", kind, srv, ceil, ratio.Throughput, ratio.P99)
 		return nil
 	}
 	if a.output == "json" {
@@ -172,69 +203,101 @@ func (a *app) runBench(ctx context.Context, o benchOptions, write bool) error {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// runCeiling measures the same generator against a bare handler in a
-// child process that answers every request with answer.
-func (a *app) runCeiling(ctx context.Context, o benchOptions, base, path, tok string, answer []byte) (bench.Result, error) {
+// benchRatio is the server's figures over the bare handler's.
+type benchRatio struct {
+	Throughput float64 `json:"throughput"`
+	P99        float64 `json:"p99"`
+}
+
+func ratioOf(srv, ceil bench.Result) benchRatio {
+	return benchRatio{srv.PerSec / ceil.PerSec, ms(srv.P99) / ms(ceil.P99)}
+}
+
+// benchRound is one round of the server then the bare handler.
+type benchRound struct {
+	Server  bench.Result `json:"server"`
+	Ceiling bench.Result `json:"ceiling"`
+	Ratio   benchRatio   `json:"ratio"`
+}
+
+// startCeiling starts a bare handler in a child process that answers
+// every request with answer, and returns a function that measures the
+// same generator against it, and one that stops it.
+func (a *app) startCeiling(ctx context.Context, o benchOptions, base, path, tok string, answer []byte) (run func() bench.Result, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "coffer-ceiling")
 	if err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
-	defer os.RemoveAll(dir)
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	stops = append(stops, func() { os.RemoveAll(dir) })
 	u, _ := url.Parse(base)
 	host := u.Hostname()
 	suffix := host[strings.IndexByte(host, '.')+1:]
 	files, err := pki.EnsureDev(filepath.Join(dir, "tls"), suffix, time.Now())
 	if err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
 	bodyFile := filepath.Join(dir, "body")
 	if err := os.WriteFile(bodyFile, answer, 0o600); err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	stops = append(stops, cancel)
 	cmd := exec.CommandContext(cctx, self, "bench", "serve-fixed", "--cert", files.Cert, "--key", files.Key, "--body", bodyFile)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
 	cmd.Stderr = a.stderr
 	if err := cmd.Start(); err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
-	defer func() {
+	stops = append(stops, func() {
 		cancel() // stops the child, then its exit is collected
 		cmd.Wait()
-	}()
+	})
 	// The child says where it listens; nothing else is on its stdout.
 	line, err := bufio.NewReader(out).ReadString('\n')
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
 	if err != nil || !ok {
-		return bench.Result{}, fmt.Errorf("the bare handler did not start: %q %v", line, err)
+		return nil, nil, fmt.Errorf("the bare handler did not start: %q %v", line, err)
 	}
 	roots, err := httpclient.RootPool(files.CACert)
 	if err != nil {
-		return bench.Result{}, err
+		return nil, nil, err
 	}
 	conns := make([]*bench.Conn, o.workers)
 	for i := range conns {
 		if conns[i], err = bench.Dial(ctx, base, roots, func(string) string { return addr }); err != nil {
-			return bench.Result{}, err
+			return nil, nil, err
 		}
-		defer conns[i].Close()
+		stops = append(stops, func() { conns[i].Close() })
 	}
 	fmt.Fprintf(a.stderr, "bench: the same generator against a bare handler at %s\n", addr)
-	return bench.Run(ctx, o.workers, o.warmup, o.duration, func(_ context.Context, w int) error {
-		status, err := conns[w].Do("GET", path, tok, nil)
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("HTTP %d", status)
-		}
-		return err
-	}), nil
+	run = func() bench.Result {
+		return bench.Run(ctx, o.workers, o.warmup, o.duration, func(_ context.Context, w int) error {
+			status, err := conns[w].Do("GET", path, tok, nil)
+			if err == nil && status != http.StatusOK {
+				err = fmt.Errorf("HTTP %d", status)
+			}
+			return err
+		})
+	}
+	return run, stop, nil
 }
 
 // serveFixed is the ceiling's child: a TLS handler that does nothing but

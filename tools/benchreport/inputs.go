@@ -36,10 +36,23 @@ type BenchResult struct {
 type GetResults struct {
 	Server  BenchResult `json:"server"`
 	Ceiling BenchResult `json:"ceiling"`
-	Ratio   struct {
-		Throughput float64 `json:"throughput"`
-		P99        float64 `json:"p99"`
-	} `json:"ratio"`
+	Ratio   GetRatio    `json:"ratio"`
+	// Rounds, when the run had several, are each round's figures; Server
+	// and Ceiling are then their medians, and Ratio is of the medians.
+	Rounds []GetRound `json:"rounds,omitempty"`
+}
+
+// GetRatio is the server's figures over the ceiling's.
+type GetRatio struct {
+	Throughput float64 `json:"throughput"`
+	P99        float64 `json:"p99"`
+}
+
+// GetRound is one round of the server then the ceiling.
+type GetRound struct {
+	Server  BenchResult `json:"server"`
+	Ceiling BenchResult `json:"ceiling"`
+	Ratio   GetRatio    `json:"ratio"`
 }
 
 // FleetRun is one fleet simulation: nodes watching objects through one

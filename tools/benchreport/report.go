@@ -53,7 +53,12 @@ func Render(in Inputs, chartDir string) (Page, error) {
 	} else {
 		w("`coffer bench get --ceiling` against `coffer dev`: %d keep-alive HTTPS clients GET one\n", g.Server.Workers)
 		w("secret back to back; then the same generator against a bare TLS handler, in a\n")
-		w("process of its own, that answers every request with the bytes the vault answered.\n\n")
+		w("process of its own, that answers every request with the bytes the vault answered.\n")
+		if n := len(g.Rounds); n > 1 {
+			w("The two alternated %d times; each figure is the median of its %d rounds, and\n", n, n)
+			w("the ratios are of the medians.\n")
+		}
+		w("\n")
 		w("| | req/s | p50 | p90 | p99 | max | errors |\n|---|---|---|---|---|---|---|\n")
 		for _, r := range []struct {
 			name string
@@ -64,6 +69,16 @@ func Render(in Inputs, chartDir string) (Page, error) {
 		w("\nRatio: **%.2f×** the limit's throughput (goal ≥ %.1f×: %s), **%.2f×** its p99 (goal ≤ %.1f×: %s).\n\n",
 			g.Ratio.Throughput, goalThroughputRatio, verdict(g.Ratio.Throughput >= goalThroughputRatio),
 			g.Ratio.P99, goalP99Ratio, verdict(g.Ratio.P99 <= goalP99Ratio))
+		if len(g.Rounds) > 1 {
+			w("Round by round: ")
+			for i, r := range g.Rounds {
+				if i > 0 {
+					w(", ")
+				}
+				w("%.2f× and %.2f×", r.Ratio.Throughput, r.Ratio.P99)
+			}
+			w(".\n\n")
+		}
 		c, err := throughputChart(g)
 		if err != nil {
 			return p, err
@@ -241,7 +256,9 @@ const formatsText = `## Input files
 - §{get}§: the JSON output of §coffer bench get --ceiling -o json§ (§make bench-get§
   writes it against a fresh §coffer dev§): §server§ and §ceiling§ are load-generator
   results (§workers§, §ops§, §errors§, §opsPerSecond§, §p50Ns§, §p90Ns§, §p99Ns§, §maxNs§),
-  and §ratio§ holds §throughput§ and §p99§, the server's over the ceiling's.
+  and §ratio§ holds §throughput§ and §p99§, the server's over the ceiling's. With
+  §--rounds§, §rounds§ lists each round's §server§, §ceiling§ and §ratio§, and the
+  three fields above are the medians (the ratio of the medians).
 - §{scale}§: written by §make bench-scale§ (§test/scale§): §engine§, §measuredAt§, §cpus§,
   §vaults§, §bigObjectVersions§, §hotObjects§ and §points§, one per size, each with §versions§, §objects§,
   §storeMiB§, §startMs§, §rssReadyMiB§, §rssPeakMiB§, §rssAnonMiB§, §rssFileMiB§, §rssStoreMappedMiB§,

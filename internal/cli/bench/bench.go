@@ -101,3 +101,41 @@ func Run(ctx context.Context, workers int, warmup, d time.Duration, op func(ctx 
 	}
 	return r
 }
+
+// Median is the field-by-field median of rs (the lower middle for an even
+// count): each figure of several rounds, steadier than any one round on a
+// shared machine. FirstErr is the first round's that has one.
+func Median(rs []Result) Result {
+	if len(rs) == 0 {
+		return Result{}
+	}
+	mid := func(f func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[(len(v)-1)/2]
+	}
+	dur := func(f func(Result) time.Duration) time.Duration {
+		return time.Duration(mid(func(r Result) float64 { return float64(f(r)) }))
+	}
+	out := Result{
+		Workers: rs[0].Workers,
+		Ops:     int(mid(func(r Result) float64 { return float64(r.Ops) })),
+		Errors:  int(mid(func(r Result) float64 { return float64(r.Errors) })),
+		Elapsed: dur(func(r Result) time.Duration { return r.Elapsed }),
+		PerSec:  mid(func(r Result) float64 { return r.PerSec }),
+		P50:     dur(func(r Result) time.Duration { return r.P50 }),
+		P90:     dur(func(r Result) time.Duration { return r.P90 }),
+		P99:     dur(func(r Result) time.Duration { return r.P99 }),
+		Max:     dur(func(r Result) time.Duration { return r.Max }),
+	}
+	for _, r := range rs {
+		if r.FirstErr != "" {
+			out.FirstErr = r.FirstErr
+			break
+		}
+	}
+	return out
+}
