@@ -118,6 +118,13 @@ type rewinder interface {
 // lines stay in the channel, and past that they are dropped and counted.
 const maxPendingBytes = 16 << 20
 
+// flushBytes is how much may gather before a flush comes ahead of the
+// tick. FlushEvery, not this, bounds what a crash can lose; this only keeps
+// one write and the memory it holds reasonable. At 64 KiB a busy server
+// (24k reads/s, 560-byte lines) synced 200 times a second, and those fsyncs
+// were 4% of its CPU; at 1 MiB it syncs on the tick.
+const flushBytes = 1 << 20
+
 // Options tune a Log.
 type Options struct {
 	// Buffer is how many lines may wait in memory (default 65536).
@@ -310,7 +317,7 @@ func (l *Log) run() {
 					Detail: "lines were dropped while the audit sink failed"})
 			}
 			add(e)
-			if len(pending) >= 64<<10 && l.opt.Now().After(retryAt) {
+			if len(pending) >= flushBytes && l.opt.Now().After(retryAt) {
 				flush()
 			}
 		case <-tick.C:
