@@ -465,6 +465,14 @@ bolt: stop the server first (it holds the file). etcd: servers may run.`,
 			}
 			defer b.Close()
 			fmt.Fprintf(a.stdout, "Verifying %s\n", describe(so))
+			// A kill between re-wrapping the store and moving the staged key
+			// into place leaves the new key at FILE.new; the store is sound.
+			if sealed, err := barrier.StoreRootKeyID(ctx, b); err == nil && sealed != "" && sealed != root.ID() {
+				if next, ok := rootkey.StagedFor(so.RootKeyFile, sealed); ok {
+					fmt.Fprintf(a.stdout, "The store is sealed with the root key staged in %s.new (an interrupted rotation; the next server start moves it into place).\n", so.RootKeyFile)
+					root = &next
+				}
+			}
 			rep, err := storecheck.Check(ctx, b, *root)
 			if err != nil {
 				return err

@@ -185,6 +185,22 @@ func Load(path string, storeKeyID string) (Key, Source, error) {
 	return k, Source{Path: path}, nil
 }
 
+// StagedFor returns the key staged at path.new when it is the one that
+// sealed the store (storeKeyID) and the key file is not: a rotation that was
+// interrupted after the store was re-wrapped. Unlike Load it moves nothing,
+// so read-only tools can open such a store; the next server start finishes
+// the rotation.
+func StagedFor(path string, storeKeyID string) (Key, bool) {
+	if path == "" || storeKeyID == "" {
+		return Key{}, false
+	}
+	next, err := ReadFile(pendingPath(path))
+	if err != nil || next.ID() != storeKeyID {
+		return Key{}, false
+	}
+	return next, true
+}
+
 // Candidates are the keys the file holds now, read again: the staged next
 // key (a rotation under way, on this replica or, through a shared Secret,
 // on another) and the current one. Unreadable files are left out.

@@ -82,3 +82,31 @@ func TestLoadFromEnv(t *testing.T) {
 		t.Fatalf("Load with nothing = %v, want ErrMissing", err)
 	}
 }
+
+func TestStagedForReadsButNeverMoves(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "root.key")
+	cur, next := Generate(), Generate()
+	if err := WriteFile(path, cur); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := StagedFor(path, next.ID()); ok {
+		t.Fatal("StagedFor found a key with nothing staged")
+	}
+	if err := WriteFile(pendingPath(path), next); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := StagedFor(path, Generate().ID()); ok {
+		t.Fatal("StagedFor returned a staged key that did not seal the store")
+	}
+	got, ok := StagedFor(path, next.ID())
+	if !ok || got.ID() != next.ID() {
+		t.Fatalf("StagedFor = %v, %v; want the staged key", got, ok)
+	}
+	if k, err := ReadFile(path); err != nil || k.ID() != cur.ID() {
+		t.Fatalf("the key file changed: %v, %v", k, err)
+	}
+	if _, err := ReadFile(pendingPath(path)); err != nil {
+		t.Fatalf("the staged file moved: %v", err)
+	}
+}
