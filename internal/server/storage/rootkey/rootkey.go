@@ -171,8 +171,8 @@ func Load(path string, storeKeyID string) (Key, Source, error) {
 	if err != nil {
 		return Key{}, Source{}, err
 	}
-	if storeKeyID != "" && k.ID() != storeKeyID {
-		if next, nerr := ReadFile(pendingPath(path)); nerr == nil && next.ID() == storeKeyID {
+	if k.ID() != storeKeyID {
+		if next, ok := StagedFor(path, storeKeyID); ok {
 			if err := os.Rename(pendingPath(path), path); err != nil {
 				return Key{}, Source{}, fmt.Errorf("finish interrupted root key rotation: %w", err)
 			}
