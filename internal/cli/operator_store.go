@@ -91,6 +91,8 @@ To copy between two etcd installations, use snapshot save and restore.`,
 					why = transfer.ErrEmptySource
 				}
 				return fmt.Errorf("--from %s: %w", describe(src), why)
+			} else {
+				root = a.sealingKey(keyFile, root, id)
 			}
 			db, err := server.OpenEngine(ctx, dst, nil, a.logger(false))
 			if err != nil {
@@ -221,6 +223,23 @@ func optionalRootKey(path string) (*rootkey.Key, error) {
 	return nil, nil
 }
 
+// sealingKey returns the key that sealed a store whose keyring names root
+// key sealed: the given key, or the one staged at FILE.new. A kill between
+// re-wrapping the store and moving the staged key into place leaves that
+// state, and the store in it is sound. These tools only read, so the file is
+// not moved; a line says so, and the next server start moves it.
+func (a *app) sealingKey(path string, root *rootkey.Key, sealed string) *rootkey.Key {
+	if root == nil || sealed == "" || sealed == root.ID() {
+		return root
+	}
+	next, ok := rootkey.StagedFor(path, sealed)
+	if !ok {
+		return root
+	}
+	fmt.Fprintf(a.stdout, "The store is sealed with the root key staged in %s.new (an interrupted rotation; the next server start moves it into place).\n", path)
+	return &next
+}
+
 // progress prints how far a copy has got, at every tenth of the way.
 func (a *app) progress() func(transfer.Progress) {
 	last := -1
@@ -345,6 +364,9 @@ An existing FILE is never replaced.`,
 				return err
 			}
 			defer b.Close()
+			if sealed, err := barrier.StoreRootKeyID(ctx, b); err == nil {
+				root = a.sealingKey(so.RootKeyFile, root, sealed)
+			}
 			h, err := transfer.Save(ctx, b, out, transfer.SaveOptions{Engine: engineOf(so), Source: describe(so), Root: root})
 			if err != nil {
 				return err
@@ -392,6 +414,7 @@ every index checked at the end.`,
 				return err
 			}
 			h := snap.Header
+			root = a.sealingKey(so.RootKeyFile, root, h.RootKeyID)
 			fmt.Fprintf(a.stdout, "Snapshot %s: %d entries of %s (%s), root key %s, taken %s.\n", in, h.Entries, h.Source, h.Engine, h.RootKeyID, h.Created.Format("2006-01-02T15:04:05Z"))
 			if root != nil {
 				auth, err := snap.Authenticate(*root)
@@ -465,13 +488,8 @@ bolt: stop the server first (it holds the file). etcd: servers may run.`,
 			}
 			defer b.Close()
 			fmt.Fprintf(a.stdout, "Verifying %s\n", describe(so))
-			// A kill between re-wrapping the store and moving the staged key
-			// into place leaves the new key at FILE.new; the store is sound.
-			if sealed, err := barrier.StoreRootKeyID(ctx, b); err == nil && sealed != "" && sealed != root.ID() {
-				if next, ok := rootkey.StagedFor(so.RootKeyFile, sealed); ok {
-					fmt.Fprintf(a.stdout, "The store is sealed with the root key staged in %s.new (an interrupted rotation; the next server start moves it into place).\n", so.RootKeyFile)
-					root = &next
-				}
+			if sealed, err := barrier.StoreRootKeyID(ctx, b); err == nil {
+				root = a.sealingKey(so.RootKeyFile, root, sealed)
 			}
 			rep, err := storecheck.Check(ctx, b, *root)
 			if err != nil {

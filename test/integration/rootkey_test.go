@@ -68,3 +68,66 @@ func TestRootKeyRotation(t *testing.T) {
 		t.Fatalf("offline rotation with a live server: %d %s", r.code, r.err)
 	}
 }
+
+// The state a kill leaves between re-wrapping the store and moving the
+// staged key into place, built from files so that it is there every run:
+// root.key still holds the old key and root.key.new the key that sealed the
+// store. Every offline tool that takes the key file opens such a store and
+// moves nothing; the next server start finishes the rotation.
+func TestInterruptedRotationOfflineTools(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	d := startDev(t, dir)
+	ef := devenv.Path(dir)
+	keyFile := filepath.Join(dir, "root.key")
+	mustCLI(t, ef, "secret", "set", "--vault-name", "demo", "--name", "kept", "--value", "v1")
+	d.stop(t)
+	oldKey, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOp(t, "rotate-root-key", "--data-dir", dir, "--root-key-file", keyFile)
+	if err := os.Rename(keyFile, keyFile+".new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, oldKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	staged := func(out string) bool {
+		return strings.Contains(out, "sealed with the root key staged in "+keyFile+".new")
+	}
+
+	if out := mustOp(t, "verify", "--data-dir", dir, "--root-key-file", keyFile); !staged(out) || !strings.Contains(out, "No damage") {
+		t.Fatalf("verify:\n%s", out)
+	}
+	snap := filepath.Join(t.TempDir(), "s.snap")
+	if out := mustOp(t, "snapshot", "save", "--data-dir", dir, "--root-key-file", keyFile, "--out", snap); !staged(out) || strings.Contains(out, "has no MAC") {
+		t.Fatalf("snapshot save:\n%s", out)
+	}
+	restored := filepath.Join(t.TempDir(), "restored")
+	if out := mustOp(t, "snapshot", "restore", "--in", snap, "--data-dir", restored, "--root-key-file", keyFile); !staged(out) || !strings.Contains(out, "Its MAC matches") || !strings.Contains(out, "No damage") {
+		t.Fatalf("snapshot restore:\n%s", out)
+	}
+	migrated := filepath.Join(t.TempDir(), "migrated")
+	if out := mustOp(t, "migrate", "--from", "bolt:"+dir, "--to", "bolt:"+migrated, "--root-key-file", keyFile); !staged(out) || !strings.Contains(out, "No damage") {
+		t.Fatalf("migrate:\n%s", out)
+	}
+	// The tools only read: the rotation is still half done on disk.
+	if now, _ := os.ReadFile(keyFile); string(now) != string(oldKey) {
+		t.Fatal("an offline tool moved the staged key")
+	}
+	// Without the staged file the old key is refused with both key ids.
+	staging, _ := os.ReadFile(keyFile + ".new")
+	os.Remove(keyFile + ".new")
+	if out, code := op(t, "verify", "--data-dir", dir, "--root-key-file", keyFile); code != 1 || !strings.Contains(out, "does not unlock this store") {
+		t.Fatalf("verify with the old key alone: exit %d\n%s", code, out)
+	}
+	os.WriteFile(keyFile+".new", staging, 0o600)
+
+	startDev(t, dir)
+	if _, err := os.Stat(keyFile + ".new"); !os.IsNotExist(err) {
+		t.Fatal("the server start left the staged key in place")
+	}
+	if !strings.Contains(mustCLI(t, ef, "secret", "show", "--vault-name", "demo", "--name", "kept", "-o", "tsv"), "v1") {
+		t.Fatal("secret unreadable after the server finished the rotation")
+	}
+}
