@@ -195,8 +195,7 @@ type Server struct {
 	auth    *authhttp.Handler
 	mgmt    *mgmthttp.Handler
 
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests *requestMetrics
 
 	leader  prometheus.Gauge
 	leading atomic.Bool
@@ -325,10 +324,7 @@ func (s *Server) build(ctx context.Context) error {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "coffer_connections_refused_total",
 			Help: "Client connections closed at once because the server held its cap of open connections."},
 			func() float64 { return float64(s.conns.Refused()) }))
-	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_http_requests_total", Help: "HTTP requests by API and status code."}, []string{"api", "code"})
-	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "coffer_http_request_duration_seconds", Help: "HTTP request latency by API.",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5}}, []string{"api"})
-	s.Metrics.MustRegister(s.requests, s.latency)
+	s.requests = newRequestMetrics(s.Metrics)
 	auditPath := s.cfg.AuditLog
 	if auditPath == "" {
 		auditPath = filepath.Join(s.cfg.DataDir, "audit.log")
@@ -648,8 +644,8 @@ func (s *Server) middleware(next func(context.Context, http.ResponseWriter, *htt
 		h["X-Ms-Request-Id"] = []string{id}
 		info := &audit.Info{}
 		ctx := audit.WithInfo(r.Context(), info)
-		if cid := r.Header.Get("x-ms-client-request-id"); cid != "" && len(cid) <= 100 {
-			h["X-Ms-Client-Request-Id"] = []string{sanitize(cid)}
+		if cid := r.Header["X-Ms-Client-Request-Id"]; len(cid) > 0 && cid[0] != "" && len(cid[0]) <= 100 {
+			h["X-Ms-Client-Request-Id"] = []string{sanitize(cid[0])}
 		}
 		h["X-Content-Type-Options"] = nosniff
 		sw := &statusWriter{ResponseWriter: w}
@@ -682,8 +678,7 @@ func (s *Server) record(r *http.Request, id string, info *audit.Info, status int
 		status = http.StatusOK
 	}
 	api := s.api(r)
-	s.requests.WithLabelValues(api, strconv.Itoa(status)).Inc()
-	s.latency.WithLabelValues(api).Observe(elapsed.Seconds())
+	s.requests.observe(api, status, elapsed)
 	op := info.Operation
 	if op == "" {
 		op = r.Method + " " + r.URL.Path
