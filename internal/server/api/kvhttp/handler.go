@@ -229,7 +229,7 @@ func classOf(r *http.Request) throttle.Class {
 	case r.Method == http.MethodPost && strings.HasPrefix(p, "/keys/") && (strings.HasSuffix(p, "/create") || strings.HasSuffix(p, "/rotate")),
 		r.Method == http.MethodPut && strings.HasPrefix(p, "/keys/") && strings.Count(p, "/") == 2:
 		return throttle.KeyCreate
-	case r.Method == http.MethodGet && r.Header.Get("If-None-Match") != "":
+	case r.Method == http.MethodGet && header(r, "If-None-Match") != "":
 		return throttle.Light
 	}
 	return throttle.Full
@@ -287,7 +287,7 @@ func (h *Handler) releaseSlot() { h.held.Add(-1) }
 func (h *Handler) Held() int64 { return h.held.Load() }
 
 func (h *Handler) authenticate(r *http.Request, v *vault.Vault) (access.Principal, error) {
-	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	raw, _ := strings.CutPrefix(header(r, "Authorization"), "Bearer ")
 	c, err := h.verifier.Verify(strings.TrimSpace(raw), token.Expect{
 		Issuer:    h.issuer(v.TenantID),
 		Audiences: h.audiences,

@@ -200,13 +200,23 @@ func (b base) held(r *http.Request, object string) time.Duration {
 	return WaitPreference(r)
 }
 
+// header is r's first value of key, which must be in canonical form: unlike
+// Header.Get it does not canonicalize key again on every request. net/http
+// canonicalizes the keys it reads.
+func header(r *http.Request, key string) string {
+	if v := r.Header[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 // WaitPreference returns how long a request asks to be held: the wait=N
 // (seconds) of an RFC 7240 Prefer header, at most maxWait, on a
 // conditional GET. Anything else, including a malformed preference, which
 // RFC 7240 says to ignore, is not held. Azure's clients never send it; it
 // is how Coffer's provider learns of a change as it happens.
 func WaitPreference(r *http.Request) time.Duration {
-	if r.Method != http.MethodGet || r.Header.Get("If-None-Match") == "" {
+	if r.Method != http.MethodGet || header(r, "If-None-Match") == "" {
 		return 0
 	}
 	for _, pref := range strings.Split(strings.Join(r.Header.Values("Prefer"), ","), ",") {
@@ -249,7 +259,7 @@ func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) bool
 // clients never send If-None-Match.
 func conditional(w http.ResponseWriter, r *http.Request, etag string, body any) any {
 	w.Header().Set("ETag", etag)
-	if inm := r.Header.Get("If-None-Match"); inm != "" {
+	if inm := header(r, "If-None-Match"); inm != "" {
 		for t := range strings.SplitSeq(inm, ",") {
 			if t = strings.TrimSpace(t); t == etag || t == "W/"+etag {
 				return reply{status: http.StatusNotModified}
