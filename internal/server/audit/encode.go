@@ -3,6 +3,7 @@ package audit
 import (
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/cofferhq/coffer/internal/protocol/jsonenc"
 )
@@ -12,7 +13,14 @@ import (
 // request writes one line, on the server's CPUs.
 func appendEntry(b []byte, e *Entry) []byte {
 	b = append(b, `{"time":`...)
-	b = jsonenc.AppendString(b, e.Time)
+	if e.Time == "" && !e.at.IsZero() {
+		// RFC 3339 has nothing JSON escapes.
+		b = append(b, '"')
+		b = e.at.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	} else {
+		b = jsonenc.AppendString(b, e.Time)
+	}
 	field := func(name, v string) {
 		if v != "" {
 			b = append(b, ',', '"')

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // TestAppendEntryIsJSON holds the hand-written encoder to encoding/json's
@@ -35,6 +36,26 @@ func TestAppendEntryIsJSON(t *testing.T) {
 		}
 		if got := appendEntry(nil, &e); string(got) != string(want) {
 			t.Fatalf("case %d:\n got %s\nwant %s", i, got, want)
+		}
+	}
+}
+
+// A line whose Time Record left empty carries the call's instant, written
+// as Format(time.RFC3339Nano) in UTC would write it.
+func TestAppendEntryFormatsRecordTime(t *testing.T) {
+	zone := time.FixedZone("x", -7*3600)
+	for _, at := range []time.Time{
+		time.Date(2026, 12, 6, 2, 14, 0, 0, time.UTC),
+		time.Date(2026, 12, 6, 2, 14, 5, 123456789, time.UTC),
+		time.Date(2026, 1, 2, 3, 4, 5, 120000000, zone),
+		time.Date(1999, 12, 31, 23, 59, 59, 1, zone),
+	} {
+		want, err := json.Marshal(Entry{Time: at.UTC().Format(time.RFC3339Nano), Operation: "op"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendEntry(nil, &Entry{at: at, Operation: "op"}); string(got) != string(want) {
+			t.Errorf("at %v:\n got %s\nwant %s", at, got, want)
 		}
 	}
 }
