@@ -170,6 +170,13 @@ func TestChartRequiredValuesAndLimits(t *testing.T) {
 		"no agent, no tenant":      {map[string]any{"server": map[string]any{"dnsSuffix": "v.example.com"}, "nodeAgent": map[string]any{"enabled": false}, "webhook": map[string]any{"enabled": false}}, ""},
 		"sync controller without namespaces": {merge(required(), map[string]any{"syncController": map[string]any{"enabled": true}}),
 			"syncController.namespaces is required unless syncController.clusterWide=true"},
+		"a quantity for a byte count": {merge(etcdValues(3), map[string]any{"server": map[string]any{"storage": map[string]any{"etcd": map[string]any{"viewBytes": "64Mi"}}}}),
+			`server.storage.etcd.viewBytes is "64Mi": give a whole number`},
+		"a fraction":            {merge(required(), map[string]any{"maxCallRecvMsgSize": 4.5}), "maxCallRecvMsgSize is 4.5: give a whole number"},
+		"a negative number":     {merge(required(), map[string]any{"maxCallRecvMsgSize": -1}), "maxCallRecvMsgSize is -1: give a whole number"},
+		"replicas in words":     {merge(required(), map[string]any{"server": map[string]any{"replicas": "two"}}), `server.replicas is "two": give a whole number`},
+		"a port with a typo":    {merge(required(), map[string]any{"linux": map[string]any{"metricsAddr": ":80a5"}}), `linux.metricsAddr's port is "80a5"`},
+		"an octal-looking port": {merge(required(), map[string]any{"provider": map[string]any{"metricsAddr": ":0809"}}), `provider.metricsAddr's port is "0809"`},
 		"sync controller, namespaces and cluster-wide": {merge(required(), map[string]any{"syncController": map[string]any{"enabled": true, "clusterWide": true, "namespaces": []any{"a"}}}),
 			"exclude each other"},
 	}
@@ -725,5 +732,30 @@ func TestChartCommandsAreInTheImage(t *testing.T) {
 		if !found {
 			t.Errorf("DaemonSet %s does not run %s", ds, want)
 		}
+	}
+}
+
+// A Terraform `set` block passes numbers as strings: they render as the
+// numbers they spell, in every place a number goes.
+func TestChartNumbersGivenAsStrings(t *testing.T) {
+	c := load(t)
+	objs, err := render(t, c, merge(etcdValues(3), map[string]any{"maxCallRecvMsgSize": "8388608", "linux": map[string]any{"metricsAddr": ":9095"},
+		"server": map[string]any{"replicas": "3", "storage": map[string]any{"etcd": map[string]any{"maxTxnOps": "1024"}}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := strings.Join(args(t, find(objs, "DaemonSet", "coffer-csi-driver")), " "); !strings.Contains(a, "--max-call-recv-msg-size=8388608") {
+		t.Errorf("driver args: %s", a)
+	}
+	sts := find(objs, "StatefulSet", "coffer-server")
+	if a := containerArgs(podContainer(t, sts, "containers", "server")); !slices.Contains(a, "--etcd-max-txn-ops=1024") {
+		t.Errorf("server args: %v", a)
+	}
+	if n := sts.Object["spec"].(map[string]any)["replicas"]; fmt.Sprint(n) != "3" {
+		t.Errorf("replicas %v, want 3", n)
+	}
+	ds, _ := yaml.Marshal(find(objs, "DaemonSet", "coffer-csi-driver").Object)
+	if !bytes.Contains(ds, []byte("port: 9095")) {
+		t.Errorf("the driver's probe does not use port 9095:\n%s", ds)
 	}
 }

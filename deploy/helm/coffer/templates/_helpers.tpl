@@ -114,3 +114,26 @@ files are group-readable under fsGroup, which the root-key loader refuses.
 {{- define "coffer.syncControllerUser" -}}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "coffer.syncController" . }}
 {{- end -}}
+
+{{/*
+coffer.int: (list NAME VALUE) renders VALUE as a whole number, or fails
+naming NAME. sprig's int and int64 read anything else as 0 ("64Mi", "1e3x",
+a typo in a port), which would change the setting without a word. YAML
+numbers arrive as float64 and --set ones as int64; a Terraform `set` block
+passes numbers as strings, so a string of digits is taken too.
+*/}}
+{{- define "coffer.int" -}}
+{{- $name := index . 0 -}}
+{{- $x := index . 1 -}}
+{{- if or (kindIs "int" $x) (kindIs "int64" $x) -}}
+{{- if lt (int64 $x) 0 -}}{{- fail (printf "%s is %d: give a whole number, 0 or more" $name (int64 $x)) -}}{{- end -}}
+{{- int64 $x -}}
+{{- else if kindIs "float64" $x -}}
+{{- if or (lt $x 0.0) (ne (float64 (int64 $x)) $x) -}}{{- fail (printf "%s is %v: give a whole number, 0 or more" $name $x) -}}{{- end -}}
+{{- int64 $x -}}
+{{- else if and (kindIs "string" $x) (regexMatch "^(0|[1-9][0-9]*)$" $x) -}}
+{{- int64 $x -}}
+{{- else -}}
+{{- fail (printf "%s is %s: give a whole number, such as 4194304 (not a quantity like 4Mi)" $name (toJson $x)) -}}
+{{- end -}}
+{{- end -}}

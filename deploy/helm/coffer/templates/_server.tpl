@@ -10,8 +10,9 @@ install ever runs two writers on one bolt file.
 {{- if not (has $s.type (list "bolt" "etcd")) -}}
 {{- fail (printf "server.storage.type %q is not an engine: use bolt (embedded, one replica) or etcd (shared, any number of replicas)" $s.type) -}}
 {{- end -}}
-{{- if and (eq $s.type "bolt") (gt (int .Values.server.replicas) 1) -}}
-{{- fail (printf "server.replicas is %d, but server.storage.type bolt (the embedded store) has one writer: use 1 replica, or server.storage.type etcd for several" (int .Values.server.replicas)) -}}
+{{- $replicas := include "coffer.int" (list "server.replicas" .Values.server.replicas) | int -}}
+{{- if and (eq $s.type "bolt") (gt $replicas 1) -}}
+{{- fail (printf "server.replicas is %d, but server.storage.type bolt (the embedded store) has one writer: use 1 replica, or server.storage.type etcd for several" $replicas) -}}
 {{- end -}}
 {{- if and (eq $s.type "etcd") (empty $s.etcd.endpoints) -}}
 {{- fail "server.storage.etcd.endpoints is required with server.storage.type etcd: the members' client URLs, such as https://etcd-0.etcd:2379" -}}
@@ -27,13 +28,13 @@ install ever runs two writers on one bolt file.
 - --etcd-endpoints={{ join "," $s.etcd.endpoints }}
 - --etcd-prefix={{ $s.etcd.prefix }}
 {{- with $s.etcd.viewBytes }}
-- --etcd-view-bytes={{ int64 . }}
+- --etcd-view-bytes={{ include "coffer.int" (list "server.storage.etcd.viewBytes" .) }}
 {{- end }}
 {{- with $s.etcd.maxTxnOps }}
-- --etcd-max-txn-ops={{ int64 . }}
+- --etcd-max-txn-ops={{ include "coffer.int" (list "server.storage.etcd.maxTxnOps" .) }}
 {{- end }}
 {{- with $s.etcd.maxRequestBytes }}
-- --etcd-max-request-bytes={{ int64 . }}
+- --etcd-max-request-bytes={{ include "coffer.int" (list "server.storage.etcd.maxRequestBytes" .) }}
 {{- end }}
 {{- if $s.etcd.tls.secretName }}
 - --etcd-ca-file=/etc/coffer/etcd/ca.crt
@@ -126,7 +127,7 @@ readinessProbe:
     host: {{ . }}
     {{- end }}
     path: /healthz
-    port: {{ $status._1 | int }}
+    port: {{ include "coffer.int" (list "server.metricsAddr's port" $status._1) }}
     {{- else }}
     {{- with $listen._0 }}
     host: {{ . }}
@@ -217,7 +218,7 @@ spec:
         {{- include "coffer.rootKeyEnv" . | nindent 8 }}
       ports:
         - name: https
-          containerPort: {{ (split ":" .Values.server.listen)._1 | int }}
+          containerPort: {{ include "coffer.int" (list "server.listen's port" (split ":" .Values.server.listen)._1) }}
       {{- include "coffer.serverProbes" . | nindent 6 }}
       securityContext:
         {{- include "coffer.securityContext" . | nindent 8 }}
