@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/cofferhq/coffer/internal/protocol/azerror"
 	"github.com/cofferhq/coffer/internal/protocol/jsonenc"
@@ -15,19 +16,39 @@ import (
 // only ever replaced, or copied by Clone.
 var contentType = []string{"application/json; charset=utf-8"}
 
+// bodies holds the buffers Appender responses are encoded into: one
+// allocation fewer on every read. A ResponseWriter never keeps what it is
+// given to Write, so a buffer is free again once Write returns.
+var bodies = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxPooled is the largest buffer put back: a rare large list should not
+// be held for the process's life.
+const maxPooled = 64 << 10
+
 // Write sends v as a JSON response with the given status.
 func Write(w http.ResponseWriter, status int, v any) {
-	var body []byte
-	var err error
 	if a, ok := v.(jsonenc.Appender); ok {
-		body = a.AppendJSON(make([]byte, 0, 512))
-	} else {
-		body, err = json.Marshal(v)
+		bp := bodies.Get().(*[]byte)
+		body := a.AppendJSON((*bp)[:0])
+		send(w, status, body)
+		if cap(body) <= maxPooled {
+			// Cleared: the body may hold a secret value, which should not
+			// outlive its response in a pooled buffer.
+			clear(body)
+			*bp = body[:0]
+			bodies.Put(bp)
+		}
+		return
 	}
+	body, err := json.Marshal(v)
 	if err != nil {
 		azerror.Write(w, http.StatusInternalServerError, "InternalServerError", "", "response encoding failed")
 		return
 	}
+	send(w, status, body)
+}
+
+func send(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
 	h["Content-Type"] = contentType
 	h["Content-Length"] = []string{strconv.Itoa(len(body))}

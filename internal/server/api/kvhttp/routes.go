@@ -131,7 +131,7 @@ func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operatio
 	for pass := 0; ; pass++ {
 		if pass > 0 {
 			if err := b.h.recheck(r); err != nil {
-				w.Header().Del("ETag")
+				delete(w.Header(), "Etag")
 				b.h.fail(w, r, b.kind, err)
 				return
 			}
@@ -143,7 +143,7 @@ func (b base) serveOn(w http.ResponseWriter, r *http.Request, op access.Operatio
 			// wait must still wake it.
 			changed, release = b.h.feed.Watch(changes.Subject(callOf(r).vault.Name, string(b.kind), object))
 		}
-		w.Header().Del("ETag") // each pass sets its own
+		delete(w.Header(), "Etag") // each pass sets its own; Etag is ETag's canonical key
 		c, ok := b.authorize(w, r, op, object)
 		if !ok {
 			release()
@@ -258,7 +258,7 @@ func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) bool
 // etagOf. This is Coffer's extension for nodes that cache values: Azure
 // clients never send If-None-Match.
 func conditional(w http.ResponseWriter, r *http.Request, etag string, body any) any {
-	w.Header().Set("ETag", etag)
+	w.Header()["Etag"] = []string{etag} // Set would canonicalize "ETag" on every read
 	if inm := header(r, "If-None-Match"); inm != "" {
 		for t := range strings.SplitSeq(inm, ",") {
 			if t = strings.TrimSpace(t); t == etag || t == "W/"+etag {
