@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -601,6 +602,12 @@ type statusWriter struct {
 	status int
 }
 
+// requestState is what the middleware keeps per request.
+type requestState struct {
+	info audit.Info
+	sw   statusWriter
+}
+
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
@@ -619,11 +626,23 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
+// requestID returns a new request id: 32 hex digits, like Key Vault's. It
+// is an identifier, not a secret, so it need not be unpredictable, only
+// unique: a random half drawn once per process (so replicas and restarts
+// differ) and a counter, instead of crypto/rand on every request.
 func requestID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], idCounter.Add(1))
+	var b [32]byte
+	hex.Encode(b[:16], idPrefix[:])
+	hex.Encode(b[16:], n[:])
+	return string(b[:])
 }
+
+var (
+	idPrefix  = func() (p [8]byte) { rand.Read(p[:]); return p }()
+	idCounter atomic.Uint64
+)
 
 // middleware adds request ids, writes the request's audit line and metrics,
 // logs it at debug level, and turns a panic into a 500. A panic's value is
@@ -642,13 +661,14 @@ func (s *Server) middleware(next func(context.Context, http.ResponseWriter, *htt
 		// Set by their canonical keys, which Set would build again on
 		// every request.
 		h["X-Ms-Request-Id"] = []string{id}
-		info := &audit.Info{}
+		st := &requestState{sw: statusWriter{ResponseWriter: w}} // one allocation for both
+		info := &st.info
 		ctx := audit.WithInfo(r.Context(), info)
 		if cid := r.Header["X-Ms-Client-Request-Id"]; len(cid) > 0 && cid[0] != "" && len(cid[0]) <= 100 {
 			h["X-Ms-Client-Request-Id"] = []string{sanitize(cid[0])}
 		}
 		h["X-Content-Type-Options"] = nosniff
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &st.sw
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
