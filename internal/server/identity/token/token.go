@@ -195,7 +195,9 @@ func NewVerifier(keys Keys, now func() time.Time) *Verifier {
 	return &Verifier{keys: keys, now: now, leeway: DefaultLeeway, cacheMax: 50_000, seed: maphash.MakeSeed()}
 }
 
-// Verify checks raw and returns its claims.
+// Verify checks raw and returns its claims. They may be shared with other
+// requests that present the same token (a cached token's claims are not
+// copied for each): read them, never change them.
 func (v *Verifier) Verify(raw string, want Expect) (*Claims, error) {
 	if raw == "" {
 		return nil, fail("AKV10000", "Request is missing a Bearer or PoP token.")
@@ -205,21 +207,22 @@ func (v *Verifier) Verify(raw string, want Expect) (*Claims, error) {
 	}
 	sum := maphash.String(v.seed, raw)
 	gen := v.keys.Generation()
-	var c Claims
+	var c *Claims
 	if e, ok := v.cache.Load(sum); ok && e.(*cached).gen == gen && equal(e.(*cached).raw, raw) {
-		c = e.(*cached).claims
+		c = &e.(*cached).claims
 	} else {
 		parsed, err := v.verifySignature(raw)
 		if err != nil {
 			return nil, err
 		}
-		c = *parsed
-		v.remember(sum, &cached{raw: strings.Clone(raw), claims: c, gen: gen})
+		e := &cached{raw: strings.Clone(raw), claims: *parsed, gen: gen}
+		v.remember(sum, e)
+		c = &e.claims
 	}
-	if err := v.checkClaims(&c, want); err != nil {
+	if err := v.checkClaims(c, want); err != nil {
 		return nil, err
 	}
-	return &c, nil
+	return c, nil
 }
 
 func (v *Verifier) verifySignature(raw string) (*Claims, error) {
