@@ -17,6 +17,7 @@ import (
 
 	"github.com/cofferhq/coffer/internal/crypto/keyops"
 	"github.com/cofferhq/coffer/internal/server/keyvault/key"
+	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
@@ -24,9 +25,13 @@ import (
 	"github.com/cofferhq/coffer/internal/server/storage/rootkey"
 )
 
-func newService(t *testing.T, st *barrier.Barrier) *Service {
+func newService(t *testing.T, st *barrier.Barrier) *Service { return serviceOver(t, st, st) }
+
+// serviceOver is a Service whose three collections write through st and
+// seal with seal.
+func serviceOver(t *testing.T, st Store, seal object.Sealer) *Service {
 	t.Helper()
-	s := New(st, st, key.New(st, st, nil), secret.New(st, st, nil), nil, nil)
+	s := New(st, seal, key.New(st, seal, nil), secret.New(st, seal, nil), nil, nil)
 	t.Cleanup(s.Close)
 	return s
 }

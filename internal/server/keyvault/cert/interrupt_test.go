@@ -2,21 +2,11 @@ package cert
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/cofferhq/coffer/internal/server/keyvault/key"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
-	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
 	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
 	"github.com/cofferhq/coffer/internal/server/storage/physical/inmem"
@@ -41,12 +31,7 @@ func (s *smallBatches) Apply(ctx context.Context, conds []barrier.Cond, ops []ba
 	return s.Barrier.Apply(ctx, conds, ops)
 }
 
-func serviceOn(t *testing.T, st *smallBatches) *Service {
-	t.Helper()
-	s := New(st, st.Barrier, key.New(st, st.Barrier, nil), secret.New(st, st.Barrier, nil), nil, nil)
-	t.Cleanup(s.Close)
-	return s
-}
+func serviceOn(t *testing.T, st *smallBatches) *Service { return serviceOver(t, st, st.Barrier) }
 
 // A purge on another replica (a Service of its own, whose locks this one
 // does not share) between the batches of a certificate's restore takes it
@@ -62,19 +47,7 @@ func TestRestoreInBatchesInterruptedByAPurge(t *testing.T) {
 	v := &vault.Vault{Name: "demo", TenantID: "t", RetentionDays: 7}
 	s := serviceOn(t, &smallBatches{Barrier: b})
 	const versions = 12 // three objects of 12 versions: more than one batch of 24
-	for i := range versions {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), NotBefore: time.Now(), NotAfter: time.Now().AddDate(1, 0, 0), Subject: pkix.Name{CommonName: "big"}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalPKCS8PrivateKey(k)
-		value := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-		if _, err := s.Import(ctx, v, "big", value, "", nil, nil, nil); err != nil {
-			t.Fatalf("import %d: %v", i, err)
-		}
-	}
+	importVersions(t, s, v, "big", versions)
 	blob, err := s.Backup(ctx, v, "big")
 	if err != nil {
 		t.Fatal(err)

@@ -40,19 +40,7 @@ func TestLargeCertificatePurgeAndRestoreOnEtcd(t *testing.T) {
 	s := newService(t, st)
 	v := &vault.Vault{Name: "demo", TenantID: "t", RetentionDays: 7}
 	const versions = 45
-	for i := range versions {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), NotBefore: time.Now(), NotAfter: time.Now().AddDate(1, 0, 0), Subject: pkix.Name{CommonName: "big"}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalPKCS8PrivateKey(key)
-		value := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-		if _, err := s.Import(ctx, v, "big", value, "", nil, nil, nil); err != nil {
-			t.Fatalf("import %d: %v", i, err)
-		}
-	}
+	importVersions(t, s, v, "big", versions)
 	blob, err := s.Backup(ctx, v, "big")
 	if err != nil {
 		t.Fatal(err)
@@ -126,4 +114,23 @@ func stored(t *testing.T, eng *etcd.Backend, s string) int {
 		}
 	}
 	return n
+}
+
+// importVersions imports n versions of name, each a new self-signed P-256
+// certificate with its key.
+func importVersions(t *testing.T, s *Service, v *vault.Vault, name string, n int) {
+	t.Helper()
+	for i := range n {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), NotBefore: time.Now(), NotAfter: time.Now().AddDate(1, 0, 0), Subject: pkix.Name{CommonName: name}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, _ := x509.MarshalPKCS8PrivateKey(k)
+		value := append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		if _, err := s.Import(context.Background(), v, name, value, "", nil, nil, nil); err != nil {
+			t.Fatalf("import %d: %v", i, err)
+		}
+	}
 }
