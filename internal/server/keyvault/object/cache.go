@@ -62,10 +62,13 @@ func (c *Collection[T]) cachedHead(ctx context.Context, key string) (*headEntry[
 	return e, nil
 }
 
-func (c *Collection[T]) cachedVersion(ctx context.Context, e *headEntry[T], key, id string) (Version[T], error) {
+// cachedVersion returns version id (lower case) of the object name, whose
+// head is e. Its store key is built only on a miss.
+func (c *Collection[T]) cachedVersion(ctx context.Context, e *headEntry[T], vault, name, id string) (Version[T], error) {
 	if v, ok := e.versions.Load(id); ok {
 		return v.(Version[T]), nil
 	}
+	key := c.versionKey(vault, name, id)
 	var v Version[T]
 	raw, err := c.st.GetRaw(ctx, key)
 	if errors.Is(err, barrier.ErrNotFound) {

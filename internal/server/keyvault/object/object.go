@@ -170,8 +170,11 @@ func New[T any](st Store, kind string, now func() time.Time) *Collection[T] {
 func (c *Collection[T]) Kind() string { return c.kind }
 
 func (c *Collection[T]) base(vault string) string { return "o/" + vault + "/" + c.kind + "/" }
+
+// The keys below are each one concatenation, not base's and then their
+// own: headKey is built on every read.
 func (c *Collection[T]) headKey(vault, name string) string {
-	return c.base(vault) + "h/" + strings.ToLower(name)
+	return "o/" + vault + "/" + c.kind + "/h/" + strings.ToLower(name)
 }
 func (c *Collection[T]) deletedKey(vault, name string) string {
 	return c.base(vault) + "d/" + strings.ToLower(name)
@@ -180,7 +183,7 @@ func (c *Collection[T]) versionPrefix(vault, name string) string {
 	return c.base(vault) + "v/" + strings.ToLower(name) + "/"
 }
 func (c *Collection[T]) versionKey(vault, name, version string) string {
-	return c.versionPrefix(vault, name) + strings.ToLower(version)
+	return "o/" + vault + "/" + c.kind + "/v/" + strings.ToLower(name) + "/" + strings.ToLower(version)
 }
 
 // Named returns the vault, kind and name of the object that a store key
@@ -272,7 +275,7 @@ func (c *Collection[T]) Get(ctx context.Context, vault, name, version string) (V
 	if version == "" {
 		version = e.head.Current
 	}
-	v, err := c.cachedVersion(ctx, e, c.versionKey(vault, name, version), strings.ToLower(version))
+	v, err := c.cachedVersion(ctx, e, vault, name, strings.ToLower(version))
 	return v, e.head, err
 }
 
