@@ -1,7 +1,6 @@
 package object
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,17 +40,22 @@ func (c *Collection[T]) account(n int) {
 }
 
 func (c *Collection[T]) cachedHead(ctx context.Context, key string) (*headEntry[T], error) {
+	if v, ok := c.cache.Load(key); ok {
+		e := v.(*headEntry[T])
+		same, err := c.st.Holds(ctx, key, e.raw)
+		if err != nil {
+			return nil, err
+		}
+		if same {
+			return e, nil
+		}
+	}
 	raw, err := c.st.GetRaw(ctx, key)
 	if errors.Is(err, barrier.ErrNotFound) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, err
-	}
-	if v, ok := c.cache.Load(key); ok {
-		if e := v.(*headEntry[T]); bytes.Equal(e.raw, raw) {
-			return e, nil
-		}
 	}
 	e := &headEntry[T]{raw: raw}
 	if err := c.decode(key, raw, &e.head); err != nil {

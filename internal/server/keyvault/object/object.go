@@ -38,6 +38,7 @@ const maxRetries = 32
 type Store interface {
 	Get(ctx context.Context, key string) (barrier.Record, error)
 	GetRaw(ctx context.Context, key string) ([]byte, error)
+	Holds(ctx context.Context, key string, raw []byte) (bool, error)
 	Unseal(key string, raw []byte) ([]byte, error)
 	Scan(ctx context.Context, prefix, after string, limit int) ([]barrier.Record, error)
 	Apply(ctx context.Context, conds []barrier.Cond, ops []barrier.Op) error

@@ -375,6 +375,13 @@ func (b *Barrier) GetRaw(ctx context.Context, key string) ([]byte, error) {
 	return raw, err
 }
 
+// Holds reports whether key still holds raw, a sealed blob GetRaw
+// returned (false if key holds nothing), without copying the stored blob
+// where the engine can compare it in place.
+func (b *Barrier) Holds(ctx context.Context, key string, raw []byte) (bool, error) {
+	return physical.Holds(ctx, b.phys, key, raw)
+}
+
 // Scan returns decrypted entries under prefix after key after, in key order.
 func (b *Barrier) Scan(ctx context.Context, prefix, after string, limit int) ([]Record, error) {
 	if strings.HasPrefix(reservedPrefix, prefix) || strings.HasPrefix(prefix, reservedPrefix) {

@@ -4,6 +4,7 @@
 package physical
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,28 @@ var ErrClosed = errors.New("physical: backend closed")
 // write's outcome is then unknown, and a read was not served, so that no
 // stale data is ever returned. Callers answer 503 and clients retry.
 var ErrUnavailable = errors.New("physical: storage unavailable")
+
+// Matcher is a Backend that can tell whether a key still holds a value
+// without copying the value out: a hot object's head is checked on every
+// read, and the copy was most of that check's cost.
+type Matcher interface {
+	// Holds reports whether key holds exactly value (false if key holds
+	// nothing).
+	Holds(ctx context.Context, key string, value []byte) (bool, error)
+}
+
+// Holds reports whether key holds exactly value in b (false if key holds
+// nothing), through b's Matcher if it has one.
+func Holds(ctx context.Context, b Backend, key string, value []byte) (bool, error) {
+	if m, ok := b.(Matcher); ok {
+		return m.Holds(ctx, key, value)
+	}
+	v, err := b.Get(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil && bytes.Equal(v, value), err
+}
 
 // Limited is a Backend that bounds one atomic commit; a Backend without
 // the method has no bound of its own.

@@ -91,6 +91,25 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	return out, mapErr(err)
 }
 
+// Holds implements physical.Matcher: a hot key is compared where it is
+// held, and any other is read as Get reads it.
+func (b *Backend) Holds(ctx context.Context, key string, value []byte) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if b.closed.Load() {
+		return false, physical.ErrClosed
+	}
+	if v, ok := b.hot.load(key); ok {
+		return bytes.Equal(v, value), nil
+	}
+	v, err := b.Get(ctx, key)
+	if errors.Is(err, physical.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil && bytes.Equal(v, value), err
+}
+
 // Scan implements physical.Backend.
 func (b *Backend) Scan(ctx context.Context, prefix, after string, limit int) ([]physical.Entry, error) {
 	if err := ctx.Err(); err != nil {

@@ -20,6 +20,7 @@
 package etcd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -328,6 +329,30 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, physical.ErrNotFound
 	}
 	return resp.Kvs[0].Value, nil
+}
+
+// Holds implements physical.Matcher: a synced read of a key this process
+// holds compares it in place; any other is read as Get reads it.
+func (b *Backend) Holds(ctx context.Context, key string, value []byte) (bool, error) {
+	if physical.IsSynced(ctx) && physical.ValidateKey(key) == nil {
+		b.mu.Lock()
+		r, ok := b.vals.get(key)
+		closed := b.closed
+		same := ok && r.exists && bytes.Equal(r.value, value)
+		b.mu.Unlock()
+		if closed {
+			return false, physical.ErrClosed
+		}
+		if ok {
+			b.metrics.held.Inc()
+			return same, nil
+		}
+	}
+	v, err := b.Get(ctx, key)
+	if errors.Is(err, physical.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil && bytes.Equal(v, value), err
 }
 
 // Scan implements physical.Backend.

@@ -40,6 +40,43 @@ func Exercise(t *testing.T, newBackend func(t *testing.T) physical.Backend) {
 			t.Fatalf("Get after delete = %v, want ErrNotFound", err)
 		}
 	})
+	t.Run("Holds", func(t *testing.T) {
+		b := newBackend(t)
+		ctx := context.Background()
+		holds := func(key, value string) bool {
+			t.Helper()
+			ctx := ctx
+			if sh, ok := b.(physical.Shared); ok {
+				// A shared engine compares synced reads in its own view.
+				var err error
+				if ctx, err = sh.Sync(ctx); err != nil {
+					t.Fatalf("Sync: %v", err)
+				}
+			}
+			ok, err := physical.Holds(ctx, b, key, []byte(value))
+			if err != nil {
+				t.Fatalf("Holds(%s, %q): %v", key, value, err)
+			}
+			return ok
+		}
+		if holds("h", "") || holds("h", "1") {
+			t.Fatal("Holds is true for a key that holds nothing")
+		}
+		mustApply(t, b, nil, []physical.Op{{Key: "h", Value: []byte("1")}})
+		b.Get(ctx, "h") // an engine that keeps hot reads now holds it
+		holds("h", "1") // and a shared one, in its view, after this
+		if !holds("h", "1") || holds("h", "2") || holds("h", "11") || holds("h", "") {
+			t.Fatal("Holds disagrees with the value stored")
+		}
+		mustApply(t, b, nil, []physical.Op{{Key: "h", Value: []byte("2")}})
+		if holds("h", "1") || !holds("h", "2") {
+			t.Fatal("Holds still matches the value a write replaced")
+		}
+		mustApply(t, b, nil, []physical.Op{{Key: "h", Delete: true}})
+		if holds("h", "2") {
+			t.Fatal("Holds matches a deleted key")
+		}
+	})
 	t.Run("EmptyKeyRejected", func(t *testing.T) {
 		b := newBackend(t)
 		if err := b.Apply(context.Background(), nil, []physical.Op{{Key: "", Value: []byte("x")}}); err == nil {
