@@ -478,16 +478,17 @@ func (s *Server) Handler() http.Handler {
 // which no real route does on purpose, and prove that neither the panic's
 // value nor the request's body reaches the log or the response.
 func (s *Server) Wrap(next http.Handler) http.Handler {
-	return s.middleware(func(ctx context.Context, w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(w, r.WithContext(ctx))
+	return s.middleware(func(ctx context.Context, info *audit.Info, w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(audit.WithInfo(ctx, info)))
 	})
 }
 
-// route dispatches by host. ctx is the request's context with what the
-// middleware put in it: the request is copied to carry it only once, where
-// it is handed on (a copy of an http.Request is 320 bytes, and each layer
-// made one).
-func (s *Server) route(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+// route dispatches by host. ctx is the request's context and info its
+// audit line: the request is copied to carry them only once, where it is
+// handed on (a copy of an http.Request is 320 bytes, and each layer made
+// one), and the vault's handler, which every hot request reaches, is
+// given them directly rather than through context values.
+func (s *Server) route(ctx context.Context, info *audit.Info, w http.ResponseWriter, r *http.Request) {
 	ep := s.ep
 	route, _ := ep.Parse(r.Host)
 	if route == endpoint.RouteApex {
@@ -501,6 +502,7 @@ func (s *Server) route(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			return
 		}
 	}
+	var flight *throttle.Flight
 	if route == endpoint.RouteVault || route == endpoint.RouteApex {
 		// Every request first catches up with the store: on a shared
 		// store, what any replica acknowledged before it arrived (a write,
@@ -515,16 +517,15 @@ func (s *Server) route(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			return
 		}
 		if route == endpoint.RouteVault && kvhttp.WaitPreference(r) == 0 {
-			f := s.Limiter.Enter()
-			defer f.Done()
-			ctx = throttle.WithFlight(ctx, f)
+			flight = s.Limiter.Enter()
+			defer flight.Done()
 		}
 	}
 	if route == endpoint.RouteVault {
-		s.kv.ServeContext(ctx, w, r)
+		s.kv.ServeContext(ctx, w, r, info, flight)
 		return
 	}
-	r = r.WithContext(ctx)
+	r = r.WithContext(audit.WithInfo(ctx, info))
 	switch route {
 	case endpoint.RouteApex:
 		switch {
@@ -651,7 +652,7 @@ var (
 // value slice is only ever replaced, or copied by Clone.
 var nosniff = []string{"nosniff"}
 
-func (s *Server) middleware(next func(context.Context, http.ResponseWriter, *http.Request)) http.Handler {
+func (s *Server) middleware(next func(context.Context, *audit.Info, http.ResponseWriter, *http.Request)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.handlers.Add(1)
 		defer s.handlers.Add(-1)
@@ -663,7 +664,6 @@ func (s *Server) middleware(next func(context.Context, http.ResponseWriter, *htt
 		h["X-Ms-Request-Id"] = []string{id}
 		st := &requestState{sw: statusWriter{ResponseWriter: w}} // one allocation for both
 		info := &st.info
-		ctx := audit.WithInfo(r.Context(), info)
 		if cid := r.Header["X-Ms-Client-Request-Id"]; len(cid) > 0 && cid[0] != "" && len(cid[0]) <= 100 {
 			h["X-Ms-Client-Request-Id"] = []string{sanitize(cid[0])}
 		}
@@ -687,7 +687,7 @@ func (s *Server) middleware(next func(context.Context, http.ResponseWriter, *htt
 				s.log.Debug("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status, "duration", elapsed)
 			}
 		}()
-		next(ctx, sw, r)
+		next(r.Context(), info, sw, r)
 	})
 }
 

@@ -223,19 +223,6 @@ func (f *Flight) Done() {
 	}
 }
 
-type flightKey struct{}
-
-// WithFlight carries f in ctx, for the handler that may refuse it.
-func WithFlight(ctx context.Context, f *Flight) context.Context {
-	return context.WithValue(ctx, flightKey{}, f)
-}
-
-// FlightFrom returns the flight ctx carries, or nil.
-func FlightFrom(ctx context.Context) *Flight {
-	f, _ := ctx.Value(flightKey{}).(*Flight)
-	return f
-}
-
 // Options configure a Limiter.
 type Options struct {
 	// Capacity is the number of requests in flight at which overload

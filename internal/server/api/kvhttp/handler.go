@@ -174,15 +174,16 @@ func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call)
 // before any body is read, since the SDK's first request has its body
 // stripped.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.ServeContext(r.Context(), w, r)
+	ctx := r.Context()
+	h.ServeContext(ctx, w, r, audit.From(ctx), nil)
 }
 
-// ServeContext is ServeHTTP for a request whose context is to be ctx: the
-// request is copied to carry it once, with the call's own value, rather
-// than once per layer.
-func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+// ServeContext is ServeHTTP for a request whose context is to be ctx, and
+// whose audit line and flight (nil if it has none) are given rather than
+// carried in ctx: the request is copied to carry ctx once, with the
+// call's own value, rather than once per layer and value.
+func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *http.Request, info *audit.Info, flight *throttle.Flight) {
 	_, name := h.ep.Parse(r.Host)
-	info := audit.From(ctx)
 	info.Vault = name
 	v, err := h.vaults.Get(name)
 	if err != nil {
@@ -211,7 +212,7 @@ func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *ht
 		if !d.OK {
 			info.Decision = "throttled"
 			drain(r)
-			h.throttled(w, r.WithContext(ctx), d)
+			h.throttled(w, r.WithContext(ctx), d, flight)
 			return
 		}
 		defer d.Release()
@@ -238,9 +239,9 @@ func classOf(r *http.Request) throttle.Class {
 // throttled answers Key Vault's 429 Throttled, after the decision's
 // tarpit: a flooding client that retries at once is slowed, at no CPU
 // cost.
-func (h *Handler) throttled(w http.ResponseWriter, r *http.Request, d throttle.Decision) {
+func (h *Handler) throttled(w http.ResponseWriter, r *http.Request, d throttle.Decision, flight *throttle.Flight) {
 	if d.Tarpit > 0 {
-		throttle.FlightFrom(r.Context()).Done() // a waiting refusal takes no place
+		flight.Done() // a waiting refusal takes no place
 		t := time.NewTimer(d.Tarpit)
 		select {
 		case <-t.C:
