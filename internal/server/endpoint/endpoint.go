@@ -65,13 +65,20 @@ func (e Endpoints) Resource() string { return "https://" + e.Apex() }
 
 // VaultBase is a vault's base URL without a trailing slash.
 func (e Endpoints) VaultBase(vault string) string {
-	vault = strings.ToLower(vault)
-	if e.Port == 443 {
-		return "https://" + vault + "." + e.Suffix
+	var buf [128]byte
+	return string(e.AppendVaultBase(buf[:0], vault))
+}
+
+// AppendVaultBase appends VaultBase(vault) to b, for callers that build a
+// longer URL from it in one allocation: every object's response has an id.
+func (e Endpoints) AppendVaultBase(b []byte, vault string) []byte {
+	b = append(b, "https://"...)
+	b = append(b, strings.ToLower(vault)...)
+	b = append(append(b, '.'), e.Suffix...)
+	if e.Port != 443 {
+		b = strconv.AppendInt(append(b, ':'), int64(e.Port), 10)
 	}
-	// One concatenation: every object's response builds it.
-	var port [5]byte
-	return "https://" + vault + "." + e.Suffix + ":" + string(strconv.AppendInt(port[:0], int64(e.Port), 10))
+	return b
 }
 
 // VaultURL is a vault's URL as Azure prints it, with a trailing slash.

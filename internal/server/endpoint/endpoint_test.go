@@ -10,6 +10,9 @@ func TestURLsAndParse(t *testing.T) {
 	if got := e.VaultURL("Demo"); got != "https://demo.vault.localhost:8443/" {
 		t.Fatalf("VaultURL = %s", got)
 	}
+	if got := string(e.AppendVaultBase([]byte("id="), "Demo")); got != "id=https://demo.vault.localhost:8443" {
+		t.Fatalf("AppendVaultBase = %s", got)
+	}
 	if got := e.Resource(); got != "https://vault.localhost:8443" {
 		t.Fatalf("Resource = %s", got)
 	}

@@ -59,13 +59,15 @@ type attributesIn struct {
 
 // id is an object's identifier: {vault}/{collection}/{name}[/{version}].
 func (b base) id(c *call, collection, name, version string) string {
-	// One concatenation, not one per part: every object's response has
-	// an id, and often a kid or a sid too.
-	base := b.h.ep.VaultBase(c.vault.Name)
-	if version == "" {
-		return base + "/" + collection + "/" + name
+	// Built in one buffer, not one string per part: every object's
+	// response has an id, and often a kid or a sid too.
+	var buf [192]byte
+	id := b.h.ep.AppendVaultBase(buf[:0], c.vault.Name)
+	id = append(append(append(append(id, '/'), collection...), '/'), name...)
+	if version != "" {
+		id = append(append(id, '/'), version...)
 	}
-	return base + "/" + collection + "/" + name + "/" + version
+	return string(id)
 }
 
 // deletedInfo is what a deleted object adds to its shape.
