@@ -478,17 +478,19 @@ func (s *Server) Handler() http.Handler {
 // which no real route does on purpose, and prove that neither the panic's
 // value nor the request's body reaches the log or the response.
 func (s *Server) Wrap(next http.Handler) http.Handler {
-	return s.middleware(func(ctx context.Context, info *audit.Info, w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(w, r.WithContext(audit.WithInfo(ctx, info)))
+	return s.middleware(func(ctx context.Context, st *requestState, w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(audit.WithInfo(ctx, &st.info)))
 	})
 }
 
-// route dispatches by host. ctx is the request's context and info its
-// audit line: the request is copied to carry them only once, where it is
-// handed on (a copy of an http.Request is 320 bytes, and each layer made
-// one), and the vault's handler, which every hot request reaches, is
-// given them directly rather than through context values.
-func (s *Server) route(ctx context.Context, info *audit.Info, w http.ResponseWriter, r *http.Request) {
+// route dispatches by host. ctx is the request's context and st what the
+// middleware keeps for it: the request is copied to carry them only once,
+// where it is handed on (a copy of an http.Request is 320 bytes, and each
+// layer made one), and the vault's handler, which every hot request
+// reaches, is given its audit line and flight directly rather than
+// through context values.
+func (s *Server) route(ctx context.Context, st *requestState, w http.ResponseWriter, r *http.Request) {
+	info := &st.info
 	ep := s.ep
 	route, _ := ep.Parse(r.Host)
 	if route == endpoint.RouteApex {
@@ -516,9 +518,14 @@ func (s *Server) route(ctx context.Context, info *audit.Info, w http.ResponseWri
 			azerror.Write(w, http.StatusServiceUnavailable, "ServiceUnavailable", "", "This replica cannot reach its store; retry, and another replica may answer.")
 			return
 		}
-		if route == endpoint.RouteVault && kvhttp.WaitPreference(r) == 0 {
-			flight = s.Limiter.Enter()
-			defer flight.Done()
+		if route == endpoint.RouteVault {
+			// Classified here, as api would, while the route is known.
+			st.api = "vault-held"
+			if kvhttp.WaitPreference(r) == 0 {
+				st.api = "vault"
+				flight = s.Limiter.Start(&st.flight)
+				defer flight.Done()
+			}
 		}
 	}
 	if route == endpoint.RouteVault {
@@ -605,8 +612,10 @@ type statusWriter struct {
 
 // requestState is what the middleware keeps per request.
 type requestState struct {
-	info audit.Info
-	sw   statusWriter
+	api    string // the request's api for metrics, if route set it; else see api
+	flight throttle.Flight
+	info   audit.Info
+	sw     statusWriter
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -652,7 +661,7 @@ var (
 // value slice is only ever replaced, or copied by Clone.
 var nosniff = []string{"nosniff"}
 
-func (s *Server) middleware(next func(context.Context, *audit.Info, http.ResponseWriter, *http.Request)) http.Handler {
+func (s *Server) middleware(next func(context.Context, *requestState, http.ResponseWriter, *http.Request)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.handlers.Add(1)
 		defer s.handlers.Add(-1)
@@ -662,8 +671,7 @@ func (s *Server) middleware(next func(context.Context, *audit.Info, http.Respons
 		// Set by their canonical keys, which Set would build again on
 		// every request.
 		h["X-Ms-Request-Id"] = []string{id}
-		st := &requestState{sw: statusWriter{ResponseWriter: w}} // one allocation for both
-		info := &st.info
+		st := &requestState{sw: statusWriter{ResponseWriter: w}} // one allocation for all it holds
 		if cid := r.Header["X-Ms-Client-Request-Id"]; len(cid) > 0 && cid[0] != "" && len(cid[0]) <= 100 {
 			h["X-Ms-Client-Request-Id"] = []string{sanitize(cid[0])}
 		}
@@ -681,23 +689,27 @@ func (s *Server) middleware(next func(context.Context, *audit.Info, http.Respons
 			}
 			elapsed := time.Since(start)
 			if r.URL.Path != "/healthz" {
-				s.record(r, id, info, sw.status, elapsed)
+				s.record(r, id, st, sw.status, elapsed)
 			}
 			if s.log.Enabled(r.Context(), slog.LevelDebug) {
 				s.log.Debug("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status, "duration", elapsed)
 			}
 		}()
-		next(r.Context(), info, sw, r)
+		next(r.Context(), st, sw, r)
 	})
 }
 
 // record writes a request's audit line and metrics. The line names who did
 // what to which object, never a value: handlers only fill in names and ids.
-func (s *Server) record(r *http.Request, id string, info *audit.Info, status int, elapsed time.Duration) {
+func (s *Server) record(r *http.Request, id string, st *requestState, status int, elapsed time.Duration) {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	api := s.api(r)
+	info := &st.info
+	api := st.api
+	if api == "" {
+		api = s.api(r)
+	}
 	s.requests.observe(api, status, elapsed)
 	op := info.Operation
 	if op == "" {
