@@ -14,6 +14,7 @@ import (
 // optional: a missing one is reported as not measured.
 const (
 	getFile   = "get.json"        // coffer bench get --ceiling -o json (make bench-get)
+	getRepeat = "get-%d.json"     // the same measurement repeated: get-2.json, get-3.json, ...
 	fleetFile = "fleet.json"      // the fleet simulation's result (format: FleetResults)
 	scaleFile = "scale.json"      // make bench-scale
 	etcdFile  = "scale-etcd.json" // make bench-scale-etcd
@@ -126,9 +127,14 @@ type ScaleResults struct {
 
 // Inputs are whatever the benchmarks left; nil is not measured.
 type Inputs struct {
-	Get   *GetResults
-	Fleet *FleetResults
-	Scale *ScaleResults
+	Get *GetResults
+	// GetRepeats are further runs of the GET measurement, of the same
+	// code and in the same way, in the order of their files: one run's
+	// ratio varies by more than a tenth here, and the page shows them all
+	// rather than the one that happened to be kept.
+	GetRepeats []GetResults
+	Fleet      *FleetResults
+	Scale      *ScaleResults
 	// ScaleEtcd is the cost curves on the etcd engine.
 	ScaleEtcd *ScaleResults
 }
@@ -139,6 +145,16 @@ func Load(dir string) (Inputs, error) {
 	var in Inputs
 	if err := loadOptional(dir, getFile, &in.Get); err != nil {
 		return in, err
+	}
+	for n := 2; in.Get != nil; n++ {
+		var r *GetResults
+		if err := loadOptional(dir, fmt.Sprintf(getRepeat, n), &r); err != nil {
+			return in, err
+		}
+		if r == nil {
+			break
+		}
+		in.GetRepeats = append(in.GetRepeats, *r)
 	}
 	if err := loadOptional(dir, fleetFile, &in.Fleet); err != nil {
 		return in, err

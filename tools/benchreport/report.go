@@ -69,15 +69,43 @@ func Render(in Inputs, chartDir string) (Page, error) {
 		w("\nRatio: **%.2f×** the limit's throughput (goal ≥ %.1f×: %s), **%.2f×** its p99 (goal ≤ %.1f×: %s).\n\n",
 			g.Ratio.Throughput, goalThroughputRatio, verdict(g.Ratio.Throughput >= goalThroughputRatio),
 			g.Ratio.P99, goalP99Ratio, verdict(g.Ratio.P99 <= goalP99Ratio))
-		if len(g.Rounds) > 1 {
-			w("Round by round: ")
+		rounds := func(g GetResults) {
 			for i, r := range g.Rounds {
 				if i > 0 {
 					w(", ")
 				}
 				w("%.2f× and %.2f×", r.Ratio.Throughput, r.Ratio.P99)
 			}
+		}
+		if len(g.Rounds) > 1 {
+			w("Round by round: ")
+			rounds(*g)
 			w(".\n\n")
+		}
+		if len(in.GetRepeats) > 0 {
+			runs := append([]GetResults{*g}, in.GetRepeats...)
+			w("The same code, measured again the same way:\n\n")
+			metT, metP := 0, 0
+			for i, r := range runs {
+				okT, okP := r.Ratio.Throughput >= goalThroughputRatio, r.Ratio.P99 <= goalP99Ratio
+				if okT {
+					metT++
+				}
+				if okP {
+					metP++
+				}
+				if i == 0 {
+					continue // shown above
+				}
+				w("- run %d (`%s`): **%.2f×** the throughput (%s), **%.2f×** the p99 (%s)", i+1, fmt.Sprintf(getRepeat, i+1), r.Ratio.Throughput, verdict(okT), r.Ratio.P99, verdict(okP))
+				if len(r.Rounds) > 1 {
+					w("; round by round: ")
+					rounds(r)
+				}
+				w(".\n")
+			}
+			w("\nOver the %d runs, the throughput goal is met in %d and the p99 goal in %d: %s.\n\n",
+				len(runs), metT, metP, verdict(metT == len(runs) && metP == len(runs)))
 		}
 		c, err := throughputChart(g)
 		if err != nil {

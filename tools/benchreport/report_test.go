@@ -62,6 +62,9 @@ func TestRenderVerdicts(t *testing.T) {
 	for _, want := range []string{
 		"**0.49×** the limit's throughput (goal ≥ 0.8×: **not met**)",
 		"**1.62×** its p99 (goal ≤ 1.5×: **not met**)",
+		// A repeat that meets both goals does not hide the run that did not.
+		"- run 2 (`get-2.json`): **0.85×** the throughput (met), **1.20×** the p99 (met)",
+		"Over the 2 runs, the throughput goal is met in 1 and the p99 goal in 1: **not met**.",
 		"| random GET p50 (ms) | 1.10 | 1.30 | ×1.18 | met |",
 		"| hot GET p99 (ms) | 6.00 | 7.50 | ×1.25 | met |",
 		"| random GET p99 (ms) | 9.00 | 30.00 | ×3.33 | **not met** |",
