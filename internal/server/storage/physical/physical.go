@@ -40,6 +40,12 @@ func Holds(ctx context.Context, b Backend, key string, value []byte) (bool, erro
 	if m, ok := b.(Matcher); ok {
 		return m.Holds(ctx, key, value)
 	}
+	return HoldsByGet(ctx, b, key, value)
+}
+
+// HoldsByGet is Holds through b.Get: for engines without a Matcher, and
+// for a Matcher's keys that it cannot compare in place.
+func HoldsByGet(ctx context.Context, b Backend, key string, value []byte) (bool, error) {
 	v, err := b.Get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
 		return false, nil

@@ -103,11 +103,7 @@ func (b *Backend) Holds(ctx context.Context, key string, value []byte) (bool, er
 	if v, ok := b.hot.load(key); ok {
 		return bytes.Equal(v, value), nil
 	}
-	v, err := b.Get(ctx, key)
-	if errors.Is(err, physical.ErrNotFound) {
-		return false, nil
-	}
-	return err == nil && bytes.Equal(v, value), err
+	return physical.HoldsByGet(ctx, b, key, value)
 }
 
 // Scan implements physical.Backend.
