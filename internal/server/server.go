@@ -519,10 +519,9 @@ func (s *Server) route(ctx context.Context, st *requestState, w http.ResponseWri
 			return
 		}
 		if route == endpoint.RouteVault {
-			// Classified here, as api would, while the route is known.
-			st.api = "vault-held"
-			if kvhttp.WaitPreference(r) == 0 {
-				st.api = "vault"
+			held := kvhttp.WaitPreference(r) > 0
+			st.api = vaultAPI(held) // named here while the route is known, not again by api
+			if !held {
 				flight = s.Limiter.Start(&st.flight)
 				defer flight.Done()
 			}
@@ -588,13 +587,20 @@ func sanitize(s string) string {
 	}, s)
 }
 
+// vaultAPI names a vault request's API for metrics: held reads last up to
+// their wait, so they are kept out of the vault's latency.
+func vaultAPI(held bool) string {
+	if held {
+		return "vault-held"
+	}
+	return "vault"
+}
+
 // api names the API a request is for, for metrics.
 func (s *Server) api(r *http.Request) string {
 	switch route, _ := s.ep.Parse(r.Host); {
-	case route == endpoint.RouteVault && kvhttp.WaitPreference(r) > 0:
-		return "vault-held" // held reads last up to their wait: kept out of the vault's latency
 	case route == endpoint.RouteVault:
-		return "vault"
+		return vaultAPI(kvhttp.WaitPreference(r) > 0)
 	case route == endpoint.RouteApex && r.URL.Path == vaultwatch.Path:
 		return "vault-watch" // streams last as long as their token: kept out of the vault's latency
 	case route == endpoint.RouteApex && (strings.HasPrefix(r.URL.Path, mgmthttp.Prefix) || mgmthttp.IsARMPath(r.URL.Path)):
