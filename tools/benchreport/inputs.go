@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -155,6 +156,19 @@ func Load(dir string) (Inputs, error) {
 			break
 		}
 		in.GetRepeats = append(in.GetRepeats, *r)
+	}
+	// A repeat the loop did not reach (a gap in the numbers, or no
+	// get.json) would silently leave the page; refuse it instead.
+	found, err := filepath.Glob(filepath.Join(dir, "get-*.json"))
+	if err != nil {
+		return in, err
+	}
+	if len(found) != len(in.GetRepeats) {
+		for i := range found {
+			found[i] = filepath.Base(found[i])
+		}
+		return in, fmt.Errorf("%s: repeated GET runs are read as get-2.json, get-3.json, ... without gaps, beside get.json; found %s, and %d of them in sequence (rename them, or remove the stray ones)",
+			dir, strings.Join(found, ", "), len(in.GetRepeats))
 	}
 	if err := loadOptional(dir, fleetFile, &in.Fleet); err != nil {
 		return in, err

@@ -66,8 +66,12 @@ func Render(in Inputs, chartDir string) (Page, error) {
 		}{{"Coffer", g.Server}, {"bare handler (the limit)", g.Ceiling}} {
 			w("| %s | %s | %s | %s | %s | %s | %d |\n", r.name, num(r.r.PerSec), nsMs(r.r.P50Ns), nsMs(r.r.P90Ns), nsMs(r.r.P99Ns), nsMs(r.r.MaxNs), r.r.Errors)
 		}
-		w("\nRatio: **%.2f×** the limit's throughput (goal ≥ %.1f×: %s), **%.2f×** its p99 (goal ≤ %.1f×: %s).\n\n",
-			g.Ratio.Throughput, goalThroughputRatio, verdict(g.Ratio.Throughput >= goalThroughputRatio),
+		label := "Ratio"
+		if len(in.GetRepeats) > 0 {
+			label = "Run 1 (`" + getFile + "`)"
+		}
+		w("\n%s: **%.2f×** the limit's throughput (goal ≥ %.1f×: %s), **%.2f×** its p99 (goal ≤ %.1f×: %s).\n\n",
+			label, g.Ratio.Throughput, goalThroughputRatio, verdict(g.Ratio.Throughput >= goalThroughputRatio),
 			g.Ratio.P99, goalP99Ratio, verdict(g.Ratio.P99 <= goalP99Ratio))
 		rounds := func(g GetResults) {
 			for i, r := range g.Rounds {

@@ -60,7 +60,7 @@ func TestRenderVerdicts(t *testing.T) {
 	// The fixture's figures miss some goals and meet others; each verdict
 	// is on the line of its figure.
 	for _, want := range []string{
-		"**0.49×** the limit's throughput (goal ≥ 0.8×: **not met**)",
+		"Run 1 (`get.json`): **0.49×** the limit's throughput (goal ≥ 0.8×: **not met**)",
 		"**1.62×** its p99 (goal ≤ 1.5×: **not met**)",
 		// A repeat that meets both goals does not hide the run that did not.
 		"- run 2 (`get-2.json`): **0.85×** the throughput (met), **1.20×** the p99 (met)",
@@ -102,6 +102,27 @@ func TestRenderNothingMeasured(t *testing.T) {
 func TestLoadRefusesABrokenFile(t *testing.T) {
 	if _, err := Load("testdata/bad"); err == nil || !strings.Contains(err.Error(), "scale.json") {
 		t.Fatalf("Load of a truncated file: %v, want an error naming it", err)
+	}
+}
+
+func TestLoadRefusesRepeatsOutOfSequence(t *testing.T) {
+	get, err := os.ReadFile("testdata/full/get.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, files := range map[string][]string{
+		"a gap":       {"get.json", "get-2.json", "get-4.json"},
+		"no get.json": {"get-2.json"},
+	} {
+		dir := t.TempDir()
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(dir, f), get, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "without gaps") {
+			t.Errorf("%s: Load = %v, want an error about the repeats' numbering", name, err)
+		}
 	}
 }
 
