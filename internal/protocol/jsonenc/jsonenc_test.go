@@ -16,6 +16,23 @@ func TestAppendStringIsJSON(t *testing.T) {
 	}
 }
 
+// TestAppendStringEveryByteInAWord puts every byte value at every place
+// of plain strings long enough for AppendString's eight-byte test, and
+// one byte either side of a word's edge, so that a test that misses a
+// byte, or flags a plain one, shows here and not only under fuzzing.
+func TestAppendStringEveryByteInAWord(t *testing.T) {
+	plain := "abcdefghijklmnopq"
+	for n := 8; n <= len(plain); n++ {
+		for at := range n {
+			for c := range 256 {
+				s := []byte(plain[:n])
+				s[at] = byte(c)
+				checkString(t, string(s))
+			}
+		}
+	}
+}
+
 // TestSeedCorpus keeps FuzzAppendString's corpus: strings that reach
 // AppendString in the secret read's response and in audit lines, as
 // clients send them.
