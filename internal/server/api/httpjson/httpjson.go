@@ -48,10 +48,19 @@ func Write(w http.ResponseWriter, status int, v any) {
 	send(w, status, body)
 }
 
+// autoLength is the largest body net/http gives an exact Content-Length
+// of its own: one still buffered when the handler returns, which is up to
+// 2 KiB on HTTP/1.1 (4 KiB on HTTP/2). Below it, setting the header
+// ourselves cost every read an allocation, a header entry that
+// WriteHeader clones, and a parse of it back.
+const autoLength = 2048
+
 func send(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
 	h["Content-Type"] = contentType
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	if len(body) > autoLength {
+		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
 	w.WriteHeader(status)
 	w.Write(body)
 }
