@@ -1,6 +1,8 @@
 package kvhttp
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"math/rand/v2"
 	"testing"
@@ -43,6 +45,25 @@ func TestSecretOutAppendJSON(t *testing.T) {
 		}
 		if got := o.AppendJSON(nil); string(got) != string(want) {
 			t.Fatalf("AppendJSON:\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+// An ETag is the version, a dot and 16 hex digits of the state's SHA-256,
+// quoted: the form the reads, the vault watch and clients' stored tags
+// share, whatever builds it.
+func TestETagForm(t *testing.T) {
+	for _, version := range []string{"", "v", "405844a57b912ccf950cf1dbbc73953a"} {
+		for _, state := range [][]any{nil, {"text/plain"}, {map[string]string{"k": "v"}, "x"}} {
+			var b []byte
+			for _, part := range state {
+				b = appendState(b, part)
+			}
+			sum := sha256.Sum256(b)
+			want := `"` + version + "." + hex.EncodeToString(sum[:8]) + `"`
+			if got := etagOf(version, state...); got != want {
+				t.Errorf("etagOf(%q, %v) = %s, want %s", version, state, got, want)
+			}
 		}
 	}
 }

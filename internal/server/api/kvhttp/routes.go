@@ -286,7 +286,11 @@ func etagOf(version string, state ...any) string {
 		b = appendState(b, part)
 	}
 	sum := sha256.Sum256(b)
-	return `"` + version + "." + hex.EncodeToString(sum[:8]) + `"`
+	// Built in the state's buffer, which is free again: one allocation,
+	// the string, where a concatenation of the hex made two.
+	b = append(append(append(b[:0], '"'), version...), '.')
+	b = hex.AppendEncode(b, sum[:8])
+	return string(append(b, '"'))
 }
 
 func secretETag(sec secret.Secret, outContentType string) string {
