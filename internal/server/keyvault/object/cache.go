@@ -31,6 +31,41 @@ type headEntry[T any] struct {
 	count    atomic.Int32
 }
 
+// Memo holds one thing the API layer derives from a cached version, such
+// as its encoded response, so that a hot read need not derive it again.
+// A memo lives exactly as long as its version's place in the read cache:
+// any write to the object rewrites its head, which replaces the cache's
+// entry and every memo under it, so what a memo holds is never older than
+// the version and head it came with. It can hold a secret's value, as the
+// cache itself does.
+type Memo struct {
+	v       atomic.Pointer[memoValue]
+	account func(int)
+}
+
+type memoValue struct{ v any }
+
+// Load returns what was last stored, or nil; a nil memo holds nothing.
+func (m *Memo) Load() any {
+	if m == nil {
+		return nil
+	}
+	if mv := m.v.Load(); mv != nil {
+		return mv.v
+	}
+	return nil
+}
+
+// Store keeps v, about size bytes, which count toward the read cache's
+// bound; storing in a nil memo does nothing.
+func (m *Memo) Store(v any, size int) {
+	if m == nil {
+		return
+	}
+	m.v.Store(&memoValue{v})
+	m.account(size)
+}
+
 func (c *Collection[T]) account(n int) {
 	if c.cacheBytes.Add(int64(n)) > maxCacheBytes {
 		// Rare: start over rather than track recency on every read.
@@ -85,6 +120,7 @@ func (c *Collection[T]) cachedVersion(ctx context.Context, e *headEntry[T], vaul
 		return Version[T]{}, err
 	}
 	if e.count.Add(1) <= 64 {
+		v.Memo = &Memo{account: c.account}
 		e.versions.Store(id, v)
 	}
 	c.account(len(raw))

@@ -103,6 +103,10 @@ type Version[T any] struct {
 	// ranks those.
 	Order uint64 `json:"order,omitempty"`
 	Data  T      `json:"data"`
+	// Memo is the read cache's slot for what the API layer derives from
+	// this version as read (see Memo); nil when the read did not come
+	// from the cache.
+	Memo *Memo `json:"-"`
 }
 
 // Head tracks an object's current version. For a deleted object it also

@@ -51,6 +51,11 @@ type Secret struct {
 	Attributes      object.Attributes
 	Managed         bool
 	PreviousVersion string
+	// Memo is where a read's response may be kept for the next read of
+	// the same version, as long as the version and its object are
+	// unchanged (see object.Memo); nil for what is not read from the
+	// cache.
+	Memo *object.Memo
 }
 
 // Deleted is a soft-deleted secret.
@@ -134,7 +139,7 @@ func toSecret(v object.Version[Data], h object.Head, withValue bool) Secret {
 		Attributes: v.Attributes, Managed: v.Managed,
 	}
 	if withValue {
-		s.Value = v.Data.Value
+		s.Value, s.Memo = v.Data.Value, v.Memo
 	}
 	if h.Current == v.ID {
 		s.PreviousVersion = h.Previous
