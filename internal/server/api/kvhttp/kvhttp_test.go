@@ -532,3 +532,90 @@ func TestInternalErrors(t *testing.T) {
 		t.Fatalf("the log lacks the detail:\n%s", e.log.String())
 	}
 }
+
+// A hot read's response is kept with the cached version (see
+// object.Memo), so every check here reads twice, to fill the memo and to
+// be served from it, after each change that must show: a new version, an
+// update of the same version, a write by another service over the same
+// store (another replica, whose writes this process's cache did not see
+// made), the vault's recovery settings, and the api-version's shape.
+func TestReadsAfterEveryKindOfChange(t *testing.T) {
+	e := newEnv(t)
+	get := func(t *testing.T, query string) answer {
+		t.Helper()
+		first := e.do(t, req{path: "/secrets/db" + query})
+		again := e.do(t, req{path: "/secrets/db" + query})
+		if first.status != 200 || again.raw != first.raw || again.header.Get("ETag") != first.header.Get("ETag") {
+			t.Fatalf("two reads of an unchanged secret differ:\n%d %s %s\n%d %s %s", first.status, first.raw, first.header.Get("ETag"), again.status, again.raw, again.header.Get("ETag"))
+		}
+		return again
+	}
+	v1 := e.setSecret(t, "demo", "db", "one")
+	a := get(t, "")
+	if a.str("value") != "one" {
+		t.Fatalf("read %s", a.raw)
+	}
+	etags := map[string]bool{a.header.Get("ETag"): true}
+	changed := func(t *testing.T, a answer, what string) {
+		t.Helper()
+		if tag := a.header.Get("ETag"); etags[tag] {
+			t.Errorf("after %s, the ETag %s is an earlier one", what, tag)
+		} else {
+			etags[tag] = true
+		}
+	}
+
+	t.Run("update of the same version", func(t *testing.T) {
+		check(t, e.do(t, req{method: "PATCH", path: "/secrets/db/" + v1, body: `{"tags":{"app":"api"},"contentType":"text/plain"}`}), want{status: 200})
+		a := get(t, "")
+		if a.field("tags.app") != "api" || a.str("contentType") != "text/plain" || a.str("value") != "one" {
+			t.Fatalf("after an update: %s", a.raw)
+		}
+		changed(t, a, "an update")
+	})
+	t.Run("new version", func(t *testing.T) {
+		e.setSecret(t, "demo", "db", "two")
+		a := get(t, "")
+		if a.str("value") != "two" || a.field("tags") != nil {
+			t.Fatalf("after a new version: %s", a.raw)
+		}
+		changed(t, a, "a new version")
+		if old := get(t, "/"+v1); old.str("value") != "one" || old.field("tags.app") != "api" {
+			t.Fatalf("the first version: %s", old.raw)
+		}
+	})
+	t.Run("write by another replica", func(t *testing.T) {
+		v, err := e.vaults.Get("demo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := secret.New(e.barrier, e.barrier, nil) // its own read cache, as another process has
+		three := "three"
+		if _, err := other.Set(context.Background(), v, "db", secret.SetParams{Value: &three}); err != nil {
+			t.Fatal(err)
+		}
+		a := get(t, "")
+		if a.str("value") != "three" {
+			t.Fatalf("after another replica's write: %s", a.raw)
+		}
+		changed(t, a, "another replica's write")
+	})
+	t.Run("vault recovery settings", func(t *testing.T) {
+		if _, err := e.vaults.Update(context.Background(), "demo", func(v *vault.Vault) error { v.RetentionDays = 30; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if a := get(t, ""); a.field("attributes.recoverableDays") != 30.0 {
+			t.Fatalf("after the retention changed to 30 days: %s", a.raw)
+		}
+	})
+	t.Run("api-version shape", func(t *testing.T) {
+		for range 2 {
+			if a := get(t, "?api-version=2025-07-01"); a.str("previousVersion") == "" {
+				t.Fatalf("2025-07-01 has previousVersion: %s", a.raw)
+			}
+			if a := get(t, "?api-version=7.6"); a.field("previousVersion") != nil {
+				t.Fatalf("7.6 has no previousVersion: %s", a.raw)
+			}
+		}
+	})
+}

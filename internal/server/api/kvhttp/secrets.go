@@ -6,6 +6,7 @@ import (
 	"github.com/cofferhq/coffer/internal/server/keyvault/access"
 	"github.com/cofferhq/coffer/internal/server/keyvault/object"
 	"github.com/cofferhq/coffer/internal/server/keyvault/secret"
+	"github.com/cofferhq/coffer/internal/server/keyvault/vault"
 )
 
 type secretOut struct {
@@ -102,8 +103,44 @@ func (s secretRoutes) get(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
-		return conditional(w, r, secretETag(sec, out), s.out(c, sec, true)), nil
+		enc := s.encoded(c, sec, out)
+		return conditional(w, r, enc.etag, enc), nil
 	})
+}
+
+// encodedSecret is a secret read's response body, encoded, and its ETag.
+type encodedSecret struct {
+	shape secretShape
+	etag  string
+	body  []byte
+}
+
+// secretShape is what a read's response depends on besides the version
+// and its object's head.
+type secretShape struct {
+	vault          *vault.Vault // replaced, never changed, when its settings change
+	outContentType string
+	previous       bool // the api-version has previousVersion
+}
+
+// AppendJSON makes the encoded body an httpjson.Write body.
+func (e *encodedSecret) AppendJSON(b []byte) []byte { return append(b, e.body...) }
+
+// encoded returns a read's response and ETag, from the version's memo
+// when an earlier read of it encoded them in the same shape. The memo
+// goes when the object changes (see object.Memo), so it is never staler
+// than the read itself; the read, its checks (enabled, validity) and its
+// authorization still run on every request. Encoding and hashing were a
+// third of a hot GET's own work.
+func (s secretRoutes) encoded(c *call, sec secret.Secret, out string) *encodedSecret {
+	shape := secretShape{vault: c.vault, outContentType: out, previous: hasPreviousVersion(c.apiVersion)}
+	if e, ok := sec.Memo.Load().(*encodedSecret); ok && e.shape == shape {
+		return e
+	}
+	o := s.out(c, sec, true)
+	e := &encodedSecret{shape: shape, etag: secretETag(sec, out), body: o.AppendJSON(nil)}
+	sec.Memo.Store(e, len(e.body)+len(e.etag))
+	return e
 }
 
 func (s secretRoutes) update(w http.ResponseWriter, r *http.Request) {
