@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -70,15 +71,15 @@ func Render(in Inputs, chartDir string) (Page, error) {
 		if len(in.GetRepeats) > 0 {
 			label = "Run 1 (`" + getFile + "`)"
 		}
-		w("\n%s: **%.2f×** the limit's throughput (goal ≥ %.1f×: %s), **%.2f×** its p99 (goal ≤ %.1f×: %s).\n\n",
-			label, g.Ratio.Throughput, goalThroughputRatio, verdict(g.Ratio.Throughput >= goalThroughputRatio),
-			g.Ratio.P99, goalP99Ratio, verdict(g.Ratio.P99 <= goalP99Ratio))
+		w("\n%s: **%s×** the limit's throughput (goal ≥ %.1f×: %s), **%s×** its p99 (goal ≤ %.1f×: %s).\n\n",
+			label, throughputRatio(g.Ratio.Throughput), goalThroughputRatio, verdict(g.Ratio.Throughput >= goalThroughputRatio),
+			p99Ratio(g.Ratio.P99), goalP99Ratio, verdict(g.Ratio.P99 <= goalP99Ratio))
 		rounds := func(g GetResults) {
 			for i, r := range g.Rounds {
 				if i > 0 {
 					w(", ")
 				}
-				w("%.2f× and %.2f×", r.Ratio.Throughput, r.Ratio.P99)
+				w("%s× and %s×", throughputRatio(r.Ratio.Throughput), p99Ratio(r.Ratio.P99))
 			}
 		}
 		if len(g.Rounds) > 1 {
@@ -101,7 +102,7 @@ func Render(in Inputs, chartDir string) (Page, error) {
 				if i == 0 {
 					continue // shown above
 				}
-				w("- run %d (`%s`): **%.2f×** the throughput (%s), **%.2f×** the p99 (%s)", i+1, fmt.Sprintf(getRepeat, i+1), r.Ratio.Throughput, verdict(okT), r.Ratio.P99, verdict(okP))
+				w("- run %d (`%s`): **%s×** the throughput (%s), **%s×** the p99 (%s)", i+1, fmt.Sprintf(getRepeat, i+1), throughputRatio(r.Ratio.Throughput), verdict(okT), p99Ratio(r.Ratio.P99), verdict(okP))
 				if len(r.Rounds) > 1 {
 					w("; round by round: ")
 					rounds(r)
@@ -333,6 +334,24 @@ func orNone(measured bool, v float64) string {
 	}
 	return fmt.Sprintf("%.1f", v)
 }
+
+// ratioAt formats a ratio to two decimals, or to as many more as it takes
+// for the figure shown to fall on the same side of its goal as the figure
+// itself: 0.798 shown as 0.80 beside "not met" reads as a mistake.
+func ratioAt(v float64, meets func(float64) bool) string {
+	for prec := 2; ; prec++ {
+		s := strconv.FormatFloat(v, 'f', prec, 64)
+		if shown, err := strconv.ParseFloat(s, 64); prec >= 8 || (err == nil && meets(shown) == meets(v)) {
+			return s
+		}
+	}
+}
+
+func throughputRatio(v float64) string {
+	return ratioAt(v, func(x float64) bool { return x >= goalThroughputRatio })
+}
+
+func p99Ratio(v float64) string { return ratioAt(v, func(x float64) bool { return x <= goalP99Ratio }) }
 
 func verdict(ok bool) string {
 	if ok {

@@ -160,3 +160,30 @@ func TestNum(t *testing.T) {
 		}
 	}
 }
+
+// A ratio is shown with the decimals it takes to fall on its own side of
+// the goal, and with two otherwise.
+func TestRatioShownOnItsSideOfTheGoal(t *testing.T) {
+	for _, c := range []struct {
+		v          float64
+		throughput bool
+		want       string
+	}{
+		{0.8197, true, "0.82"},
+		{0.7982, true, "0.798"},
+		{0.7996, true, "0.7996"},
+		{0.8, true, "0.80"},
+		{0.66, true, "0.66"},
+		{1.197, false, "1.20"},
+		{1.5049, false, "1.505"},
+		{1.4951, false, "1.50"},
+	} {
+		got := p99Ratio(c.v)
+		if c.throughput {
+			got = throughputRatio(c.v)
+		}
+		if got != c.want {
+			t.Errorf("%v shown as %s, want %s", c.v, got, c.want)
+		}
+	}
+}
