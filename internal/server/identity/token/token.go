@@ -205,7 +205,7 @@ func (v *Verifier) Verify(raw string, want Expect) (*Claims, error) {
 	if len(raw) > MaxTokenBytes {
 		return nil, fail("AKV10000", "The bearer token is %d bytes, over the %d-byte limit.", len(raw), MaxTokenBytes)
 	}
-	sum := maphash.String(v.seed, raw)
+	sum := v.key(raw)
 	gen := v.keys.Generation()
 	var c *Claims
 	if e, ok := v.cache.Load(sum); ok && e.(*cached).gen == gen && equal(e.(*cached).raw, raw) {
@@ -223,6 +223,18 @@ func (v *Verifier) Verify(raw string, want Expect) (*Claims, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// keyBytes is how much of a token's end its cache key hashes.
+const keyBytes = 64
+
+// key finds a token's cache entry from the end of its signature: bytes
+// that no two tokens share but by chance, as good for finding the entry
+// as the whole token and a seventeenth of the hashing of a 1.1 KB one.
+// What is found is only a candidate, which equal then checks against the
+// whole token; two tokens alike at the end are one entry's miss.
+func (v *Verifier) key(raw string) uint64 {
+	return maphash.String(v.seed, raw[max(0, len(raw)-keyBytes):])
 }
 
 func (v *Verifier) verifySignature(raw string) (*Claims, error) {
@@ -287,20 +299,30 @@ func (v *Verifier) remember(sum uint64, e *cached) {
 }
 
 // equal compares two tokens in time that depends on their length only,
-// eight bytes at a time: a byte-wise compare of a 1 KB token was a
-// tenth of what the hash it replaced cost.
+// thirty-two bytes at a time into four words that do not wait on each
+// other, then eight, then bytes: a byte-wise compare of a 1 KB token was
+// a tenth of what the hash it replaced cost, and one word at a time was
+// still 40% of a cached token's check.
 func equal(a, b string) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	var d uint64
+	word := func(s string, i int) uint64 {
+		return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
+	}
+	var d0, d1, d2, d3 uint64
 	i := 0
+	for ; i+32 <= len(a); i += 32 {
+		d0 |= word(a, i) ^ word(b, i)
+		d1 |= word(a, i+8) ^ word(b, i+8)
+		d2 |= word(a, i+16) ^ word(b, i+16)
+		d3 |= word(a, i+24) ^ word(b, i+24)
+	}
 	for ; i+8 <= len(a); i += 8 {
-		d |= binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(a[i:]), 8)) ^
-			binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(b[i:]), 8))
+		d0 |= word(a, i) ^ word(b, i)
 	}
 	for ; i < len(a); i++ {
-		d |= uint64(a[i] ^ b[i])
+		d0 |= uint64(a[i] ^ b[i])
 	}
-	return d == 0 // the one branch: on the answer, which the caller acts on anyway
+	return d0|d1|d2|d3 == 0 // the one branch: on the answer, which the caller acts on anyway
 }
