@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cofferhq/coffer/internal/server/storage/barrier"
+	"github.com/cofferhq/coffer/internal/server/storage/physical"
 )
 
 // maxCacheBytes bounds the sealed bytes the read cache accounts for.
@@ -64,6 +65,29 @@ func (m *Memo) Store(v any, size int) {
 	}
 	m.v.Store(&memoValue{v})
 	m.account(size)
+}
+
+// subscriber is a store that tells of its committed batches, as the
+// barrier does.
+type subscriber interface {
+	Subscribe(fn func(physical.Change))
+}
+
+// evict drops the cache's entries for the keys a committed batch wrote,
+// whichever process wrote them (on a shared store, the barrier tells of
+// every replica's batches). Reads are correct without it, since each
+// checks its entry against the store; it is there so that what a delete
+// or a purge took away, decrypted values and the responses kept in
+// memos included, does not stay in memory until the same name is read
+// again or the cache is cleared.
+func (c *Collection[T]) evict(ch physical.Change) {
+	if ch.Reset {
+		c.cache.Clear()
+		return
+	}
+	for _, k := range ch.Keys {
+		c.cache.Delete(k) // keys other than heads are not in it: a miss
+	}
 }
 
 func (c *Collection[T]) account(n int) {

@@ -163,12 +163,19 @@ func (c *Collection[T]) lock(vault, name string) func() {
 	return m.Unlock
 }
 
-// New returns a collection of kind ("secrets", "keys", ...) over st.
+// New returns a collection of kind ("secrets", "keys", ...) over st. When
+// st tells of its committed batches, the collection follows them for as
+// long as st lives (see evict): make one per kind and store, as the
+// server does, not one per request.
 func New[T any](st Store, kind string, now func() time.Time) *Collection[T] {
 	if now == nil {
 		now = time.Now
 	}
-	return &Collection[T]{st: st, kind: kind, now: now, seed: maphash.MakeSeed()}
+	c := &Collection[T]{st: st, kind: kind, now: now, seed: maphash.MakeSeed()}
+	if sub, ok := st.(subscriber); ok {
+		sub.Subscribe(c.evict)
+	}
+	return c
 }
 
 // Kind returns the collection's kind.

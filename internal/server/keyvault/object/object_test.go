@@ -292,3 +292,50 @@ func TestNamed(t *testing.T) {
 		}
 	}
 }
+
+// A write drops the read cache's entry for the object it changed, so that
+// what a delete or a purge took away, decrypted value and memo included,
+// is not kept in memory until the name is read again.
+func TestWritesEvictTheirCacheEntry(t *testing.T) {
+	ctx := context.Background()
+	c, _ := newColl(t)
+	key := c.headKey("demo", "a")
+	cached := func() bool { _, ok := c.cache.Load(key); return ok }
+	warm := func(t *testing.T) {
+		t.Helper()
+		if _, _, err := c.Get(ctx, "demo", "a", ""); err != nil || !cached() {
+			t.Fatalf("a read left no cache entry: %v", err)
+		}
+	}
+	v1, _, err := c.Create(ctx, "demo", "a", set("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm(t)
+	if _, err := c.Update(ctx, "demo", "a", v1.ID, func(v *Version[data]) error { v.Tags = map[string]string{"k": "v"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if cached() {
+		t.Error("an update left the entry it outdated")
+	}
+	warm(t)
+	if _, _, err := c.Delete(ctx, "demo", "a", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if cached() {
+		t.Error("a delete left the deleted object's entry, value and all")
+	}
+	if _, _, err := c.Recover(ctx, "demo", "a"); err != nil {
+		t.Fatal(err)
+	}
+	warm(t)
+	if _, _, err := c.Delete(ctx, "demo", "a", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Purge(ctx, "demo", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if cached() {
+		t.Error("a purge left the object's entry")
+	}
+}
