@@ -492,7 +492,7 @@ func (s *Server) Wrap(next http.Handler) http.Handler {
 func (s *Server) route(ctx context.Context, st *requestState, w http.ResponseWriter, r *http.Request) {
 	info := &st.info
 	ep := s.ep
-	route, _ := ep.Parse(r.Host)
+	route, vaultName := ep.Parse(r.Host)
 	if route == endpoint.RouteApex {
 		switch r.URL.Path {
 		case "/healthz":
@@ -528,7 +528,7 @@ func (s *Server) route(ctx context.Context, st *requestState, w http.ResponseWri
 		}
 	}
 	if route == endpoint.RouteVault {
-		s.kv.ServeContext(ctx, w, r, info, flight)
+		s.kv.ServeContext(ctx, w, r, vaultName, info, flight)
 		return
 	}
 	r = r.WithContext(audit.WithInfo(ctx, info))

@@ -175,15 +175,16 @@ func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call)
 // stripped.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	h.ServeContext(ctx, w, r, audit.From(ctx), nil)
+	_, name := h.ep.Parse(r.Host)
+	h.ServeContext(ctx, w, r, name, audit.From(ctx), nil)
 }
 
-// ServeContext is ServeHTTP for a request whose context is to be ctx, and
-// whose audit line and flight (nil if it has none) are given rather than
-// carried in ctx: the request is copied to carry ctx once, with the
+// ServeContext is ServeHTTP for a request to the vault name (from its
+// Host, which the caller has parsed already) whose context is to be ctx,
+// and whose audit line and flight (nil if it has none) are given rather
+// than carried in ctx: the request is copied to carry ctx once, with the
 // call's own value, rather than once per layer and value.
-func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *http.Request, info *audit.Info, flight *throttle.Flight) {
-	_, name := h.ep.Parse(r.Host)
+func (h *Handler) ServeContext(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, info *audit.Info, flight *throttle.Flight) {
 	info.Vault = name
 	v, err := h.vaults.Get(name)
 	if err != nil {
