@@ -162,13 +162,24 @@ type Log struct {
 	done    chan struct{}
 	once    sync.Once
 	prev    string
+
+	// path is the file's name, for a log that Open made: the writer
+	// follows it when the file is rotated. closer is that file, which
+	// the writer replaces on a rotation (under mu, since Close reads it).
+	path string
 }
 
 // Open opens (creating, mode 0600) the log file at path and continues its
 // chain. A torn last line, from a crash during a write, is cut off and the
 // cut is recorded in the chain.
+//
+// The log can be rotated by renaming the file (logrotate's default create
+// mode): within a flush interval the writer finishes the old file, opens
+// the one at path, and goes on with the same chain, after a "rotated"
+// line. A file cut short under the writer (copytruncate) is written on at
+// its new end, after a "truncated" line, never after a hole.
 func Open(path string, opt Options) (*Log, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
@@ -181,16 +192,30 @@ func Open(path string, opt Options) (*Log, error) {
 		f.Close()
 		return nil, err
 	}
-	l := New(f, prev, opt)
-	l.closer = f
+	l := newLog(f, prev, opt)
+	l.closer, l.path = f, path
+	go l.run()
 	if torn > 0 {
 		l.Record(Entry{Event: "recovered", Operation: "audit.truncate", Detail: fmt.Sprintf("cut a torn last line of %d bytes left by a crash", torn)})
 	}
 	return l, nil
 }
 
+// openFile opens the log file for appending: writes land at its end
+// even if another process has cut it short.
+func openFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+}
+
 // New starts a log over sink whose chain continues from prev.
 func New(sink Sink, prev string, opt Options) *Log {
+	l := newLog(sink, prev, opt)
+	go l.run()
+	return l
+}
+
+// newLog is New without starting the writer.
+func newLog(sink Sink, prev string, opt Options) *Log {
 	if opt.Buffer <= 0 {
 		opt.Buffer = 1 << 16
 	}
@@ -205,7 +230,6 @@ func New(sink Sink, prev string, opt Options) *Log {
 	wakeAt := max(1, min(opt.Buffer/2, flushBytes/256))
 	l := &Log{sink: sink, opt: opt, wake: make(chan struct{}, 1), wakeAt: wakeAt, done: make(chan struct{}), prev: prev}
 	l.metrics = newMetrics(opt.Registerer, l.pending)
-	go l.run()
 	return l
 }
 
@@ -270,8 +294,11 @@ func (l *Log) Close() error {
 	case <-l.done:
 	case <-time.After(5 * time.Second):
 	}
-	if l.closer != nil {
-		return l.closer.Close()
+	l.mu.Lock()
+	c := l.closer
+	l.mu.Unlock()
+	if c != nil {
+		return c.Close()
 	}
 	return nil
 }
@@ -317,7 +344,11 @@ func (l *Log) run() {
 		}
 		if err != nil {
 			if rw, ok := l.sink.(rewinder); ok && offset >= 0 {
-				rw.Truncate(offset) // best effort: drop the torn batch before the retry
+				// Best effort: drop the torn batch before the retry. Only
+				// ever shorten: a file cut short meanwhile is not extended.
+				if end, err := rw.Seek(0, io.SeekEnd); err == nil && end > offset {
+					rw.Truncate(offset)
+				}
 				rw.Seek(offset, io.SeekStart)
 			}
 			retryAt = l.opt.Now().Add(time.Second)
@@ -337,6 +368,52 @@ func (l *Log) run() {
 		pending, l.prev = seal(pending, e, l.prev) // in place: no line to allocate and copy
 		lines++
 		l.held.Add(1)
+	}
+	// follow keeps the chain going when the file is rotated under the
+	// writer: moved away (then the rest goes to the old file, and the
+	// chain continues in the one now at path) or cut short (then lines go
+	// on at its new end). It runs on the tick: two stat calls per tick.
+	follow := func() {
+		l.mu.Lock()
+		f, _ := l.closer.(*os.File)
+		l.mu.Unlock()
+		if f == nil {
+			return
+		}
+		cur, err := f.Stat()
+		if err != nil {
+			return
+		}
+		named, err := os.Stat(l.path)
+		switch {
+		case err == nil && os.SameFile(cur, named):
+			if offset >= 0 && cur.Size() < offset {
+				add(Entry{at: l.opt.Now(), Event: "truncated", Operation: "audit.cut",
+					Detail: fmt.Sprintf("another process cut this file from %d to %d bytes; the lines it held before the cut are gone", offset, cur.Size())})
+				offset = cur.Size()
+			}
+			return
+		case err != nil && !errors.Is(err, os.ErrNotExist):
+			return // cannot tell: go on where the lines go now
+		}
+		if !flush() {
+			return // the old file first; the next tick tries again
+		}
+		nf, err := openFile(l.path)
+		if err != nil {
+			return // lines still reach the old file; the next tick tries again
+		}
+		if offset >= 0 {
+			if offset, err = nf.Seek(0, io.SeekEnd); err != nil {
+				offset = -1
+			}
+		}
+		l.mu.Lock()
+		l.sink, l.closer = nf, nf
+		l.mu.Unlock()
+		f.Close()
+		add(Entry{at: l.opt.Now(), Event: "rotated", Operation: "audit.rotate",
+			Detail: "the file before this one was moved away; this one continues its chain"})
 	}
 	var spare []Entry
 	for {
@@ -364,9 +441,15 @@ func (l *Log) run() {
 			clear(batch) // the entries' strings are garbage now
 			spare = batch
 			if closed {
+				if l.path != "" {
+					follow()
+				}
 				flush()
 				return
 			}
+		}
+		if ticked && l.path != "" && l.opt.Now().After(retryAt) {
+			follow()
 		}
 		if (ticked || len(pending) >= flushBytes) && l.opt.Now().After(retryAt) {
 			flush()
@@ -420,32 +503,50 @@ type TamperError struct {
 
 func (e *TamperError) Error() string { return fmt.Sprintf("audit log line %d: %s", e.Line, e.Reason) }
 
+// Chain is what Verify found in one file: how many lines, the link its
+// first line makes to a file before it (empty for a log's first file),
+// and the hash its last line gives to a file after it.
+type Chain struct {
+	Lines int
+	First string
+	Last  string
+}
+
+// Continues reports whether c's file follows directly after the file
+// before, as the next file of a rotated log does.
+func (c Chain) Continues(before Chain) bool {
+	return c.Lines == 0 || before.Lines == 0 || c.First == before.Last
+}
+
 // Verify reads a whole log and checks every line's hash and link to the line
-// before it. It returns the number of lines checked.
-func Verify(r io.Reader) (int, error) {
+// before it.
+func Verify(r io.Reader) (Chain, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	prev, n := "", 0
+	var c Chain
 	for sc.Scan() {
-		n++
+		c.Lines++
+		n := c.Lines
 		line := sc.Bytes()
 		var e Entry
 		if err := json.Unmarshal(line, &e); err != nil {
-			return n, &TamperError{Line: n, Reason: "not valid JSON: " + err.Error()}
+			return c, &TamperError{Line: n, Reason: "not valid JSON: " + err.Error()}
 		}
 		suffix := []byte(`,"hash":"` + e.Hash + `"}`)
 		if e.Hash == "" || !bytes.HasSuffix(line, suffix) {
-			return n, &TamperError{Line: n, Reason: "the hash is missing or not the last field"}
+			return c, &TamperError{Line: n, Reason: "the hash is missing or not the last field"}
 		}
 		body := append(bytes.Clone(line[:len(line)-len(suffix)]), '}')
 		sum := sha256.Sum256(body)
 		if hex.EncodeToString(sum[:]) != e.Hash {
-			return n, &TamperError{Line: n, Reason: "its content does not match its hash: the line was edited"}
+			return c, &TamperError{Line: n, Reason: "its content does not match its hash: the line was edited"}
 		}
-		if n > 1 && e.Prev != prev {
-			return n, &TamperError{Line: n, Reason: "it does not link to the line before it: a line was removed, inserted or reordered"}
+		if n == 1 {
+			c.First = e.Prev
+		} else if e.Prev != c.Last {
+			return c, &TamperError{Line: n, Reason: "it does not link to the line before it: a line was removed, inserted or reordered"}
 		}
-		prev = e.Hash
+		c.Last = e.Hash
 	}
-	return n, sc.Err()
+	return c, sc.Err()
 }

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -34,7 +35,8 @@ func verifyFile(t *testing.T, path string) (int, error) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	return Verify(f)
+	c, err := Verify(f)
+	return c.Lines, err
 }
 
 func TestChainAcrossReopens(t *testing.T) {
@@ -221,5 +223,145 @@ func TestRecordAfterCloseIsDropped(t *testing.T) {
 	l.Record(Entry{Operation: "late", Status: 200})
 	if got := testutil.ToFloat64(l.Metrics().Dropped); got != before+1 {
 		t.Fatalf("dropped after a late Record = %v, want %v", got, before+1)
+	}
+}
+
+// chainOf verifies the file at path, which must be intact.
+func chainOf(t *testing.T, path string) (Chain, []Entry) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Verify(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("%s: %v", filepath.Base(path), err)
+	}
+	var es []Entry
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	return c, es
+}
+
+// requests counts the lines a request made (not the log's own).
+func requests(es []Entry) int {
+	n := 0
+	for _, e := range es {
+		if e.Event == "" {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRotationByRenameContinuesTheChain(t *testing.T) {
+	for _, create := range []bool{true, false} {
+		// logrotate's create mode puts an empty file at the path; a plain
+		// mv leaves none.
+		t.Run(map[bool]string{true: "create", false: "mv"}[create], func(t *testing.T) {
+			dir := t.TempDir()
+			path, old := filepath.Join(dir, "audit.log"), filepath.Join(dir, "audit.log.1")
+			reg := prometheus.NewRegistry()
+			l, err := Open(path, Options{Registerer: reg, FlushEvery: 5 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := func(n int) {
+				for range n {
+					l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
+				}
+			}
+			rec(100)
+			waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 100 })
+			if err := os.Rename(path, old); err != nil {
+				t.Fatal(err)
+			}
+			if create {
+				if err := os.WriteFile(path, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rec(50) // these may land in either file: none may be lost
+			waitFor(t, func() bool {
+				data, _ := os.ReadFile(path)
+				return bytes.Contains(data, []byte(`"event":"rotated"`))
+			})
+			rec(50)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			before, bes := chainOf(t, old)
+			after, aes := chainOf(t, path)
+			if before.First != "" || !after.Continues(before) || after.First == "" {
+				t.Fatalf("the new file does not continue the old one: %+v then %+v", before, after)
+			}
+			if aes[0].Event != "rotated" {
+				t.Fatalf("the new file starts with %+v, not the rotated line", aes[0])
+			}
+			if got := requests(bes) + requests(aes); got != 200 {
+				t.Fatalf("%d request lines over both files; want 200", got)
+			}
+			if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+				t.Fatalf("new audit log mode %v", fi.Mode().Perm())
+			}
+			// A third process run reopens the new file and goes on.
+			write(t, path, 3)
+			if again, _ := chainOf(t, path); again.First != after.First || again.Lines != after.Lines+3 {
+				t.Fatalf("after a reopen: %+v, before it %+v", again, after)
+			}
+		})
+	}
+}
+
+func TestCopytruncateLeavesNoHole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path, Options{Registerer: prometheus.NewRegistry(), FlushEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		l.Record(Entry{Operation: "getSecret", Status: 200})
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 100 })
+	if err := os.Truncate(path, 0); err != nil { // what copytruncate does after its copy
+		t.Fatal(err)
+	}
+	for range 20 {
+		l.Record(Entry{Operation: "getSecret", Status: 200})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if bytes.IndexByte(data, 0) >= 0 {
+		t.Fatal("the file has a hole of NUL bytes where the cut lines were")
+	}
+	c, es := chainOf(t, path)
+	if c.First == "" || requests(es) != 20 {
+		t.Fatalf("after the cut: %+v, %d request lines; want the chain continued and 20 lines", c, requests(es))
+	}
+	if !bytes.Contains(data, []byte(`"event":"truncated"`)) {
+		t.Fatal("no truncated line records the cut")
+	}
+}
+
+func TestVerifyChainsFilesInOrder(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	write(t, path, 5)
+	first, _ := chainOf(t, path)
+	os.Rename(path, path+".1")
+	write(t, path, 5) // a new process after a rotation: Open continues nothing
+	second, _ := chainOf(t, path)
+	if second.Continues(first) {
+		t.Fatal("two unrelated files pass as one chain")
+	}
+	if !second.Continues(Chain{}) || !(Chain{}).Continues(first) {
+		t.Fatal("an empty file breaks a chain")
 	}
 }
