@@ -1,0 +1,134 @@
+//go:build !node
+
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cofferhq/coffer/internal/server/audit"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// openAudit opens a log at path that flushes often, as a server would on
+// its tick.
+func openAudit(t *testing.T, path string) *audit.Log {
+	t.Helper()
+	l, err := audit.Open(path, audit.Options{Registerer: prometheus.NewRegistry(), FlushEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func record(l *audit.Log, n int) {
+	for range n {
+		l.Record(audit.Entry{Operation: "getSecret", Vault: "demo", Status: 200})
+	}
+}
+
+// eventually polls cond until it holds, or fails after a deadline that a
+// loaded machine meets.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// rotate renames path to path.N as logrotate's create mode does, leaving
+// an empty file at path.
+func rotate(t *testing.T, path string, n int) string {
+	t.Helper()
+	old := path + "." + string(rune('0'+n))
+	if err := os.Rename(path, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return old
+}
+
+func TestAuditVerifyChecksRotatedFilesInOrder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openAudit(t, path)
+	var olds []string
+	for i := range 2 {
+		record(l, 10)
+		eventually(t, "lines written", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(10*(i+1)) })
+		olds = append(olds, rotate(t, path, 2-i))
+		eventually(t, "the rotated line", func() bool {
+			data, _ := os.ReadFile(path)
+			return bytes.Contains(data, []byte(`"event":"rotated"`))
+		})
+	}
+	record(l, 10)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	oldest, middle := olds[0], olds[1] // audit.log.2, then audit.log.1
+	if code, out := runMain("audit", "verify", "-f", oldest, "-f", middle, "-f", path); code != 0 || !strings.Contains(out, "3 files") || !strings.Contains(out, "one chain") {
+		t.Fatalf("verify of the whole rotated log: %d %s", code, out)
+	}
+	for _, bad := range [][]string{{oldest, path}, {middle, oldest}, {path, middle}} {
+		code, out := runMain("audit", "verify", "-f", bad[0], "-f", bad[1])
+		if code == 0 || !strings.Contains(out, "does not continue") {
+			t.Fatalf("verify %v: %d %s; want a missing or misordered file reported", bad, code, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a test reads while tail writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestAuditTailFollowsARotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openAudit(t, path)
+	defer l.Close()
+	record(l, 5)
+	eventually(t, "the first lines", func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 5 })
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- tailLog(ctx, &out, path, 100, true) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("tail: %v", err)
+		}
+	}()
+	count := func() int { return strings.Count(out.String(), `"operation":"getSecret"`) }
+	eventually(t, "the first lines tailed", func() bool { return count() == 5 })
+	rotate(t, path, 1)
+	record(l, 5) // these land in either file
+	eventually(t, "the rotated line tailed", func() bool { return strings.Contains(out.String(), `"event":"rotated"`) })
+	record(l, 5)
+	eventually(t, "every line tailed", func() bool { return count() == 15 })
+}
