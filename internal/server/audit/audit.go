@@ -25,6 +25,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -137,6 +140,42 @@ type Options struct {
 	FlushEvery time.Duration
 	Registerer prometheus.Registerer
 	Now        func() time.Time
+	// MaxBytes, when positive, makes a log that Open made rotate itself:
+	// once its file holds MaxBytes, the file is renamed to RotatedName's
+	// name and a new one continues the chain. Zero leaves rotation to the
+	// operator, who renames the file.
+	MaxBytes int64
+	// MaxFiles, when positive, is how many of the files the log rotated
+	// itself are kept; older ones are removed. Zero keeps them all.
+	MaxFiles int
+}
+
+// rotatedLayout is the time in a rotated file's name: fixed width, so
+// that the names sort as the files were rotated.
+const rotatedLayout = "20060102T150405.000000000Z"
+
+// RotatedName is the name a log rotating itself at t gives the file at
+// path: path, a dash and the UTC time.
+func RotatedName(path string, t time.Time) string {
+	return path + "-" + t.UTC().Format(rotatedLayout)
+}
+
+// Rotated lists the files a log at path rotated itself, oldest first.
+func Rotated(path string) ([]string, error) {
+	dir, base := filepath.Split(path)
+	entries, err := os.ReadDir(filepath.Clean(dir + "."))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		stamp, ok := strings.CutPrefix(e.Name(), base+"-")
+		if _, err := time.Parse(rotatedLayout, stamp); ok && err == nil && e.Type().IsRegular() {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	sort.Strings(out) // the names differ only in their fixed-width times
+	return out, nil
 }
 
 // Log is an open audit log.
@@ -188,6 +227,13 @@ func Open(path string, opt Options) (*Log, error) {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: %w", path, err)
 	}
+	// An empty file after a rotation (the server stopped between the
+	// rename and its first line, or an operator's rename while it was
+	// down) continues the chain of the file rotated last.
+	var continued string
+	if fi, err := f.Stat(); err == nil && fi.Size() == 0 {
+		continued, prev = previousFile(path)
+	}
 	if _, err := f.Seek(0, io.SeekEnd); err != nil {
 		f.Close()
 		return nil, err
@@ -198,7 +244,32 @@ func Open(path string, opt Options) (*Log, error) {
 	if torn > 0 {
 		l.Record(Entry{Event: "recovered", Operation: "audit.truncate", Detail: fmt.Sprintf("cut a torn last line of %d bytes left by a crash", torn)})
 	}
+	if continued != "" {
+		l.Record(Entry{Event: "rotated", Operation: "audit.rotate", Detail: "this file continues the chain of " + filepath.Base(continued)})
+	}
 	return l, nil
+}
+
+// previousFile finds the file rotated last beside path (one the log
+// rotated itself, else logrotate's path.1) and its last line's hash. It
+// changes nothing: a file it cannot read continues nothing.
+func previousFile(path string) (name, hash string) {
+	names, _ := Rotated(path)
+	if len(names) > 0 {
+		name = names[len(names)-1]
+	} else {
+		name = path + ".1"
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return "", ""
+	}
+	defer f.Close()
+	hash, _, err = tail(f)
+	if err != nil || hash == "" {
+		return "", ""
+	}
+	return name, hash
 }
 
 // openFile opens the log file for appending: writes land at its end
@@ -369,14 +440,40 @@ func (l *Log) run() {
 		lines++
 		l.held.Add(1)
 	}
+	// reopen finishes the file f, which is no longer at path, and goes on
+	// with the chain in the file at path, after a line saying why.
+	reopen := func(f *os.File, why string) bool {
+		if !flush() {
+			return false // the old file first; the next tick tries again
+		}
+		nf, err := openFile(l.path)
+		if err != nil {
+			return false // lines still reach the old file; the next tick tries again
+		}
+		if offset >= 0 {
+			if offset, err = nf.Seek(0, io.SeekEnd); err != nil {
+				offset = -1
+			}
+		}
+		l.mu.Lock()
+		l.sink, l.closer = nf, nf
+		l.mu.Unlock()
+		f.Close()
+		add(Entry{at: l.opt.Now(), Event: "rotated", Operation: "audit.rotate", Detail: why})
+		return true
+	}
+	file := func() *os.File {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		f, _ := l.closer.(*os.File)
+		return f
+	}
 	// follow keeps the chain going when the file is rotated under the
 	// writer: moved away (then the rest goes to the old file, and the
 	// chain continues in the one now at path) or cut short (then lines go
 	// on at its new end). It runs on the tick: two stat calls per tick.
 	follow := func() {
-		l.mu.Lock()
-		f, _ := l.closer.(*os.File)
-		l.mu.Unlock()
+		f := file()
 		if f == nil {
 			return
 		}
@@ -396,24 +493,32 @@ func (l *Log) run() {
 		case err != nil && !errors.Is(err, os.ErrNotExist):
 			return // cannot tell: go on where the lines go now
 		}
-		if !flush() {
-			return // the old file first; the next tick tries again
+		reopen(f, "the file before this one was moved away; this one continues its chain")
+	}
+	// rotate renames a file that reached MaxBytes, goes on in a new one,
+	// and removes the rotated files past MaxFiles.
+	rotate := func() {
+		f := file()
+		// A name already taken (a clock that stood still) would be
+		// replaced by the rename: take the next free nanosecond.
+		at := l.opt.Now()
+		name := RotatedName(l.path, at)
+		for _, err := os.Lstat(name); err == nil; _, err = os.Lstat(name) {
+			at = at.Add(time.Nanosecond)
+			name = RotatedName(l.path, at)
 		}
-		nf, err := openFile(l.path)
-		if err != nil {
-			return // lines still reach the old file; the next tick tries again
+		size := offset
+		if f == nil || os.Rename(l.path, name) != nil {
+			return // the next flush tries again
 		}
-		if offset >= 0 {
-			if offset, err = nf.Seek(0, io.SeekEnd); err != nil {
-				offset = -1
+		// Should the new file fail to open, follow finishes on a later tick.
+		reopen(f, fmt.Sprintf("the file before this one reached %d bytes and is now %s; this one continues its chain", size, filepath.Base(name)))
+		if l.opt.MaxFiles > 0 {
+			names, _ := Rotated(l.path)
+			for _, n := range names[:max(0, len(names)-l.opt.MaxFiles)] {
+				os.Remove(n)
 			}
 		}
-		l.mu.Lock()
-		l.sink, l.closer = nf, nf
-		l.mu.Unlock()
-		f.Close()
-		add(Entry{at: l.opt.Now(), Event: "rotated", Operation: "audit.rotate",
-			Detail: "the file before this one was moved away; this one continues its chain"})
 	}
 	var spare []Entry
 	for {
@@ -452,7 +557,9 @@ func (l *Log) run() {
 			follow()
 		}
 		if (ticked || len(pending) >= flushBytes) && l.opt.Now().After(retryAt) {
-			flush()
+			if flush() && l.opt.MaxBytes > 0 && l.path != "" && offset >= l.opt.MaxBytes {
+				rotate()
+			}
 		}
 	}
 }
@@ -460,6 +567,19 @@ func (l *Log) run() {
 // lastHash returns the hash of the last complete line of f, and the length
 // of a torn (unterminated) tail, which it truncates.
 func lastHash(f *os.File) (string, int64, error) {
+	hash, torn, err := tail(f)
+	if err == nil && torn > 0 {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil {
+			err = f.Truncate(fi.Size() - torn)
+		}
+	}
+	return hash, torn, err
+}
+
+// tail returns the hash of the last complete line of f, and the length of
+// a torn (unterminated) tail after it.
+func tail(f *os.File) (string, int64, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return "", 0, err
@@ -478,9 +598,6 @@ func lastHash(f *os.File) (string, int64, error) {
 	if buf[len(buf)-1] != '\n' {
 		cut := bytes.LastIndexByte(buf, '\n') + 1
 		torn = int64(len(buf) - cut)
-		if err := f.Truncate(size - torn); err != nil {
-			return "", 0, err
-		}
 		buf = buf[:cut]
 	}
 	buf = bytes.TrimRight(buf, "\n")

@@ -351,17 +351,136 @@ func TestCopytruncateLeavesNoHole(t *testing.T) {
 }
 
 func TestVerifyChainsFilesInOrder(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "audit.log")
-	write(t, path, 5)
-	first, _ := chainOf(t, path)
-	os.Rename(path, path+".1")
-	write(t, path, 5) // a new process after a rotation: Open continues nothing
-	second, _ := chainOf(t, path)
+	a, b := filepath.Join(t.TempDir(), "audit.log"), filepath.Join(t.TempDir(), "audit.log")
+	write(t, a, 5)
+	write(t, b, 5)
+	first, _ := chainOf(t, a)
+	second, _ := chainOf(t, b)
 	if second.Continues(first) {
 		t.Fatal("two unrelated files pass as one chain")
 	}
 	if !second.Continues(Chain{}) || !(Chain{}).Continues(first) {
 		t.Fatal("an empty file breaks a chain")
+	}
+}
+
+// A file rotated while the server was down, or just before it stopped
+// (between the rename and the new file's first line), is continued by
+// the next start: by the newest of the server's own rotations, else by
+// logrotate's path.1.
+func TestOpenContinuesTheFileRotatedLast(t *testing.T) {
+	for _, name := range []string{"audit.log.1", RotatedName("audit.log", time.Date(2026, 12, 7, 1, 2, 3, 4, time.UTC))} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "audit.log")
+			write(t, path, 5)
+			if err := os.Rename(path, filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+			if name == "audit.log.1" {
+				os.WriteFile(path, nil, 0o600) // logrotate's create
+			}
+			write(t, path, 5)
+			before, _ := chainOf(t, filepath.Join(dir, name))
+			after, es := chainOf(t, path)
+			if !after.Continues(before) || after.First == "" {
+				t.Fatalf("the new file does not continue %s: %+v then %+v", name, before, after)
+			}
+			if es[0].Event != "rotated" || !strings.Contains(es[0].Detail, name) {
+				t.Fatalf("first line %+v; want a rotated line naming %s", es[0], name)
+			}
+		})
+	}
+}
+
+func TestRotatesItselfAndKeepsMaxFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	// A clock that moves a millisecond a reading, so that each rotation
+	// has a name of its own.
+	var mu sync.Mutex
+	clock := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	now := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		clock = clock.Add(time.Millisecond)
+		return clock
+	}
+	l, err := Open(path, Options{Registerer: prometheus.NewRegistry(), FlushEvery: 2 * time.Millisecond, Now: now, MaxBytes: 4 << 10, MaxFiles: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for {
+		for range 20 {
+			l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
+		}
+		total += 20
+		waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
+		if names, _ := Rotated(path); len(names) == 3 && total >= 400 {
+			break
+		}
+		if total > 5000 {
+			t.Fatal("the log did not rotate itself")
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := Rotated(path)
+	if len(names) != 3 {
+		t.Fatalf("%d rotated files kept; want MaxFiles, 3: %v", len(names), names)
+	}
+	files := append(names, path)
+	var before Chain
+	for i, n := range files {
+		c, es := chainOf(t, n)
+		if i > 0 && !c.Continues(before) {
+			t.Fatalf("%s does not continue %s", filepath.Base(n), filepath.Base(files[i-1]))
+		}
+		if i < len(files)-1 {
+			if fi, _ := os.Stat(n); fi.Size() > 4<<10+flushBytes || fi.Size() < 4<<10 {
+				t.Fatalf("%s holds %d bytes; want MaxBytes, 4 KiB, up to one batch more", filepath.Base(n), fi.Size())
+			}
+		}
+		if es[0].Event != "rotated" && i > 0 {
+			t.Fatalf("%s starts with %+v", filepath.Base(n), es[0])
+		}
+		before = c
+	}
+}
+
+// With a clock that stands still (as tests inject), each rotation still
+// gets a name of its own: none replaces another.
+func TestRotationWithAStoppedClockReplacesNoFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	stopped := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	l, err := Open(path, Options{Registerer: prometheus.NewRegistry(), FlushEvery: 2 * time.Millisecond,
+		Now: func() time.Time { return stopped }, MaxBytes: 2 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for names, _ := Rotated(path); len(names) < 4; names, _ = Rotated(path) {
+		for range 10 {
+			l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
+		}
+		total += 10
+		waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
+		if total > 5000 {
+			t.Fatal("the log did not rotate itself")
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := Rotated(path)
+	got := 0
+	for _, n := range append(names, path) {
+		_, es := chainOf(t, n)
+		got += requests(es)
+	}
+	if got != total {
+		t.Fatalf("%d request lines over %d files; want %d", got, len(names)+1, total)
 	}
 }
