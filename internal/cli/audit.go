@@ -21,17 +21,31 @@ func defaultAuditFile() string { return filepath.Join(".coffer", "audit.log") }
 func (a *app) auditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Check and read the audit log"}
 	var files []string
+	var rotated bool
 	verify := &cobra.Command{
 		Use:   "verify",
 		Short: "Check the audit log's hash chain: any edited, removed or reordered line is reported",
 		Long: `Check the audit log's hash chain: any edited, removed or reordered line is
 reported. Give a rotated log's files oldest first, each with --file, to
-check also that each file continues the one before it.`,
+check also that each file continues the one before it; --rotated adds the
+files the server rotated itself (--audit-max-size-mb) before each file.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if rotated {
+				var all []string
+				for _, f := range files {
+					names, err := audit.Rotated(f)
+					if err != nil {
+						return err
+					}
+					all = append(append(all, names...), f)
+				}
+				files = all
+			}
 			return a.verifyAudit(files)
 		},
 	}
+	verify.Flags().BoolVar(&rotated, "rotated", false, "also check the files the server rotated itself ({file}-{UTC time}), oldest first, before each file")
 	verify.Flags().StringSliceVarP(&files, "file", "f", []string{defaultAuditFile()}, "audit log file; repeat for a rotated log's files, oldest first")
 	var tailFile string
 	var follow bool

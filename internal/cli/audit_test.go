@@ -5,6 +5,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,4 +132,34 @@ func TestAuditTailFollowsARotation(t *testing.T) {
 	eventually(t, "the rotated line tailed", func() bool { return strings.Contains(out.String(), `"event":"rotated"`) })
 	record(l, 5)
 	eventually(t, "every line tailed", func() bool { return count() == 15 })
+}
+
+func TestAuditVerifyRotatedFindsTheServersOwnRotations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := audit.Open(path, audit.Options{Registerer: prometheus.NewRegistry(), FlushEvery: 2 * time.Millisecond, MaxBytes: 2 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; ; i++ {
+		record(l, 10)
+		eventually(t, "lines written", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(10*i) })
+		if names, _ := audit.Rotated(path); len(names) >= 3 {
+			break
+		}
+		if i > 500 {
+			t.Fatal("the log did not rotate itself")
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := audit.Rotated(path)
+	code, out := runMain("audit", "verify", "--rotated", "-f", path)
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("%d files", len(names)+1)) || !strings.Contains(out, "one chain") {
+		t.Fatalf("verify --rotated: %d %s", code, out)
+	}
+	os.Remove(names[1]) // one from the middle
+	if code, out := runMain("audit", "verify", "--rotated", "-f", path); code == 0 || !strings.Contains(out, "does not continue") {
+		t.Fatalf("verify --rotated with a file gone: %d %s", code, out)
+	}
 }

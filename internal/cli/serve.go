@@ -27,7 +27,7 @@ var serverFlags = withStoreFlags(map[string]string{
 	"PublicPort": "--public-port", "TLSCertFile": "--tls-cert-file", "TLSKeyFile": "--tls-key-file",
 	"InsecureHTTP": "--insecure-http", "TokenLifetime": "--token-lifetime", "TokenRateLimit": "--token-rate-limit",
 	"TokenRateBurst": "--token-rate-burst", "FederationCAFile": "--federation-ca-file", "AllowPrivateIssuers": "--allow-private-issuers", "PurgeInterval": "--purge-interval",
-	"AuditLog": "--audit-log", "MetricsAddr": "--metrics-addr",
+	"AuditLog": "--audit-log", "AuditMaxSizeMB": "--audit-max-size-mb", "AuditMaxFiles": "--audit-max-files", "MetricsAddr": "--metrics-addr",
 	"AllowPrivateEndpoints": "--allow-private-endpoints", "EgressCAFile": "--egress-ca-file",
 	"ACMEHTTPListen": "--acme-http-listen", "EventInterval": "--event-interval", "NoVaultWatch": "--no-vault-watch",
 })
@@ -83,6 +83,8 @@ func bindCommonServer(c *cobra.Command, o *server.Options, metricsDefault string
 	f.IntVar(&o.TokenRateBurst, "token-rate-burst", 0, "token request burst per client (default 40)")
 	f.StringVar(&o.FederationCAFile, "federation-ca-file", "", "PEM CAs to trust, besides the system roots, for federated issuers (such as a cluster's service-account issuer)")
 	f.StringVar(&o.AuditLog, "audit-log", "", "audit log file (default: {data-dir}/audit.log)")
+	f.IntVar(&o.AuditMaxSizeMB, "audit-max-size-mb", 0, "rotate the audit log once its file holds this many MiB, to {audit-log}-{UTC time} (0: never; rotate it by renaming instead)")
+	f.IntVar(&o.AuditMaxFiles, "audit-max-files", 0, "with --audit-max-size-mb, how many rotated files to keep; older ones are removed (0: all)")
 	f.StringVar(&o.MetricsAddr, "metrics-addr", metricsDefault, "address for Prometheus metrics over plain HTTP (empty: off)")
 	f.BoolVar(&o.AllowPrivateIssuers, "allow-private-issuers", false, "let federated credentials' issuers be loopback, link-local or private addresses (such as an in-cluster apiserver's)")
 	f.BoolVar(&o.AllowPrivateEndpoints, "allow-private-endpoints", false, "let event subscriptions, ACME directories and DNS hooks be loopback, link-local or private addresses")

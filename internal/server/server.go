@@ -96,6 +96,13 @@ type Options struct {
 	PurgeInterval time.Duration
 	// AuditLog is the audit log file; empty means {DataDir}/audit.log.
 	AuditLog string
+	// AuditMaxSizeMB, when positive, rotates the audit log once its file
+	// holds this many MiB (see audit.Options.MaxBytes); zero leaves
+	// rotation to the operator.
+	AuditMaxSizeMB int
+	// AuditMaxFiles, when positive, is how many files rotated that way
+	// are kept; zero keeps them all.
+	AuditMaxFiles int
 	// MetricsAddr serves /metrics and /healthz over plain HTTP; empty is off.
 	MetricsAddr string
 	// NoVaultWatch turns the vault watch off, for a proxy in front of the
@@ -162,6 +169,15 @@ func (o *Options) Validate() error {
 	}
 	if o.PurgeInterval < 0 {
 		return daemon.Invalid("PurgeInterval", "%v must be positive", o.PurgeInterval)
+	}
+	if o.AuditMaxSizeMB < 0 {
+		return daemon.Invalid("AuditMaxSizeMB", "%d is negative: give the MiB at which to rotate, or 0 not to", o.AuditMaxSizeMB)
+	}
+	if o.AuditMaxFiles < 0 {
+		return daemon.Invalid("AuditMaxFiles", "%d is negative: give how many rotated files to keep, or 0 for all", o.AuditMaxFiles)
+	}
+	if o.AuditMaxFiles > 0 && o.AuditMaxSizeMB == 0 {
+		return daemon.Invalid("AuditMaxFiles", "needs AuditMaxSizeMB: only the files the server rotates itself are removed")
 	}
 	return nil
 }
@@ -333,7 +349,8 @@ func (s *Server) build(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(auditPath), 0o700); err != nil {
 		return fmt.Errorf("create the audit log's directory: %w", err)
 	}
-	if s.Audit, err = audit.Open(auditPath, audit.Options{Registerer: s.Metrics, Now: s.cfg.Now}); err != nil {
+	if s.Audit, err = audit.Open(auditPath, audit.Options{Registerer: s.Metrics, Now: s.cfg.Now,
+		MaxBytes: int64(s.cfg.AuditMaxSizeMB) << 20, MaxFiles: s.cfg.AuditMaxFiles}); err != nil {
 		return err
 	}
 	s.Secrets = secret.New(b, b, s.cfg.Now)

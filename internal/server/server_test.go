@@ -53,13 +53,16 @@ func TestOptionsValidate(t *testing.T) {
 		o    Options
 		want string
 	}{
-		"no data dir":     {Options{DNSSuffix: "vault.test", InsecureHTTP: true}, "DataDir is required"},
-		"no suffix":       {Options{StoreOptions: StoreOptions{DataDir: "d"}, InsecureHTTP: true}, "DNSSuffix is required"},
-		"one label":       {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "localhost", InsecureHTTP: true}, "DNSSuffix DNS suffix"},
-		"no tls":          {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test"}, "TLSCertFile is required"},
-		"no key":          {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", TLSCertFile: "c"}, "TLSKeyFile is required"},
-		"short tokens":    {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, TokenLifetime: 1}, "TokenLifetime 1ns is out of range"},
-		"bad public port": {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, PublicPort: 70000}, "PublicPort 70000"},
+		"no data dir":          {Options{DNSSuffix: "vault.test", InsecureHTTP: true}, "DataDir is required"},
+		"no suffix":            {Options{StoreOptions: StoreOptions{DataDir: "d"}, InsecureHTTP: true}, "DNSSuffix is required"},
+		"one label":            {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "localhost", InsecureHTTP: true}, "DNSSuffix DNS suffix"},
+		"no tls":               {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test"}, "TLSCertFile is required"},
+		"no key":               {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", TLSCertFile: "c"}, "TLSKeyFile is required"},
+		"short tokens":         {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, TokenLifetime: 1}, "TokenLifetime 1ns is out of range"},
+		"bad public port":      {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, PublicPort: 70000}, "PublicPort 70000"},
+		"negative audit size":  {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, AuditMaxSizeMB: -1}, "AuditMaxSizeMB -1 is negative"},
+		"negative audit files": {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, AuditMaxSizeMB: 1, AuditMaxFiles: -1}, "AuditMaxFiles -1 is negative"},
+		"audit files, no size": {Options{StoreOptions: StoreOptions{DataDir: "d"}, DNSSuffix: "vault.test", InsecureHTTP: true, AuditMaxFiles: 3}, "AuditMaxFiles needs AuditMaxSizeMB"},
 	} {
 		err := tc.o.Validate()
 		if err == nil || len(err.Error()) < len(tc.want) || err.Error()[:len(tc.want)] != tc.want {
