@@ -208,6 +208,8 @@ spec:
         - --tls-cert-file=/etc/coffer/tls/tls.crt
         - --tls-key-file=/etc/coffer/tls/tls.key
         - --metrics-addr={{ .Values.server.metricsAddr }}
+        - --audit-max-size-mb={{ int .Values.server.audit.maxSizeMB }}
+        - --audit-max-files={{ int .Values.server.audit.maxFiles }}
         {{- if .Values.server.federationCA.configMap }}
         - --federation-ca-file=/etc/coffer/federation/{{ .Values.server.federationCA.key }}
         {{- end }}
