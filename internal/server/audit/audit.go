@@ -162,20 +162,30 @@ func RotatedName(path string, t time.Time) string {
 
 // Rotated lists the files a log at path rotated itself, oldest first.
 func Rotated(path string) ([]string, error) {
-	dir, base := filepath.Split(path)
-	entries, err := os.ReadDir(filepath.Clean(dir + "."))
+	dir := filepath.Dir(path)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, e := range entries {
-		stamp, ok := strings.CutPrefix(e.Name(), base+"-")
-		if _, err := time.Parse(rotatedLayout, stamp); ok && err == nil && e.Type().IsRegular() {
+		if _, ok := rotatedAt(path, e.Name()); ok && e.Type().IsRegular() {
 			out = append(out, filepath.Join(dir, e.Name()))
 		}
 	}
 	sort.Strings(out) // the names differ only in their fixed-width times
 	return out, nil
+}
+
+// rotatedAt is when the file name (with or without its directory) was
+// rotated from the log at path, if it is one of that log's rotations.
+func rotatedAt(path, name string) (time.Time, bool) {
+	stamp, ok := strings.CutPrefix(filepath.Base(name), filepath.Base(path)+"-")
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(rotatedLayout, stamp)
+	return t, err == nil
 }
 
 // Log is an open audit log.
@@ -499,14 +509,17 @@ func (l *Log) run() {
 	// and removes the rotated files past MaxFiles.
 	rotate := func() {
 		f := file()
-		// A name already taken (a clock that stood still) would be
-		// replaced by the rename: take the next free nanosecond.
+		// The names must sort as the files were rotated, and none may
+		// replace another, also when the clock stood still (as tests
+		// inject) or stepped back: then go on a nanosecond after the
+		// newest. Pruning removes the first names.
 		at := l.opt.Now()
-		name := RotatedName(l.path, at)
-		for _, err := os.Lstat(name); err == nil; _, err = os.Lstat(name) {
-			at = at.Add(time.Nanosecond)
-			name = RotatedName(l.path, at)
+		if names, _ := Rotated(l.path); len(names) > 0 {
+			if last, ok := rotatedAt(l.path, names[len(names)-1]); ok && !at.After(last) {
+				at = last.Add(time.Nanosecond)
+			}
 		}
+		name := RotatedName(l.path, at)
 		size := offset
 		if f == nil || os.Rename(l.path, name) != nil {
 			return // the next flush tries again

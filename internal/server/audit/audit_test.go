@@ -450,37 +450,54 @@ func TestRotatesItselfAndKeepsMaxFiles(t *testing.T) {
 	}
 }
 
-// With a clock that stands still (as tests inject), each rotation still
-// gets a name of its own: none replaces another.
-func TestRotationWithAStoppedClockReplacesNoFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.log")
-	stopped := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
-	l, err := Open(path, Options{Registerer: prometheus.NewRegistry(), FlushEvery: 2 * time.Millisecond,
-		Now: func() time.Time { return stopped }, MaxBytes: 2 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := 0
-	for names, _ := Rotated(path); len(names) < 4; names, _ = Rotated(path) {
-		for range 10 {
-			l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
-		}
-		total += 10
-		waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
-		if total > 5000 {
-			t.Fatal("the log did not rotate itself")
-		}
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	names, _ := Rotated(path)
-	got := 0
-	for _, n := range append(names, path) {
-		_, es := chainOf(t, n)
-		got += requests(es)
-	}
-	if got != total {
-		t.Fatalf("%d request lines over %d files; want %d", got, len(names)+1, total)
+// With a clock that stands still (as tests inject) or steps back, each
+// rotation still gets a name of its own, and the names sort in the order
+// of the rotations: none replaces another, and pruning would remove the
+// oldest.
+func TestRotationNamesSortWhateverTheClock(t *testing.T) {
+	for name, step := range map[string]time.Duration{"stopped": 0, "backwards": -time.Hour} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			var mu sync.Mutex
+			clock := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+			now := func() time.Time {
+				mu.Lock()
+				defer mu.Unlock()
+				clock = clock.Add(step)
+				return clock
+			}
+			l, err := Open(path, Options{Registerer: prometheus.NewRegistry(), FlushEvery: 2 * time.Millisecond, Now: now, MaxBytes: 2 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			total := 0
+			for names, _ := Rotated(path); len(names) < 4; names, _ = Rotated(path) {
+				for range 10 {
+					l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
+				}
+				total += 10
+				waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
+				if total > 5000 {
+					t.Fatal("the log did not rotate itself")
+				}
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			names, _ := Rotated(path)
+			got := 0
+			var before Chain
+			for i, n := range append(names, path) {
+				c, es := chainOf(t, n)
+				if i > 0 && !c.Continues(before) {
+					t.Fatalf("%s does not continue the file named before it", filepath.Base(n))
+				}
+				before = c
+				got += requests(es)
+			}
+			if got != total {
+				t.Fatalf("%d request lines over %d files; want %d", got, len(names)+1, total)
+			}
+		})
 	}
 }
