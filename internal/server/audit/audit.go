@@ -93,6 +93,11 @@ type Metrics struct {
 	Dropped prometheus.Counter
 	Failing prometheus.Gauge
 	Pending prometheus.GaugeFunc
+	// FileBytes is the size of the file lines go to now, and Rotations
+	// counts the files finished for a new one, by cause: "size" (the log
+	// rotated itself) or "rename" (the file was moved away).
+	FileBytes prometheus.Gauge
+	Rotations *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, pending func() float64) *Metrics {
@@ -101,9 +106,13 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) *Metrics {
 		Dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "coffer_audit_dropped_total", Help: "Audit lines lost because the buffer was full while the sink failed."}),
 		Failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_audit_sink_failing", Help: "1 while the audit sink cannot be written; alert on it."}),
 		Pending: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "coffer_audit_pending_lines", Help: "Audit lines waiting to be written."}, pending),
+		FileBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "coffer_audit_file_bytes",
+			Help: "Size of the audit log file written now; without rotation it grows until the disk is full."}),
+		Rotations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "coffer_audit_rotations_total",
+			Help: "Audit log files finished for a new one: cause size (the server rotated it) or rename (it was moved away)."}, []string{"cause"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Lines, m.Dropped, m.Failing, m.Pending)
+		reg.MustRegister(m.Lines, m.Dropped, m.Failing, m.Pending, m.FileBytes, m.Rotations)
 	}
 	return m
 }
@@ -410,6 +419,7 @@ func (l *Log) run() {
 	if rw, ok := l.sink.(rewinder); ok {
 		if off, err := rw.Seek(0, io.SeekCurrent); err == nil {
 			offset = off
+			l.metrics.FileBytes.Set(float64(off))
 		}
 	}
 	tick := time.NewTicker(l.opt.FlushEvery)
@@ -438,6 +448,7 @@ func (l *Log) run() {
 		}
 		if offset >= 0 {
 			offset += int64(len(pending))
+			l.metrics.FileBytes.Set(float64(offset))
 		}
 		l.metrics.Lines.Add(float64(lines))
 		l.metrics.Failing.Set(0)
@@ -452,7 +463,7 @@ func (l *Log) run() {
 	}
 	// reopen finishes the file f, which is no longer at path, and goes on
 	// with the chain in the file at path, after a line saying why.
-	reopen := func(f *os.File, why string) bool {
+	reopen := func(f *os.File, cause, why string) bool {
 		if !flush() {
 			return false // the old file first; the next tick tries again
 		}
@@ -469,6 +480,8 @@ func (l *Log) run() {
 		l.sink, l.closer = nf, nf
 		l.mu.Unlock()
 		f.Close()
+		l.metrics.Rotations.WithLabelValues(cause).Inc()
+		l.metrics.FileBytes.Set(float64(max(offset, 0)))
 		add(Entry{at: l.opt.Now(), Event: "rotated", Operation: "audit.rotate", Detail: why})
 		return true
 	}
@@ -498,12 +511,13 @@ func (l *Log) run() {
 				add(Entry{at: l.opt.Now(), Event: "truncated", Operation: "audit.cut",
 					Detail: fmt.Sprintf("another process cut this file from %d to %d bytes; the lines it held before the cut are gone", offset, cur.Size())})
 				offset = cur.Size()
+				l.metrics.FileBytes.Set(float64(offset))
 			}
 			return
 		case err != nil && !errors.Is(err, os.ErrNotExist):
 			return // cannot tell: go on where the lines go now
 		}
-		reopen(f, "the file before this one was moved away; this one continues its chain")
+		reopen(f, "rename", "the file before this one was moved away; this one continues its chain")
 	}
 	// rotate renames a file that reached MaxBytes, goes on in a new one,
 	// and removes the rotated files past MaxFiles.
@@ -525,7 +539,7 @@ func (l *Log) run() {
 			return // the next flush tries again
 		}
 		// Should the new file fail to open, follow finishes on a later tick.
-		reopen(f, fmt.Sprintf("the file before this one reached %d bytes and is now %s; this one continues its chain", size, filepath.Base(name)))
+		reopen(f, "size", fmt.Sprintf("the file before this one reached %d bytes and is now %s; this one continues its chain", size, filepath.Base(name)))
 		if l.opt.MaxFiles > 0 {
 			names, _ := Rotated(l.path)
 			for _, n := range names[:max(0, len(names)-l.opt.MaxFiles)] {

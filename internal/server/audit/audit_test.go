@@ -309,6 +309,12 @@ func TestRotationByRenameContinuesTheChain(t *testing.T) {
 			if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
 				t.Fatalf("new audit log mode %v", fi.Mode().Perm())
 			}
+			m := l.Metrics()
+			if fi, _ := os.Stat(path); testutil.ToFloat64(m.FileBytes) != float64(fi.Size()) ||
+				testutil.ToFloat64(m.Rotations.WithLabelValues("rename")) != 1 || testutil.ToFloat64(m.Rotations.WithLabelValues("size")) != 0 {
+				t.Fatalf("metrics: file %v bytes (the file has %d), rotations %v by rename and %v by size; want its size, 1 and 0",
+					testutil.ToFloat64(m.FileBytes), fi.Size(), testutil.ToFloat64(m.Rotations.WithLabelValues("rename")), testutil.ToFloat64(m.Rotations.WithLabelValues("size")))
+			}
 			// A third process run reopens the new file and goes on.
 			write(t, path, 3)
 			if again, _ := chainOf(t, path); again.First != after.First || again.Lines != after.Lines+3 {
@@ -430,6 +436,9 @@ func TestRotatesItselfAndKeepsMaxFiles(t *testing.T) {
 	names, _ := Rotated(path)
 	if len(names) != 3 {
 		t.Fatalf("%d rotated files kept; want MaxFiles, 3: %v", len(names), names)
+	}
+	if by := testutil.ToFloat64(l.Metrics().Rotations.WithLabelValues("size")); by < 3 {
+		t.Fatalf("%v rotations by size counted; want at least the 3 files kept", by)
 	}
 	files := append(names, path)
 	var before Chain
