@@ -9,11 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cofferhq/coffer/internal/server/audit"
+	"github.com/cofferhq/coffer/internal/testing/poll"
+	"github.com/cofferhq/coffer/internal/testing/syncbuf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -32,19 +33,6 @@ func openAudit(t *testing.T, path string) *audit.Log {
 func record(l *audit.Log, n int) {
 	for range n {
 		l.Record(audit.Entry{Operation: "getSecret", Vault: "demo", Status: 200})
-	}
-}
-
-// eventually polls cond until it holds, or fails after a deadline that a
-// loaded machine meets.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -68,9 +56,9 @@ func TestAuditVerifyChecksRotatedFilesInOrder(t *testing.T) {
 	var olds []string
 	for i := range 2 {
 		record(l, 10)
-		eventually(t, "lines written", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(10*(i+1)) })
+		poll.Until(t, "lines written", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(10*(i+1)) })
 		olds = append(olds, rotate(t, path, 2-i))
-		eventually(t, "the rotated line", func() bool {
+		poll.Until(t, "the rotated line", func() bool {
 			data, _ := os.ReadFile(path)
 			return bytes.Contains(data, []byte(`"event":"rotated"`))
 		})
@@ -91,32 +79,14 @@ func TestAuditVerifyChecksRotatedFilesInOrder(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer that a test reads while tail writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuditTailFollowsARotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	l := openAudit(t, path)
 	defer l.Close()
 	record(l, 5)
-	eventually(t, "the first lines", func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 5 })
+	poll.Until(t, "the first lines", func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 5 })
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- tailLog(ctx, &out, path, 100, true) }()
 	defer func() {
@@ -126,12 +96,12 @@ func TestAuditTailFollowsARotation(t *testing.T) {
 		}
 	}()
 	count := func() int { return strings.Count(out.String(), `"operation":"getSecret"`) }
-	eventually(t, "the first lines tailed", func() bool { return count() == 5 })
+	poll.Until(t, "the first lines tailed", func() bool { return count() == 5 })
 	rotate(t, path, 1)
 	record(l, 5) // these land in either file
-	eventually(t, "the rotated line tailed", func() bool { return strings.Contains(out.String(), `"event":"rotated"`) })
+	poll.Until(t, "the rotated line tailed", func() bool { return strings.Contains(out.String(), `"event":"rotated"`) })
 	record(l, 5)
-	eventually(t, "every line tailed", func() bool { return count() == 15 })
+	poll.Until(t, "every line tailed", func() bool { return count() == 15 })
 }
 
 func TestAuditVerifyRotatedFindsTheServersOwnRotations(t *testing.T) {
@@ -142,7 +112,7 @@ func TestAuditVerifyRotatedFindsTheServersOwnRotations(t *testing.T) {
 	}
 	for i := 1; ; i++ {
 		record(l, 10)
-		eventually(t, "lines written", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(10*i) })
+		poll.Until(t, "lines written", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(10*i) })
 		if names, _ := audit.Rotated(path); len(names) >= 3 {
 			break
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/cofferhq/coffer/internal/node/azparams"
 	"github.com/cofferhq/coffer/internal/node/kvclient"
 	"github.com/cofferhq/coffer/internal/protocol/vaultwatch"
+	"github.com/cofferhq/coffer/internal/testing/poll"
 )
 
 // watchStandIn is a vault server's watch on loopback whose answers each
@@ -109,16 +110,6 @@ func (f *watchFixture) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-// waitFor polls cond for up to 20 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 func (f *watchFixture) pushed(t *testing.T, target string) {
 	t.Helper()
 	select {
@@ -139,7 +130,7 @@ func TestVaultWatchVouchesWhileConfirmed(t *testing.T) {
 		return 200, []vaultwatch.Record{{Type: vaultwatch.Ready, Reauthorize: 30}}, true
 	}}
 	f := newWatchFixture(t, standIn)
-	waitFor(t, "the watch to vouch for the object", func() bool { return f.w.fresh(f.watch, f.key) == `"v1"` })
+	poll.Until(t, "the watch to vouch for the object", func() bool { return f.w.fresh(f.watch, f.key) == `"v1"` })
 	reqs, _ := standIn.seen()
 	if got := reqs[0].Objects; len(got) != 1 || got[0] != (vaultwatch.Object{Vault: vaultOf(f.srv.URL), Kind: "secrets", Name: "db", ETag: `"v1"`}) {
 		t.Fatalf("the watch asked for %+v", got)
@@ -179,7 +170,7 @@ func TestVaultWatchRecords(t *testing.T) {
 	// asked for it while it was dropped.
 	f.w.register(registration{target: "/pods/a/vol", token: "token-a", expires: time.Now().Add(time.Hour), resource: f.srv.URL, principal: "tenant/p",
 		items: []watchItem{{base: f.srv.URL, objType: azparams.TypeSecret, name: "db", etag: `"v3"`}}})
-	waitFor(t, "the object to be watched again", func() bool { return f.w.fresh(f.watch, f.key) == `"v3"` })
+	poll.Until(t, "the object to be watched again", func() bool { return f.w.fresh(f.watch, f.key) == `"v3"` })
 	if reqs, _ := standIn.seen(); len(reqs) != 2 || reqs[1].Objects[0].ETag != `"v3"` {
 		t.Fatalf("watches asked for %+v; want the second to ask for the state the mount read", reqs)
 	}
@@ -198,12 +189,12 @@ func TestVaultWatchReopens(t *testing.T) {
 		return 200, []vaultwatch.Record{{Type: vaultwatch.Ready}}, true
 	}}
 	f := newWatchFixture(t, standIn)
-	waitFor(t, "a third watch", func() bool { reqs, _ := standIn.seen(); return len(reqs) >= 3 })
+	poll.Until(t, "a third watch", func() bool { reqs, _ := standIn.seen(); return len(reqs) >= 3 })
 	reqs, _ := standIn.seen()
 	if got := reqs[2].Objects[0].ETag; got != `"v2"` {
 		t.Fatalf("the watch was opened again from %s, want the state the last one reported", got)
 	}
-	waitFor(t, "the new watch to vouch", func() bool { return f.w.fresh(f.watch, f.key) == `"v2"` })
+	poll.Until(t, "the new watch to vouch", func() bool { return f.w.fresh(f.watch, f.key) == `"v2"` })
 }
 
 // A server without the vault watch (404) is watched with held reads
@@ -211,7 +202,7 @@ func TestVaultWatchReopens(t *testing.T) {
 func TestVaultWatchFallsBackToHeldReads(t *testing.T) {
 	standIn := &watchStandIn{script: func(int) (int, []vaultwatch.Record, bool) { return http.StatusNotFound, nil, false }}
 	f := newWatchFixture(t, standIn)
-	waitFor(t, "held reads", func() bool { _, gets := standIn.seen(); return gets > 0 })
+	poll.Until(t, "held reads", func() bool { _, gets := standIn.seen(); return gets > 0 })
 	f.w.mu.Lock()
 	_, held := f.w.objects[f.key]
 	_, streaming := f.w.watches[f.watch]

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cofferhq/coffer/internal/testing/poll"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -141,13 +142,13 @@ func TestFailingSinkNeverBlocksAndLeavesAVisibleGap(t *testing.T) {
 		t.Fatal("no lines counted as dropped while the buffer overflowed")
 	}
 	close(sink.block)
-	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Failing) == 1 })
+	poll.Until(t, "the sink to be reported failing", func() bool { return testutil.ToFloat64(l.Metrics().Failing) == 1 })
 	sink.set(false)
 	// The writer retries on its own, once its clock is past the retry
 	// delay (moved on at every look, so no retry scheduled meanwhile is
 	// missed); once it has, the buffer has room again (a line recorded
 	// before that could still be dropped, as designed).
-	waitFor(t, func() bool {
+	poll.Until(t, "the writer to retry and recover", func() bool {
 		mu.Lock()
 		now = now.Add(time.Hour)
 		mu.Unlock()
@@ -183,17 +184,6 @@ func TestHungSinkNeverBlocksRecord(t *testing.T) {
 	}
 	close(sink.block)
 	l.Close()
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // TestRecordAfterCloseIsDropped: a request that outlives the server's
@@ -277,7 +267,7 @@ func TestRotationByRenameContinuesTheChain(t *testing.T) {
 				}
 			}
 			rec(100)
-			waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 100 })
+			poll.Until(t, "the first lines", func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 100 })
 			if err := os.Rename(path, old); err != nil {
 				t.Fatal(err)
 			}
@@ -287,7 +277,7 @@ func TestRotationByRenameContinuesTheChain(t *testing.T) {
 				}
 			}
 			rec(50) // these may land in either file: none may be lost
-			waitFor(t, func() bool {
+			poll.Until(t, "the rotated line at the path", func() bool {
 				data, _ := os.ReadFile(path)
 				return bytes.Contains(data, []byte(`"event":"rotated"`))
 			})
@@ -333,7 +323,7 @@ func TestCopytruncateLeavesNoHole(t *testing.T) {
 	for range 100 {
 		l.Record(Entry{Operation: "getSecret", Status: 200})
 	}
-	waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 100 })
+	poll.Until(t, "the first lines", func() bool { return testutil.ToFloat64(l.Metrics().Lines) == 100 })
 	if err := os.Truncate(path, 0); err != nil { // what copytruncate does after its copy
 		t.Fatal(err)
 	}
@@ -422,7 +412,7 @@ func TestRotatesItselfAndKeepsMaxFiles(t *testing.T) {
 			l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
 		}
 		total += 20
-		waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
+		poll.Until(t, "the lines recorded", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
 		if names, _ := Rotated(path); len(names) == 3 && total >= 400 {
 			break
 		}
@@ -485,7 +475,7 @@ func TestRotationNamesSortWhateverTheClock(t *testing.T) {
 					l.Record(Entry{Operation: "getSecret", Vault: "demo", Status: 200})
 				}
 				total += 10
-				waitFor(t, func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
+				poll.Until(t, "the lines recorded", func() bool { return testutil.ToFloat64(l.Metrics().Lines) >= float64(total) })
 				if total > 5000 {
 					t.Fatal("the log did not rotate itself")
 				}
